@@ -2,17 +2,61 @@
  * @module log
  * The host's own structured logs (pino): JSON lines, human-readable when stderr is a terminal.
  * Level from FNHOST_LOG_LEVEL (default "info"; tests set "silent" unless debugging).
+ *
+ * Every line logged while a span is active carries `trace_id` and `span_id` (a pino mixin reads the active
+ * OpenTelemetry context; nothing is added when tracing is off). Per-invocation loggers from
+ * `invocationLogger` add the invocation's ids, so a line can be joined with its trace and its function logs.
  */
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
+import { activeTraceIds, tracingEnabled } from './telemetry.ts';
 
 export type { Logger };
 
-export function createLogger(name: string, level = process.env.FNHOST_LOG_LEVEL ?? 'info'): Logger {
-  const pretty = process.stderr.isTTY && !process.env.FNHOST_LOG_JSON;
+/** Ids a per-invocation log line carries (field names are the log schema: keep them stable). */
+export interface InvocationLogIds {
+  invocationId?: string;
+  tenant?: string;
+  function?: string;
+  version?: number;
+  attempt?: number;
+}
+
+function traceMixin(): object {
+  // Fast path: with tracing off there is never an active span, skip the context lookup.
+  return tracingEnabled() ? activeTraceIds() : {};
+}
+
+/**
+ * The logger of one service. `destination` (tests) replaces stderr and always gets JSON.
+ *
+ * @example
+ * const log = createLogger('scheduler');
+ * log.info({ node: nodeId }, 'worker started');
+ */
+export function createLogger(name: string, level = process.env.FNHOST_LOG_LEVEL ?? 'info', destination?: DestinationStream): Logger {
+  const pretty = !destination && process.stderr.isTTY && !process.env.FNHOST_LOG_JSON;
   return pino(
-    { name, level, base: { pid: process.pid } },
-    pretty
+    { name, level, base: { pid: process.pid }, mixin: traceMixin },
+    destination ? destination : pretty
       ? pino.transport({ target: 'pino-pretty', options: { destination: 2, colorize: true } })
       : pino.destination(2),
   );
+}
+
+/**
+ * A child logger for one invocation: every line carries its ids (`invocation_id`, `tenant`, `function`,
+ * `version`, `attempt`) besides the active span's `trace_id` / `span_id`. Undefined ids are left out.
+ *
+ * @example
+ * const log = invocationLogger(baseLog, { invocationId: id, tenant, function: name, version });
+ * log.info({ start: 'cold' }, 'invocation started');
+ */
+export function invocationLogger(base: Logger, ids: InvocationLogIds): Logger {
+  const b: Record<string, string | number> = {};
+  if (ids.invocationId !== undefined) b.invocation_id = ids.invocationId;
+  if (ids.tenant !== undefined) b.tenant = ids.tenant;
+  if (ids.function !== undefined) b.function = ids.function;
+  if (ids.version !== undefined) b.version = ids.version;
+  if (ids.attempt !== undefined) b.attempt = ids.attempt;
+  return base.child(b);
 }

@@ -25,6 +25,8 @@ export interface ResolvedImage {
   digest: string;
   /** absolute host directories of the layers, bottom first. */
   layers: string[];
+  /** the layers' digests (`sha256:<hex>`), same order as `layers` (for lease() and logs). */
+  layerDigests?: string[];
   config: ImageConfig;
 }
 

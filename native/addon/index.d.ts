@@ -1,0 +1,54 @@
+/**
+ * The native addon's exact surface (native/addon/addon.cc). Syscall-shaped: no policy, no defaults.
+ * Thrown errors have Node's errno shape (native/ERRORS.md): `{code: 'EPERM', errno: -1, syscall, path?}`.
+ * Loaded only through services/sandbox/native.ts.
+ */
+
+export interface SpawnedInit {
+  /** host pid of the init (PID 1 in its new pid namespace). The caller must reap it with waitpid. */
+  pid: number;
+  /** host end of the control socketpair (AF_UNIX SOCK_STREAM, close-on-exec); the init has fd 3. */
+  fd: number;
+}
+
+export interface WaitStatus {
+  /** exit code, or null when killed by a signal */
+  code: number | null;
+  /** signal number, or null */
+  signal: number | null;
+}
+
+export interface NativeAddon {
+  /**
+   * clone(CLONE_VM|CLONE_VFORK|flags) → the child writes "0" to each of `joinFds` (cgroup v1 cgroup.procs,
+   * opened for writing by the caller), unshares its cgroup namespace when CLONE_NEWCGROUP is in `flags`, sets
+   * PR_SET_PDEATHSIG=SIGKILL, dup2()s its control socket to fd 3 and execve()s `path` with an empty env.
+   * With `cgroupDirFd >= 0` (a cgroup v2 directory) it uses clone3 with CLONE_INTO_CGROUP instead.
+   * Node's heap is never copied. Throws with syscall "clone"/"clone3"/"write"/"unshare"/"execve".
+   */
+  spawnInit(path: string, flags: number, joinFds: number[], cgroupDirFd: number): SpawnedInit;
+  /** sendmsg(fd, data) with `fds` attached as SCM_RIGHTS to the first byte; completes partial writes. */
+  sendFrame(fd: number, data: Buffer, fds: number[]): void;
+  /** pipe2(O_CLOEXEC) → [read end, write end]. */
+  pipe(): [number, number];
+  /** socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC) → two connected ends. */
+  socketpair(): [number, number];
+  /** waitpid(pid, WNOHANG|__WALL) → status, or null when the child is still running. */
+  waitpid(pid: number): WaitStatus | null;
+  /** blocking waitpid(pid, __WALL) on the libuv thread pool. */
+  waitpidAsync(pid: number): Promise<WaitStatus>;
+  /** fsopen("overlay") + fsconfig(lowerdir) + fsmount(RDONLY|NOSUID|NODEV) → detached mount fd (close-on-exec). */
+  overlayMount(lowerdir: string): number;
+  /** clone flag values of this platform. */
+  constants: {
+    CLONE_NEWNS: number;
+    CLONE_NEWPID: number;
+    CLONE_NEWUTS: number;
+    CLONE_NEWIPC: number;
+    CLONE_NEWNET: number;
+    CLONE_NEWCGROUP: number;
+  };
+}
+
+declare const addon: NativeAddon;
+export default addon;

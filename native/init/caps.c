@@ -1,0 +1,69 @@
+/*
+ * caps.c — privileges. The function's process ends with no capability in any set (bounding and ambient
+ * included), an unprivileged uid/gid and no supplementary groups. The init keeps only what later requests
+ * need (attach: CAP_SYS_ADMIN for move_mount; spawning: CAP_SETUID/SETGID/SETPCAP).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "init.h"
+#include "syscalls.h"
+
+/* Highest capability number to try; PR_CAPBSET_DROP fails with EINVAL past the kernel's CAP_LAST_CAP. */
+#define CAP_TRY_MAX 63
+
+static int drop_bounding_except(unsigned long long keep)
+{
+	for (int c = 0; c <= CAP_TRY_MAX; c++) {
+		if (keep & (1ULL << c))
+			continue;
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+			if (errno == EINVAL)
+				break;
+			return fail(errno, "prctl", "", "PR_CAPBSET_DROP %d", c);
+		}
+	}
+	return 0;
+}
+
+static int set_caps(unsigned long long eff_perm)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct d[2];
+	memset(d, 0, sizeof d);
+	d[0].effective = d[0].permitted = (unsigned) (eff_perm & 0xffffffffu);
+	d[1].effective = d[1].permitted = (unsigned) (eff_perm >> 32);
+	if (sys_capset(&h, d) < 0)
+		return fail(errno, "capset", "", "setting capabilities");
+	return 0;
+}
+
+int caps_drop_all(uid_t uid, gid_t gid)
+{
+	if (drop_bounding_except(0) < 0)
+		return -1;
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+		return fail(errno, "prctl", "", "PR_CAP_AMBIENT_CLEAR_ALL");
+	if (setgroups(0, NULL) < 0)
+		return fail(errno, "setgroups", "", "clearing supplementary groups");
+	if (setresgid(gid, gid, gid) < 0)
+		return fail(errno, "setresgid", "", "gid %u", (unsigned) gid);
+	if (setresuid(uid, uid, uid) < 0)
+		return fail(errno, "setresuid", "", "uid %u", (unsigned) uid);
+	/* A uid change from 0 to non-0 already cleared permitted/effective (no SECBIT_KEEP_CAPS); clear the
+	 * inheritable set too, explicitly. */
+	return set_caps(0);
+}
+
+int caps_init_keep_minimal(void)
+{
+	unsigned long long keep = (1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETGID) |
+				  (1ULL << CAP_SETPCAP);
+	if (drop_bounding_except(keep) < 0)
+		return -1;
+	return set_caps(keep);
+}

@@ -1,0 +1,332 @@
+/*
+ * main.c — fnhost's sandbox init: PID 1 of the sandbox's pid namespace, a declarative executor.
+ *
+ * Born by the addon's clone() in fresh pid/mnt/uts/ipc/net namespaces, already inside the sandbox's cgroups
+ * and its own cgroup namespace, with the control socket on fd 3. It sets up what needs no spec (private
+ * mount propagation, loopback up, OOM protection), says "ready", then executes frames from the host in
+ * order. Each frame is "run <reqid>" followed by ops; the reply is "ok <reqid> [<pid>]" or
+ * "error <reqid> <errno> <syscall> <path> <message>". Processes it started are reported when reaped as
+ * "exited <reqid> <pid> <code> <signal>" (code -1 when signalled). It exits when the control socket closes,
+ * which makes the kernel kill every process in the pid namespace (and drop every mount with it).
+ *
+ * Ops (all paths absolute; before "pivot" they are paths in the host's tree, after it in the sandbox's):
+ *   overlay <target> <lowerdir>     read-only overlayfs, lowerdir in overlayfs order (top first, ':'-joined)
+ *   tmpfs <target> <bytes> <mode>   size-capped tmpfs
+ *   proc <target> | dev <target>    /proc of this pid namespace | minimal /dev
+ *   pivot <newroot>                 pivot_root into newroot and detach the host's tree
+ *   hostname <name>
+ *   attach <target>                 move_mount the mount fd that came with the frame onto target
+ *   harden                          drop the init's own capabilities to the minimum later ops need
+ *   spawn <uid> <gid> <cwd> <argc> <argv...> <envc> <env...> <nfds>   (fds 0..nfds-1 come with the frame)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "init.h"
+#include "syscalls.h"
+
+int init_oom_protected;
+
+static struct {
+	pid_t pid;
+	long long id;
+} procs[MAX_PROCS];
+
+static void track(pid_t pid, long long id)
+{
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i].pid == 0) {
+			procs[i].pid = pid;
+			procs[i].id = id;
+			return;
+		}
+	/* Table full: the process still runs and is reaped; the host just never hears of its end. The host
+	 * limits concurrent processes per sandbox far below MAX_PROCS. */
+}
+
+static void reap(void)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 0; i < MAX_PROCS; i++) {
+			if (procs[i].pid != pid)
+				continue;
+			char id[24], p[16], code[16], sig[16];
+			snprintf(id, sizeof id, "%lld", procs[i].id);
+			snprintf(p, sizeof p, "%d", (int) pid);
+			snprintf(code, sizeof code, "%d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+			snprintf(sig, sizeof sig, "%d", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+			const char *m[] = { "exited", id, p, code, sig };
+			send_msg(m, 5);
+			procs[i].pid = 0;
+			break;
+		}
+	}
+}
+
+/* Reads exactly len bytes, collecting any fds that arrive; returns 0, or -1 on EOF/error. */
+static int read_full(char *buf, size_t len, struct frame *f)
+{
+	size_t off = 0;
+	while (off < len) {
+		char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+		struct iovec iov = { .iov_base = buf + off, .iov_len = len - off };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+		ssize_t r = recvmsg(CONTROL_FD, &mh, MSG_CMSG_CLOEXEC);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			int nfd = (int) ((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			int *fds = (int *) CMSG_DATA(c);
+			for (int i = 0; i < nfd; i++) {
+				if (f && f->nfds < MAX_FDS)
+					f->fds[f->nfds++] = fds[i];
+				else
+					close(fds[i]);
+			}
+		}
+		off += (size_t) r;
+	}
+	return 0;
+}
+
+static int op_spawn(struct frame *f, long long reqid, pid_t *out)
+{
+	struct proc_spec s = { .id = reqid };
+	long long uid, gid, argc, envc, nfds;
+	const char *cwd;
+	char **argv = NULL, **envp = NULL;
+	int ret = -1;
+
+	if (next_int(f, &uid) < 0 || next_int(f, &gid) < 0 || !(cwd = next_str(f)) || next_int(f, &argc) < 0 ||
+	    argc < 1 || argc > 65536)
+		return fail(EINVAL, "spawn", "", "malformed spawn op");
+	argv = calloc((size_t) argc + 1, sizeof *argv);
+	if (!argv)
+		return fail(ENOMEM, "calloc", "", "argv");
+	for (long long i = 0; i < argc; i++)
+		if (!(argv[i] = (char *) next_str(f))) {
+			fail(EINVAL, "spawn", "", "malformed argv");
+			goto out;
+		}
+	if (next_int(f, &envc) < 0 || envc < 0 || envc > 65536) {
+		fail(EINVAL, "spawn", "", "malformed env count");
+		goto out;
+	}
+	envp = calloc((size_t) envc + 1, sizeof *envp);
+	if (!envp) {
+		fail(ENOMEM, "calloc", "", "env");
+		goto out;
+	}
+	for (long long i = 0; i < envc; i++)
+		if (!(envp[i] = (char *) next_str(f))) {
+			fail(EINVAL, "spawn", "", "malformed env");
+			goto out;
+		}
+	if (next_int(f, &nfds) < 0 || nfds < 3 || nfds > 4) {
+		fail(EINVAL, "spawn", "", "spawn needs 3 or 4 fds");
+		goto out;
+	}
+	for (int i = 0; i < nfds; i++)
+		if ((s.fds[i] = next_fd(f)) < 0) {
+			fail(EBADF, "spawn", "", "fd %d missing from the frame", i);
+			goto out;
+		}
+	if (uid <= 0 || gid <= 0 || uid > 0xfffffffe || gid > 0xfffffffe) {
+		fail(EINVAL, "spawn", "", "uid/gid must be unprivileged");
+		goto out;
+	}
+	s.nfds = (int) nfds;
+	s.uid = (uid_t) uid;
+	s.gid = (gid_t) gid;
+	s.cwd = cwd;
+	s.argv = argv;
+	s.envp = envp;
+	pid_t pid = proc_spawn(&s);
+	if (pid < 0)
+		goto out;
+	track(pid, reqid);
+	*out = pid;
+	ret = 0;
+out:
+	free(argv);
+	free(envp);
+	return ret;
+}
+
+static int run_ops(struct frame *f, long long reqid, pid_t *spawned)
+{
+	const char *op, *a, *b, *c;
+	while ((op = next_str(f))) {
+		if (!strcmp(op, "overlay")) {
+			if (!(a = next_str(f)) || !(b = next_str(f)))
+				return fail(EINVAL, "overlay", "", "malformed op");
+			if (mnt_overlay(a, b) < 0)
+				return -1;
+		} else if (!strcmp(op, "tmpfs")) {
+			if (!(a = next_str(f)) || !(b = next_str(f)) || !(c = next_str(f)))
+				return fail(EINVAL, "tmpfs", "", "malformed op");
+			if (mnt_tmpfs(a, b, c) < 0)
+				return -1;
+		} else if (!strcmp(op, "proc")) {
+			if (!(a = next_str(f)) || mnt_proc(a) < 0)
+				return a ? -1 : fail(EINVAL, "proc", "", "malformed op");
+		} else if (!strcmp(op, "dev")) {
+			if (!(a = next_str(f)) || mnt_dev(a) < 0)
+				return a ? -1 : fail(EINVAL, "dev", "", "malformed op");
+		} else if (!strcmp(op, "pivot")) {
+			if (!(a = next_str(f)) || mnt_pivot(a) < 0)
+				return a ? -1 : fail(EINVAL, "pivot", "", "malformed op");
+		} else if (!strcmp(op, "hostname")) {
+			if (!(a = next_str(f)) || ns_sethostname(a) < 0)
+				return a ? -1 : fail(EINVAL, "hostname", "", "malformed op");
+		} else if (!strcmp(op, "attach")) {
+			int fd = next_fd(f);
+			if (!(a = next_str(f)) || fd < 0)
+				return fail(EINVAL, "attach", "", "attach needs a target and a mount fd");
+			if (mnt_move_fd(fd, a) < 0)
+				return -1;
+		} else if (!strcmp(op, "harden")) {
+			if (caps_init_keep_minimal() < 0)
+				return -1;
+		} else if (!strcmp(op, "spawn")) {
+			if (op_spawn(f, reqid, spawned) < 0)
+				return -1;
+		} else {
+			return fail(EINVAL, op, "", "unknown op");
+		}
+	}
+	return 0;
+}
+
+static void handle_frame(struct frame *f)
+{
+	long long reqid = -1;
+	pid_t spawned = 0;
+	const char *verb = next_str(f);
+	char id[24], num[24], err[16];
+	int r;
+
+	memset(&last_failure, 0, sizeof last_failure);
+	if (!verb || strcmp(verb, "run") || next_int(f, &reqid) < 0)
+		r = fail(EINVAL, "read", "", "malformed frame");
+	else
+		r = run_ops(f, reqid, &spawned);
+	for (int i = 0; i < f->nfds; i++)
+		close(f->fds[i]);
+	snprintf(id, sizeof id, "%lld", reqid);
+	if (r == 0) {
+		snprintf(num, sizeof num, "%d", (int) spawned);
+		const char *m[] = { "ok", id, num };
+		send_msg(m, 3);
+	} else {
+		snprintf(err, sizeof err, "%d", last_failure.err);
+		const char *m[] = { "error", id, err, last_failure.syscall, last_failure.path, last_failure.msg };
+		send_msg(m, 6);
+	}
+}
+
+static void die_setup(void)
+{
+	char e[16];
+	snprintf(e, sizeof e, "%d", last_failure.err);
+	const char *m[] = { "error", "0", e, last_failure.syscall, last_failure.path, last_failure.msg };
+	send_msg(m, 6);
+	_exit(1);
+}
+
+int main(void)
+{
+	sigset_t chld;
+	int sfd, nul;
+
+	/* Only the control socket (3) and stdio are meant to be open; anything else leaked from the host's
+	 * process must not reach the sandbox. */
+	sys_close_range(CONTROL_FD + 1, ~0U, 0);
+	if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0)
+		_exit(2); /* no control socket: nobody to tell */
+	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (nul < 0) {
+		fail(errno, "open", "/dev/null", "opening /dev/null");
+		die_setup();
+	}
+	/* The host's stdio must not be held by the sandbox; 0-2 stay occupied so received fds are >= 4. */
+	for (int i = 0; i < 3; i++)
+		if (dup2(nul, i) < 0) {
+			fail(errno, "dup2", "/dev/null", "stdio");
+			die_setup();
+		}
+	close(nul);
+
+	/* The addon's child blocked every signal before exec; SIGCHLD is read through a signalfd, the rest stay
+	 * blocked (PID 1 of a pid namespace only gets signals it handles anyway; SIGKILL from the host always works). */
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		fail(errno, "signalfd", "", "SIGCHLD signalfd");
+		die_setup();
+	}
+
+	/* The OOM killer must pick the function, never the init (which would end the whole sandbox). Some hosts
+	 * refuse lowering oom_score_adj even to root (this VM answers EIO/EACCES); then the function's processes
+	 * get +1000 instead (process.c), which makes them the victims just the same. */
+	int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	init_oom_protected = oom >= 0 && write(oom, "-1000", 5) == 5;
+	if (oom >= 0)
+		close(oom);
+
+	if (ns_setup_early() < 0)
+		die_setup();
+
+	const char *ready[] = { "ready" };
+	if (send_msg(ready, 1) < 0)
+		_exit(2);
+
+	for (;;) {
+		struct pollfd p[2] = { { .fd = CONTROL_FD, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			_exit(3);
+		}
+		if (p[1].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof si) > 0)
+				;
+			reap();
+		}
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			unsigned char hdr[4];
+			struct frame f = { 0 };
+			if (read_full((char *) hdr, 4, &f) < 0)
+				_exit(0); /* the host closed the control socket: end the sandbox */
+			f.len = (size_t) hdr[0] | (size_t) hdr[1] << 8 | (size_t) hdr[2] << 16 | (size_t) hdr[3] << 24;
+			if (f.len > MAX_FRAME)
+				_exit(4);
+			f.buf = malloc(f.len + 1);
+			if (!f.buf || read_full(f.buf, f.len, &f) < 0)
+				_exit(0);
+			f.buf[f.len] = 0;
+			handle_frame(&f);
+			free(f.buf);
+		}
+	}
+}

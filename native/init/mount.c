@@ -1,0 +1,114 @@
+/*
+ * mount.c — the sandbox's filesystem: read-only overlay rootfs, /tmp tmpfs, /proc, a minimal /dev, pivot_root,
+ * and attaching a detached mount (from the host's fsmount()) inside an already started sandbox.
+ *
+ * All of it happens in the sandbox's own mount namespace, whose propagation was made private first
+ * (ns_setup_early), so nothing here is ever visible in the host's mount table.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "init.h"
+#include "syscalls.h"
+
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+
+int mnt_overlay(const char *target, const char *lowerdir)
+{
+	char opts[8192];
+	/* No upperdir: overlayfs is then read-only by construction; MS_RDONLY makes the mount say so too.
+	 * The host guarantees >= 2 lower dirs (overlayfs refuses a single lowerdir without an upperdir). */
+	if ((size_t) snprintf(opts, sizeof opts, "lowerdir=%s", lowerdir) >= sizeof opts)
+		return fail(ENAMETOOLONG, "mount", target, "overlay lowerdir list too long");
+	if (mount("overlay", target, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, opts) < 0)
+		return fail(errno, "mount", target, "overlay mount (lowerdir=%s)", lowerdir);
+	return 0;
+}
+
+int mnt_tmpfs(const char *target, const char *size_bytes, const char *mode)
+{
+	char opts[128];
+	snprintf(opts, sizeof opts, "size=%s,mode=%s", size_bytes, mode);
+	if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+		return fail(errno, "mount", target, "tmpfs mount (%s)", opts);
+	return 0;
+}
+
+int mnt_proc(const char *target)
+{
+	if (mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return fail(errno, "mount", target, "proc mount");
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	unsigned maj, min;
+} dev_nodes[] = {
+	/* Documentation/admin-guide/devices.txt, char major 1 */
+	{ "null", 1, 3 }, { "zero", 1, 5 }, { "full", 1, 7 }, { "random", 1, 8 }, { "urandom", 1, 9 },
+};
+
+static const struct {
+	const char *name, *to;
+} dev_links[] = {
+	{ "fd", "/proc/self/fd" }, { "stdin", "/proc/self/fd/0" }, { "stdout", "/proc/self/fd/1" },
+	{ "stderr", "/proc/self/fd/2" },
+};
+
+int mnt_dev(const char *target)
+{
+	char p[4096];
+	/* 64 KiB: only device nodes and symlinks live here; mode 755 so the function's uid cannot add files. */
+	if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=755") < 0)
+		return fail(errno, "mount", target, "/dev tmpfs mount");
+	for (size_t i = 0; i < sizeof dev_nodes / sizeof dev_nodes[0]; i++) {
+		snprintf(p, sizeof p, "%s/%s", target, dev_nodes[i].name);
+		if (mknod(p, S_IFCHR | 0666, makedev(dev_nodes[i].maj, dev_nodes[i].min)) < 0)
+			return fail(errno, "mknod", p, "creating /dev/%s", dev_nodes[i].name);
+		/* mknod honours the umask; the nodes must be usable by the unprivileged uid. */
+		if (chmod(p, 0666) < 0)
+			return fail(errno, "chmod", p, "chmod /dev/%s", dev_nodes[i].name);
+	}
+	for (size_t i = 0; i < sizeof dev_links / sizeof dev_links[0]; i++) {
+		snprintf(p, sizeof p, "%s/%s", target, dev_links[i].name);
+		if (symlink(dev_links[i].to, p) < 0)
+			return fail(errno, "symlink", p, "creating /dev/%s", dev_links[i].name);
+	}
+	/* Read-only from now on: the nodes still work (a read-only fs doesn't affect device I/O). */
+	if (mount(NULL, target, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "size=65536,mode=755") < 0)
+		return fail(errno, "mount", target, "remounting /dev read-only");
+	return 0;
+}
+
+int mnt_pivot(const char *new_root)
+{
+	/* pivot_root(".", ".") stacks the old root under the new one at "/", so no put_old directory is needed
+	 * in the (read-only) rootfs; the detaching umount then drops the whole host tree from this namespace
+	 * (pivot_root(2), NOTES). */
+	if (chdir(new_root) < 0)
+		return fail(errno, "chdir", new_root, "entering the new root");
+	if (sys_pivot_root(".", ".") < 0)
+		return fail(errno, "pivot_root", new_root, "pivot_root");
+	if (umount2(".", MNT_DETACH) < 0)
+		return fail(errno, "umount2", "/", "detaching the old root");
+	if (chdir("/") < 0)
+		return fail(errno, "chdir", "/", "entering /");
+	return 0;
+}
+
+int mnt_move_fd(int fd, const char *target)
+{
+	if (sys_move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		return fail(errno, "move_mount", target, "attaching a mount");
+	return 0;
+}

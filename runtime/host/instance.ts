@@ -1,0 +1,194 @@
+/**
+ * @module runtime/host/instance
+ * An instance: a specialised sandbox serving invocations of one function version, one at a time.
+ * `RuntimeInstance` drives a persistent node/python shim over the wire (protocol.ts); exec-instance.ts
+ * runs one process per invocation. Both report the same typed errors:
+ *
+ *   handler threw / exec exit ≠ 0   → FunctionError        (instance stays alive)
+ *   response above the cap          → ResponseTooLarge     (instance stays alive)
+ *   process died mid-invocation     → Crashed              (instance destroyed)
+ *   cgroup OOM kill                 → OutOfMemory          (instance destroyed)
+ *   deadline passed                 → Timeout              (instance killed and destroyed, never reused)
+ */
+import { randomBytes } from 'node:crypto';
+import type { Span } from '@opentelemetry/api';
+import { FunctionError, Internal, ResponseTooLarge, Timeout, type FnhostError } from '../../services/common/errors.ts';
+import type { FunctionVersion, InvocationPayload, InvocationResponse, LogLine } from '../../services/common/model.ts';
+import { Attr, withSpan } from '../../services/common/telemetry.ts';
+import type { Sandbox } from '../../services/sandbox/types.ts';
+import { encodeFrame, MsgType, type InvokeMsg, type ShimFrame } from '../protocol.ts';
+import { ChannelClosed, type RuntimeChannel } from './channel.ts';
+import { deathError } from './outcome.ts';
+
+export interface InvokeRequest {
+  /** the invocation id; tags the logs and is the function's context.invocationId. */
+  id: string;
+  payload: InvocationPayload;
+  /** epoch ms; default now + fn.timeoutMs. */
+  deadline?: number;
+}
+
+export interface InvokeResult {
+  response: InvocationResponse;
+  /** this invocation's log lines (also delivered to the sink as they were attributed). */
+  logs: LogLine[];
+  truncatedLogs: boolean;
+  durationMs: number;
+}
+
+export interface Instance {
+  readonly fn: FunctionVersion;
+  readonly sandbox: Sandbox;
+  /** false after Crashed / OutOfMemory / Timeout / destroy(): never hand it another invocation. */
+  readonly alive: boolean;
+  readonly busy: boolean;
+  readonly invocations: number;
+  /**
+   * Runs one invocation. Rejects with a typed error (see the module header).
+   *
+   * @example
+   * const { response, logs } = await instance.invoke({ id: 'inv-1', payload: { kind: 'event', body: Buffer.from('{}') } });
+   */
+  invoke(req: InvokeRequest): Promise<InvokeResult>;
+  /** Kills and destroys the sandbox; idempotent. */
+  destroy(): Promise<void>;
+}
+
+/** A per-instance random token (protocol.ts "log boundary"); ASCII RS delimits it so it never looks like text. */
+export function newLogMarker(): string {
+  return `\x1efnhost-end:${randomBytes(8).toString('hex')}\x1e`;
+}
+
+/** Frame of an INVOKE for `payload` (the body travels raw, never in JSON). */
+export function invokeFrame(id: string, deadline: number, payload: InvocationPayload): Buffer {
+  const meta: InvokeMsg =
+    payload.kind === 'event'
+      ? payload.contentType
+        ? { id, kind: 'event', deadline, contentType: payload.contentType }
+        : { id, kind: 'event', deadline }
+      : { id, kind: 'http', deadline, method: payload.method, path: payload.path, query: payload.query, headers: payload.headers };
+  return encodeFrame(MsgType.INVOKE, meta, payload.body);
+}
+
+const TIMED_OUT = Symbol('timeout');
+
+/** A node or python instance: the pre-booted shim with the function's handler loaded. */
+export class RuntimeInstance implements Instance {
+  private _alive = true;
+  private _busy = false;
+  private _invocations = 0;
+  private destroying: Promise<void> | null = null;
+
+  constructor(
+    readonly fn: FunctionVersion,
+    readonly sandbox: Sandbox,
+    private readonly channel: RuntimeChannel,
+    private readonly responseCapBytes: number,
+  ) {
+    // A process that dies between invocations makes the instance dead without anyone asking.
+    void channel.closed.then(() => {
+      this._alive = false;
+      void this.destroy();
+    });
+  }
+
+  get alive(): boolean {
+    return this._alive && !this.channel.isClosed;
+  }
+  get busy(): boolean {
+    return this._busy;
+  }
+  get invocations(): number {
+    return this._invocations;
+  }
+
+  invoke(req: InvokeRequest): Promise<InvokeResult> {
+    if (!this.alive) return Promise.reject(new Internal('instance is not alive', { sandboxId: this.sandbox.id }));
+    if (this._busy) return Promise.reject(new Internal('instance is busy: one invocation at a time', { sandboxId: this.sandbox.id }));
+    this._busy = true;
+    this._invocations++;
+    return withSpan('run', { [Attr.invocationId]: req.id, [Attr.sandboxId]: this.sandbox.id }, (span) => this.run(req, span)).finally(() => {
+      this._busy = false;
+    });
+  }
+
+  private async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
+    const t0 = performance.now();
+    const deadline = req.deadline ?? Date.now() + this.fn.timeoutMs;
+    const logs = this.channel.logs;
+    logs.begin(req.id);
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), Math.max(0, deadline - Date.now()))));
+    try {
+      this.channel.send(invokeFrame(req.id, deadline, req.payload));
+      let frame: ShimFrame | typeof TIMED_OUT;
+      try {
+        frame = await Promise.race([this.channel.next(), timedOut]);
+        if (frame !== TIMED_OUT && (await Promise.race([logs.settled(), timedOut])) === TIMED_OUT) frame = TIMED_OUT;
+      } catch (e) {
+        if (e instanceof ChannelClosed) throw await this.died(e, logs.tail('stderr'));
+        throw e;
+      }
+      if (frame === TIMED_OUT) {
+        this._alive = false;
+        await this.destroy();
+        throw new Timeout(`function did not finish within ${this.fn.timeoutMs} ms`, { timeoutMs: this.fn.timeoutMs });
+      }
+      const record = logs.end();
+      const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0 };
+      if (frame.type === MsgType.RESULT && frame.meta.id === req.id) {
+        span.setAttribute(Attr.outcome, 'success');
+        return { ...result, response: { status: frame.meta.status, headers: frame.meta.headers, body: frame.body } };
+      }
+      if (frame.type === MsgType.ERROR && frame.meta.id === req.id) {
+        const m = frame.meta;
+        if (m.type === 'ResponseTooLarge') {
+          throw withLogs(new ResponseTooLarge(m.message, { limitBytes: this.responseCapBytes, sizeBytes: m.sizeBytes }), result.logs);
+        }
+        throw withLogs(new FunctionError(m.message, { errorType: m.errorType, stack: m.stack }), result.logs);
+      }
+      // A frame for another id or of the wrong type: the shim is confused; it must not serve again.
+      this._alive = false;
+      await this.destroy();
+      throw new Internal(`runtime answered with an unexpected frame (type ${frame.type})`, { sandboxId: this.sandbox.id });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async died(closed: ChannelClosed, stderrTail: string): Promise<FnhostError> {
+    this._alive = false;
+    const record = this.channel.logs.end();
+    await this.destroy();
+    if (closed.protocolError?.frameBytes !== undefined && closed.protocolError.frameBytes > this.responseCapBytes) {
+      return new ResponseTooLarge(`response of ${closed.protocolError.frameBytes} bytes exceeds ${this.responseCapBytes}`, {
+        limitBytes: this.responseCapBytes,
+      });
+    }
+    return withLogs(deathError(closed.status, { limitMb: this.fn.memoryMb, stderrTail }), record.lines);
+  }
+
+  destroy(): Promise<void> {
+    this._alive = false;
+    this.destroying ??= this.sandbox.destroy();
+    return this.destroying;
+  }
+}
+
+/**
+ * Errors from invoke() carry the invocation's log lines as a non-enumerable `logs` property: available to
+ * the scheduler, never part of the error's JSON (logs are not a response).
+ */
+export function withLogs<E extends FnhostError>(err: E, logs: LogLine[]): E {
+  Object.defineProperty(err, 'logs', { value: logs, enumerable: false });
+  return err;
+}
+
+/** The log lines attached by withLogs (empty when none). */
+export function logsOf(err: unknown): LogLine[] {
+  return ((err as { logs?: LogLine[] } | null)?.logs) ?? [];
+}
+
+export function isTruncation(l: LogLine): boolean {
+  return l.line.startsWith('[fnhost] log truncated');
+}

@@ -1,0 +1,274 @@
+/**
+ * @module runtime/host/logs
+ * Turns a function's stdout/stderr bytes into LogLines tagged with the invocation they belong to.
+ *
+ * One invocation runs at a time per instance, so attribution is by time with an exact boundary: the shim
+ * writes the instance's log marker (protocol.ts) on both streams when an invocation ends, and everything
+ * before it on a stream is that invocation's. Output after the marker (a timer the handler left behind)
+ * stays with the last invocation. Each invocation's lines are capped at `capBytes`; past the cap lines are
+ * dropped and one truncation line says how many bytes were lost. The pipes are always drained, so a
+ * flooding function never blocks on a full pipe and never grows the host's memory past the cap.
+ */
+import type { Readable } from 'node:stream';
+import type { LogLine } from '../../services/common/model.ts';
+
+/** Lambda caps a synchronous invocation's log tail at 4 KB and CloudWatch events at 256 KB; we keep 256 KiB. */
+export const DEFAULT_LOG_CAP_BYTES = 256 * 1024;
+/** A line longer than this is split (keeps one runaway line from holding the whole cap in one string). */
+export const MAX_LINE_BYTES = 16 * 1024;
+
+export type LogSink = (line: LogLine) => void;
+
+type StreamName = 'stdout' | 'stderr';
+
+/** Per-invocation state kept by the collector. */
+export interface InvocationLogs {
+  invocationId: string;
+  lines: LogLine[];
+  bytes: number;
+  droppedBytes: number;
+  markers: number;
+}
+
+/**
+ * Collects both streams of one runtime process (or of one exec process).
+ *
+ * @example
+ * const logs = new LogCollector({ marker, capBytes: 1 << 18, sink: (l) => store.push(l) });
+ * logs.attach(proc.stdout, 'stdout'); logs.attach(proc.stderr, 'stderr');
+ * logs.begin('inv-1'); ... await logs.settled(); const { lines } = logs.end();
+ */
+export class LogCollector {
+  private current: InvocationLogs | null = null;
+  /** the owner of output that arrives between invocations (the last one, or 'init' during load). */
+  private owner: InvocationLogs;
+  private readonly marker: Buffer | null;
+  private capBytes: number;
+  private sink: LogSink | undefined;
+  private onEnded: (() => void) | null = null;
+  private onMarker: (() => void) | null = null;
+  private readonly streams = new Map<StreamName, StreamState>();
+  private tails = new Map<StreamName, Buffer>();
+  private readonly tailBytes: number;
+
+  constructor(opts: { marker?: string | null; capBytes?: number; sink?: LogSink; initOwner?: string; tailBytes?: number }) {
+    this.marker = opts.marker ? Buffer.from(opts.marker) : null;
+    this.capBytes = opts.capBytes ?? DEFAULT_LOG_CAP_BYTES;
+    this.sink = opts.sink;
+    this.tailBytes = opts.tailBytes ?? 0;
+    this.owner = newLogs(opts.initOwner ?? 'init');
+  }
+
+  /** Starts reading a stream. It is read for the collector's whole life, also between invocations. */
+  attach(stream: Readable, name: StreamName): void {
+    this.streams.set(name, { partial: [], partialLen: 0, carry: null, ended: false, marked: false });
+    stream.on('data', (chunk: Buffer) => this.push(name, chunk));
+    stream.on('end', () => this.close(name));
+    stream.on('error', () => this.close(name));
+  }
+
+  /** The invocation `id` owns everything that arrives from now until both markers (or stream ends). */
+  begin(invocationId: string): void {
+    this.current = newLogs(invocationId);
+    this.owner = this.current;
+    for (const s of this.streams.values()) s.marked = false;
+  }
+
+  /** Resolves once every attached stream has shown the marker or ended (the invocation's logs are complete). */
+  settled(): Promise<void> {
+    if (this.isSettled()) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.onMarker = () => {
+        if (this.isSettled()) {
+          this.onMarker = null;
+          resolve();
+        }
+      };
+    });
+  }
+
+  /** Closes the current invocation's record (adding the truncation line) and returns it. */
+  end(): InvocationLogs {
+    const cur = this.current ?? this.owner;
+    for (const name of this.streams.keys()) this.flushPartial(name);
+    this.addTruncationLine(cur);
+    this.current = null;
+    return cur;
+  }
+
+  /** Per-invocation cap from now on. */
+  setCap(capBytes: number): void {
+    this.capBytes = capBytes;
+  }
+
+  /** Where lines go as they are attributed (besides the per-invocation record). */
+  setSink(sink: LogSink | undefined): void {
+    this.sink = sink;
+  }
+
+  /** Resolves once every attached stream has ended (all of a dead process's output is in). */
+  drained(): Promise<void> {
+    const allEnded = () => [...this.streams.values()].every((s) => s.ended);
+    if (allEnded()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const prev = this.onEnded;
+      this.onEnded = () => {
+        prev?.();
+        if (allEnded()) resolve();
+      };
+    });
+  }
+
+  /** The last `tailBytes` of a stream (for exec's FunctionError and crash reports). */
+  tail(name: StreamName): string {
+    return (this.tails.get(name) ?? Buffer.alloc(0)).toString('utf8');
+  }
+
+  private isSettled(): boolean {
+    const cur = this.current;
+    if (!cur) return true;
+    let open = 0;
+    for (const s of this.streams.values()) if (!s.ended) open++;
+    return cur.markers >= open;
+  }
+
+  private close(name: StreamName): void {
+    const s = this.streams.get(name);
+    if (!s || s.ended) return;
+    if (s.carry) {
+      this.text(name, s.carry);
+      s.carry = null;
+    }
+    this.flushPartial(name);
+    s.ended = true;
+    this.onMarker?.();
+    this.onEnded?.();
+  }
+
+  private push(name: StreamName, chunk: Buffer): void {
+    const s = this.streams.get(name)!;
+    if (this.marker === null) {
+      this.text(name, chunk);
+      return;
+    }
+    // Fast path: the chunk is exactly the marker (an invocation that logged nothing).
+    if (s.carry === null && chunk.length === this.marker.length && chunk.equals(this.marker)) {
+      this.markerSeen(name);
+      return;
+    }
+    let buf = s.carry ? Buffer.concat([s.carry, chunk]) : chunk;
+    s.carry = null;
+    for (;;) {
+      const i = buf.indexOf(this.marker);
+      if (i < 0) break;
+      if (i > 0) this.text(name, buf.subarray(0, i));
+      this.markerSeen(name);
+      buf = buf.subarray(i + this.marker.length);
+    }
+    // Keep back a tail that could be the start of a marker split across two reads.
+    const keep = markerPrefixAtEnd(buf, this.marker);
+    if (keep > 0) {
+      s.carry = Buffer.from(buf.subarray(buf.length - keep));
+      buf = buf.subarray(0, buf.length - keep);
+    }
+    if (buf.length) this.text(name, buf);
+  }
+
+  private markerSeen(name: StreamName): void {
+    this.flushPartial(name);
+    this.streams.get(name)!.marked = true;
+    if (this.current) this.current.markers++;
+    this.onMarker?.();
+  }
+
+  private text(name: StreamName, buf: Buffer): void {
+    if (this.tailBytes) {
+      const prev = this.tails.get(name);
+      const joined = prev ? Buffer.concat([prev, buf]) : buf;
+      this.tails.set(name, Buffer.from(joined.subarray(Math.max(0, joined.length - this.tailBytes))));
+    }
+    const s = this.streams.get(name)!;
+    let start = 0;
+    for (;;) {
+      const nl = buf.indexOf(10, start);
+      if (nl < 0) break;
+      const piece = buf.subarray(start, nl);
+      if (s.partialLen) {
+        s.partial.push(piece);
+        this.emit(name, Buffer.concat(s.partial, s.partialLen + piece.length));
+        s.partial = [];
+        s.partialLen = 0;
+      } else this.emit(name, piece);
+      start = nl + 1;
+    }
+    if (start < buf.length) {
+      const rest = buf.subarray(start);
+      s.partial.push(Buffer.from(rest));
+      s.partialLen += rest.length;
+      if (s.partialLen >= MAX_LINE_BYTES) this.flushPartial(name);
+    }
+  }
+
+  private flushPartial(name: StreamName): void {
+    const s = this.streams.get(name);
+    if (!s || s.partialLen === 0) return;
+    const line = Buffer.concat(s.partial, s.partialLen);
+    s.partial = [];
+    s.partialLen = 0;
+    for (let o = 0; o < line.length; o += MAX_LINE_BYTES) this.emit(name, line.subarray(o, o + MAX_LINE_BYTES));
+  }
+
+  private emit(name: StreamName, bytes: Buffer): void {
+    const owner = this.owner;
+    if (bytes.length > MAX_LINE_BYTES) {
+      for (let o = 0; o < bytes.length; o += MAX_LINE_BYTES) this.emit(name, bytes.subarray(o, o + MAX_LINE_BYTES));
+      return;
+    }
+    const cost = bytes.length + 1;
+    if (owner.bytes + cost > this.capBytes) {
+      owner.droppedBytes += cost;
+      return;
+    }
+    owner.bytes += cost;
+    const line: LogLine = { invocationId: owner.invocationId, stream: name, ts: Date.now(), line: bytes.toString('utf8') };
+    if (owner === this.current && !this.streams.get(name)!.marked) owner.lines.push(line);
+    this.sink?.(line);
+  }
+
+  private addTruncationLine(cur: InvocationLogs): void {
+    if (cur.droppedBytes === 0) return;
+    const line: LogLine = {
+      invocationId: cur.invocationId,
+      stream: 'stderr',
+      ts: Date.now(),
+      line: `[fnhost] log truncated: ${cur.droppedBytes} bytes dropped (cap ${this.capBytes} bytes per invocation)`,
+    };
+    cur.lines.push(line);
+    this.sink?.(line);
+    // Later background output of this invocation is counted again from the cap, announced once more if needed.
+    cur.droppedBytes = 0;
+  }
+}
+
+interface StreamState {
+  partial: Buffer[];
+  partialLen: number;
+  carry: Buffer | null;
+  ended: boolean;
+  /** this stream showed the current invocation's marker: what follows is background output. */
+  marked: boolean;
+}
+
+function newLogs(invocationId: string): InvocationLogs {
+  return { invocationId, lines: [], bytes: 0, droppedBytes: 0, markers: 0 };
+}
+
+/** Length of the longest proper prefix of `marker` that `buf` ends with. */
+function markerPrefixAtEnd(buf: Buffer, marker: Buffer): number {
+  const max = Math.min(marker.length - 1, buf.length);
+  for (let k = max; k > 0; k--) {
+    if (buf[buf.length - k] !== marker[0]) continue;
+    if (buf.subarray(buf.length - k).equals(marker.subarray(0, k))) return k;
+  }
+  return 0;
+}

@@ -1,0 +1,117 @@
+/**
+ * @module runtime/host/specialise
+ * The cold start: turn a pooled sandbox into an instance of one function version.
+ *
+ *   'specialise'
+ *     'cgroup caps'   sandbox.setLimits({memoryMb}) — before any of the function's code runs
+ *     'mount'         the code layer appears read-only at /var/task (attach into the running pre-booted
+ *                     sandbox; for exec the layer is part of start()'s mounts at the first invocation)
+ *     'runtime load'  LOAD → the shim imports the module and resolves the handler → READY
+ *
+ * A pooled sandbox becomes at most one instance. If specialisation fails the sandbox is destroyed (it may
+ * hold the function's env and half-imported code) and the error says why: FunctionError with
+ * details.phase = 'load' when the module failed to import or has no such handler; Crashed / OutOfMemory when
+ * the runtime died while importing; Timeout when the import ran past the function's timeout.
+ */
+import { Crashed, FunctionError, InvalidRequest, Timeout } from '../../services/common/errors.ts';
+import type { FunctionVersion, LogLine } from '../../services/common/model.ts';
+import { Attr, withSpan } from '../../services/common/telemetry.ts';
+import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
+import { DEFAULT_RESPONSE_CAP_BYTES, encodeFrame, META_HEADROOM_BYTES, MsgType, type LoadMsg } from '../protocol.ts';
+import { ChannelClosed } from './channel.ts';
+import { ExecInstance } from './exec-instance.ts';
+import { RuntimeInstance, withLogs, type Instance } from './instance.ts';
+import { DEFAULT_LOG_CAP_BYTES } from './logs.ts';
+import { deathError } from './outcome.ts';
+import { runtimeKind, type Pooled, type PooledInternal } from './preboot.ts';
+import { CODE_DIR } from './shims.ts';
+
+export interface SpecialiseOptions {
+  /** receives every log line of the instance as it is attributed (tagged with its invocation id). */
+  onLog?: (line: LogLine) => void;
+  /** per-invocation log cap (default 256 KiB). */
+  logCapBytes?: number;
+  /** response size cap (default 6 MiB, Lambda's). */
+  responseCapBytes?: number;
+}
+
+/**
+ * Specialises `pooled` for `fn` (see the module header). `code` is the function's code layer (null for an
+ * image-only exec function); `image` is the image the pooled sandbox was prepared with (node / python) or
+ * the image an exec function runs on (busybox, or the tenant's imported image).
+ *
+ * @example
+ * const inst = await specialise(pooled, fn, code, image, { onLog: (l) => logs.push(l) });
+ * const { response } = await inst.invoke({ id: 'inv-1', payload: { kind: 'event', body: Buffer.from('{}') } });
+ */
+export async function specialise(
+  pooled: Pooled,
+  fn: FunctionVersion,
+  code: CodeLayer | null,
+  image: ResolvedImage,
+  opts: SpecialiseOptions = {},
+): Promise<Instance> {
+  const p = pooled as PooledInternal;
+  const kind = runtimeKind(fn.runtime);
+  if (kind !== p.runtime) throw new InvalidRequest(`a ${p.runtime} sandbox cannot run a ${fn.runtime} function`, { field: 'runtime' });
+  if (p.taken) throw new InvalidRequest('this pooled sandbox was already specialised', { sandboxId: p.sandbox.id });
+  if (kind !== 'exec' && !code) throw new InvalidRequest(`a ${kind} function needs a code layer`, { field: 'codeDigest' });
+  if (!p.alive) throw new Crashed('the pooled sandbox is no longer alive', { sandboxId: p.sandbox.id, phase: 'pool' });
+  p.taken = true;
+  const logCapBytes = opts.logCapBytes ?? DEFAULT_LOG_CAP_BYTES;
+  const responseCapBytes = opts.responseCapBytes ?? DEFAULT_RESPONSE_CAP_BYTES;
+  const sb = p.sandbox;
+  const attrs = {
+    [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version,
+    [Attr.runtime]: fn.runtime, [Attr.sandboxId]: sb.id, [Attr.memoryMb]: fn.memoryMb,
+  };
+  return withSpan('specialise', attrs, async () => {
+    try {
+      await withSpan('cgroup caps', {}, () => sb.setLimits({ memoryMb: fn.memoryMb }));
+      // The process stand-in (process-sandbox.ts) has no mount namespace: it tells us where /var/task really is.
+      const codeDir = mappedPath(sb, CODE_DIR, code);
+      if (kind === 'exec') {
+        return new ExecInstance(fn, sb, code, image, { memoryMb: fn.memoryMb }, { sink: opts.onLog, logCapBytes, responseCapBytes, codeDir });
+      }
+      const channel = p.channel!;
+      channel.configure({ sink: opts.onLog, logCapBytes, maxFrameBytes: Math.max(responseCapBytes, DEFAULT_RESPONSE_CAP_BYTES) + META_HEADROOM_BYTES });
+      await withSpan('mount', {}, () => sb.attach(CODE_DIR, [code!.dir]));
+      await withSpan('runtime load', {}, async () => {
+        const load: LoadMsg = {
+          handler: fn.handler,
+          codeDir,
+          env: fn.env,
+          fn: { tenant: fn.tenant, name: fn.name, version: fn.version, memoryMb: fn.memoryMb, timeoutMs: fn.timeoutMs },
+          responseCapBytes,
+          logMarker: p.marker,
+        };
+        channel.logs.begin('init');
+        channel.send(encodeFrame(MsgType.LOAD, load));
+        let timer: NodeJS.Timeout | undefined;
+        const frame = await Promise.race([
+          channel.next(),
+          new Promise<null>((r) => (timer = setTimeout(() => r(null), fn.timeoutMs))),
+        ]).finally(() => clearTimeout(timer));
+        const record = channel.logs.end();
+        if (!frame) throw withLogs(new Timeout(`loading the handler took longer than ${fn.timeoutMs} ms`, { timeoutMs: fn.timeoutMs, phase: 'load' }), record.lines);
+        if (frame.type === MsgType.ERROR) {
+          throw withLogs(new FunctionError(frame.meta.message, { errorType: frame.meta.errorType, stack: frame.meta.stack, phase: 'load' }), record.lines);
+        }
+        if (frame.type !== MsgType.READY) throw new Crashed(`runtime sent frame type ${frame.type} instead of READY`, { phase: 'load' });
+      });
+      return new RuntimeInstance(fn, sb, channel, responseCapBytes);
+    } catch (e) {
+      await sb.destroy();
+      if (e instanceof ChannelClosed) {
+        throw deathError(e.status, { limitMb: fn.memoryMb, stderrTail: p.channel?.logs.tail('stderr'), phase: 'load' });
+      }
+      throw e;
+    }
+  });
+}
+
+function mappedPath(sb: unknown, path: string, code: CodeLayer | null): string {
+  const m = (sb as { mapPath?: (p: string) => string | null }).mapPath;
+  if (typeof m !== 'function') return path;
+  return m.call(sb, path) ?? code?.dir ?? path;
+}

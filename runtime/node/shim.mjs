@@ -1,0 +1,291 @@
+// fnhost node runtime shim. Runs INSIDE the sandbox as the runtime process: plain JS, no dependencies.
+// Started pre-booted (before any function is known) as `node --input-type=module -e <this file>`; it says
+// HELLO on fd 3, waits for LOAD (handler + env), then serves INVOKE frames one at a time.
+// The wire protocol (framing, messages, log marker) is specified in runtime/protocol.ts; the codec below
+// mirrors it and must stay in step with it.
+import { Socket } from 'node:net';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { isUtf8 } from 'node:buffer';
+import { pathToFileURL } from 'node:url';
+
+const HELLO = 1, LOAD = 2, READY = 3, INVOKE = 4, RESULT = 5, ERROR = 6;
+const HEADER_BYTES = 9;
+const EMPTY = Buffer.alloc(0);
+
+const wire = new Socket({ fd: 3, readable: true, writable: true });
+
+function send(type, meta, body = EMPTY) {
+  const metaStr = JSON.stringify(meta);
+  const metaLen = Buffer.byteLength(metaStr);
+  const buf = Buffer.allocUnsafe(HEADER_BYTES + metaLen + body.length);
+  buf.writeUInt32BE(5 + metaLen + body.length, 0);
+  buf[4] = type;
+  buf.writeUInt32BE(metaLen, 5);
+  buf.write(metaStr, HEADER_BYTES, metaLen, 'utf8');
+  if (body.length) buf.set(body, HEADER_BYTES + metaLen);
+  wire.write(buf);
+}
+
+// ---- frame reader (one frame processed at a time, in order) ----
+let pending = null; // Buffer of unconsumed bytes
+const queue = [];
+let busy = false;
+
+wire.on('data', (chunk) => {
+  let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
+  pending = null;
+  let off = 0;
+  while (buf.length - off >= 4) {
+    const len = buf.readUInt32BE(off);
+    if (buf.length - off < 4 + len) break;
+    const type = buf[off + 4];
+    const metaLen = buf.readUInt32BE(off + 5);
+    const metaStart = off + HEADER_BYTES;
+    const meta = JSON.parse(buf.toString('utf8', metaStart, metaStart + metaLen));
+    queue.push({ type, meta, body: buf.subarray(metaStart + metaLen, off + 4 + len) });
+    off += 4 + len;
+  }
+  if (off < buf.length) pending = buf.subarray(off);
+  if (!busy) drain();
+});
+// The host closing the wire means the instance is being torn down.
+wire.on('end', () => process.exit(0));
+wire.on('error', () => process.exit(0));
+
+async function drain() {
+  busy = true;
+  while (queue.length) {
+    const f = queue.shift();
+    if (f.type === INVOKE) await invoke(f.meta, f.body);
+    else if (f.type === LOAD) await load(f.meta);
+  }
+  busy = false;
+}
+
+// ---- load ----
+let loaded = null; // { style: 'fetch'|'event', target, fn, env, cap, marker }
+
+function errorMeta(id, e) {
+  const err = e instanceof Error ? e : new Error(typeof e === 'string' ? e : safeJson(e));
+  return { id, type: 'FunctionError', message: String(err.message), stack: String(err.stack ?? ''), errorType: err.name || 'Error' };
+}
+
+function safeJson(v) {
+  try { return JSON.stringify(v); } catch { return String(v); }
+}
+
+async function load(msg) {
+  try {
+    Object.assign(process.env, msg.env);
+    try { process.chdir(msg.codeDir); } catch { /* codeDir may be unreadable; import will say why */ }
+    const h = String(msg.handler || 'index');
+    const dot = h.lastIndexOf('.');
+    const modName = dot > 0 ? h.slice(0, dot) : h;
+    const exportName = dot > 0 ? h.slice(dot + 1) : 'default';
+    let file = null;
+    for (const ext of ['.mjs', '.js', '.cjs', '']) {
+      const p = `${msg.codeDir}/${modName}${ext}`;
+      if ((ext !== '' || /\.[cm]?js$/.test(modName)) && existsSync(p)) { file = p; break; }
+    }
+    if (!file) throw new Error(`handler module not found: ${modName}.mjs, ${modName}.js or ${modName}.cjs in ${msg.codeDir}`);
+    const ns = await import(pathToFileURL(file).href);
+    let target;
+    let style;
+    if (exportName === 'default') {
+      target = ns.default;
+      // CJS transpiled from ESM (`exports.default = app`, __esModule) arrives as {default: app}.
+      if (target && typeof target === 'object' && typeof target.fetch !== 'function' && target.default) target = target.default;
+    } else {
+      target = ns[exportName];
+      if (target === undefined && ns.default && typeof ns.default === 'object') target = ns.default[exportName];
+    }
+    if (target && typeof target.fetch === 'function') style = 'fetch';
+    else if (typeof target === 'function') style = 'event';
+    else throw new Error(`handler ${h}: export "${exportName}" of ${file} is neither a function nor an object with fetch()`);
+    loaded = { style, target, fn: msg.fn, env: { ...msg.env }, cap: msg.responseCapBytes, marker: msg.logMarker };
+    send(READY, { style });
+  } catch (e) {
+    send(ERROR, errorMeta(null, e));
+  }
+}
+
+// ---- invoke ----
+function makeContext(meta, waits) {
+  const fn = loaded.fn;
+  const deadline = meta.deadline;
+  return {
+    invocationId: meta.id,
+    awsRequestId: meta.id,
+    functionName: fn.name,
+    functionVersion: String(fn.version),
+    tenant: fn.tenant,
+    memoryLimitInMB: fn.memoryMb,
+    memoryMb: fn.memoryMb,
+    deadline,
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+    get remainingTimeMs() { return Math.max(0, deadline - Date.now()); },
+    logger,
+    callbackWaitsForEmptyEventLoop: false,
+    waitUntil(p) { waits.push(Promise.resolve(p).catch((e) => console.error(e))); },
+    passThroughOnException() {},
+  };
+}
+
+const logLine = (stream, level) => (...args) => {
+  const msg = args.map((a) => (typeof a === 'string' ? a : a instanceof Error ? a.stack : safeJson(a))).join(' ');
+  stream.write(`${level} ${msg}\n`);
+};
+const logger = {
+  debug: logLine(process.stdout, 'DEBUG'),
+  info: logLine(process.stdout, 'INFO'),
+  log: logLine(process.stdout, 'INFO'),
+  warn: logLine(process.stderr, 'WARN'),
+  error: logLine(process.stderr, 'ERROR'),
+};
+
+const TEXTUAL = /^(text\/|application\/(json|.*\+json|xml|.*\+xml|javascript|x-www-form-urlencoded))/i;
+
+function decodeEvent(meta, body) {
+  if (body.length === 0) return null;
+  const ct = meta.contentType || '';
+  if (!isUtf8(body)) return body;
+  const text = body.toString('utf8');
+  if (/json/i.test(ct) || (!ct && /^\s*[[{"\d\-tfn]/.test(text))) {
+    try { return JSON.parse(text); } catch { if (/json/i.test(ct)) return text; }
+  }
+  if (!ct || TEXTUAL.test(ct)) return text;
+  return body;
+}
+
+function httpEvent(meta, body) {
+  const ct = meta.headers['content-type'] || '';
+  const text = body.length > 0 && (!ct || TEXTUAL.test(ct)) && isUtf8(body);
+  const qs = {};
+  for (const [k, v] of new URLSearchParams(meta.query)) qs[k] = v;
+  return {
+    method: meta.method,
+    path: meta.path,
+    rawPath: meta.path,
+    query: meta.query,
+    rawQueryString: meta.query,
+    queryStringParameters: qs,
+    headers: meta.headers,
+    body: body.length === 0 ? '' : text ? body.toString('utf8') : body.toString('base64'),
+    isBase64Encoded: body.length > 0 && !text,
+    requestContext: { requestId: meta.id, http: { method: meta.method, path: meta.path } },
+  };
+}
+
+// An event handler's result → [status, headers, body]. Buffers are sent raw, strings as UTF-8, anything
+// else as JSON; for HTTP invocations a Lambda proxy object ({statusCode, headers, body, isBase64Encoded})
+// becomes the response.
+function encodeResult(meta, r) {
+  if (meta.kind === 'http' && r && typeof r === 'object' && typeof r.statusCode === 'number') {
+    const headers = {};
+    for (const [k, v] of Object.entries(r.headers || {})) headers[k.toLowerCase()] = String(v);
+    let b = r.body;
+    if (b === undefined || b === null) b = EMPTY;
+    else if (typeof b === 'string') b = Buffer.from(b, r.isBase64Encoded ? 'base64' : 'utf8');
+    else if (b instanceof Uint8Array) b = Buffer.from(b.buffer, b.byteOffset, b.length);
+    else { b = Buffer.from(JSON.stringify(b)); headers['content-type'] ??= 'application/json'; }
+    return [r.statusCode, headers, b];
+  }
+  if (r === undefined || r === null) return [200, {}, EMPTY];
+  if (r instanceof Uint8Array) return [200, { 'content-type': 'application/octet-stream' }, Buffer.from(r.buffer, r.byteOffset, r.length)];
+  if (r instanceof ArrayBuffer) return [200, { 'content-type': 'application/octet-stream' }, Buffer.from(r)];
+  if (typeof r === 'string') return [200, { 'content-type': 'text/plain; charset=utf-8' }, Buffer.from(r)];
+  return [200, { 'content-type': 'application/json' }, Buffer.from(JSON.stringify(r))];
+}
+
+function toRequest(meta, body) {
+  let url;
+  let init;
+  if (meta.kind === 'http') {
+    const host = meta.headers.host && /^[A-Za-z0-9.:\-[\]]+$/.test(meta.headers.host) ? meta.headers.host : 'localhost';
+    url = `http://${host}${meta.path}${meta.query ? `?${meta.query}` : ''}`;
+    const m = meta.method.toUpperCase();
+    init = { method: m, headers: meta.headers, body: m === 'GET' || m === 'HEAD' || body.length === 0 ? undefined : body };
+  } else {
+    url = 'http://localhost/';
+    init = { method: 'POST', headers: meta.contentType ? { 'content-type': meta.contentType } : {}, body };
+  }
+  return new Request(url, init);
+}
+
+// Flushes the function's output and writes the log marker on both streams (see protocol.ts). Node's
+// stdout/stderr are synchronous for pipes on Linux, so once write() returns the bytes are in the pipe.
+function markLogs() {
+  process.stdout.write(loaded.marker);
+  process.stderr.write(loaded.marker);
+}
+
+async function invoke(meta, body) {
+  if (!loaded) {
+    send(ERROR, { id: meta.id, type: 'FunctionError', message: 'no handler loaded', errorType: 'Error' });
+    return;
+  }
+  let out;
+  try {
+    const waits = [];
+    const ctx = makeContext(meta, waits);
+    let status, headers, resBody;
+    if (loaded.style === 'fetch') {
+      const res = await loaded.target.fetch(toRequest(meta, body), loaded.env, ctx);
+      if (!res || typeof res.arrayBuffer !== 'function' || typeof res.status !== 'number') {
+        throw new TypeError('fetch handler did not return a Response');
+      }
+      status = res.status;
+      headers = {};
+      res.headers.forEach((v, k) => { headers[k] = v; });
+      resBody = res.body === null ? EMPTY : Buffer.from(await res.arrayBuffer());
+    } else {
+      const event = meta.kind === 'http' ? httpEvent(meta, body) : decodeEvent(meta, body);
+      [status, headers, resBody] = encodeResult(meta, await loaded.target(event, ctx));
+    }
+    if (waits.length) await Promise.all(waits);
+    if (resBody.length > loaded.cap) {
+      out = [ERROR, { id: meta.id, type: 'ResponseTooLarge', message: `response of ${resBody.length} bytes exceeds ${loaded.cap}`, sizeBytes: resBody.length }];
+    } else {
+      out = [RESULT, { id: meta.id, status, headers }, resBody];
+    }
+  } catch (e) {
+    out = [ERROR, errorMeta(meta.id, e)];
+  }
+  markLogs();
+  send(out[0], out[1], out[2]);
+}
+
+// Errors that escape a handler (a rejected promise nobody awaited, a throw in a timer) must not kill a
+// warm instance silently: they are the function's logs, like on Lambda.
+process.on('unhandledRejection', (e) => console.error('Unhandled rejection:', e));
+process.on('uncaughtException', (e) => console.error('Uncaught exception:', e));
+
+// Pre-boot warm-up: the first import() (ESM loader), the first Request/Response (undici is loaded lazily,
+// ~50 ms on Node 20 here) and the first trip through our own encode paths would otherwise land on the
+// function's cold start. Pay them now, before anyone asks.
+async function warmUp() {
+  await import('data:text/javascript,export default 0');
+  // A file import walks more of the loader (file URL resolution, format detection by extension and
+  // package scope, the CJS translator) than a data: URL; /tmp is the only writable place, the files go again.
+  const dir = mkdtempSync('/tmp/.fnhost-warm-');
+  try {
+    writeFileSync(`${dir}/w.mjs`, 'export const handler = () => 0;');
+    writeFileSync(`${dir}/w.cjs`, 'exports.handler = () => 0;');
+    writeFileSync(`${dir}/w.js`, 'exports.handler = () => 0;');
+    for (const f of ['w.mjs', 'w.cjs', 'w.js']) if (existsSync(`${dir}/${f}`)) await import(pathToFileURL(`${dir}/${f}`).href);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const req = toRequest({ kind: 'http', method: 'POST', path: '/', query: 'a=1', headers: { 'content-type': 'text/plain' } }, Buffer.from('x'));
+  await req.arrayBuffer();
+  const res = new Response(new Uint8Array(1), { headers: { 'x-a': 'b' } });
+  res.headers.forEach(() => {});
+  await res.arrayBuffer();
+  await Response.json({}).arrayBuffer();
+  encodeResult({ kind: 'event' }, { a: 1 });
+  decodeEvent({ contentType: 'application/json' }, Buffer.from('{"a":1}'));
+  httpEvent({ id: 'w', method: 'GET', path: '/', query: 'a=1', headers: {} }, EMPTY);
+}
+
+await warmUp().catch(() => {});
+send(HELLO, { runtime: 'node', version: process.version, pid: process.pid });

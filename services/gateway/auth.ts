@@ -1,0 +1,66 @@
+/**
+ * @module gateway/auth
+ * Bearer-key authentication and the two roles. The admin key is compared by hash in constant time; tenant
+ * keys are found by their sha256 in Redis (services/store/keys.ts). The admin key is not a tenant key: admin
+ * routes take only it, tenant routes only a tenant's key, so an operator cannot act inside a tenant by
+ * accident and a tenant can never reach another tenant's namespace (every tenant route scopes to the key's
+ * tenant, not to anything in the request).
+ *
+ * @example
+ * app.use('/v1/*', authenticate({ store, adminKeyHash }));
+ * app.post('/v1/tenants', requireAdmin(), handler);
+ * app.get('/v1/functions', requireTenant(), (c) => c.json(tenantOf(c)));
+ */
+import type { Context, MiddlewareHandler } from 'hono';
+import { Forbidden, Unauthorized } from '../common/errors.ts';
+import { hashKey, sameHash } from '../store/keys.ts';
+import type { MetadataStore } from '../store/metadata.ts';
+import type { GatewayEnv, Principal } from './context.ts';
+
+/** The key in `Authorization: Bearer <key>`, or null when the header is absent. */
+export function bearerKey(header: string | undefined): string | null {
+  if (header === undefined) return null;
+  const m = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i.exec(header);
+  if (!m) throw new Unauthorized('Authorization must be "Bearer <key>"');
+  return m[1]!;
+}
+
+/** Resolves a presented key to its principal; Unauthorized when it is unknown. */
+export async function principalOf(key: string, deps: { store: MetadataStore; adminKeyHash: string }): Promise<Principal> {
+  const h = hashKey(key);
+  if (sameHash(h, deps.adminKeyHash)) return { kind: 'admin' };
+  const rec = await deps.store.keys.lookup(key);
+  if (!rec) throw new Unauthorized('unknown or revoked API key');
+  return { kind: 'tenant', tenant: rec.tenant, keyId: rec.id };
+}
+
+/** Requires a valid key and records who presented it as `c.var.principal`. */
+export function authenticate(deps: { store: MetadataStore; adminKeyHash: string }): MiddlewareHandler<GatewayEnv> {
+  return async function authenticate(c, next) {
+    const key = bearerKey(c.req.header('authorization'));
+    if (key === null) throw new Unauthorized('missing Authorization: Bearer <key>');
+    c.set('principal', await principalOf(key, deps));
+    await next();
+  };
+}
+
+export function requireAdmin(): MiddlewareHandler<GatewayEnv> {
+  return async function requireAdmin(c, next) {
+    if (c.var.principal.kind !== 'admin') throw new Forbidden('this route needs the admin key');
+    await next();
+  };
+}
+
+export function requireTenant(): MiddlewareHandler<GatewayEnv> {
+  return async function requireTenant(c, next) {
+    if (c.var.principal.kind !== 'tenant') throw new Forbidden('this route needs a tenant key (the admin key does not act as a tenant)');
+    await next();
+  };
+}
+
+/** The calling tenant's name (after requireTenant). */
+export function tenantOf(c: Context<GatewayEnv>): string {
+  const p = c.var.principal;
+  if (p.kind !== 'tenant') throw new Forbidden('this route needs a tenant key');
+  return p.tenant;
+}

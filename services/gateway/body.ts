@@ -1,0 +1,66 @@
+/**
+ * @module gateway/body
+ * Reading request bodies under a size cap. A declared Content-Length above the cap is refused before a byte
+ * is read; a chunked body is counted as it arrives and refused the moment it passes the cap, so an
+ * oversized upload never sits whole in memory or on disk.
+ */
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { PayloadTooLarge } from '../common/errors.ts';
+
+function tooLarge(what: string, limit: number) {
+  return new PayloadTooLarge(`${what} is larger than ${limit} bytes`, { limitBytes: limit });
+}
+
+function declaredTooLarge(req: Request, limit: number): boolean {
+  const len = req.headers.get('content-length');
+  return len !== null && /^[0-9]+$/.test(len) && Number(len) > limit;
+}
+
+/** The whole body as one Buffer, at most `limit` bytes. */
+export async function readBody(req: Request, limit: number, what = 'request body'): Promise<Buffer> {
+  if (declaredTooLarge(req, limit)) throw tooLarge(what, limit);
+  if (!req.body) return Buffer.alloc(0);
+  const chunks: Uint8Array[] = [];
+  let n = 0;
+  const reader = req.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.byteLength;
+    if (n > limit) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge(what, limit);
+    }
+    chunks.push(value);
+  }
+  return chunks.length === 1 ? Buffer.from(chunks[0]!.buffer, chunks[0]!.byteOffset, chunks[0]!.byteLength) : Buffer.concat(chunks, n);
+}
+
+/** Streams the body to `path` (created 0600), at most `limit` bytes; the file is removed on any failure. */
+export async function spoolBody(req: Request, path: string, limit: number, what = 'request body'): Promise<number> {
+  if (declaredTooLarge(req, limit)) throw tooLarge(what, limit);
+  const out = createWriteStream(path, { mode: 0o600, flags: 'wx' });
+  let n = 0;
+  try {
+    if (req.body) {
+      const reader = req.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        n += value.byteLength;
+        if (n > limit) {
+          await reader.cancel().catch(() => {});
+          throw tooLarge(what, limit);
+        }
+        if (!out.write(value)) await new Promise<void>((res, rej) => out.once('drain', res).once('error', rej));
+      }
+    }
+    await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())));
+    return n;
+  } catch (e) {
+    out.destroy();
+    await rm(path, { force: true });
+    throw e;
+  }
+}

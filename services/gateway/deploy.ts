@@ -1,0 +1,136 @@
+/**
+ * @module gateway/deploy
+ * `PUT /v1/functions/:name` — multipart/form-data with a `config` part (JSON) and a `code` part (zip or
+ * tar.gz; optional only for `image:<name>` runtimes). Makes a new immutable version: 201 with its record.
+ *
+ * Order is the guarantee that bad input changes nothing: the whole request is read (under the cap), parsed
+ * and validated, the image (if any) resolved, the code unpacked into a content-addressed layer and its
+ * handler file checked, and only then is the version written, by one atomic script that also enforces the
+ * tenant's function limit. A layer unpacked for a request that fails after it is unreferenced and removed by
+ * the image store's gc.
+ *
+ * Errors: 400 InvalidRequest (field: config | code | runtime | handler | ...), 413 PayloadTooLarge (code over
+ * 50 MB), 422 LimitExceeded (memory above the tenant's cap, too many functions).
+ */
+import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Hono } from 'hono';
+import { InvalidRequest, NotFound, PayloadTooLarge, isFnhostError } from '../common/errors.ts';
+import type { FunctionVersion } from '../common/model.ts';
+import { readBody } from './body.ts';
+import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
+import { tenantOf } from './auth.ts';
+import { parseJson } from './json.ts';
+import { validateFunctionConfig, validateName, type FunctionConfig } from './validate.ts';
+import { tenantLimits } from './functions.ts';
+
+/** Room for the multipart framing and the config part around the code (1 MiB, the JSON body cap). */
+const MULTIPART_SLACK = 1024 * 1024;
+
+/** zip local-file or empty-archive header, or the gzip magic (RFC 1952). */
+export function archiveKind(b: Buffer): 'zip' | 'tar.gz' | null {
+  if (b.length >= 4 && b[0] === 0x50 && b[1] === 0x4b && (b[2] === 3 || b[2] === 5) && (b[3] === 4 || b[3] === 6)) return 'zip';
+  if (b.length >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'tar.gz';
+  return null;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Files a handler may name, per runtime (the runtimes issue: `index.handler` → index.mjs|js|cjs, `main.handler` → main.py, exec: a path). */
+export function handlerCandidates(runtime: string, handler: string): string[] {
+  const slash = handler.lastIndexOf('/');
+  const dot = handler.lastIndexOf('.');
+  const mod = dot > slash ? handler.slice(0, dot) : handler;
+  if (runtime === 'node') {
+    const bases = mod === handler ? [handler] : [mod, handler];
+    return [...bases.flatMap((b) => ['.mjs', '.js', '.cjs'].map((e) => b + e)), handler];
+  }
+  if (runtime === 'python') {
+    const path = mod.replaceAll('.', '/');
+    return [`${path}.py`, `${path}/__init__.py`];
+  }
+  return [handler];
+}
+
+async function checkHandler(dir: string, cfg: FunctionConfig) {
+  if (cfg.runtime.startsWith('image:')) return;
+  for (const rel of handlerCandidates(cfg.runtime, cfg.handler)) {
+    if (await exists(join(dir, rel))) {
+      if (cfg.runtime === 'exec' && !(await stat(join(dir, rel))).isFile()) continue;
+      return;
+    }
+  }
+  throw new InvalidRequest(
+    `handler ${JSON.stringify(cfg.handler)}: none of ${handlerCandidates(cfg.runtime, cfg.handler).join(', ')} is in the code (is the archive's content inside a folder?)`,
+    { field: 'handler' },
+  );
+}
+
+async function partBytes(v: string | Blob): Promise<Buffer> {
+  return typeof v === 'string' ? Buffer.from(v, 'utf8') : Buffer.from(await v.arrayBuffer());
+}
+
+export function registerDeploy(app: Hono<GatewayEnv>, deps: GatewayDeps, limits: GatewayLimits) {
+  app.put('/:name', async (c) => {
+    const tenant = tenantOf(c);
+    const name = validateName(c.req.param('name'));
+    const ct = c.req.header('content-type') ?? '';
+    if (!/^multipart\/form-data\s*;/i.test(ct)) {
+      throw new InvalidRequest('deploy takes multipart/form-data with a "config" part (JSON) and a "code" part (zip or tar.gz)', { field: 'body' });
+    }
+    let raw: Buffer;
+    try {
+      raw = await readBody(c.req.raw, limits.codeBytes + MULTIPART_SLACK, 'code');
+    } catch (e) {
+      if (isFnhostError(e) && e.type === 'PayloadTooLarge') throw new PayloadTooLarge(`code is larger than ${limits.codeBytes} bytes`, { field: 'code', limitBytes: limits.codeBytes });
+      throw e;
+    }
+    let form: FormData;
+    try {
+      form = await new Response(raw, { headers: { 'content-type': ct } }).formData();
+    } catch (e) {
+      throw new InvalidRequest(`malformed multipart body: ${(e as Error).message}`, { field: 'body' });
+    }
+    for (const k of form.keys()) if (k !== 'config' && k !== 'code') throw new InvalidRequest(`unknown part ${JSON.stringify(k)}`, { field: k });
+    if (form.getAll('config').length > 1 || form.getAll('code').length > 1) throw new InvalidRequest('each part may appear once', { field: 'body' });
+    const configPart = form.get('config');
+    if (configPart === null) throw new InvalidRequest('the "config" part is required', { field: 'config' });
+    const json = parseJson((await partBytes(configPart)).toString('utf8'), 'config');
+
+    const t = await deps.store.tenants.get(tenant);
+    if (!t) throw new NotFound(`tenant ${tenant} not found`);
+    const cfg = validateFunctionConfig(json, tenantLimits(t), name);
+
+    const codePart = form.get('code');
+    const code = codePart === null ? null : await partBytes(codePart);
+    if (code && code.length > limits.codeBytes) throw new PayloadTooLarge(`code is larger than ${limits.codeBytes} bytes`, { field: 'code', limitBytes: limits.codeBytes });
+    const isImage = cfg.runtime.startsWith('image:');
+    if (!code && !isImage) throw new InvalidRequest('the "code" part (zip or tar.gz) is required', { field: 'code' });
+    if (code && !archiveKind(code)) throw new InvalidRequest('code is neither a zip nor a tar.gz archive', { field: 'code' });
+    if (isImage) {
+      try {
+        await deps.images.resolve(cfg.runtime.slice('image:'.length), tenant);
+      } catch (e) {
+        if (isFnhostError(e) && e.type === 'NotFound') throw new InvalidRequest(`${cfg.runtime}: no such image (import it with PUT /v1/images/<name>)`, { field: 'runtime' });
+        throw e;
+      }
+    }
+
+    let codeDigest: string | null = null;
+    if (code) {
+      const layer = await deps.images.addBundle(code);
+      await checkHandler(layer.dir, cfg);
+      codeDigest = layer.digest;
+    }
+    const rec: Omit<FunctionVersion, 'version'> = { tenant, name, ...cfg, codeDigest, createdAt: new Date().toISOString() };
+    const v = await deps.store.functions.putVersion(rec, { maxFunctions: t.limits.maxFunctions });
+    return c.json(v, 201);
+  });
+}

@@ -1,0 +1,80 @@
+/**
+ * @module gateway/invoke
+ * `POST /v1/functions/:name/invoke` (or `:name:3`): the body is the event, any bytes.
+ * - sync (default): 200 with the function's result as the body and its content type, plus
+ *   `X-Fnhost-Invocation-Id`, `X-Fnhost-Start: cold|warm`, `X-Fnhost-Duration-Ms`. Failures are the typed
+ *   errors of the invocation: 502 FunctionError / OutOfMemory / Crashed, 504 Timeout, 429 TooManyRequests.
+ * - `?mode=async`: 202 `{invocationId, duplicate}` once the invocation is durable in Redis; an
+ *   `Idempotency-Key` header makes a repeat of the same key return the first invocation's id.
+ * Bodies above 6 MB (sync) / 256 KB (async) are 413 PayloadTooLarge before anything is queued.
+ */
+import type { Context, Hono } from 'hono';
+import { InvalidRequest } from '../common/errors.ts';
+import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
+import { Attr, injectTraceparent, setActiveAttributes } from '../common/telemetry.ts';
+import type { InvocationClient, InvokeRequest, SyncResult } from '../scheduler/types.ts';
+import { readBody } from './body.ts';
+import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
+import { tenantOf } from './auth.ts';
+import { resolveFunction } from './functions.ts';
+import { validateIdempotencyKey } from './validate.ts';
+
+/**
+ * The request for the scheduler client. Its traceparent names the gateway's 'http request' span (the client
+ * opens the 'enqueue' span under it, per the observability design), or, with tracing off here, is the
+ * caller's own header passed through so a trace stays joined across nodes that do trace.
+ */
+export function invokeRequest(c: Context, fn: FunctionVersion, payload: InvocationPayload, mode: InvocationMode): InvokeRequest {
+  setActiveAttributes({ [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.mode]: mode });
+  const req: InvokeRequest = { fn, payload, mode };
+  const tp = injectTraceparent() ?? c.req.header('traceparent');
+  if (tp) req.traceparent = tp;
+  return req;
+}
+
+/** A sync or http invocation: resolves with the function's answer or rejects with its typed error. */
+export async function invokeSync(c: Context, client: InvocationClient, fn: FunctionVersion, payload: InvocationPayload, mode: 'sync' | 'http'): Promise<SyncResult> {
+  const r = await client.invoke(invokeRequest(c, fn, payload, mode));
+  if (r.record.start) setActiveAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
+  return r;
+}
+
+/** The X-Fnhost-* headers of a sync answer. */
+export function invocationHeaders(r: SyncResult): Record<string, string> {
+  const h: Record<string, string> = { 'x-fnhost-invocation-id': r.record.id };
+  if (r.record.start) h['x-fnhost-start'] = r.record.start;
+  if (r.record.durationMs !== undefined) h['x-fnhost-duration-ms'] = String(r.record.durationMs);
+  return h;
+}
+
+export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps, limits: GatewayLimits) {
+  const { client, store } = deps;
+
+  app.post('/:ref/invoke', async (c) => {
+    const tenant = tenantOf(c);
+    const mode = c.req.query('mode') ?? 'sync';
+    if (mode !== 'sync' && mode !== 'async') throw new InvalidRequest('mode must be "sync" or "async"', { field: 'mode' });
+    const idempotencyKey = validateIdempotencyKey(c.req.header('idempotency-key'));
+    if (idempotencyKey !== undefined && mode !== 'async') throw new InvalidRequest('Idempotency-Key applies to async invocations only', { field: 'Idempotency-Key' });
+    const fn = await resolveFunction(store, tenant, c.req.param('ref'));
+    const body = await readBody(c.req.raw, mode === 'async' ? limits.asyncBodyBytes : limits.syncBodyBytes);
+    const payload: InvocationPayload = { kind: 'event', body };
+    const ct = c.req.header('content-type');
+    if (ct) payload.contentType = ct;
+
+    if (mode === 'async') {
+      const req = invokeRequest(c, fn, payload, 'async');
+      if (idempotencyKey) req.idempotencyKey = idempotencyKey;
+      const r = await client.enqueue(req);
+      setActiveAttributes({ [Attr.invocationId]: r.invocationId });
+      return c.json({ invocationId: r.invocationId, duplicate: r.duplicate }, 202, { 'x-fnhost-invocation-id': r.invocationId });
+    }
+
+    const r = await invokeSync(c, client, fn, payload, 'sync');
+    const headers = new Headers(r.response.headers);
+    for (const [k, v] of Object.entries(invocationHeaders(r))) headers.set(k, v);
+    headers.delete('content-length');
+    headers.delete('transfer-encoding');
+    return new Response(r.response.body.length ? r.response.body : null, { status: r.response.status || 200, headers });
+  });
+}

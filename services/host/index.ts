@@ -1,0 +1,169 @@
+/**
+ * @module host
+ * The host's composition root, used by `fnhost start` and by the e2e tests: Redis (the given REDIS_URL or an
+ * embedded redis-server with AOF in the state dir), the image store, the scheduler (its sandboxes are made
+ * by the native addon, never by forking this Node process), the invocation client, the gateway, and the
+ * HTTP server. One process, explicit wiring, and `close()` undoes all of it in reverse order.
+ *
+ * @example
+ * const host = await startHost(hostConfig(process.env, { port: '0', 'state-dir': '/tmp/s' }));
+ * console.log(host.url, host.adminKey.generated ? host.adminKey.key : '');
+ * await host.close();
+ */
+import type { AddressInfo } from 'node:net';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { serve, type ServerType } from '@hono/node-server';
+import { Redis } from 'ioredis';
+import { createLogger, type Logger } from '../common/log.ts';
+import { metrics } from '../common/metrics.ts';
+import { initTracing } from '../common/tracing-setup.ts';
+import { createGateway } from '../gateway/app.ts';
+import type { GatewayLimits } from '../gateway/context.ts';
+import { tracing } from '../gateway/middleware/tracing.ts';
+import { createInvocationClient, type InvocationClientOptions } from '../scheduler/client.ts';
+import type { Executor } from '../scheduler/executor.ts';
+import { createScheduler, type Scheduler, type SchedulerOptions } from '../scheduler/scheduler.ts';
+import { openImageStore, type ImageStoreOptions } from '../store/image-store.ts';
+import { createMetadataStore, type MetadataStore } from '../store/metadata.ts';
+import type { ImageStore } from '../store/types.ts';
+import { loadAdminKey, type AdminKey } from './admin-key.ts';
+import type { HostConfig } from './config.ts';
+import { startEmbeddedRedis, type EmbeddedRedis } from './redis-server.ts';
+
+export interface HostOptions {
+  logger?: Logger;
+  /** the scheduler's executor (default: the runtime executor over native sandboxes). */
+  executor?: (images: ImageStore) => Promise<Executor> | Executor;
+  scheduler?: Partial<Omit<SchedulerOptions, 'redis' | 'redisUrl' | 'executor'>>;
+  /** false: no scheduler in this process (a gateway-only node of a multi-node setup). */
+  runScheduler?: boolean;
+  client?: Partial<Omit<InvocationClientOptions, 'redis' | 'redisUrl'>>;
+  images?: Partial<ImageStoreOptions>;
+  limits?: Partial<GatewayLimits>;
+  /** Redis key prefix of the metadata store (default "fnhost:"); tests use their own. */
+  metadataPrefix?: string;
+}
+
+export interface Host {
+  /** http://<host>:<port> as a client on this machine reaches it. */
+  url: string;
+  port: number;
+  adminKey: AdminKey;
+  redisUrl: string;
+  store: MetadataStore;
+  images: ImageStore;
+  scheduler?: Scheduler;
+  close(): Promise<void>;
+}
+
+/**
+ * ioredis settings of the gateway's connection: a request may wait for one reconnect attempt, then fails
+ * (→ 503 Unavailable) instead of hanging; 2 s bounds a command on a Redis that accepts but does not answer.
+ */
+const GATEWAY_REDIS = { maxRetriesPerRequest: 1, commandTimeout: 2000, enableAutoPipelining: true } as const;
+/** Layers no function version or image references are collected this often (and 1 min after start). */
+const GC_INTERVAL_MS = 60 * 60_000;
+
+async function defaultExecutor(images: ImageStore): Promise<Executor> {
+  // Loaded by name so the host builds while the runtime executor is still being written (services/scheduler).
+  const path = '../scheduler/runtime-executor.ts';
+  const mod = (await import(path)) as { createRuntimeExecutor: (o: { store: ImageStore }) => Executor | Promise<Executor> };
+  return mod.createRuntimeExecutor({ store: images });
+}
+
+export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promise<Host> {
+  const log = opts.logger ?? createLogger('host');
+  const undo: (() => Promise<unknown> | unknown)[] = [];
+  const close = async () => {
+    for (const fn of undo.reverse()) {
+      try {
+        await fn();
+      } catch (e) {
+        log.warn({ err: e }, 'host: shutdown step failed');
+      }
+    }
+    undo.length = 0;
+  };
+  try {
+    await mkdir(cfg.stateDir, { recursive: true, mode: 0o700 });
+    const tracingHandle = await initTracing({ serviceName: 'fnhost' });
+    undo.push(() => tracingHandle.shutdown());
+
+    let redisUrl = cfg.redisUrl;
+    if (!redisUrl) {
+      const embedded: EmbeddedRedis = await startEmbeddedRedis(cfg.stateDir, { log: (l) => log.debug({ redis: l }) });
+      undo.push(() => embedded.stop());
+      redisUrl = embedded.url;
+      log.info({ socket: embedded.url, pid: embedded.pid }, 'embedded redis-server started (AOF in the state dir)');
+    }
+    const redis = new Redis(redisUrl, GATEWAY_REDIS);
+    redis.on('error', (e) => log.debug({ err: e.message }, 'gateway redis'));
+    undo.push(() => redis.quit().catch(() => redis.disconnect()));
+    undo.push(metrics.watchRedis(redis, 'gateway'));
+    await redis.ping();
+
+    const images = await openImageStore({ stateDir: cfg.stateDir, ...(cfg.baseDir ? { baseDir: cfg.baseDir } : {}), ...opts.images });
+    const store = createMetadataStore(redis, opts.metadataPrefix);
+
+    let scheduler: Scheduler | undefined;
+    if (opts.runScheduler !== false) {
+      const executor = await (opts.executor ?? defaultExecutor)(images);
+      scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), ...(cfg.nodeId ? { nodeId: cfg.nodeId } : {}), ...opts.scheduler });
+      await scheduler.start();
+      undo.push(() => scheduler!.close());
+    }
+    const client = createInvocationClient({ redis, ...opts.client });
+    undo.push(() => client.close());
+
+    const adminKey = await loadAdminKey(cfg.stateDir, cfg.adminKey);
+    const app = createGateway({
+      store,
+      client,
+      images,
+      adminKeyHash: adminKey.hash,
+      tmpDir: join(cfg.stateDir, 'tmp'),
+      logger: log.child({ part: 'gateway' }),
+      observability: {
+        httpMiddleware: tracing(),
+        metrics: async () => ({ contentType: metrics.contentType, body: await metrics.text() }),
+      },
+      ...(opts.limits ? { limits: opts.limits } : {}),
+    });
+
+    const server: ServerType = await new Promise((resolve, reject) => {
+      const s = serve({ fetch: app.fetch, port: cfg.port, hostname: cfg.host }, () => resolve(s));
+      s.once('error', reject);
+    });
+    undo.push(
+      () =>
+        new Promise<void>((res) => {
+          const srv = server as import('node:http').Server;
+          srv.close(() => res());
+          // keep-alive connections would hold close() open; idle ones go now, busy ones when answered
+          srv.closeIdleConnections?.();
+          setTimeout(() => srv.closeAllConnections?.(), 5000).unref();
+        }),
+    );
+    const port = (server.address() as AddressInfo).port;
+    const shownHost = cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host.includes(':') ? `[${cfg.host}]` : cfg.host;
+
+    // Unreferenced code layers (old bundles, failed deploys) go in the background.
+    const gc = async () => {
+      const tenants = (await store.tenants.list()).map((t) => t.name);
+      const keep = await store.functions.codeDigests(tenants);
+      const r = await images.gc(keep);
+      if (r.removed.length) log.info({ removed: r.removed.length }, 'image store gc');
+    };
+    const first = setTimeout(() => void gc().catch((e) => log.warn({ err: e }, 'gc failed')), 60_000);
+    const every = setInterval(() => void gc().catch((e) => log.warn({ err: e }, 'gc failed')), GC_INTERVAL_MS);
+    first.unref();
+    every.unref();
+    undo.push(() => (clearTimeout(first), clearInterval(every)));
+
+    return { url: `http://${shownHost}:${port}`, port, adminKey, redisUrl, store, images, ...(scheduler ? { scheduler } : {}), close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}

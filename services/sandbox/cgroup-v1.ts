@@ -1,0 +1,227 @@
+/**
+ * @module sandbox/cgroup-v1
+ * cgroup v1: one hierarchy per controller (Documentation/admin-guide/cgroup-v1/). Memory: limit_in_bytes and,
+ * when swap accounting exists, memsw.limit_in_bytes (= limit: no swap); peak = max_usage_in_bytes; OOM kills =
+ * memory.oom_control "oom_kill". pids.max. cpu.cfs_quota_us/cfs_period_us. v1 has no cgroup.kill: killAll
+ * loops SIGKILL over cgroup.procs until empty (the sandbox's pid namespace usually does it first: killing its
+ * init kills everything in it).
+ */
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  CFS_PERIOD_US, MiB, cfsQuotaUs, sleep,
+  type CgroupFsOptions, type CgroupHandle, type CgroupJoin, type CgroupManager, type Controller,
+} from './cgroup.ts';
+import type { MemoryStats, SandboxLimits } from './types.ts';
+
+function readInt(file: string): number {
+  try {
+    return Number.parseInt(readFileSync(file, 'utf8'), 10) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+function readKey(file: string, key: string): number {
+  try {
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const [k, v] = line.split(/\s+/);
+      if (k === key) return Number.parseInt(v ?? '0', 10) || 0;
+    }
+  } catch {
+    /* missing file: 0 */
+  }
+  return 0;
+}
+
+export function readPids(file: string): number[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  return text.split('\n').filter(Boolean).map(Number);
+}
+
+export async function removeDirs(dirs: string[], rmdir: (p: string) => void, deadlineMs: number): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  for (const dir of dirs) {
+    for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
+      try {
+        rmdir(dir);
+        break;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') break;
+        // EBUSY: tasks that were just killed are still being released by the kernel.
+        if (code !== 'EBUSY' || Date.now() > deadline) throw e;
+        await sleep(delay);
+      }
+    }
+  }
+}
+
+export async function killLoop(pids: () => number[], deadlineMs: number): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
+    const list = pids();
+    if (list.length === 0) return;
+    for (const pid of list) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+    if (Date.now() > deadline) throw new Error(`cgroup still has tasks after ${deadlineMs} ms: ${list.join(',')}`);
+    await sleep(delay);
+  }
+}
+
+class V1Handle implements CgroupHandle {
+  constructor(
+    readonly path: string,
+    private readonly dirs: Partial<Record<Controller, string>>,
+    private readonly memsw: boolean,
+    private readonly rmdir: (p: string) => void,
+  ) {}
+
+  private dir(c: Controller): string | undefined {
+    return this.dirs[c];
+  }
+
+  openJoin(): CgroupJoin {
+    const fds: number[] = [];
+    try {
+      for (const d of Object.values(this.dirs)) fds.push(openSync(join(d, 'cgroup.procs'), 'w'));
+    } catch (e) {
+      for (const fd of fds) closeSync(fd);
+      throw e;
+    }
+    return { procsFds: fds, dirFd: -1 };
+  }
+
+  setLimits(l: Partial<SandboxLimits>): void {
+    const mem = this.dir('memory');
+    if (mem && l.memoryMb !== undefined) {
+      const bytes = String(l.memoryMb * MiB);
+      const limit = join(mem, 'memory.limit_in_bytes');
+      const sw = join(mem, 'memory.memsw.limit_in_bytes');
+      if (!this.memsw) {
+        writeFileSync(limit, bytes);
+      } else if (l.memoryMb * MiB > readInt(limit)) {
+        // the kernel keeps limit <= memsw at every step: raise memsw first, lower limit first
+        writeFileSync(sw, bytes);
+        writeFileSync(limit, bytes);
+      } else {
+        writeFileSync(limit, bytes);
+        writeFileSync(sw, bytes);
+      }
+    }
+    const pids = this.dir('pids');
+    if (pids && l.pidsMax !== undefined) writeFileSync(join(pids, 'pids.max'), String(l.pidsMax));
+    const cpu = this.dir('cpu');
+    if (cpu && l.cpuMillis !== undefined) {
+      const q = cfsQuotaUs(l.cpuMillis);
+      writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CFS_PERIOD_US));
+      writeFileSync(join(cpu, 'cpu.cfs_quota_us'), q === null ? '-1' : String(q));
+    }
+  }
+
+  memory(): MemoryStats {
+    const mem = this.dir('memory');
+    if (!mem) return { currentBytes: 0, peakBytes: 0, oomKills: 0 };
+    return {
+      currentBytes: readInt(join(mem, 'memory.usage_in_bytes')),
+      peakBytes: readInt(join(mem, 'memory.max_usage_in_bytes')),
+      oomKills: readKey(join(mem, 'memory.oom_control'), 'oom_kill'),
+    };
+  }
+
+  resetPeak(): void {
+    const mem = this.dir('memory');
+    // Writing 0 resets the watermark to the current usage (cgroup-v1/memory.rst, 5.4).
+    if (mem) writeFileSync(join(mem, 'memory.max_usage_in_bytes'), '0');
+  }
+
+  pids(): number[] {
+    const seen = new Set<number>();
+    for (const d of Object.values(this.dirs)) for (const p of readPids(join(d, 'cgroup.procs'))) seen.add(p);
+    return [...seen];
+  }
+
+  async killAll(deadlineMs = 5000): Promise<void> {
+    await killLoop(() => this.pids(), deadlineMs);
+  }
+
+  async remove(deadlineMs = 5000): Promise<void> {
+    await removeDirs(Object.values(this.dirs), this.rmdir, deadlineMs);
+  }
+}
+
+export class CgroupV1 implements CgroupManager {
+  readonly kind = 'v1';
+  private readonly memsw: boolean;
+  private readonly rmdir: (p: string) => void;
+
+  /** @param roots mount point of each v1 controller handled here, e.g. {memory: '/sys/fs/cgroup/memory'} */
+  constructor(private readonly roots: Partial<Record<Controller, string>>, opts: CgroupFsOptions = {}) {
+    this.memsw = roots.memory ? existsSync(join(roots.memory, 'memory.memsw.limit_in_bytes')) : false;
+    this.rmdir = opts.rmdir ?? ((p) => rmdirSync(p));
+  }
+
+  private dirsFor(rel: string): Partial<Record<Controller, string>> {
+    const out: Partial<Record<Controller, string>> = {};
+    for (const [c, root] of Object.entries(this.roots) as Array<[Controller, string]>) out[c] = join(root, rel);
+    return out;
+  }
+
+  create(nodeId: string, id: string, limits: SandboxLimits): CgroupHandle {
+    const rel = join('fnhost', nodeId, id);
+    const dirs = this.dirsFor(rel);
+    const made: string[] = [];
+    try {
+      for (const [c, d] of Object.entries(dirs) as Array<[Controller, string]>) {
+        mkdirSync(join(this.roots[c]!, 'fnhost', nodeId), { recursive: true });
+        mkdirSync(d);
+        made.push(d);
+      }
+      const h = new V1Handle(rel, dirs, this.memsw, this.rmdir);
+      h.setLimits(limits);
+      if (dirs.memory) {
+        // no swap for the sandbox even where memsw accounting is off (cgroup-v1/memory.rst, 5.3)
+        try { writeFileSync(join(dirs.memory, 'memory.swappiness'), '0'); } catch { /* not on every kernel */ }
+      }
+      return h;
+    } catch (e) {
+      for (const d of made.reverse()) {
+        try { this.rmdir(d); } catch { /* best effort: nothing ran in it */ }
+      }
+      throw e;
+    }
+  }
+
+  list(nodeId: string): string[] {
+    const ids = new Set<string>();
+    for (const root of Object.values(this.roots)) {
+      try {
+        for (const e of readdirSync(join(root, 'fnhost', nodeId), { withFileTypes: true })) if (e.isDirectory()) ids.add(e.name);
+      } catch {
+        /* no such node dir */
+      }
+    }
+    return [...ids];
+  }
+
+  open(nodeId: string, id: string): CgroupHandle {
+    const rel = join('fnhost', nodeId, id);
+    return new V1Handle(rel, this.dirsFor(rel), this.memsw, this.rmdir);
+  }
+
+  removeNode(nodeId: string): void {
+    for (const root of Object.values(this.roots)) {
+      try { this.rmdir(join(root, 'fnhost', nodeId)); } catch { /* busy or gone */ }
+    }
+  }
+}

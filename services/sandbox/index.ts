@@ -1,0 +1,172 @@
+/**
+ * @module sandbox
+ * The sandbox API (contract: ./types.ts): fresh namespaces + cgroup caps + a read-only overlay rootfs,
+ * started through the native launcher (native/: addon + static init). The only entry point for runtimes and
+ * the scheduler.
+ *
+ * @example
+ * import { createSandbox } from '../sandbox/index.ts';
+ * const sb = await createSandbox({ limits: { memoryMb: 64 } });       // pooled: init waiting, no rootfs
+ * const p = await sb.start({ layers: ['/var/lib/fnhost/layers/busybox'], argv: ['/bin/echo', 'hi'] });
+ * p.stdout.on('data', (d) => process.stdout.write(d));
+ * const st = await p.exited;                                           // {code: 0, signal: null, oomKilled: false, ...}
+ * await sb.destroy();                                                  // no process, mount or cgroup left
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Internal } from '../common/errors.ts';
+import type { CgroupManager } from './cgroup.ts';
+import { hostCgroups } from './cgroup-detect.ts';
+import { closeJoin } from './cgroup-v2.ts';
+import { ControlChannel } from './control.ts';
+import { SandboxError, errnoName, fromNodeError } from './errors.ts';
+import { INIT_PATH, PROBE_PATH, native } from './native.ts';
+import { SandboxImpl, ensureRunDir } from './sandbox.ts';
+import type { CreateOptions, Sandbox, SandboxLimits } from './types.ts';
+import { DEFAULT_LIMITS, MIN_LIMITS, validateLimits, validateNodeId } from './validate.ts';
+
+export type * from './types.ts';
+export { SandboxError } from './errors.ts';
+export { DEFAULT_LIMITS, MIN_LIMITS } from './validate.ts';
+export { INIT_PATH, PROBE_PATH };
+
+let nodeId = process.env.FNHOST_NODE_ID ?? 'default';
+const live = new Map<string, SandboxImpl>();
+let privilegeChecked = false;
+let managerOverride: CgroupManager | undefined;
+
+/** Sets the process-wide node id: cgroups go under fnhost/<nodeId>/ (default $FNHOST_NODE_ID or "default"). */
+export function setNodeId(id: string): void {
+  nodeId = validateNodeId(id);
+}
+
+export function getNodeId(): string {
+  return nodeId;
+}
+
+/** For tests only: run against another cgroup manager (e.g. a scratch v2 layout). */
+export function setCgroupManagerForTests(m: CgroupManager | undefined): void {
+  managerOverride = m;
+}
+
+function cgroups(): CgroupManager {
+  return managerOverride ?? hostCgroups();
+}
+
+/** CAP_SYS_ADMIN is bit 21 of CapEff (include/uapi/linux/capability.h). */
+const CAP_SYS_ADMIN = 21n;
+
+/**
+ * Why this process cannot make sandboxes, in one sentence, or null when it can.
+ * The host calls this at start-up and exits with the sentence rather than half-start.
+ */
+export function sandboxUnavailableReason(): string | null {
+  if (process.platform !== 'linux') return `fnhost needs Linux namespaces and cgroups, and this is ${process.platform}.`;
+  if (process.getuid?.() !== 0) {
+    return `fnhost must run as root to create namespaces, cgroups and mounts (running as uid ${process.getuid?.()}).`;
+  }
+  try {
+    const m = /^CapEff:\s+([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (!m || !((BigInt(`0x${m[1]}`) >> CAP_SYS_ADMIN) & 1n)) {
+      return 'fnhost runs as root but without CAP_SYS_ADMIN, which it needs to create namespaces and mounts.';
+    }
+  } catch {
+    /* no /proc: spawnInit will say what is missing */
+  }
+  return null;
+}
+
+/** Throws `Internal` with the one-sentence reason when this process cannot make sandboxes. */
+export function assertCanSandbox(): void {
+  if (privilegeChecked) return;
+  const reason = sandboxUnavailableReason();
+  if (reason) throw new Internal(reason, { reason: 'not-privileged' });
+  native(); // fails with "run: bash infra/build-native.sh" when the native build is missing
+  privilegeChecked = true;
+}
+
+// Namespaces of every sandbox. CLONE_NEWCGROUP is unshared by the addon's child after it joined the
+// cgroups, so the namespace's root is the sandbox's own cgroup.
+function cloneFlags(): number {
+  const c = native().constants;
+  return c.CLONE_NEWPID | c.CLONE_NEWNS | c.CLONE_NEWUTS | c.CLONE_NEWIPC | c.CLONE_NEWNET | c.CLONE_NEWCGROUP;
+}
+
+/**
+ * Creates a pooled sandbox: fresh pid/mnt/uts/ipc/net/cgroup namespaces, its init born inside its own
+ * cgroup with `limits` applied, blocked on its control channel. No rootfs yet (that is start()).
+ *
+ * @example
+ * const sb = await createSandbox({ limits: { memoryMb: 128, pidsMax: 64 }, nodeId: 'node-a' });
+ */
+export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> {
+  assertCanSandbox();
+  const limits: SandboxLimits = { ...DEFAULT_LIMITS, ...validateLimits(opts.limits) };
+  const node = opts.nodeId === undefined ? nodeId : validateNodeId(opts.nodeId);
+  ensureRunDir();
+  const id = `sb-${randomBytes(6).toString('hex')}`;
+  let cg;
+  try {
+    cg = cgroups().create(node, id, limits);
+  } catch (e) {
+    throw fromNodeError(`creating the cgroup of sandbox ${id}`, e);
+  }
+  let spawned;
+  try {
+    const join = cg.openJoin();
+    try {
+      spawned = native().spawnInit(INIT_PATH, cloneFlags(), join.procsFds, join.dirFd);
+    } finally {
+      closeJoin(join);
+    }
+  } catch (e) {
+    await cg.remove().catch(() => {});
+    throw fromNodeError(`starting the init of sandbox ${id}`, e);
+  }
+  const ch = new ControlChannel(spawned.fd);
+  const sb = new SandboxImpl(id, spawned.pid, ch, cg, limits, (s) => live.delete(s.id));
+  live.set(id, sb);
+  try {
+    await sb.ready;
+  } catch (e) {
+    await sb.destroy().catch(() => {});
+    const n = e as { errno?: number; syscall?: string; path?: string; message?: string };
+    throw new SandboxError(`sandbox ${id} init set-up failed: ${n.message}`, {
+      code: errnoName(n.errno ?? -5), errno: n.errno ?? -5, syscall: n.syscall ?? '', path: n.path || undefined,
+    }, { cause: e });
+  }
+  return sb;
+}
+
+/**
+ * Removes what an earlier run with this node id left behind: kills every task in fnhost/<nodeId>/* cgroups
+ * (killing a sandbox's init ends its pid namespace and with it its mounts) and removes those cgroups.
+ * Sandboxes live in this process are left alone. Call once at host start-up.
+ *
+ * @example
+ * const { sandboxes } = await cleanupLeftovers('node-a');
+ */
+export async function cleanupLeftovers(node: string = nodeId): Promise<{ sandboxes: number }> {
+  validateNodeId(node);
+  const m = cgroups();
+  let n = 0;
+  for (const id of m.list(node)) {
+    if (live.has(id)) continue;
+    const h = m.open(node, id);
+    await h.killAll();
+    await h.remove();
+    n++;
+  }
+  m.removeNode(node);
+  return { sandboxes: n };
+}
+
+/** Sandboxes of this process not yet destroyed (for shutdown and diagnostics). */
+export function liveSandboxes(): Sandbox[] {
+  return [...live.values()];
+}
+
+/** Destroys every live sandbox of this process (host shutdown). */
+export async function destroyAll(): Promise<void> {
+  await Promise.all([...live.values()].map((s) => s.destroy().catch(() => {})));
+}

@@ -1,0 +1,325 @@
+/**
+ * @module sandbox/sandbox
+ * One sandbox: its init (PID 1 of fresh namespaces), its cgroup(s) and its control channel. Implements the
+ * `Sandbox` contract of types.ts; created by createSandbox() in index.ts.
+ */
+import { closeSync, mkdirSync, readFileSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import type { Duplex, Readable, Writable } from 'node:stream';
+import { Conflict, InvalidRequest } from '../common/errors.ts';
+import { MiB, type CgroupHandle } from './cgroup.ts';
+import { ControlChannel } from './control.ts';
+import { SandboxError, errnoName, fromNodeError } from './errors.ts';
+import { native } from './native.ts';
+import type {
+  ExitStatus, MemoryStats, ProcessSpec, Sandbox, SandboxLimits, SandboxProcess, SandboxState, StartSpec,
+} from './types.ts';
+import {
+  existsInRootfs, resolveCommand, validateLimits, validateMount, validateProcess, validateStart, type NormalProcess, type RootfsView,
+} from './validate.ts';
+
+/** Where the init assembles the new root inside its own mount namespace (the host never sees a mount here). */
+export const RUN_DIR = '/run/fnhost';
+export const NEWROOT = `${RUN_DIR}/newroot`;
+/** An empty directory: the bottom layer when a spec has a single one (overlayfs needs 2 lowers without an upper). */
+export const EMPTY_LAYER = `${RUN_DIR}/empty`;
+
+let runDirReady = false;
+export function ensureRunDir(): void {
+  if (runDirReady) return;
+  mkdirSync(NEWROOT, { recursive: true, mode: 0o755 });
+  mkdirSync(EMPTY_LAYER, { recursive: true, mode: 0o755 });
+  runDirReady = true;
+}
+
+/** overlayfs `lowerdir=` value: top layer first; a single layer gets the empty dir below it. */
+export function lowerdir(layersBottomFirst: string[]): string {
+  const top = [...layersBottomFirst].reverse();
+  if (top.length === 1) top.push(EMPTY_LAYER);
+  return top.join(':');
+}
+
+const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([n, v]) => [v as number, n]));
+
+function closeQuietly(fd: number | undefined): void {
+  if (fd === undefined || fd < 0) return;
+  try { closeSync(fd); } catch { /* already closed */ }
+}
+
+/** The host pid of the init's child whose pid in the sandbox's namespace is `nspid` (-1 if gone). */
+function hostPidOf(initPid: number, nspid: number): number {
+  let children: string[];
+  try {
+    children = readFileSync(`/proc/${initPid}/task/${initPid}/children`, 'utf8').trim().split(' ').filter(Boolean);
+  } catch {
+    return -1;
+  }
+  for (const c of children) {
+    try {
+      const m = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${c}/status`, 'utf8'));
+      const ids = m?.[1]?.trim().split(/\s+/) ?? [];
+      if (Number(ids[ids.length - 1]) === nspid) return Number(c);
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return -1;
+}
+
+interface ProcEntry {
+  baselineOom: number;
+  resolve: (s: ExitStatus) => void;
+  streams: Array<Socket>;
+  done: boolean;
+}
+
+class Process implements SandboxProcess {
+  constructor(
+    readonly pid: number,
+    readonly stdin: Writable,
+    readonly stdout: Readable,
+    readonly stderr: Readable,
+    readonly wire: Duplex | null,
+    readonly exited: Promise<ExitStatus>,
+  ) {}
+}
+
+export class SandboxImpl implements Sandbox {
+  private stateValue: SandboxState = 'created';
+  private busy = false;
+  private readonly procs = new Map<number, ProcEntry>();
+  private view: RootfsView | undefined;
+  private readonly initReaped: Promise<void>;
+  private reaped = false;
+  private destroying: Promise<void> | undefined;
+  private limits: SandboxLimits;
+  readonly ready: Promise<void>;
+
+  constructor(
+    readonly id: string,
+    readonly initPid: number,
+    private readonly ch: ControlChannel,
+    private readonly cg: CgroupHandle,
+    limits: SandboxLimits,
+    private readonly onGone: (sb: SandboxImpl) => void,
+  ) {
+    this.limits = { ...limits };
+    this.ready = ch.ready;
+    ch.onExited = (m) => {
+      const e = this.procs.get(m.reqid);
+      if (!e) return;
+      this.finish(e, m.code, m.signal === null ? null : m.signal);
+      this.procs.delete(m.reqid);
+    };
+    this.initReaped = ch.closed.then(() => this.reapInit());
+  }
+
+  get state(): SandboxState {
+    return this.stateValue;
+  }
+
+  private finish(e: ProcEntry, code: number | null, signal: number | null): void {
+    if (e.done) return;
+    e.done = true;
+    // nobody can read the process's stdin any more; its stdout/stderr/wire end by themselves at EOF
+    e.streams[0]?.destroy();
+    let mem: MemoryStats = { currentBytes: 0, peakBytes: 0, oomKills: 0 };
+    try { mem = this.cg.memory(); } catch { /* cgroup gone: report zeros */ }
+    e.resolve({
+      code,
+      signal: signal === null ? null : (SIGNAL_NAMES.get(signal) ?? `SIG${signal}`),
+      oomKilled: mem.oomKills > e.baselineOom,
+      peakMemoryBytes: mem.peakBytes,
+    });
+  }
+
+  private async reapInit(): Promise<void> {
+    const n = native();
+    let st = null;
+    try {
+      st = n.waitpid(this.initPid);
+      // EOF came from the init's exit; it may still be tearing down its pid namespace (waiting for its
+      // processes to die), so wait off the main thread.
+      if (!st) st = await n.waitpidAsync(this.initPid);
+    } catch {
+      /* ECHILD: already reaped */
+    }
+    this.reaped = true;
+    // Whatever was still running died with the pid namespace (SIGKILL from the kernel).
+    for (const e of this.procs.values()) this.finish(e, null, 9);
+    this.procs.clear();
+  }
+
+  private assertUsable(want: SandboxState, what: string): void {
+    if (this.stateValue !== want || this.busy || this.ch.isClosed) {
+      throw new Conflict(`cannot ${what}: sandbox ${this.id} is ${this.ch.isClosed && this.stateValue !== 'destroyed' ? 'dead' : this.busy ? 'busy' : this.stateValue}`, { sandboxId: this.id, state: this.stateValue });
+    }
+  }
+
+  async start(spec: StartSpec): Promise<SandboxProcess> {
+    this.assertUsable('created', 'start');
+    const s = validateStart(spec);
+    this.busy = true;
+    try {
+      if (Object.keys(s.limits).length) this.applyLimits(s.limits);
+      ensureRunDir();
+      const ops = ['overlay', NEWROOT, lowerdir(s.layers)];
+      for (const m of s.mounts) ops.push('overlay', `${NEWROOT}${m.target}`, lowerdir(m.layers));
+      ops.push(
+        'tmpfs', `${NEWROOT}/tmp`, String(s.tmpfsMb * MiB), '1777',
+        'proc', `${NEWROOT}/proc`,
+        'dev', `${NEWROOT}/dev`,
+        'pivot', NEWROOT,
+        'hostname', s.hostname,
+        'harden',
+      );
+      const proc = await this.spawn(ops, s, 'start');
+      this.view = { layers: s.layers, mounts: s.mounts };
+      this.stateValue = 'started';
+      return proc;
+    } catch (e) {
+      // A half-specialised sandbox is never reused: its mounts may be partly made.
+      this.busy = false;
+      await this.destroy();
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async exec(spec: ProcessSpec): Promise<SandboxProcess> {
+    this.assertUsable('started', 'exec');
+    const p = validateProcess(spec);
+    if (!resolveCommand(this.view!, p)) bad('argv', `argv[0] "${p.argv[0]}" is not in the rootfs`);
+    try { this.cg.resetPeak(); } catch { /* best effort */ }
+    return this.spawn([], p, 'exec');
+  }
+
+  async attach(target: string, layers: string[]): Promise<void> {
+    this.assertUsable('started', 'attach');
+    const m = validateMount(target, layers, 'target', 'layers');
+    // the target must already exist: the rootfs is read-only, nothing can be created in it
+    if (!existsInRootfs(this.view!, m.target, true)) bad('target', `attach target ${m.target} is not a directory in the rootfs`);
+    let fd: number;
+    try {
+      fd = native().overlayMount(lowerdir(m.layers));
+    } catch (e) {
+      throw fromNodeError(`attach ${m.target}: building the overlay`, e);
+    }
+    try {
+      const r = await this.ch.request(['attach', m.target], [fd]).reply;
+      if (!r.ok) throw initError(`attach ${m.target}`, r);
+    } finally {
+      closeQuietly(fd);
+    }
+    this.view!.mounts.push(m);
+  }
+
+  private applyLimits(l: Partial<SandboxLimits>): void {
+    try {
+      this.cg.setLimits(l);
+    } catch (e) {
+      throw fromNodeError(`setting limits of sandbox ${this.id}`, e);
+    }
+    this.limits = { ...this.limits, ...l };
+  }
+
+  async setLimits(limits: Partial<SandboxLimits>): Promise<void> {
+    if (this.stateValue === 'destroyed') throw new Conflict(`sandbox ${this.id} is destroyed`, { sandboxId: this.id });
+    this.applyLimits(validateLimits(limits));
+  }
+
+  async memory(): Promise<MemoryStats> {
+    if (this.stateValue === 'destroyed') throw new Conflict(`sandbox ${this.id} is destroyed`, { sandboxId: this.id });
+    return this.cg.memory();
+  }
+
+  private async spawn(preOps: string[], p: NormalProcess, what: string): Promise<SandboxProcess> {
+    const n = native();
+    const hostFds: number[] = [];
+    const childFds: number[] = [];
+    try {
+      const stdin = n.pipe();
+      hostFds.push(stdin[1]); childFds.push(stdin[0]);
+      const stdout = n.pipe();
+      hostFds.push(stdout[0]); childFds.push(stdout[1]);
+      const stderr = n.pipe();
+      hostFds.push(stderr[0]); childFds.push(stderr[1]);
+      if (p.wire) {
+        const w = n.socketpair();
+        hostFds.push(w[0]); childFds.push(w[1]);
+      }
+    } catch (e) {
+      hostFds.forEach(closeQuietly);
+      childFds.forEach(closeQuietly);
+      throw fromNodeError(`${what}: creating stdio`, e);
+    }
+    const ops = [
+      ...preOps,
+      'spawn', String(p.uid), String(p.gid), p.cwd, String(p.argv.length), ...p.argv, String(p.env.length), ...p.env,
+      String(childFds.length),
+    ];
+    let baselineOom = 0;
+    try { baselineOom = this.cg.memory().oomKills; } catch { /* no memory controller */ }
+    let resolveExit!: (s: ExitStatus) => void;
+    const exited = new Promise<ExitStatus>((r) => { resolveExit = r; });
+    const entry: ProcEntry = { baselineOom, resolve: resolveExit, streams: [], done: false };
+    const { id, reply } = this.ch.request(ops, childFds);
+    // The kernel holds its own references to fds in flight; ours are no longer needed.
+    childFds.forEach(closeQuietly);
+    this.procs.set(id, entry);
+    const r = await reply;
+    if (!r.ok) {
+      this.procs.delete(id);
+      hostFds.forEach(closeQuietly);
+      throw initError(`${what} ${p.argv[0]}`, r);
+    }
+    const sIn = new Socket({ fd: hostFds[0]!, readable: false, writable: true });
+    const sOut = new Socket({ fd: hostFds[1]!, readable: true, writable: false });
+    const sErr = new Socket({ fd: hostFds[2]!, readable: true, writable: false });
+    const sWire = p.wire ? new Socket({ fd: hostFds[3]!, readable: true, writable: true }) : null;
+    // A process that exits without reading its stdin must not crash the host with EPIPE.
+    sIn.on('error', () => {});
+    entry.streams.push(sIn, sOut, sErr, ...(sWire ? [sWire] : []));
+    // "exited" can arrive in the same read as "ok", before this continuation ran
+    if (entry.done) sIn.destroy();
+    return new Process(hostPidOf(this.initPid, r.pid), sIn, sOut, sErr, sWire, exited);
+  }
+
+  async kill(): Promise<void> {
+    if (!this.reaped) {
+      try { process.kill(this.initPid, 'SIGKILL'); } catch { /* already exiting */ }
+    }
+    await this.initReaped;
+    // The pid namespace is gone with its init; the cgroup check only guards against anything that escaped it.
+    await this.cg.killAll();
+  }
+
+  destroy(): Promise<void> {
+    this.destroying ??= this.doDestroy();
+    return this.destroying;
+  }
+
+  private async doDestroy(): Promise<void> {
+    this.ch.close();
+    await this.kill();
+    for (const e of this.procs.values()) for (const s of e.streams) s.destroy();
+    try {
+      await this.cg.remove();
+    } finally {
+      this.stateValue = 'destroyed';
+      this.onGone(this);
+    }
+  }
+}
+
+function bad(field: string, message: string): never {
+  throw new InvalidRequest(message, { field });
+}
+
+function initError(context: string, r: { errno: number; syscall: string; path: string; message: string }): SandboxError {
+  return new SandboxError(`${context}: ${r.message} (${errnoName(r.errno)}, ${r.syscall}${r.path ? ` '${r.path}'` : ''})`, {
+    code: errnoName(r.errno), errno: -r.errno, syscall: r.syscall, path: r.path || undefined,
+  });
+}

@@ -1,0 +1,75 @@
+/**
+ * @module scheduler/keys
+ * The one place that names every Redis key and BullMQ queue the scheduler and its client use.
+ * Everything lives under one prefix (default "fnhost") so that several hosts can share a Redis and a node's
+ * start-up clean-up can find exactly its own keys.
+ *
+ * Layout (P = prefix, T = tenant, F = function name, V = version, N = node id, I = invocation id):
+ *
+ * | key | type | written by | lifetime |
+ * | --- | --- | --- | --- |
+ * | `P:bull:inv.T:*` | BullMQ queue of tenant T | client (add), scheduler (worker) | jobs removed on complete/fail by age+count |
+ * | `P:tenants` | SET of tenants that have a queue | client | permanent (tiny) |
+ * | `P:inv:T:I` | HASH {s: status, r: record JSON} | client (queued), scheduler (running, final) | `retentionS` (async failures: `deadLetterRetentionS`) |
+ * | `P:payload:I` | STRING, body bytes of a large payload | client | the invocation's retention |
+ * | `P:idem:T:<key>` | STRING invocation id | client (SET NX) | `idempotencyTtlS` |
+ * | `P:reply:<clientId>` | pub/sub channel: "I\n{record, response}" | scheduler | — |
+ * | `P:logs:T:F` | STREAM {i, s, t, l} capped at `logMaxLen` | scheduler | `logTtlS`, refreshed on write |
+ * | `P:logfns:T` | SET of F with a log stream | scheduler | `logTtlS` |
+ * | `P:nodes` | ZSET N → last heartbeat (epoch ms) | scheduler | entries older than 3 heartbeats are stale |
+ * | `P:node:N` | HASH node facts (capacity, used MiB, pools) | scheduler | TTL 3 heartbeats |
+ * | `P:warm:T:F:V` | HASH N → epoch ms until which N keeps a warm instance | scheduler | TTL = keep-alive |
+ * | `P:nodeq:N` | STRING count of routed jobs not yet picked up on N | client (INCR), scheduler (DECR) | TTL 1 h, reset at node start |
+ * | `P:bull:node.N:*` | BullMQ queue of jobs routed to node N (a warm instance is there) | client, scheduler N | as tenant queues |
+ *
+ * Names inside keys are URI-encoded: tenant and function names are validated by the gateway, but a ':' in a
+ * name must never be able to reach into another tenant's keys, and BullMQ refuses ':' in queue names.
+ */
+
+export const DEFAULT_PREFIX = 'fnhost';
+
+const enc = (s: string) => encodeURIComponent(s).replace(/\./g, '%2E');
+
+export interface Keys {
+  readonly prefix: string;
+  /** BullMQ's own prefix (passed as `prefix` to Queue/Worker). */
+  readonly bullPrefix: string;
+  tenantQueue(tenant: string): string;
+  nodeQueue(nodeId: string): string;
+  tenants(): string;
+  record(tenant: string, id: string): string;
+  payload(id: string): string;
+  idempotency(tenant: string, key: string): string;
+  replyChannel(clientId: string): string;
+  logs(tenant: string, fn: string): string;
+  logFunctions(tenant: string): string;
+  nodes(): string;
+  node(nodeId: string): string;
+  warm(tenant: string, fn: string, version: number): string;
+  nodePending(nodeId: string): string;
+  /** the tenant a queue name belongs to, or null for a node queue. */
+  tenantOfQueue(queueName: string): string | null;
+}
+
+export function createKeys(prefix = DEFAULT_PREFIX): Keys {
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) throw new Error(`invalid key prefix ${JSON.stringify(prefix)}`);
+  const P = prefix;
+  return {
+    prefix: P,
+    bullPrefix: `${P}:bull`,
+    tenantQueue: (t) => `inv.${enc(t)}`,
+    nodeQueue: (n) => `node.${enc(n)}`,
+    tenants: () => `${P}:tenants`,
+    record: (t, id) => `${P}:inv:${enc(t)}:${enc(id)}`,
+    payload: (id) => `${P}:payload:${enc(id)}`,
+    idempotency: (t, k) => `${P}:idem:${enc(t)}:${enc(k)}`,
+    replyChannel: (c) => `${P}:reply:${enc(c)}`,
+    logs: (t, f) => `${P}:logs:${enc(t)}:${enc(f)}`,
+    logFunctions: (t) => `${P}:logfns:${enc(t)}`,
+    nodes: () => `${P}:nodes`,
+    node: (n) => `${P}:node:${enc(n)}`,
+    warm: (t, f, v) => `${P}:warm:${enc(t)}:${enc(f)}:${v}`,
+    nodePending: (n) => `${P}:nodeq:${enc(n)}`,
+    tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
+  };
+}

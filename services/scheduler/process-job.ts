@@ -1,0 +1,161 @@
+/**
+ * @module scheduler/process-job
+ * One attempt of one invocation job, on one node: pick-up → placement (warm pick or pool claim +
+ * specialise) → run → result delivery. The trace is the one observability's notes lay out:
+ * 'queue wait' and 'scheduler pickup' under the job's traceparent, then 'warm pick' | 'pool claim',
+ * 'specialise' and 'run' (runtimes), 'result delivery'.
+ *
+ * Outcomes:
+ *   - success: record `succeeded` (+ response) written and published to the waiting client in one script;
+ *   - typed failure, sync/http: record `failed` with the error JSON, published; the job completes (a sync
+ *     invocation is never retried — the caller decides);
+ *   - typed failure, async, attempts left and retryable: record back to `queued` with the last error and
+ *     the attempt count, then the error is thrown so BullMQ retries with backoff;
+ *   - typed failure, async, last attempt (or not retryable): record `failed`, job fails → dead-letter list.
+ * Exactly once as the caller sees it: the final write refuses to replace a final record (./records.ts), and
+ * a restarted attempt (stalled after a crash, or redriven) first checks whether a result already exists.
+ */
+import { UnrecoverableError, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { FunctionVersion, LogLine } from '../common/model.ts';
+import { FnhostError, Internal, Timeout } from '../common/errors.ts';
+import { Attr, SpanKind, SpanName, recordSpan, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
+import type { FnhostMetrics } from '../common/metrics.ts';
+import type { Logger } from '../common/log.ts';
+import type { Keys } from './keys.ts';
+import { decodePayload, encodeResponse, type JobData } from './job.ts';
+import { getRecord, isFinal, setRecord, type StoredRecord } from './records.ts';
+import { appendLogs, type LogRetention } from './logs.ts';
+import type { Instances, Lease } from './instances.ts';
+import type { LogBuffer } from './log-buffer.ts';
+import type { Retention } from './config.ts';
+import { unpend } from './routing.ts';
+
+export interface JobContext {
+  redis: Redis;
+  keys: Keys;
+  nodeId: string;
+  retention: Retention;
+  logRetention: LogRetention;
+  instances: Instances;
+  logs: LogBuffer;
+  metrics?: FnhostMetrics;
+  log: Logger;
+}
+
+/** Errors after which the instance is never reused (DESIGN.md, issue 5). */
+const FATAL = new Set(['Timeout', 'OutOfMemory', 'Crashed']);
+/** Async failures that another attempt cannot fix. */
+const NOT_RETRYABLE = new Set(['InvalidRequest', 'NotFound', 'LimitExceeded', 'Forbidden', 'Unauthorized', 'PayloadTooLarge']);
+
+function typed(e: unknown): FnhostError {
+  if (e instanceof FnhostError) return e;
+  return new Internal('scheduler fault while running the invocation', { cause: String((e as Error)?.message ?? e) }, { cause: e });
+}
+
+function baseRecord(d: JobData, attempts: number): StoredRecord {
+  return { id: d.id, tenant: d.fn.tenant, function: d.fn.name, version: d.fn.version, mode: d.mode, status: 'running', attempts, createdAt: d.createdAt };
+}
+
+export async function processJob(ctx: JobContext, job: Job<JobData>): Promise<void> {
+  const d = job.data;
+  const fn = d.fn;
+  const pickedAt = Date.now();
+  const attempt = (job.attemptsMade ?? 0) + 1;
+  const attrs = {
+    [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: d.id,
+    [Attr.mode]: d.mode, [Attr.attempt]: attempt, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
+  };
+  return withRemoteParent(d.traceparent, async () => {
+    recordSpan(SpanName.queueWait, job.timestamp, pickedAt, { [Attr.invocationId]: d.id, [Attr.tenant]: fn.tenant });
+    ctx.metrics?.queueWait(fn.tenant, pickedAt - job.timestamp);
+    return withSpan(SpanName.pickup, attrs, (span) => run(ctx, job, d, fn, attempt, pickedAt, span), { kind: SpanKind.CONSUMER });
+  });
+}
+
+async function run(ctx: JobContext, job: Job<JobData>, d: JobData, fn: FunctionVersion, attempt: number, pickedAt: number, span: Span): Promise<void> {
+  const { redis, keys } = ctx;
+  const recKey = keys.record(fn.tenant, d.id);
+  const ttl = d.mode === 'async' ? ctx.retention.deadLetterS : ctx.retention.recordS;
+  const reply = d.replyTo ? keys.replyChannel(d.replyTo) : undefined;
+  if (d.routed && job.queueName === keys.nodeQueue(ctx.nodeId)) void unpend(redis, keys, ctx.nodeId).catch(() => {});
+
+  // A restarted attempt (stalled worker, lost lock) may find the result already written: deliver nothing twice.
+  if ((job.attemptsStarted ?? 1) > 1 || (job.stalledCounter ?? 0) > 0) {
+    const prev = await getRecord(redis, recKey);
+    if (prev && isFinal(prev.status)) return;
+  }
+  if (d.deadline > 0 && pickedAt > d.deadline) {
+    const err = new Timeout('the invocation waited in the queue past its deadline and was not run', { timeoutMs: fn.timeoutMs, queuedMs: pickedAt - d.createdAt });
+    await finish(ctx, d, recKey, ttl, reply, { ...baseRecord(d, attempt), status: 'failed', finishedAt: Date.now(), error: errJSON(err) }, []);
+    observe(ctx, fn, 'none', err.type, pickedAt, span);
+    return;
+  }
+  // Not awaited: ioredis keeps command order on one connection, so this lands before the final write.
+  void setRecord(redis, recKey, { ...baseRecord(d, attempt), startedAt: pickedAt }, ttl).catch(() => {});
+
+  let lease: Lease | undefined;
+  let start: 'cold' | 'warm' | 'none' = 'none';
+  try {
+    const payload = await decodePayload(d.payload, (k) => redis.getBuffer(k));
+    const t0 = Date.now();
+    lease = await ctx.instances.acquire(fn, d.deadline);
+    start = lease.start;
+    span.setAttribute(Attr.start, start);
+    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, { [Attr.start]: start });
+    if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
+    ctx.logs.begin(d.id);
+    const runStart = Date.now();
+    let res;
+    try {
+      res = await lease.instance.handle!.invoke({ id: d.id, payload, deadline: runStart + fn.timeoutMs });
+    } catch (e) {
+      const err = typed(e);
+      ctx.instances.release(lease.instance, FATAL.has(err.type));
+      lease = undefined;
+      throw err;
+    }
+    ctx.instances.release(lease.instance, false);
+    lease = undefined;
+    const now = Date.now();
+    const rec: StoredRecord = {
+      ...baseRecord(d, attempt), status: 'succeeded', start, startedAt: pickedAt, finishedAt: now,
+      durationMs: res.durationMs ?? now - runStart, response: encodeResponse(res.response),
+    };
+    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, recKey, ttl, reply, rec, ctx.logs.take(d.id)));
+    observe(ctx, fn, start, 'success', pickedAt, span);
+  } catch (e) {
+    const err = typed(e);
+    const logs = ctx.logs.take(d.id);
+    const lastAttempt = attempt >= (job.opts.attempts ?? 1);
+    const retry = d.mode === 'async' && !lastAttempt && !NOT_RETRYABLE.has(err.type);
+    const rec: StoredRecord = {
+      ...baseRecord(d, attempt), status: retry ? 'queued' : 'failed', start: start === 'none' ? undefined : start,
+      startedAt: pickedAt, finishedAt: retry ? undefined : Date.now(), error: errJSON(err),
+    };
+    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, recKey, ttl, reply, rec, logs));
+    observe(ctx, fn, start, err.type, pickedAt, span);
+    if (d.mode === 'async') {
+      // BullMQ's own retry/dead-letter machinery takes it from here.
+      if (NOT_RETRYABLE.has(err.type)) throw new UnrecoverableError(`${err.type}: ${err.message}`);
+      throw err;
+    }
+  }
+}
+
+function errJSON(e: FnhostError): StoredRecord['error'] {
+  return e.toJSON().error;
+}
+
+async function finish(ctx: JobContext, d: JobData, recKey: string, ttl: number, reply: string | undefined, rec: StoredRecord, lines: LogLine[]): Promise<void> {
+  await Promise.all([
+    setRecord(ctx.redis, recKey, rec, ttl, { replyChannel: isFinal(rec.status) ? reply : undefined }),
+    appendLogs(ctx.redis, ctx.keys, d.fn.tenant, d.fn.name, lines, ctx.logRetention),
+  ]);
+}
+
+function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span) {
+  span.setAttribute(Attr.outcome, outcome);
+  if (outcome !== 'success') span.setAttribute(Attr.errorType, outcome);
+  ctx.metrics?.invocation({ tenant: fn.tenant, function: fn.name, start, outcome, durationMs: Date.now() - pickedAt });
+}

@@ -1,0 +1,155 @@
+/**
+ * @module scheduler/runtime-executor
+ * The real Executor: native sandboxes (services/sandbox) + runtimes (runtime/host) + the image store.
+ *
+ * Pool kinds: "node", "python" (runtime pre-booted in the base image), "exec" (busybox, sandbox created,
+ * started at the first invocation with the code mounted), "image:<tenant>/<name>" (a tenant's imported
+ * image; exec-style). A kind's image is resolved at most once per `imageCacheMs` (a pool refilling at
+ * 300/s must not read image records 300 times a second).
+ *
+ * Layer leases (gc must not remove what a sandbox uses): a kind's image layers are leased once while the
+ * executor uses the kind, a code layer once per digest while any instance of it lives (a lease is a file
+ * write in the store; one per cold start would cost more than the rest of the specialisation).
+ */
+import type { FunctionVersion } from '../common/model.ts';
+import { InvalidRequest } from '../common/errors.ts';
+import type { ImageStore, ResolvedImage } from '../store/types.ts';
+import type { Sandbox, SandboxLimits } from '../sandbox/types.ts';
+import { createSandbox, cleanupLeftovers } from '../sandbox/index.ts';
+import { prepare, specialise, type Pooled, type SpecialiseOptions } from '../../runtime/host/index.ts';
+import type { Executor, InstanceHandle, PooledSandbox } from './executor.ts';
+
+export interface RuntimeExecutorOptions {
+  images: ImageStore;
+  /** the node id: cgroups live under fnhost/<nodeId>/ (and start-up cleans exactly that). */
+  nodeId: string;
+  /** caps of a pooled sandbox before specialisation (default: the sandbox defaults). */
+  pooledLimits?: Partial<SandboxLimits>;
+  specialise?: Pick<SpecialiseOptions, 'logCapBytes' | 'responseCapBytes'>;
+  /** default 5 s */
+  imageCacheMs?: number;
+  /** test seam: create a sandbox some other way (e.g. runtime/host's process stand-in). */
+  createSandbox?: () => Promise<Sandbox>;
+}
+
+interface RealPooled extends PooledSandbox {
+  inner: Pooled;
+}
+
+export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
+  const { images, nodeId } = opts;
+  const cacheMs = opts.imageCacheMs ?? 5000;
+  const imageCache = new Map<string, { at: number; img: Promise<ResolvedImage> }>();
+  const imageLeases = new Map<string, () => void>();
+  const codeLeases = new Map<string, { n: number; release: () => void }>();
+  const mk = opts.createSandbox ?? (() => createSandbox({ nodeId, limits: opts.pooledLimits }));
+
+  function imageOf(kind: string): Promise<ResolvedImage> {
+    const c = imageCache.get(kind);
+    if (c && Date.now() - c.at < cacheMs) return c.img;
+    let p: Promise<ResolvedImage>;
+    if (kind === 'node' || kind === 'python') p = images.resolve(kind);
+    else if (kind === 'exec') p = images.resolve('busybox');
+    else if (kind.startsWith('image:')) {
+      const rest = kind.slice('image:'.length);
+      const slash = rest.indexOf('/');
+      p = images.resolve(rest.slice(slash + 1), rest.slice(0, slash));
+    } else p = Promise.reject(new InvalidRequest(`unknown pool kind ${kind}`, { field: 'runtime' }));
+    p = p.then((img) => {
+      if (!imageLeases.has(img.digest)) imageLeases.set(img.digest, images.lease(img.layers));
+      return img;
+    });
+    p.catch(() => imageCache.delete(kind));
+    imageCache.set(kind, { at: Date.now(), img: p });
+    return p;
+  }
+
+  function leaseCode(dir: string, digest: string): () => void {
+    let l = codeLeases.get(digest);
+    if (!l) codeLeases.set(digest, (l = { n: 0, release: images.lease([dir]) }));
+    l.n++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      if (--l!.n === 0) {
+        codeLeases.delete(digest);
+        l!.release();
+      }
+    };
+  }
+
+  const exec: Executor = {
+    kindOf(fn: FunctionVersion): string {
+      const r = String(fn.runtime);
+      if (r.startsWith('image:')) return `image:${fn.tenant}/${r.slice('image:'.length)}`;
+      return r;
+    },
+
+    async createPooled(kind: string): Promise<PooledSandbox> {
+      const img = await imageOf(kind);
+      const sb = await mk();
+      const runtime = kind === 'node' || kind === 'python' ? kind : 'exec';
+      const inner = await prepare(sb, runtime, img); // destroys the sandbox itself on failure
+      const p: RealPooled = {
+        kind,
+        inner,
+        get alive() {
+          return inner.alive;
+        },
+        destroy: () => inner.destroy(),
+      };
+      return p;
+    },
+
+    async specialise(pooled, fn, onLog): Promise<InstanceHandle> {
+      const inner = (pooled as RealPooled).inner;
+      let release = () => {};
+      try {
+        const code = fn.codeDigest ? await images.codeLayer(fn.codeDigest) : null;
+        if (code) release = leaseCode(code.dir, code.digest);
+        const inst = await specialise(inner, fn, code, inner.image, { ...opts.specialise, onLog });
+        const id = inner.sandbox.id;
+        return {
+          id,
+          get alive() {
+            return inst.alive;
+          },
+          async invoke(req) {
+            const r = await inst.invoke(req);
+            return { response: r.response, durationMs: r.durationMs };
+          },
+          async destroy() {
+            try {
+              await inst.destroy();
+            } finally {
+              release();
+            }
+          },
+        };
+      } catch (e) {
+        release();
+        await inner.destroy().catch(() => {});
+        throw e;
+      }
+    },
+
+    async cleanupLeftovers(node: string) {
+      await cleanupLeftovers(node);
+    },
+
+    async pooledMemoryBytes(p) {
+      return (await (p as RealPooled).inner.sandbox.memory()).currentBytes;
+    },
+
+    /** runtime/host instances take one invocation at a time. */
+    maxConcurrency: () => 1,
+
+    async close() {
+      for (const r of imageLeases.values()) r();
+      imageLeases.clear();
+      imageCache.clear();
+    },
+  };
+  return exec;
+}

@@ -1,0 +1,245 @@
+/**
+ * @module scheduler/scheduler
+ * The scheduler's composition root: one per node process. Wires BullMQ workers (one per tenant queue +
+ * this node's own queue), the warm pool, the instance table with memory admission, result delivery, logs,
+ * heartbeats and warm-routing advertisements.
+ *
+ * Several scheduler processes (one or many machines) may share one Redis; they share nothing in memory.
+ * Each needs its own `nodeId` (it names its queue, heartbeat, advertisements and the sandbox/cgroup prefix
+ * of its leftovers). Start-up removes this node's leftovers only; shutdown leaves nothing of this node.
+ *
+ * @example
+ * const sched = createScheduler({ redisUrl, nodeId: 'n1', executor: createRuntimeExecutor({ store }) });
+ * await sched.start();
+ * ...
+ * await sched.close();
+ */
+import { hostname, totalmem } from 'node:os';
+import { Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { InvalidRequest } from '../common/errors.ts';
+import type { FunctionVersion } from '../common/model.ts';
+import { createLogger, type Logger } from '../common/log.ts';
+import { metrics as globalMetrics, type FnhostMetrics } from '../common/metrics.ts';
+import { createKeys, type Keys } from './keys.ts';
+import { bullConnection } from './client.ts';
+import type { Executor } from './executor.ts';
+import { DEFAULT_POOL_CONFIG, WarmPool, type PoolConfig } from './pool.ts';
+import { Instances, fnKey, type InstancesConfig } from './instances.ts';
+import { LogBuffer } from './log-buffer.ts';
+import { appendLogs, DEFAULT_LOG_RETENTION, type LogRetention } from './logs.ts';
+import { processJob, type JobContext } from './process-job.ts';
+import { advertiseWarm } from './routing.ts';
+import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retention } from './config.ts';
+import type { JobData } from './job.ts';
+
+export interface SchedulerOptions {
+  redis?: Redis;
+  redisUrl?: string;
+  prefix?: string;
+  /** this node's id (default: the host name, sanitised). Must be unique among live schedulers. */
+  nodeId?: string;
+  executor: Executor;
+  /** MiB of function memory this node admits (default: half the machine's RAM). */
+  capacityMb?: number;
+  /** default 5 min */
+  keepAliveMs?: number;
+  /** default 30 s */
+  maxWaitMs?: number;
+  /** default 1,000 */
+  maxWaitersPerFunction?: number;
+  pool?: Partial<PoolConfig>;
+  /** jobs one tenant may have picked up on this node at once (default 64 — enough to keep 2 cores busy with ~1 ms invocations). */
+  tenantConcurrency?: number;
+  /** jobs from this node's routed queue at once (default 64). */
+  nodeConcurrency?: number;
+  /** BullMQ lock: a killed worker's job is retried elsewhere after about this long (default 30 s). */
+  lockDurationMs?: number;
+  /** how often stalled jobs are looked for (default 30 s, BullMQ's). */
+  stalledIntervalMs?: number;
+  /** times a job may stall (its worker died) before it fails (default 2). */
+  maxStalledCount?: number;
+  retention?: Partial<Retention>;
+  logRetention?: Partial<LogRetention>;
+  metrics?: FnhostMetrics;
+  logger?: Logger;
+}
+
+export interface Scheduler {
+  readonly nodeId: string;
+  readonly instances: Instances;
+  readonly pool: WarmPool;
+  start(): Promise<void>;
+  /** stop taking jobs, let in-flight ones finish (up to graceMs, default 30 s), destroy pools and instances. */
+  close(graceMs?: number): Promise<void>;
+}
+
+function defaultNodeId(): string {
+  const h = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 64);
+  return h || 'node';
+}
+
+export function createScheduler(opts: SchedulerOptions): Scheduler {
+  if (!opts.redis && !opts.redisUrl) throw new InvalidRequest('createScheduler needs redis or redisUrl', { field: 'redisUrl' });
+  const nodeId = opts.nodeId ?? defaultNodeId();
+  if (!NODE_ID_RE.test(nodeId)) throw new InvalidRequest(`nodeId must match ${NODE_ID_RE}`, { field: 'nodeId' });
+  const keys: Keys = createKeys(opts.prefix);
+  const log = opts.logger ?? createLogger('scheduler');
+  const metrics = opts.metrics ?? globalMetrics;
+  const retention: Retention = { ...DEFAULT_RETENTION, ...opts.retention };
+  const logRetention: LogRetention = { ...DEFAULT_LOG_RETENTION, ...opts.logRetention };
+  // Workers need maxRetriesPerRequest: null (BullMQ); our own commands share that connection.
+  const redis = opts.redis ? opts.redis.duplicate({ maxRetriesPerRequest: null }) : new Redis(opts.redisUrl!, { maxRetriesPerRequest: null });
+  const unwatch = metrics.watchRedis(redis, 'scheduler');
+  const exec = opts.executor;
+  const poolCfg: PoolConfig = { ...DEFAULT_POOL_CONFIG, ...opts.pool, kinds: { ...DEFAULT_POOL_CONFIG.kinds, ...opts.pool?.kinds } };
+  const pool = new WarmPool(exec, poolCfg, {
+    onCreated: (kind) => metrics.poolRefill(kind),
+    onError: (kind, e) => log.warn({ kind, err: String((e as Error)?.message ?? e) }, 'pool: creating a sandbox failed'),
+  });
+  const instCfg: InstancesConfig = {
+    capacityMb: opts.capacityMb ?? Math.floor(totalmem() / 2 / 2 ** 20),
+    keepAliveMs: opts.keepAliveMs ?? 5 * 60_000,
+    maxWaitMs: opts.maxWaitMs ?? 30_000,
+    maxWaitersPerFunction: opts.maxWaitersPerFunction ?? 1000,
+  };
+
+  // Warm advertisements, throttled: re-advertise only when the stored expiry is more than half a keep-alive old.
+  const advertised = new Map<string, { fn: FunctionVersion; until: number }>();
+  const logs = new LogBuffer((fn, lines) => appendLogs(redis, keys, fn.tenant, fn.name, lines, logRetention));
+  const instances = new Instances(exec, pool, instCfg, {
+    onWarm(fn, until) {
+      const k = fnKey(fn);
+      const a = advertised.get(k);
+      if (until === 0) {
+        if (!a) return;
+        advertised.delete(k);
+      } else {
+        if (a && a.until - until > -instCfg.keepAliveMs / 2) return;
+        advertised.set(k, { fn, until });
+      }
+      void advertiseWarm(redis, keys, nodeId, fn.tenant, fn.name, fn.version, until).catch(() => {});
+    },
+    onSpecialised: (fn, ms) => metrics.specialise(String(fn.runtime), ms),
+    onLog: (fn, line) => logs.add(fn, line),
+  });
+
+  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log };
+  const workers = new Map<string, Worker>();
+  let sub: Redis | undefined;
+  let timers: NodeJS.Timeout[] = [];
+  let closing = false;
+  let offCollector: (() => void) | undefined;
+
+  function workerFor(queueName: string, concurrency: number) {
+    if (workers.has(queueName) || closing) return;
+    const w = new Worker<JobData>(queueName, (job: Job<JobData>) => processJob(ctx, job), {
+      connection: bullConnection(redis),
+      prefix: keys.bullPrefix,
+      concurrency,
+      lockDuration: opts.lockDurationMs ?? 30_000,
+      stalledInterval: opts.stalledIntervalMs ?? 30_000,
+      maxStalledCount: opts.maxStalledCount ?? 2,
+      autorun: true,
+    });
+    w.on('error', (e) => log.warn({ queue: queueName, err: String(e?.message ?? e) }, 'worker error'));
+    workers.set(queueName, w);
+  }
+
+  async function discoverTenants() {
+    const tenants = await redis.smembers(keys.tenants());
+    for (const t of tenants) workerFor(keys.tenantQueue(t), opts.tenantConcurrency ?? 64);
+  }
+
+  async function heartbeat() {
+    const now = Date.now();
+    const p = pool.stats();
+    await redis
+      .multi()
+      .zadd(keys.nodes(), now, nodeId)
+      .zremrangebyscore(keys.nodes(), '-inf', now - 3600_000) // nodes gone for an hour are forgotten
+      .hset(keys.node(nodeId), 'capacityMb', instCfg.capacityMb, 'admittedMb', instances.admittedMb, 'instances', instances.list().length, 'pool', JSON.stringify(p.kinds), 'at', now)
+      .pexpire(keys.node(nodeId), NODE_STALE_MS)
+      .exec();
+  }
+
+  /** This node's Redis leftovers of a previous run: advertisements, routed-pending counter, node facts. */
+  async function cleanupRedis() {
+    let cursor = '0';
+    do {
+      const [next, found] = await redis.scan(cursor, 'MATCH', `${keys.prefix}:warm:*`, 'COUNT', 500);
+      cursor = next;
+      if (found.length) {
+        const m = redis.pipeline();
+        for (const k of found) m.hdel(k, nodeId);
+        await m.exec();
+      }
+    } while (cursor !== '0');
+    await redis.del(keys.nodePending(nodeId), keys.node(nodeId));
+  }
+
+  return {
+    nodeId,
+    instances,
+    pool,
+
+    async start() {
+      await exec.cleanupLeftovers?.(nodeId);
+      await cleanupRedis();
+      pool.start();
+      instances.start();
+      await heartbeat();
+      sub = redis.duplicate();
+      sub.on('message', (_c: string, tenant: string) => workerFor(keys.tenantQueue(tenant), opts.tenantConcurrency ?? 64));
+      await sub.subscribe(keys.tenants());
+      await discoverTenants();
+      workerFor(keys.nodeQueue(nodeId), opts.nodeConcurrency ?? 64);
+      timers = [
+        setInterval(() => void heartbeat().catch(() => {}), HEARTBEAT_MS),
+        setInterval(() => void discoverTenants().catch(() => {}), 2000), // covers a missed pub/sub announcement
+      ];
+      offCollector = metrics.addCollector(() => {
+        const poolSize: Record<string, number> = {};
+        for (const [k, s] of Object.entries(pool.stats().kinds)) poolSize[k] = s.idle;
+        const counts = new Map<string, { tenant: string; function: string; count: number }>();
+        for (const i of instances.list()) {
+          const k = `${i.fn.tenant}\u0000${i.fn.name}`;
+          const c = counts.get(k) ?? { tenant: i.fn.tenant, function: i.fn.name, count: 0 };
+          c.count++;
+          counts.set(k, c);
+        }
+        return { poolSize, warmInstances: [...counts.values()], memoryAdmittedBytes: instances.admittedMb * 2 ** 20, memoryCapacityBytes: instCfg.capacityMb * 2 ** 20 };
+      });
+      log.info({ nodeId, capacityMb: instCfg.capacityMb }, 'scheduler started');
+    },
+
+    async close(graceMs = 30_000) {
+      if (closing) return;
+      closing = true;
+      for (const t of timers) clearInterval(t);
+      offCollector?.();
+      // Stop attracting work first: no routed jobs, no heartbeat.
+      await redis.zrem(keys.nodes(), nodeId).catch(() => {});
+      await Promise.all([...advertised.values()].map((a) => advertiseWarm(redis, keys, nodeId, a.fn.tenant, a.fn.name, a.fn.version, 0).catch(() => {})));
+      advertised.clear();
+      sub?.disconnect();
+      // Workers stop fetching and wait for their active jobs (which may be waiting locally for capacity).
+      const closingWorkers = Promise.all([...workers.values()].map((w) => w.close()));
+      const timedOut = await Promise.race([closingWorkers.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
+      if (timedOut) {
+        // Jobs still running are left to BullMQ's stalled-job check: their locks lapse and another node retries them.
+        await Promise.all([...workers.values()].map((w) => w.close(true).catch(() => {})));
+      }
+      workers.clear();
+      await instances.close(0);
+      await pool.close();
+      await logs.flushStray();
+      await exec.close?.();
+      await redis.del(keys.node(nodeId), keys.nodePending(nodeId)).catch(() => {});
+      unwatch();
+      if (redis.status === 'ready') await redis.quit().catch(() => redis.disconnect());
+      else redis.disconnect();
+      log.info({ nodeId }, 'scheduler stopped');
+    },
+  };
+}

@@ -1,0 +1,266 @@
+/**
+ * @module store/layer-store
+ * Content-addressed, unpacked layers on disk:
+ *
+ *   <root>/layers/<hex>/       the layer's tree, named by the sha256 of its uncompressed tar (OCI diff_id)
+ *   <root>/layers/<hex>.json   {sizeBytes, entries, ...} written before the directory appears
+ *   <root>/code/<hex>/         function code layers, named by the sha256 of the bundle as uploaded
+ *   <root>/tmp/                where everything is unpacked first
+ *
+ * Atomicity: a tree is unpacked into tmp/ and then rename(2)d into place, so a directory under layers/
+ * is always complete; a crash mid-unpack leaves only a tmp/ entry, removed by the next open. Two writers
+ * racing on the same digest both unpack; the first rename wins and the loser drops its copy.
+ * Layers are never modified once in place: the sandbox mounts them as read-only overlay lower dirs.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidRequest, NotFound } from '../common/errors.ts';
+import { unpackTar, unpackZip, toChunks, type UnpackLimits } from './archive.ts';
+import { END_OF_ARCHIVE, padding, tarHeader } from './tar.ts';
+
+export type Section = 'layers' | 'code';
+
+export interface LayerMeta {
+  digest: string;
+  sizeBytes: number;
+  entries: number;
+  whiteouts?: number;
+  strippedSetid?: number;
+  createdAt: string;
+}
+
+export interface AddedLayer {
+  digest: string;
+  dir: string;
+  sizeBytes: number;
+  /** true when the layer was already in the store (nothing was written). */
+  existed: boolean;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** `sha256:<hex>`, `<hex>` or a layer directory path → `<hex>`; null when it is none of these. */
+export function digestHex(d: string): string | null {
+  const s = d.startsWith('sha256:') ? d.slice(7) : d.includes('/') ? d.slice(d.lastIndexOf('/') + 1) : d;
+  return HEX64.test(s) ? s : null;
+}
+
+/** tmp/ entries older than this are leftovers of a crashed writer (no import takes an hour to unpack one layer here). */
+const STALE_TMP_MS = 60 * 60 * 1000;
+
+export class LayerStore {
+  constructor(readonly root: string) {}
+
+  async init(): Promise<void> {
+    for (const d of ['layers', 'code', 'tmp']) await fsp.mkdir(join(this.root, d), { recursive: true, mode: 0o755 });
+    const now = Date.now();
+    for (const name of await fsp.readdir(join(this.root, 'tmp'))) {
+      const p = join(this.root, 'tmp', name);
+      const st = await fsp.lstat(p).catch(() => null);
+      if (st && now - st.mtimeMs > STALE_TMP_MS) await fsp.rm(p, { recursive: true, force: true });
+    }
+  }
+
+  dir(digest: string, section: Section = 'layers'): string {
+    const hex = digestHex(digest);
+    if (!hex) throw new InvalidRequest(`not a sha256 digest: ${JSON.stringify(digest)}`, { field: 'digest' });
+    return join(this.root, section, hex);
+  }
+
+  async has(digest: string, section: Section = 'layers'): Promise<boolean> {
+    return (await fsp.stat(this.dir(digest, section)).catch(() => null))?.isDirectory() ?? false;
+  }
+
+  async meta(digest: string, section: Section = 'layers'): Promise<LayerMeta> {
+    const dir = this.dir(digest, section);
+    try {
+      return JSON.parse(await fsp.readFile(`${dir}.json`, 'utf8')) as LayerMeta;
+    } catch {
+      if (!(await this.has(digest, section))) throw new NotFound(`layer ${digest} is not in the store`, { digest });
+      const { sizeBytes, entries } = await treeSize(dir);
+      return { digest: `sha256:${digestHex(digest)}`, sizeBytes, entries, createdAt: new Date(0).toISOString() };
+    }
+  }
+
+  /** a fresh empty directory under tmp/ (same filesystem as the store, so rename works). */
+  async tempDir(tag: string): Promise<string> {
+    const p = join(this.root, 'tmp', `${tag}-${process.pid}-${randomBytes(6).toString('hex')}`);
+    await fsp.mkdir(p, { mode: 0o755 });
+    return p;
+  }
+
+  /**
+   * Unpacks a layer tar (plain, gzip or zstd) into the store.
+   * `expectDiffId` (uncompressed digest) is checked after unpacking; a mismatch is InvalidRequest
+   * `{reason: 'digest-mismatch'}` and nothing is kept.
+   */
+  async addTar(src: Buffer | AsyncIterable<Buffer>, limits: UnpackLimits, expectDiffId?: string, expectBlobDigest?: string): Promise<AddedLayer> {
+    if (expectDiffId && (await this.has(expectDiffId))) {
+      // content addressing: the same diff_id is the same tree; skip the unpack (the warm import path)
+      return { digest: expectDiffId, dir: this.dir(expectDiffId), sizeBytes: (await this.meta(expectDiffId)).sizeBytes, existed: true };
+    }
+    const tmp = await this.tempDir('layer');
+    try {
+      // the blob digest (compressed bytes, as the manifest names them) is hashed in the same pass
+      const blobHash = createHash('sha256');
+      const hashed = (async function* () {
+        for await (const c of toChunks(src)) {
+          blobHash.update(c);
+          yield c;
+        }
+      })();
+      const r = await unpackTar(hashed, tmp, 'image', limits);
+      const blob = `sha256:${blobHash.digest('hex')}`;
+      if (expectBlobDigest && blob !== expectBlobDigest) {
+        throw new InvalidRequest('layer blob digest does not match the image manifest', { reason: 'digest-mismatch', expected: expectBlobDigest, actual: blob });
+      }
+      if (expectDiffId && r.digest !== expectDiffId) {
+        throw new InvalidRequest('layer digest does not match the image manifest', { reason: 'digest-mismatch', expected: expectDiffId, actual: r.digest });
+      }
+      return await this.commit(tmp, 'layers', {
+        digest: r.digest, sizeBytes: r.stats.sizeBytes, entries: r.stats.entries, whiteouts: r.stats.whiteouts,
+        strippedSetid: r.stats.strippedSetid, createdAt: new Date().toISOString(),
+      });
+    } finally {
+      await fsp.rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  /** Unpacks a function bundle (zip, tar.gz or tar) as a code layer named by the bundle's sha256. */
+  async addBundle(buf: Buffer, format: 'zip' | 'tar.gz' | 'tar', limits: UnpackLimits): Promise<AddedLayer> {
+    const digest = `sha256:${createHash('sha256').update(buf).digest('hex')}`;
+    if (await this.has(digest, 'code')) {
+      return { digest, dir: this.dir(digest, 'code'), sizeBytes: (await this.meta(digest, 'code')).sizeBytes, existed: true };
+    }
+    const tmp = await this.tempDir('code');
+    try {
+      const r = format === 'zip' ? await unpackZip(buf, tmp, limits) : await unpackTar(buf, tmp, 'bundle', limits);
+      return await this.commit(tmp, 'code', { digest, sizeBytes: r.stats.sizeBytes, entries: r.stats.entries, createdAt: new Date().toISOString() });
+    } finally {
+      await fsp.rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Moves a directory built by the caller (under tempDir()) into the store, named by the sha256 of its
+   * deterministic tar (see dirDigest). The directory is consumed.
+   */
+  async addDir(staging: string): Promise<AddedLayer> {
+    const { digest, sizeBytes, entries } = await dirDigest(staging);
+    if (await this.has(digest)) {
+      await fsp.rm(staging, { recursive: true, force: true });
+      return { digest, dir: this.dir(digest), sizeBytes, existed: true };
+    }
+    return this.commit(staging, 'layers', { digest, sizeBytes, entries, createdAt: new Date().toISOString() });
+  }
+
+  /** meta first, then the tree: a tree in place always has its meta. */
+  private async commit(tmp: string, section: Section, meta: LayerMeta): Promise<AddedLayer> {
+    const dir = this.dir(meta.digest, section);
+    const metaTmp = `${tmp}.json`;
+    await fsp.writeFile(metaTmp, JSON.stringify(meta));
+    await fsp.rename(metaTmp, `${dir}.json`);
+    try {
+      // the layer root: 0755 root-owned, whatever the archive said (it is the sandbox's "/" or /var/task)
+      await fsp.chmod(tmp, 0o755);
+      await fsp.rename(tmp, dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+      return { digest: meta.digest, dir, sizeBytes: meta.sizeBytes, existed: true };
+    }
+    return { digest: meta.digest, dir, sizeBytes: meta.sizeBytes, existed: false };
+  }
+
+  async list(section: Section = 'layers'): Promise<Array<{ digest: string; dir: string; mtimeMs: number }>> {
+    const out: Array<{ digest: string; dir: string; mtimeMs: number }> = [];
+    for (const name of await fsp.readdir(join(this.root, section)).catch(() => [] as string[])) {
+      if (!HEX64.test(name)) continue;
+      const st = await fsp.lstat(join(this.root, section, name)).catch(() => null);
+      if (st?.isDirectory()) out.push({ digest: `sha256:${name}`, dir: join(this.root, section, name), mtimeMs: st.mtimeMs });
+    }
+    return out;
+  }
+
+  /** removes a layer: renamed away first so it disappears atomically, then deleted. */
+  async remove(digest: string, section: Section = 'layers'): Promise<void> {
+    const dir = this.dir(digest, section);
+    const gone = join(this.root, 'tmp', `gc-${randomBytes(6).toString('hex')}`);
+    try {
+      await fsp.rename(dir, gone);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    await fsp.rm(`${dir}.json`, { force: true });
+    await fsp.rm(gone, { recursive: true, force: true });
+  }
+}
+
+/** sum of regular file sizes and entry count of a tree (lstat, no symlink following). */
+export async function treeSize(dir: string): Promise<{ sizeBytes: number; entries: number }> {
+  let sizeBytes = 0;
+  let entries = 0;
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    entries++;
+    const p = join(dir, e.name);
+    if (e.isDirectory()) {
+      const s = await treeSize(p);
+      sizeBytes += s.sizeBytes;
+      entries += s.entries;
+    } else if (e.isFile()) {
+      sizeBytes += (await fsp.lstat(p)).size;
+    }
+  }
+  return { sizeBytes, entries };
+}
+
+/**
+ * The sha256 of the canonical tar of a directory: entries in byte order of their paths, owner/mode from
+ * lstat, mtime 0, hardlinks as links to their first path, overlayfs whiteouts (0:0 char devices) as
+ * `.wh.` files. Only hashed, never written. Used to name layers built from directories (base images).
+ */
+export async function dirDigest(root: string): Promise<{ digest: string; sizeBytes: number; entries: number }> {
+  const hash = createHash('sha256');
+  const seen = new Map<string, string>();
+  let sizeBytes = 0;
+  let entries = 0;
+  const walk = async (rel: string): Promise<void> => {
+    const names = (await fsp.readdir(join(root, rel))).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const name of names) {
+      const r = rel ? `${rel}/${name}` : name;
+      const p = join(root, r);
+      const st = await fsp.lstat(p);
+      const base = { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
+      entries++;
+      if (st.isDirectory()) {
+        hash.update(tarHeader({ path: r, type: 'dir', ...base }));
+        await walk(r);
+      } else if (st.isSymbolicLink()) {
+        hash.update(tarHeader({ path: r, type: 'symlink', linkname: await fsp.readlink(p), ...base }));
+      } else if (st.isCharacterDevice() && st.rdev === 0) {
+        hash.update(tarHeader({ path: rel ? `${rel}/.wh.${name}` : `.wh.${name}`, type: 'file', ...base }));
+      } else if (st.isFile()) {
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1 ? seen.get(key) : undefined;
+        if (first) {
+          hash.update(tarHeader({ path: r, type: 'hardlink', linkname: first, ...base }));
+          continue;
+        }
+        if (st.nlink > 1) seen.set(key, r);
+        hash.update(tarHeader({ path: r, type: 'file', size: st.size, ...base }));
+        for await (const c of createReadStream(p)) hash.update(c as Buffer);
+        hash.update(padding(st.size));
+        sizeBytes += st.size;
+      } else {
+        throw new InvalidRequest(`cannot put ${r} in a layer: not a file, directory or symlink`, { path: r });
+      }
+    }
+  };
+  await walk('');
+  hash.update(END_OF_ARCHIVE);
+  return { digest: `sha256:${hash.digest('hex')}`, sizeBytes, entries };
+}
+
+export { toChunks };

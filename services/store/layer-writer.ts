@@ -1,0 +1,279 @@
+/**
+ * @module store/layer-writer
+ * Writes archive entries into a fresh layer directory, one entry at a time, enforcing the hostile-archive
+ * rules. Every refusal is an `InvalidRequest` whose `details.reason` names the rule; the caller removes
+ * the half-written directory, so a refused archive leaves nothing behind.
+ *
+ * Rules (issue 3), and why:
+ * - `absolute-path`, `path-traversal`: an entry names a path outside the layer.
+ * - `write-through-symlink`: an entry's parent path goes through a symlink. A symlink may point anywhere
+ *   (absolute targets are normal in images and resolve inside the rootfs at run time), but we never write
+ *   *through* one, because on the host it would resolve against the host's root. Parents are checked with
+ *   lstat, and regular files are opened O_EXCL|O_NOFOLLOW after removing whatever was there, so an earlier
+ *   symlink or hardlink at the same path is replaced, never written through.
+ * - `hardlink-outside`: a hardlink's target must be a non-directory entry already in this layer.
+ * - `device-node`, `fifo`: device nodes would give the sandbox a door to host devices; refused. (The only
+ *   char devices we create ourselves are overlayfs whiteouts, from OCI `.wh.` entries.)
+ * - setuid/setgid bits are STRIPPED, not refused: real images (debian's su, passwd, mount) carry them, and
+ *   inside the sandbox they could never work anyway (no_new_privs), so refusing would only break imports.
+ *   The count is reported (`strippedSetid`). File capability xattrs (pax SCHILY.xattr.*) are not applied.
+ * - size caps (`maxBytes` on the uncompressed stream, `maxEntries`): a decompression bomb stops with
+ *   PayloadTooLarge as soon as the cap is crossed, before the disk fills.
+ *
+ * Whiteouts (`.wh.<name>`, `.wh..wh..opq`) are converted to overlayfs's own form when the layer is sealed:
+ * a 0:0 character device for a removed name, `trusted.overlay.opaque=y` on an opaque directory. Layers then
+ * stack as plain overlayfs lower dirs and stay shareable between images (the alternative, flattening each
+ * image into one tree, copies every shared layer per image). Node has no mknod/setxattr, so one python3
+ * process applies all of a layer's whiteouts.
+ */
+import { spawn } from 'node:child_process';
+import { constants as C } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidRequest, Internal } from '../common/errors.ts';
+import type { TarEntry } from './tar.ts';
+
+export interface LayerWriterOptions {
+  /** 'image': keep owners/modes (minus setuid/setgid), turn whiteouts into overlayfs whiteouts.
+   *  'bundle': owner 0:0, modes normalised to 0644/0755 so the sandbox's uid can read everything; no whiteouts. */
+  kind: 'image' | 'bundle';
+  /** cap on the number of entries (an inode bomb is a bomb too). */
+  maxEntries: number;
+}
+
+export interface LayerStats {
+  entries: number;
+  /** sum of regular file sizes. */
+  sizeBytes: number;
+  whiteouts: number;
+  strippedSetid: number;
+}
+
+/** Path length cap: Linux's PATH_MAX (4096, linux/limits.h). */
+const PATH_MAX = 4096;
+
+function refuse(reason: string, message: string, path: string, extra: Record<string, unknown> = {}): InvalidRequest {
+  return new InvalidRequest(`refused archive entry ${JSON.stringify(path)}: ${message}`, { reason, path, ...extra });
+}
+
+/**
+ * The normalised relative path of an archive entry ("" for the archive's root), or a refusal.
+ * `./a//b/` → `a/b`; `/a`, `a/../b` are refused.
+ */
+export function normalizeEntryPath(raw: string, what = 'path'): string {
+  if (raw.includes('\0')) throw refuse('bad-path', `${what} contains NUL`, raw);
+  if (Buffer.byteLength(raw) > PATH_MAX) throw refuse('bad-path', `${what} is longer than PATH_MAX`, raw.slice(0, 200));
+  if (raw.startsWith('/')) throw refuse('absolute-path', `${what} is absolute`, raw);
+  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw refuse('path-traversal', `${what} contains ".."`, raw);
+  return parts.join('/');
+}
+
+export class LayerWriter {
+  readonly stats: LayerStats = { entries: 0, sizeBytes: 0, whiteouts: 0, strippedSetid: 0 };
+  /** relative paths known to be real directories we made or checked (never symlinks). */
+  private readonly safeDirs = new Set<string>(['']);
+  private readonly whiteoutOps: Array<{ op: 'whiteout' | 'opaque'; path: string }> = [];
+
+  constructor(readonly root: string, private readonly opts: LayerWriterOptions) {}
+
+  /** writes one entry; `body` yields a regular file's bytes. */
+  async apply(e: TarEntry, body: AsyncIterable<Buffer>): Promise<void> {
+    if (++this.stats.entries > this.opts.maxEntries) {
+      throw new InvalidRequest(`archive has more than ${this.opts.maxEntries} entries`, { reason: 'too-many-entries', limit: this.opts.maxEntries });
+    }
+    const rel = normalizeEntryPath(e.path);
+    if (rel === '') return; // the archive's "./": the layer root's own mode/owner are ours
+    const slash = rel.lastIndexOf('/');
+    const parent = slash < 0 ? '' : rel.slice(0, slash);
+    const base = slash < 0 ? rel : rel.slice(slash + 1);
+
+    if (this.opts.kind === 'image' && base.startsWith('.wh.')) {
+      await this.ensureDir(parent, rel);
+      if (base === '.wh..wh..opq') {
+        this.whiteoutOps.push({ op: 'opaque', path: parent });
+      } else {
+        const name = base.slice(4);
+        if (name === '' || name === '.' || name === '..' || name.startsWith('.wh.')) throw refuse('bad-whiteout', 'invalid whiteout name', e.path);
+        this.whiteoutOps.push({ op: 'whiteout', path: parent ? `${parent}/${name}` : name });
+      }
+      this.stats.whiteouts++;
+      return;
+    }
+
+    let mode = e.mode;
+    if (mode & 0o6000) {
+      this.stats.strippedSetid++;
+      mode &= ~0o6000;
+    }
+    let uid = e.uid;
+    let gid = e.gid;
+    if (this.opts.kind === 'bundle') {
+      uid = 0;
+      gid = 0;
+      mode = e.type === 'dir' || mode & 0o111 ? 0o755 : 0o644;
+    }
+    const abs = join(this.root, rel);
+    switch (e.type) {
+      case 'dir': {
+        await this.ensureDir(parent, rel);
+        const st = await lstatOrNull(abs);
+        if (st && !st.isDirectory()) await this.remove(rel);
+        if (!st || !st.isDirectory()) await fsp.mkdir(abs, { mode: 0o755 });
+        this.safeDirs.add(rel);
+        await fsp.lchown(abs, uid, gid);
+        await fsp.chmod(abs, mode);
+        return;
+      }
+      case 'file': {
+        await this.ensureDir(parent, rel);
+        await this.remove(rel);
+        const fh = await fsp.open(abs, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+        try {
+          for await (const chunk of body) {
+            this.stats.sizeBytes += chunk.length;
+            await fh.write(chunk);
+          }
+          await fh.chown(uid, gid);
+          await fh.chmod(mode);
+          if (e.mtime > 0) await fh.utimes(e.mtime, e.mtime);
+        } finally {
+          await fh.close();
+        }
+        return;
+      }
+      case 'symlink': {
+        if (e.linkname === '' || e.linkname.includes('\0')) throw refuse('bad-symlink', 'empty symlink target', e.path);
+        await this.ensureDir(parent, rel);
+        await this.remove(rel);
+        await fsp.symlink(e.linkname, abs);
+        await fsp.lchown(abs, uid, gid);
+        return;
+      }
+      case 'hardlink': {
+        let target: string;
+        try {
+          target = normalizeEntryPath(e.linkname, 'hardlink target');
+        } catch (err) {
+          throw refuse('hardlink-outside', `hardlink target ${JSON.stringify(e.linkname)} is outside the layer`, e.path, { cause: (err as InvalidRequest).details.reason });
+        }
+        if (target === '' || target === rel) throw refuse('hardlink-outside', 'hardlink to the layer root or to itself', e.path);
+        await this.checkInside(target, e.path);
+        const tst = await lstatOrNull(join(this.root, target));
+        if (!tst) throw refuse('hardlink-outside', `hardlink target ${JSON.stringify(e.linkname)} is not an earlier entry of this layer`, e.path);
+        if (tst.isDirectory()) throw refuse('hardlink-outside', 'hardlink to a directory', e.path);
+        await this.ensureDir(parent, rel);
+        await this.remove(rel);
+        await fsp.link(join(this.root, target), abs);
+        return;
+      }
+      case 'char':
+      case 'block':
+        throw refuse('device-node', `${e.type} device ${e.devmajor}:${e.devminor} is not allowed in a layer`, e.path);
+      case 'fifo':
+        throw refuse('fifo', 'named pipes are not supported in layers', e.path);
+    }
+  }
+
+  /** applies the collected whiteouts; call once after the last entry. */
+  async seal(): Promise<void> {
+    if (this.whiteoutOps.length === 0) return;
+    for (const op of this.whiteoutOps) {
+      if (op.op === 'whiteout') {
+        // a whiteout replaces anything of the same name in this layer (the OCI spec says the two must not coexist)
+        await this.remove(op.path);
+      }
+    }
+    await applyOverlayWhiteouts(this.root, this.whiteoutOps);
+  }
+
+  /** makes sure `dir` (relative) and its parents are real directories inside the root. */
+  private async ensureDir(dir: string, entryPath: string): Promise<void> {
+    if (this.safeDirs.has(dir)) return;
+    const parts = dir.split('/');
+    for (let i = 1; i <= parts.length; i++) {
+      const p = parts.slice(0, i).join('/');
+      if (this.safeDirs.has(p)) continue;
+      const st = await lstatOrNull(join(this.root, p));
+      if (!st) {
+        await fsp.mkdir(join(this.root, p), { mode: 0o755 });
+      } else if (st.isSymbolicLink()) {
+        throw refuse('write-through-symlink', `parent ${JSON.stringify(p)} is a symlink; writing through it is not allowed`, entryPath);
+      } else if (!st.isDirectory()) {
+        throw refuse('not-a-directory', `parent ${JSON.stringify(p)} is not a directory`, entryPath);
+      }
+      this.safeDirs.add(p);
+    }
+  }
+
+  /** like ensureDir but creates nothing: every parent of `rel` must already be a real directory. */
+  private async checkInside(rel: string, entryPath: string): Promise<void> {
+    const parts = rel.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const p = parts.slice(0, i).join('/');
+      if (this.safeDirs.has(p)) continue;
+      const st = await lstatOrNull(join(this.root, p));
+      if (!st || !st.isDirectory()) {
+        throw refuse('hardlink-outside', `hardlink target goes through ${JSON.stringify(p)}, which is not a directory of this layer`, entryPath);
+      }
+      this.safeDirs.add(p);
+    }
+  }
+
+  /** removes whatever is at `rel` (never following a symlink). */
+  private async remove(rel: string): Promise<void> {
+    const abs = join(this.root, rel);
+    const st = await lstatOrNull(abs);
+    if (!st) return;
+    if (st.isDirectory()) {
+      await fsp.rm(abs, { recursive: true, force: true });
+      for (const d of this.safeDirs) if (d === rel || d.startsWith(`${rel}/`)) this.safeDirs.delete(d);
+    } else {
+      await fsp.unlink(abs);
+    }
+  }
+}
+
+async function lstatOrNull(p: string) {
+  try {
+    return await fsp.lstat(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+/**
+ * Python's os.mknod/os.setxattr do what Node cannot. The paths were validated by the writer (no symlink
+ * in any parent), and the script re-checks with O_NOFOLLOW semantics: it refuses a symlink as an opaque
+ * dir (setxattr would follow it).
+ */
+const WHITEOUT_PY = `
+import json, os, stat, sys
+root = sys.argv[1]
+for op in json.load(sys.stdin):
+    p = os.path.join(root, op["path"])
+    if op["op"] == "whiteout":
+        os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+    else:
+        if not stat.S_ISDIR(os.lstat(p).st_mode):
+            sys.exit("opaque whiteout target is not a directory: " + op["path"])
+        os.setxattr(p, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+`;
+
+/** The python3 that ships with Debian (/usr/bin/python3); pyenv shims on PATH are not for system work. */
+const PYTHON = process.env.FNHOST_PYTHON ?? '/usr/bin/python3';
+
+async function applyOverlayWhiteouts(root: string, ops: Array<{ op: string; path: string }>): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(PYTHON, ['-c', WHITEOUT_PY, root], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code === 0) resolve();
+      else reject(new Internal('could not create overlayfs whiteouts', { root, stderr: err.slice(-2000) }));
+    });
+    child.stdin.end(JSON.stringify(ops));
+  });
+}

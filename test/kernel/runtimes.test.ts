@@ -1,0 +1,350 @@
+/**
+ * Runtime conformance suite (issue 4): the same behaviours against every runtime style — node-fetch,
+ * node-event, node-cjs, python, exec-sh (busybox) and exec in an imported image — through the public host
+ * API (prepare → specialise → invoke) on real sandboxes when they are available (runtimes-backend.ts).
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Crashed, FunctionError, OutOfMemory, ResponseTooLarge, Timeout, type FnhostError } from '../../services/common/errors.ts';
+import type { FunctionVersion, InvocationPayload, LogLine, RuntimeName } from '../../services/common/model.ts';
+import type { Sandbox } from '../../services/sandbox/types.ts';
+import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
+import { logsOf, prepare, specialise, type Instance } from '../../runtime/host/index.ts';
+import { backend, codeLayer, removeCodeLayers, type Backend, type ImageName } from './runtimes-backend.ts';
+
+type Behaviour = 'echo' | 'env' | 'context' | 'throw' | 'exit' | 'oom' | 'slow' | 'log' | 'flood' | 'big';
+
+interface Style {
+  name: string;
+  runtime: RuntimeName;
+  fixture: string;
+  image: ImageName | 'imported';
+  handler: (b: Behaviour) => string;
+  /** true for exec: a non-zero exit is the function's error, the body is stdin → stdout bytes. */
+  exec: boolean;
+}
+
+const STYLES: Style[] = [
+  { name: 'node-fetch', runtime: 'node', fixture: 'node-fetch', image: 'node', handler: (b) => b, exec: false },
+  { name: 'node-event', runtime: 'node', fixture: 'node-event', image: 'node', handler: (b) => `${b}.handler`, exec: false },
+  { name: 'node-cjs', runtime: 'node', fixture: 'node-cjs', image: 'node', handler: (b) => `${b}.handler`, exec: false },
+  { name: 'python', runtime: 'python', fixture: 'python', image: 'python', handler: (b) => `${b}.handler`, exec: false },
+  { name: 'exec-sh', runtime: 'exec', fixture: 'exec-sh', image: 'busybox', handler: (b) => b, exec: true },
+  { name: 'exec-image', runtime: 'image:imported', fixture: 'exec-sh', image: 'imported', handler: (b) => b, exec: true },
+];
+
+let be: Backend;
+const images = new Map<string, ResolvedImage | null>();
+const live: Instance[] = [];
+const sandboxes: Sandbox[] = [];
+
+beforeAll(async () => {
+  be = await backend();
+  for (const n of ['node', 'python', 'busybox'] as const) images.set(n, await be.image(n));
+  images.set('imported', await be.importedImage());
+});
+
+afterEach(async () => {
+  await Promise.all(live.splice(0).map((i) => i.destroy()));
+  // Nothing of a test outlives it: every sandbox it made is destroyed.
+  for (const sb of sandboxes.splice(0)) expect(sb.state).toBe('destroyed');
+});
+
+afterAll(async () => {
+  removeCodeLayers();
+  await be?.close();
+});
+
+let seq = 0;
+function fnVersion(style: Style, b: Behaviour, over: Partial<FunctionVersion> = {}): FunctionVersion {
+  return {
+    tenant: 'rt-tenant', name: `rt-${style.name}-${b}`, version: 7, runtime: style.runtime, handler: style.handler(b),
+    codeDigest: 'sha256:test', memoryMb: 128, timeoutMs: 5000, env: { GREETING: 'hello from env' }, concurrency: 1,
+    public: false, createdAt: new Date(0).toISOString(), ...over,
+  };
+}
+
+async function instance(style: Style, b: Behaviour, opts: { fn?: Partial<FunctionVersion>; code?: CodeLayer; onLog?: (l: LogLine) => void; logCapBytes?: number } = {}): Promise<Instance> {
+  const image = images.get(style.image);
+  if (!image) throw new Error(`image ${style.image} is not available on backend ${be.name}`);
+  const sb = await be.createSandbox();
+  sandboxes.push(sb);
+  const pooled = await prepare(sb, style.runtime, image);
+  const inst = await specialise(pooled, fnVersion(style, b, opts.fn), opts.code ?? codeLayer(style.fixture), image, {
+    onLog: opts.onLog, logCapBytes: opts.logCapBytes,
+  });
+  live.push(inst);
+  return inst;
+}
+
+const event = (body: Buffer | string, contentType?: string): InvocationPayload => ({
+  kind: 'event', body: Buffer.isBuffer(body) ? body : Buffer.from(body), ...(contentType ? { contentType } : {}),
+});
+const id = () => `inv-${process.pid}-${++seq}-${randomBytes(3).toString('hex')}`;
+
+async function rejection(p: Promise<unknown>): Promise<FnhostError> {
+  try {
+    await p;
+  } catch (e) {
+    return e as FnhostError;
+  }
+  throw new Error('expected the invocation to fail');
+}
+
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe.each(STYLES)('runtime $name', (style) => {
+  it('echoes a JSON event', async () => {
+    const inst = await instance(style, 'echo');
+    const { response } = await inst.invoke({ id: id(), payload: event('{"a":1,"b":[true,null,"x"]}', 'application/json') });
+    expect(response.status).toBe(200);
+    expect(JSON.parse(response.body.toString())).toEqual({ a: 1, b: [true, null, 'x'] });
+  });
+
+  it('round-trips a binary body byte-exact', async () => {
+    const inst = await instance(style, 'echo');
+    const body = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(200_000)]);
+    const { response } = await inst.invoke({ id: id(), payload: event(body, 'application/octet-stream') });
+    expect(response.status).toBe(200);
+    expect(response.body.equals(body)).toBe(true);
+  });
+
+  it('sees the function env vars', async () => {
+    const inst = await instance(style, 'env');
+    const { response } = await inst.invoke({ id: id(), payload: event('') });
+    const out = JSON.parse(response.body.toString());
+    expect(out.GREETING).toBe('hello from env');
+    if (style.name === 'node-fetch') expect(out.processEnv).toBe('hello from env');
+  });
+
+  it('passes the context fields', async () => {
+    const inst = await instance(style, 'context', { fn: { memoryMb: 160, timeoutMs: 4000 } });
+    const invId = id();
+    const t0 = Date.now();
+    const { response } = await inst.invoke({ id: invId, payload: event('{}', 'application/json') });
+    const ctx = JSON.parse(response.body.toString());
+    expect(ctx.invocationId).toBe(invId);
+    expect(ctx.functionName).toBe(`rt-${style.name}-context`);
+    expect(ctx.functionVersion).toBe('7');
+    expect(ctx.memoryLimitInMB).toBe(160);
+    if (style.exec) {
+      expect(ctx.deadlineMs).toBeGreaterThan(t0 + 3000);
+      expect(ctx.deadlineMs).toBeLessThanOrEqual(Date.now() + 4000);
+    } else {
+      expect(ctx.remainingMs).toBeGreaterThan(3000);
+      expect(ctx.remainingMs).toBeLessThanOrEqual(4000);
+      expect(ctx.hasLogger).toBe(true);
+    }
+  });
+
+  it('reports a thrown error as FunctionError and stays alive', async () => {
+    const inst = await instance(style, 'throw');
+    const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
+    expect(err).toBeInstanceOf(FunctionError);
+    if (style.exec) {
+      expect(err.details.exitCode).toBe(7);
+      expect(String(err.details.stderrTail)).toContain('boom from handler');
+    } else {
+      expect(err.message).toContain('boom from handler');
+      expect(err.details.errorType).toBe('TypeError');
+      expect(String(err.details.stack)).toContain('boom from handler');
+    }
+    expect(inst.alive).toBe(true);
+    // The same instance keeps serving.
+    await expect(inst.invoke({ id: id(), payload: event('{}') })).rejects.toBeInstanceOf(FunctionError);
+  });
+
+  it('reports a process exit mid-invocation as Crashed and destroys the instance', async () => {
+    const inst = await instance(style, 'exit');
+    const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
+    expect(err).toBeInstanceOf(Crashed);
+    if (style.exec) expect(err.details.signal).toBe('SIGKILL');
+    else expect(err.details.exitCode).toBe(3);
+    expect(inst.alive).toBe(false);
+    expect(inst.sandbox.state).toBe('destroyed');
+    await expect(inst.invoke({ id: id(), payload: event('{}') })).rejects.toThrow(/not alive/);
+  });
+
+  it('reports allocating past the cap as OutOfMemory', async (t) => {
+    if (!be.enforcesMemory) t.skip(`backend ${be.name} has no memory cgroup (real sandboxes not available yet)`);
+    const inst = await instance(style, 'oom', { fn: { memoryMb: 64 } });
+    const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
+    expect(err).toBeInstanceOf(OutOfMemory);
+    expect(err.details.limitMb).toBe(64);
+    expect(Number(err.details.peakMb)).toBeGreaterThan(32);
+    expect(inst.alive).toBe(false);
+    expect(inst.sandbox.state).toBe('destroyed');
+  });
+
+  it('kills an invocation that sleeps past its deadline with Timeout', async () => {
+    const inst = await instance(style, 'slow', { fn: { timeoutMs: 300 } });
+    const t0 = Date.now();
+    const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
+    expect(err).toBeInstanceOf(Timeout);
+    expect(err.details.timeoutMs).toBe(300);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(inst.alive).toBe(false);
+    expect(inst.sandbox.state).toBe('destroyed');
+  });
+
+  it('serves 100 invocations on one instance', async () => {
+    const inst = await instance(style, 'echo');
+    for (let i = 0; i < 100; i++) {
+      const body = Buffer.from(JSON.stringify({ i, pad: 'x'.repeat(i * 10) }));
+      const { response } = await inst.invoke({ id: id(), payload: event(body, 'application/json') });
+      expect(JSON.parse(response.body.toString())).toEqual({ i, pad: 'x'.repeat(i * 10) });
+    }
+    expect(inst.invocations).toBe(100);
+    expect(inst.alive).toBe(true);
+  });
+
+  it('tags logs per invocation and keeps them out of the response', async () => {
+    const sink: LogLine[] = [];
+    const inst = await instance(style, 'log', { onLog: (l) => sink.push(l) });
+    const ids = [id(), id(), id()];
+    for (const [n, invId] of ids.entries()) {
+      const { response, logs } = await inst.invoke({ id: invId, payload: event(String(n), 'text/plain') });
+      expect(response.body.toString()).toBe('logged');
+      expect(logs.map((l) => [l.invocationId, l.line]).sort()).toEqual(
+        [[invId, `hello ${n}`], [invId, `warn ${n}`]].sort(),
+      );
+      expect(logs.find((l) => l.line === `warn ${n}`)!.stream).toBe('stderr');
+    }
+    for (const [n, invId] of ids.entries()) {
+      expect(sink.filter((l) => l.invocationId === invId).map((l) => l.line).sort()).toEqual([`hello ${n}`, `warn ${n}`]);
+    }
+  });
+
+  it('caps logs per invocation with a truncation marker', async () => {
+    const cap = 64 * 1024;
+    const inst = await instance(style, 'flood', { logCapBytes: cap });
+    for (let round = 0; round < 2; round++) {
+      const { response, logs, truncatedLogs } = await inst.invoke({ id: id(), payload: event('{}') });
+      expect(response.body.toString()).toBe('done');
+      expect(truncatedLogs).toBe(true);
+      const kept = logs.filter((l) => !l.line.startsWith('[fnhost]'));
+      expect(kept.reduce((n, l) => n + l.line.length + 1, 0)).toBeLessThanOrEqual(cap);
+      expect(kept.length).toBeGreaterThan(50);
+      expect(logs.at(-1)!.line).toMatch(/^\[fnhost\] log truncated: \d+ bytes dropped/);
+    }
+  });
+
+  it('refuses a response above the cap with ResponseTooLarge', async () => {
+    const inst = await instance(style, 'big');
+    const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
+    expect(err).toBeInstanceOf(ResponseTooLarge);
+    expect(err.details.limitBytes).toBe(6 * 1024 * 1024);
+    expect(inst.alive).toBe(true);
+  });
+});
+
+describe('http invocations', () => {
+  const http = (method: string, path: string, query: string, body = Buffer.alloc(0), headers: Record<string, string> = {}): InvocationPayload => ({
+    kind: 'http', method, path, query, headers: { host: 'fn.example', ...headers }, body,
+  });
+
+  it('runs a Hono app exported as default unchanged', async () => {
+    const style = STYLES[0]!;
+    const code = codeLayer('node-hono', { withHono: true });
+    const inst = await instance(style, 'echo', { code, fn: { handler: 'index' } });
+    const a = await inst.invoke({ id: id(), payload: http('GET', '/hello/world', 'q=1') });
+    expect(a.response.status).toBe(200);
+    expect(a.response.headers['content-type']).toMatch(/application\/json/);
+    expect(JSON.parse(a.response.body.toString())).toEqual({ hello: 'world', q: '1' });
+    const bin = randomBytes(4096);
+    const b = await inst.invoke({ id: id(), payload: http('POST', '/echo', '', bin, { 'content-type': 'application/octet-stream' }) });
+    expect(b.response.status).toBe(201);
+    expect(b.response.body.equals(bin)).toBe(true);
+    const c = await inst.invoke({ id: id(), payload: http('GET', '/env', '') });
+    expect(c.response.body.toString()).toBe('hello from env');
+    const d = await inst.invoke({ id: id(), payload: http('DELETE', '/nope', '') });
+    expect(d.response.status).toBe(404);
+    expect(d.response.body.toString()).toBe('no route for DELETE /nope');
+  });
+
+  it('gives a fetch handler the path after /fn/<tenant>/<name> and the raw body', async () => {
+    const inst = await instance(STYLES[0]!, 'echo');
+    const { response } = await inst.invoke({ id: id(), payload: http('PUT', '/a/b', 'x=1&y=2', Buffer.from('payload'), { 'content-type': 'text/plain' }) });
+    expect(response.headers['x-method']).toBe('PUT');
+    expect(response.headers['x-path']).toBe('/a/b');
+    expect(response.headers['x-query']).toBe('?x=1&y=2');
+    expect(response.body.toString()).toBe('payload');
+  });
+
+  it.each(STYLES.filter((s) => s.name === 'node-event' || s.name === 'python'))('gives a $name event handler an event describing the request', async (style) => {
+    const inst = await instance(style, 'echo');
+    const bin = Buffer.from([0, 255, 1, 254]);
+    const { response } = await inst.invoke({ id: id(), payload: http('POST', '/p', 'k=v', bin, { 'content-type': 'application/octet-stream' }) });
+    const ev = JSON.parse(response.body.toString());
+    expect(ev).toMatchObject({ method: 'POST', path: '/p', query: 'k=v', queryStringParameters: { k: 'v' }, isBase64Encoded: true });
+    expect(Buffer.from(ev.body, 'base64').equals(bin)).toBe(true);
+    expect(ev.headers['content-type']).toBe('application/octet-stream');
+    const text = await inst.invoke({ id: id(), payload: http('POST', '/t', '', Buffer.from('héllo'), { 'content-type': 'text/plain' }) });
+    expect(JSON.parse(text.response.body.toString())).toMatchObject({ body: 'héllo', isBase64Encoded: false });
+  });
+});
+
+describe('loading', () => {
+  it('reports a missing handler export as FunctionError at load and destroys the sandbox', async () => {
+    const style = STYLES[1]!;
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const pooled = await prepare(sb, 'node', images.get('node')!);
+    const err = await rejection(specialise(pooled, fnVersion(style, 'echo', { handler: 'echo.nope' }), codeLayer('node-event'), images.get('node')!));
+    expect(err).toBeInstanceOf(FunctionError);
+    expect(err.details.phase).toBe('load');
+    expect(err.message).toMatch(/nope/);
+    expect(sb.state).toBe('destroyed');
+  });
+
+  it('reports a python import error as FunctionError at load', async () => {
+    const style = STYLES[3]!;
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const pooled = await prepare(sb, 'python', images.get('python')!);
+    const err = await rejection(specialise(pooled, fnVersion(style, 'echo', { handler: 'missing_module.handler' }), codeLayer('python'), images.get('python')!));
+    expect(err).toBeInstanceOf(FunctionError);
+    expect(err.details.errorType).toBe('ModuleNotFoundError');
+  });
+
+  it('refuses a pooled sandbox of another runtime and leaves it usable', async () => {
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const pooled = await prepare(sb, 'python', images.get('python')!);
+    await expect(specialise(pooled, fnVersion(STYLES[1]!, 'echo'), codeLayer('node-event'), images.get('node')!)).rejects.toThrow(/cannot run/);
+    expect(pooled.alive).toBe(true);
+    const inst = await specialise(pooled, fnVersion(STYLES[3]!, 'echo'), codeLayer('python'), images.get('python')!);
+    live.push(inst);
+    const { response } = await inst.invoke({ id: id(), payload: event('"ok"', 'application/json') });
+    expect(response.body.toString()).toBe('ok');
+  });
+
+  it('runs an imported image by its own entrypoint and cmd when no handler is given', async () => {
+    const style = STYLES[5]!;
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const image = images.get('imported')!;
+    const pooled = await prepare(sb, style.runtime, image);
+    const inst = await specialise(pooled, fnVersion(style, 'echo', { handler: '', codeDigest: null }), null, image);
+    live.push(inst);
+    const { response } = await inst.invoke({ id: id(), payload: event('abc') });
+    expect(response.body.toString()).toBe('image:abc');
+  });
+
+  it('a runtime killed while pooled is reported not alive', async () => {
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const pooled = await prepare(sb, 'node', images.get('node')!);
+    expect(pooled.alive).toBe(true);
+    await sb.kill();
+    await until(() => !pooled.alive);
+    await pooled.destroy();
+  });
+});

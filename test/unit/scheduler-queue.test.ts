@@ -1,0 +1,262 @@
+/**
+ * The queue side of the scheduler against a real Redis with real BullMQ: client ↔ workers, result delivery,
+ * records, async retries + dead letters + redrive, idempotency, logs, fair sharing, routing, retention,
+ * shutdown. Sandboxes are faked (the kernel tests run real ones); everything Redis is real.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { redisUrl } from '../helpers/redis.ts';
+import { createInvocationClient } from '../../services/scheduler/client.ts';
+import { createScheduler, type Scheduler } from '../../services/scheduler/scheduler.ts';
+import { createMetrics } from '../../services/common/metrics.ts';
+import { createLogger } from '../../services/common/log.ts';
+import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
+import type { FunctionVersion } from '../../services/common/model.ts';
+import type { InvocationClient } from '../../services/scheduler/types.ts';
+
+const silent = createLogger('test', 'silent');
+let redis: Redis;
+beforeAll(() => {
+  redis = new Redis(redisUrl());
+});
+afterAll(async () => {
+  await redis.quit();
+});
+
+async function until<T>(f: () => Promise<T> | T, ok: (v: T) => boolean, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`condition not met in time (last: ${JSON.stringify(v)})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+interface Env {
+  prefix: string;
+  client: InvocationClient;
+  sched: Scheduler;
+  exec: FakeExecutor;
+  fn: (over?: Partial<FunctionVersion>) => FunctionVersion;
+}
+
+async function env(opts: { capacityMb?: number; tenantConcurrency?: number; nodeId?: string; keepAliveMs?: number } = {}): Promise<Env> {
+  const prefix = `t-${randomUUID().slice(0, 8)}`;
+  const exec = new FakeExecutor();
+  const sched = createScheduler({
+    redisUrl: redisUrl(), prefix, nodeId: opts.nodeId ?? 'n1', executor: exec, capacityMb: opts.capacityMb ?? 4096,
+    keepAliveMs: opts.keepAliveMs ?? 60_000, tenantConcurrency: opts.tenantConcurrency, metrics: createMetrics({ defaultMetrics: false }), logger: silent,
+    pool: { kinds: { node: { min: 1, max: 4 } } },
+  });
+  await sched.start();
+  const client = createInvocationClient({ redisUrl: redisUrl(), prefix });
+  cleanups.push(async () => {
+    await client.close();
+    await sched.close(5000);
+    expect(exec.live.size).toBe(0);
+    // nothing of this prefix without a TTL except the tenants set and BullMQ's own queue bookkeeping
+    const keys = await redis.keys(`${prefix}:*`);
+    const leaks: string[] = [];
+    for (const k of keys) {
+      if (k === `${prefix}:tenants` || k.startsWith(`${prefix}:bull:`)) continue;
+      if ((await redis.ttl(k)) < 0) leaks.push(k);
+    }
+    expect(leaks).toEqual([]);
+    if (keys.length) await redis.del(...keys);
+  });
+  const tenant = `ten-${randomUUID().slice(0, 6)}`;
+  return { prefix, client, sched, exec, fn: (over = {}) => fnv({ tenant, ...over }) };
+}
+
+const ev = (o: unknown) => ({ kind: 'event' as const, body: Buffer.from(JSON.stringify(o)) });
+
+describe('sync invocations through BullMQ', () => {
+  it('cold then warm on the same instance; records readable', async () => {
+    const e = await env();
+    const fn = e.fn();
+    const a = await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
+    expect(a.record.start).toBe('cold');
+    expect(a.record.status).toBe('succeeded');
+    const b = await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
+    expect(b.record.start).toBe('warm');
+    expect(JSON.parse(b.response.body.toString()).instance).toBe(JSON.parse(a.response.body.toString()).instance);
+    const rec = await e.client.get(fn.tenant, b.record.id);
+    expect(rec).toMatchObject({ status: 'succeeded', start: 'warm', attempts: 1, function: fn.name });
+    expect(rec!.response!.body.equals(b.response.body)).toBe(true);
+    expect(await e.client.get('other-tenant', b.record.id)).toBeNull();
+  });
+
+  it('binary and large payloads round-trip; a large one travels by reference with a TTL', async () => {
+    const e = await env();
+    const big = Buffer.alloc(200 * 1024);
+    for (let i = 0; i < big.length; i++) big[i] = i % 251;
+    const r = await e.client.invoke({ fn: e.fn(), payload: { kind: 'event', body: big }, mode: 'sync' });
+    expect(Buffer.from(JSON.parse(r.response.body.toString()).echo, 'base64').equals(big)).toBe(true);
+    const ttl = await redis.ttl(`${e.prefix}:payload:${r.record.id}`);
+    expect(ttl).toBeGreaterThan(0);
+  });
+
+  it('typed errors come back typed with the invocation id; the next call works', async () => {
+    const e = await env();
+    const fn = e.fn();
+    for (const type of ['FunctionError', 'OutOfMemory', 'Timeout', 'Crashed']) {
+      const err = await e.client.invoke({ fn, payload: ev({ fail: type }), mode: 'sync' }).catch((x) => x);
+      expect(err.type).toBe(type);
+      expect(err.details.invocationId).toMatch(/-/);
+      const rec = await e.client.get(fn.tenant, err.details.invocationId);
+      expect(rec).toMatchObject({ status: 'failed', error: { type } });
+      const ok = await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
+      expect(ok.record.status).toBe('succeeded');
+    }
+  });
+
+  it('bad input is InvalidRequest and enqueues nothing', async () => {
+    const e = await env();
+    await expect(e.client.invoke({ fn: { ...e.fn(), version: 0 }, payload: ev({}), mode: 'sync' })).rejects.toMatchObject({ type: 'InvalidRequest', details: { field: 'fn.version' } });
+    await expect(e.client.invoke({ fn: e.fn(), payload: { kind: 'event', body: 'x' as unknown as Buffer }, mode: 'sync' })).rejects.toMatchObject({ type: 'InvalidRequest' });
+    await expect(e.client.enqueue({ fn: e.fn(), payload: ev({}), mode: 'sync' })).rejects.toMatchObject({ type: 'InvalidRequest', details: { field: 'mode' } });
+    expect(await redis.keys(`${e.prefix}:inv:*`)).toEqual([]);
+  });
+
+  it('a memory cap above the node is LimitExceeded', async () => {
+    const e = await env({ capacityMb: 256 });
+    await expect(e.client.invoke({ fn: e.fn({ memoryMb: 512 }), payload: ev({}), mode: 'sync' })).rejects.toMatchObject({ type: 'LimitExceeded' });
+  });
+
+  it('routes a warm function to the node that has it', async () => {
+    const e = await env();
+    const fn = e.fn();
+    await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
+    await until(() => redis.hget(`${e.prefix}:warm:${fn.tenant}:${fn.name}:${fn.version}`, 'n1'), (v) => v !== null);
+    const r = await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
+    expect(r.record.start).toBe('warm');
+    const nodeCompleted = await redis.zcard(`${e.prefix}:bull:node.n1:completed`);
+    expect(nodeCompleted).toBe(1);
+    expect(Number((await redis.get(`${e.prefix}:nodeq:n1`)) ?? 0)).toBe(0);
+  });
+});
+
+describe('async invocations', () => {
+  it('enqueue → succeeded record; the same idempotency key is a no-op per tenant', async () => {
+    const e = await env();
+    const fn = e.fn();
+    const a = await e.client.enqueue({ fn, payload: ev({}), mode: 'async', idempotencyKey: 'k1' });
+    const b = await e.client.enqueue({ fn, payload: ev({}), mode: 'async', idempotencyKey: 'k1' });
+    expect(a.duplicate).toBe(false);
+    expect(b).toEqual({ invocationId: a.invocationId, duplicate: true });
+    const other = await e.client.enqueue({ fn: { ...fn, tenant: fn.tenant + 'x' }, payload: ev({}), mode: 'async', idempotencyKey: 'k1' });
+    expect(other.duplicate).toBe(false);
+    const rec = await until(() => e.client.get(fn.tenant, a.invocationId), (r) => r?.status === 'succeeded');
+    expect(rec!.attempts).toBe(1);
+    expect(e.exec.specialised).toBeGreaterThanOrEqual(1);
+    await until(() => e.client.get(fn.tenant + 'x', other.invocationId), (r) => r?.status === 'succeeded');
+  });
+
+  it('retries with backoff, then succeeds (attempts counted)', async () => {
+    const e = await env();
+    const fn = e.fn({ retries: 3 });
+    const { invocationId } = await e.client.enqueue({ fn, payload: ev({ failTimes: 1, key: randomUUID() }), mode: 'async' });
+    const rec = await until(() => e.client.get(fn.tenant, invocationId), (r) => r?.status === 'succeeded');
+    expect(rec!.attempts).toBe(2);
+  });
+
+  it('exhausted attempts land in the dead-letter list; redrive runs it again', async () => {
+    const e = await env();
+    const fn = e.fn({ retries: 2 });
+    const key = randomUUID();
+    const { invocationId } = await e.client.enqueue({ fn, payload: ev({ failTimes: 2, key }), mode: 'async' });
+    const rec = await until(() => e.client.get(fn.tenant, invocationId), (r) => r?.status === 'failed', 10_000);
+    expect(rec).toMatchObject({ attempts: 2, error: { type: 'FunctionError' } });
+    const dl = await e.client.listDeadLetters(fn.tenant);
+    expect(dl.map((r) => r.id)).toEqual([invocationId]);
+    expect(await e.client.listDeadLetters(fn.tenant + 'x')).toEqual([]);
+    await expect(e.client.redrive(fn.tenant + 'x', invocationId)).rejects.toMatchObject({ type: 'NotFound' });
+    await e.client.redrive(fn.tenant, invocationId);
+    const after = await until(() => e.client.get(fn.tenant, invocationId), (r) => r?.status === 'succeeded', 10_000);
+    expect(after!.attempts).toBe(1);
+    expect(await e.client.listDeadLetters(fn.tenant)).toEqual([]);
+    await expect(e.client.redrive(fn.tenant, invocationId)).rejects.toMatchObject({ type: 'Conflict' });
+  }, 20_000);
+});
+
+describe('logs', () => {
+  it('stored per function, read by invocation, followed live', async () => {
+    const e = await env();
+    const fn = e.fn();
+    const r = await e.client.invoke({ fn, payload: ev({ log: 'hello one' }), mode: 'sync' });
+    await e.client.invoke({ fn, payload: ev({ log: 'hello two' }), mode: 'sync' });
+    const lines = await e.client.logs(fn.tenant, { function: fn.name, invocation: r.record.id });
+    expect(lines.map((l) => l.line)).toEqual(['hello one']);
+    expect((await e.client.logs(fn.tenant, {})).map((l) => l.line)).toEqual(['hello one', 'hello two']);
+    expect(await e.client.logs(fn.tenant + 'x', {})).toEqual([]);
+    const ttl = await redis.ttl(`${e.prefix}:logs:${fn.tenant}:${fn.name}`);
+    expect(ttl).toBeGreaterThan(0);
+
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const done = (async () => {
+      for await (const l of e.client.followLogs(fn.tenant, { function: fn.name }, ac.signal)) {
+        seen.push(l.line);
+        if (seen.length === 3) ac.abort();
+      }
+    })();
+    await until(() => seen.length, (n) => n === 2);
+    await e.client.invoke({ fn, payload: ev({ log: 'hello three' }), mode: 'sync' });
+    await done;
+    expect(seen).toEqual(['hello one', 'hello two', 'hello three']);
+  });
+});
+
+describe('fair sharing and limits', () => {
+  it("tenant A's 1,000 queued invocations do not starve tenant B's one", async () => {
+    const e = await env({ capacityMb: 4 * 128, tenantConcurrency: 16 });
+    const a = e.fn();
+    const b = { ...e.fn(), tenant: a.tenant + 'b' };
+    const flood = Array.from({ length: 1000 }, () => e.client.enqueue({ fn: a, payload: ev({ sleep: 5 }), mode: 'async' }));
+    await Promise.all(flood);
+    expect(await e.client.depth(a.tenant)).toBeGreaterThan(100);
+    const t0 = Date.now();
+    const r = await e.client.invoke({ fn: b, payload: ev({}), mode: 'sync' });
+    const took = Date.now() - t0;
+    expect(r.record.status).toBe('succeeded');
+    // A needs ≥ 1000 × 5 ms / 4 instances ≈ 1.25 s to drain; B must not wait behind it
+    expect(took).toBeLessThan(500);
+    expect(await e.client.depth(a.tenant)).toBeGreaterThan(0);
+    await until(() => e.client.depth(a.tenant), (n) => n === 0, 20_000);
+    await until(() => redis.llen(`${e.prefix}:bull:inv.${encodeURIComponent(a.tenant)}:active`), (n) => n === 0, 10_000);
+  }, 30_000);
+});
+
+describe('nodes', () => {
+  it('ready() needs a fresh scheduler heartbeat; close() removes the node', async () => {
+    const e = await env();
+    expect(await e.client.ready()).toBe(true);
+    await e.sched.close();
+    expect(await e.client.ready()).toBe(false);
+    expect(await redis.exists(`${e.prefix}:node:n1`)).toBe(0);
+  });
+
+  it('two schedulers on one Redis share the work; start-up clears this node\'s leftovers only', async () => {
+    const e = await env({ nodeId: 'n1' });
+    const exec2 = new FakeExecutor();
+    await redis.hset(`${e.prefix}:warm:x:y:1`, 'n2', String(Date.now() + 60_000), 'n1', String(Date.now() + 60_000));
+    const s2 = createScheduler({ redisUrl: redisUrl(), prefix: e.prefix, nodeId: 'n2', executor: exec2, capacityMb: 1024, metrics: createMetrics({ defaultMetrics: false }), logger: silent, tenantConcurrency: 4 });
+    await s2.start();
+    expect(await redis.hkeys(`${e.prefix}:warm:x:y:1`)).toEqual(['n1']);
+    await redis.del(`${e.prefix}:warm:x:y:1`);
+    const fns = Array.from({ length: 8 }, (_, i) => e.fn({ name: `f${i}` }));
+    const rs = await Promise.all(fns.flatMap((fn) => [0, 1, 2].map(() => e.client.invoke({ fn, payload: ev({ sleep: 20 }), mode: 'sync' }))));
+    expect(rs.every((r) => r.record.status === 'succeeded')).toBe(true);
+    expect(e.exec.specialised).toBeGreaterThan(0);
+    expect(exec2.specialised).toBeGreaterThan(0);
+    await s2.close();
+    expect(exec2.live.size).toBe(0);
+  });
+});

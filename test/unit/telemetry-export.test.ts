@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SpanKind } from '@opentelemetry/api';
+import { Attr, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../../services/common/telemetry.ts';
+import { initTracing, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import { startOtlpSink, type OtlpSink } from '../helpers/otlp-sink.ts';
+
+describe('tracingRequested (standard OTEL_* env)', () => {
+  it.each([
+    [{}, false],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' }, true],
+    [{ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://127.0.0.1:4318/v1/traces' }, true],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', OTEL_SDK_DISABLED: 'true' }, false],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', OTEL_TRACES_EXPORTER: 'none' }, false],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: '' }, false],
+  ])('%j → %s', (env, want) => {
+    expect(tracingRequested(env)).toBe(want);
+  });
+});
+
+// The real exporter (OTLP/HTTP, JSON) configured only through env, against a real receiver on loopback.
+describe.each([
+  ['on a worker thread (default)', '1'],
+  ['on the event loop (FNHOST_OTEL_EXPORT_THREAD=0)', '0'],
+])('OTLP/HTTP export to a loopback receiver, %s', (_, thread) => {
+  let sink: OtlpSink;
+  let handle: TracingHandle;
+  const saved = { ...process.env };
+
+  beforeAll(async () => {
+    sink = await startOtlpSink();
+    Object.assign(process.env, sink.env, { OTEL_SERVICE_NAME: 'fnhost-test', OTEL_BSP_SCHEDULE_DELAY: '50', FNHOST_OTEL_EXPORT_THREAD: thread });
+    handle = await initTracing();
+  });
+  afterAll(async () => {
+    await handle?.shutdown();
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+    await sink?.close();
+  });
+
+  it('exports spans with ids, parent links, kinds and attributes intact (batched, without forceFlush)', async () => {
+    expect(handle.enabled).toBe(true);
+    const caller = '00-11112222333344445555666677778888-9999aaaabbbbcccc-01';
+    let tp: string | undefined;
+    await withRemoteParent(caller, () =>
+      withSpan(SpanName.httpRequest, { [Attr.tenant]: 'acme', [Attr.memoryMb]: 128, [Attr.start]: 'cold' }, async () => {
+        tp = await withSpan(SpanName.enqueue, {}, async () => injectTraceparent(), { kind: SpanKind.PRODUCER });
+      }, { kind: SpanKind.SERVER }),
+    );
+    const spans = await sink.waitFor((all) => all.length >= 2, 10_000);
+    const http = spans.find((s) => s.name === SpanName.httpRequest)!;
+    const enq = spans.find((s) => s.name === SpanName.enqueue)!;
+    expect(http.traceId).toBe('11112222333344445555666677778888');
+    expect(http.parentSpanId).toBe('9999aaaabbbbcccc');
+    expect(enq.parentSpanId).toBe(http.spanId);
+    expect(tp).toBe(`00-${http.traceId}-${enq.spanId}-01`);
+    expect(http.kind).toBe(2); // OTLP SPAN_KIND_SERVER
+    expect(enq.kind).toBe(4); // OTLP SPAN_KIND_PRODUCER
+    expect(http.attributes).toMatchObject({ [Attr.tenant]: 'acme', [Attr.memoryMb]: 128, [Attr.start]: 'cold' });
+    expect(http.service).toBe('fnhost-test');
+    for (const s of [http, enq]) expect(s.endNs).toBeGreaterThanOrEqual(s.startNs);
+    expect(sink.rejected).toBe(0);
+  });
+
+  it('shutdown flushes spans still buffered', async () => {
+    const before = sink.spanCount;
+    await withSpan('last words', { [Attr.outcome]: 'success' }, async () => {});
+    await handle.shutdown();
+    expect(sink.spanCount).toBe(before + 1);
+    expect(sink.spans().at(-1)).toMatchObject({ name: 'last words', attributes: { [Attr.outcome]: 'success' } });
+  });
+});

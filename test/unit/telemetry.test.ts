@@ -1,0 +1,273 @@
+import { Writable } from 'node:stream';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Hono } from 'hono';
+import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { SpanKind, SpanStatusCode, TraceFlags } from '@opentelemetry/api';
+import {
+  Attr,
+  SpanName,
+  activeTraceIds,
+  contextFromTraceparent,
+  formatTraceparent,
+  injectTraceparent,
+  parseTraceparent,
+  recordSpan,
+  startSpan,
+  runInSpan,
+  tracingEnabled,
+  withRemoteParent,
+  withSpan,
+} from '../../services/common/telemetry.ts';
+import { initTracing, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import { createLogger, invocationLogger } from '../../services/common/log.ts';
+import { OutOfMemory } from '../../services/common/errors.ts';
+import { createMetrics } from '../../services/common/metrics.ts';
+import { tracing } from '../../services/gateway/middleware/tracing.ts';
+import { parsePromText } from '../helpers/prom-text.ts';
+
+const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+const SPAN = '00f067aa0ba902b7';
+const TP = `00-${TRACE}-${SPAN}-01`;
+
+describe('traceparent parsing (W3C Trace Context §3.2)', () => {
+  it.each([
+    [TP, { traceId: TRACE, spanId: SPAN, traceFlags: TraceFlags.SAMPLED }],
+    [`00-${TRACE}-${SPAN}-00`, { traceId: TRACE, spanId: SPAN, traceFlags: TraceFlags.NONE }],
+    // unknown flag bits are dropped, only "sampled" is defined
+    [`00-${TRACE}-${SPAN}-ff`, { traceId: TRACE, spanId: SPAN, traceFlags: TraceFlags.SAMPLED }],
+    // a future version may append fields
+    [`01-${TRACE}-${SPAN}-01-extra`, { traceId: TRACE, spanId: SPAN, traceFlags: TraceFlags.SAMPLED }],
+  ])('accepts %s', (value, want) => {
+    expect(parseTraceparent(value)).toEqual({ ...want, isRemote: true });
+  });
+
+  it.each([
+    ['missing', undefined],
+    ['empty', ''],
+    ['all-zero trace id', `00-${'0'.repeat(32)}-${SPAN}-01`],
+    ['all-zero span id', `00-${TRACE}-${'0'.repeat(16)}-01`],
+    ['version ff', `ff-${TRACE}-${SPAN}-01`],
+    ['version 00 with extra fields', `${TP}-extra`],
+    ['upper-case hex', `00-${TRACE.toUpperCase()}-${SPAN}-01`],
+    ['short trace id', `00-${TRACE.slice(1)}-${SPAN}-01`],
+    ['garbage', 'hello world, this is definitely not a traceparent value!!'],
+    ['huge', `00-${TRACE}-${SPAN}-01-${'x'.repeat(1000)}`],
+  ])('rejects %s', (_, value) => {
+    expect(parseTraceparent(value)).toBeUndefined();
+  });
+
+  it('formats what it parses', () => {
+    expect(formatTraceparent(parseTraceparent(TP)!)).toBe(TP);
+    expect(formatTraceparent({ traceId: TRACE, spanId: SPAN, traceFlags: 0 })).toBe(`00-${TRACE}-${SPAN}-00`);
+  });
+});
+
+describe('with tracing off (no SDK registered)', () => {
+  it('spans are no-ops, nothing is injected, work still runs', async () => {
+    expect(tracingEnabled()).toBe(false);
+    const got = await withSpan('x', { [Attr.tenant]: 't' }, async (span) => {
+      expect(span.isRecording()).toBe(false);
+      return injectTraceparent();
+    });
+    expect(got).toBeUndefined();
+    expect(withRemoteParent(TP, () => 42)).toBe(42);
+    expect(activeTraceIds()).toEqual({});
+    recordSpan('nothing', 1, 2);
+  });
+
+  it('initTracing without an endpoint registers nothing', async () => {
+    const h = await initTracing({ env: {} });
+    expect(h.enabled).toBe(false);
+    expect(tracingEnabled()).toBe(false);
+    await h.shutdown();
+  });
+
+  it('withSpan still rethrows', async () => {
+    await expect(withSpan('x', {}, async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+  });
+});
+
+describe('with tracing on', () => {
+  const exporter = new InMemorySpanExporter();
+  let handle: TracingHandle;
+
+  beforeAll(async () => {
+    handle = await initTracing({ exporter });
+  });
+  afterAll(async () => {
+    await handle.shutdown();
+    expect(tracingEnabled()).toBe(false);
+  });
+  beforeEach(() => exporter.reset());
+
+  async function finished(): Promise<ReadableSpan[]> {
+    await handle.forceFlush();
+    return exporter.getFinishedSpans();
+  }
+  const byName = (spans: ReadableSpan[], name: string) => {
+    const s = spans.find((x) => x.name === name);
+    if (!s) throw new Error(`no span ${name} in [${spans.map((x) => x.name)}]`);
+    return s;
+  };
+
+  it('is registered and idempotent', async () => {
+    expect(handle.enabled).toBe(true);
+    expect(tracingEnabled()).toBe(true);
+    expect(await initTracing({ env: {} })).toBe(handle);
+  });
+
+  it('nests withSpan children under the active span, across awaits', async () => {
+    await withSpan('outer', { [Attr.tenant]: 'acme' }, async () => {
+      await new Promise((r) => setTimeout(r, 1));
+      await withSpan('inner', {}, async () => {});
+    });
+    const spans = await finished();
+    const outer = byName(spans, 'outer');
+    const inner = byName(spans, 'inner');
+    expect(inner.parentSpanContext?.spanId).toBe(outer.spanContext().spanId);
+    expect(inner.spanContext().traceId).toBe(outer.spanContext().traceId);
+    expect(outer.attributes[Attr.tenant]).toBe('acme');
+    expect(outer.parentSpanContext).toBeUndefined();
+  });
+
+  it('records a typed error: status, exception event and fnhost.error.type', async () => {
+    await expect(withSpan('run', {}, async () => Promise.reject(new OutOfMemory('oom', { limitMb: 64 })))).rejects.toBeInstanceOf(OutOfMemory);
+    const run = byName(await finished(), 'run');
+    expect(run.status.code).toBe(SpanStatusCode.ERROR);
+    expect(run.attributes[Attr.errorType]).toBe('OutOfMemory');
+    expect(run.events.some((e) => e.name === 'exception')).toBe(true);
+  });
+
+  it('carries context across a queue hop via traceparent in job data (gateway → scheduler)', async () => {
+    // Producer side: the job data is serialised, as BullMQ does.
+    const job = await withSpan(SpanName.enqueue, {}, async () => JSON.stringify({ id: 'inv-1', traceparent: injectTraceparent() }), {
+      kind: SpanKind.PRODUCER,
+    });
+    const enqueuedAt = Date.now() - 7;
+    // Consumer side runs from a fresh async context (a worker callback), not under the producer's span.
+    await new Promise<void>((resolve, reject) =>
+      setImmediate(() => {
+        const data = JSON.parse(job) as { traceparent?: string };
+        withRemoteParent(data.traceparent, async () => {
+          recordSpan(SpanName.queueWait, enqueuedAt, Date.now());
+          await withSpan(SpanName.pickup, {}, async () => withSpan(SpanName.warmPick, {}, async () => {}), { kind: SpanKind.CONSUMER });
+        }).then(resolve, reject);
+      }),
+    );
+    const spans = await finished();
+    const enqueue = byName(spans, SpanName.enqueue);
+    const wait = byName(spans, SpanName.queueWait);
+    const pickup = byName(spans, SpanName.pickup);
+    const pick = byName(spans, SpanName.warmPick);
+    for (const s of [wait, pickup, pick]) expect(s.spanContext().traceId).toBe(enqueue.spanContext().traceId);
+    expect(wait.parentSpanContext?.spanId).toBe(enqueue.spanContext().spanId);
+    expect(pickup.parentSpanContext?.spanId).toBe(enqueue.spanContext().spanId);
+    expect(pick.parentSpanContext?.spanId).toBe(pickup.spanContext().spanId);
+    expect(enqueue.kind).toBe(SpanKind.PRODUCER);
+    expect(pickup.kind).toBe(SpanKind.CONSUMER);
+    // queue wait covers the given interval (hrtime [s, ns]); 7 ms ago → ≥ 7 ms long
+    const ms = (t: [number, number]) => t[0] * 1e3 + t[1] / 1e6;
+    expect(ms(wait.endTime) - ms(wait.startTime)).toBeGreaterThanOrEqual(6.9);
+    expect(Math.abs(ms(wait.startTime) - enqueuedAt)).toBeLessThan(1);
+  });
+
+  it('a missing or malformed traceparent starts a new root trace', async () => {
+    await withRemoteParent('00-garbage', async () => withSpan('a', {}, async () => {}));
+    await withRemoteParent(undefined, async () => withSpan('b', {}, async () => {}));
+    const spans = await finished();
+    expect(byName(spans, 'a').parentSpanContext).toBeUndefined();
+    expect(byName(spans, 'b').parentSpanContext).toBeUndefined();
+    expect(byName(spans, 'a').spanContext().traceId).not.toBe(byName(spans, 'b').spanContext().traceId);
+  });
+
+  it('contextFromTraceparent ignores whatever was active in the worker', async () => {
+    await withSpan('unrelated', {}, async () => {
+      const span = startSpan('job', {}, { parent: contextFromTraceparent(TP) });
+      runInSpan(span, () => expect(injectTraceparent()).toMatch(new RegExp(`^00-${TRACE}-[0-9a-f]{16}-01$`)));
+      span.end();
+    });
+    const job = byName(await finished(), 'job');
+    expect(job.spanContext().traceId).toBe(TRACE);
+    expect(job.parentSpanContext?.spanId).toBe(SPAN);
+  });
+
+  it('an unsampled caller (flags 00) is honoured by the parent-based sampler: nothing recorded', async () => {
+    await withRemoteParent(`00-${TRACE}-${SPAN}-00`, async () => withSpan('dropped', {}, async (s) => expect(s.isRecording()).toBe(false)));
+    expect((await finished()).some((s) => s.name === 'dropped')).toBe(false);
+  });
+
+  describe('gateway middleware', () => {
+    function app(m = createMetrics({ defaultMetrics: false })) {
+      const a = new Hono();
+      a.use('*', tracing({ metrics: m }));
+      a.post('/v1/functions/:name/invoke', async (c) => {
+        const tp = await withSpan(SpanName.enqueue, {}, async () => injectTraceparent());
+        return c.json({ tp });
+      });
+      a.get('/boom', () => {
+        throw new Error('handler failed');
+      });
+      a.onError((_e, c) => c.text('internal', 500));
+      return { a, m };
+    }
+
+    it('starts the http request server span as a child of the caller traceparent, with route and status', async () => {
+      const { a, m } = app();
+      const res = await a.request('/v1/functions/hello/invoke', { method: 'POST', headers: { traceparent: TP } });
+      expect(res.status).toBe(200);
+      const { tp } = (await res.json()) as { tp: string };
+      const spans = await finished();
+      const http = byName(spans, SpanName.httpRequest);
+      const enq = byName(spans, SpanName.enqueue);
+      expect(http.kind).toBe(SpanKind.SERVER);
+      expect(http.spanContext().traceId).toBe(TRACE);
+      expect(http.parentSpanContext?.spanId).toBe(SPAN);
+      expect(enq.parentSpanContext?.spanId).toBe(http.spanContext().spanId);
+      expect(tp).toBe(`00-${TRACE}-${enq.spanContext().spanId}-01`);
+      expect(http.attributes).toMatchObject({
+        [Attr.httpMethod]: 'POST',
+        [Attr.httpRoute]: '/v1/functions/:name/invoke',
+        [Attr.httpStatus]: 200,
+        [Attr.urlPath]: '/v1/functions/hello/invoke',
+      });
+      const p = parsePromText(await m.text());
+      expect(p.value('fnhost_http_requests_total', { method: 'POST', route: '/v1/functions/:name/invoke', status: '200' })).toBe(1);
+    });
+
+    it('without a traceparent the request is a root; 5xx marks the span as error; unmatched routes stay bounded', async () => {
+      const { a, m } = app();
+      expect((await a.request('/boom')).status).toBe(500);
+      expect((await a.request('/no/such/path/12345')).status).toBe(404);
+      const spans = (await finished()).filter((s) => s.name === SpanName.httpRequest);
+      expect(spans).toHaveLength(2);
+      const boom = spans.find((s) => s.attributes[Attr.urlPath] === '/boom')!;
+      expect(boom.parentSpanContext).toBeUndefined();
+      expect(boom.status.code).toBe(SpanStatusCode.ERROR);
+      const p = parsePromText(await m.text());
+      expect(p.value('fnhost_http_requests_total', { route: '/boom', status: '500' })).toBe(1);
+      expect(p.value('fnhost_http_requests_total', { route: 'unmatched', status: '404' })).toBe(1);
+      expect(p.samples.some((s) => s.labels.route?.includes('12345'))).toBe(false);
+    });
+  });
+
+  it('log lines carry trace_id/span_id of the active span and the invocation ids', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk, _enc, cb) {
+        for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
+        cb();
+      },
+    });
+    const base = createLogger('test', 'info', sink);
+    let ids: { trace_id?: string; span_id?: string } = {};
+    await withSpan('logged', {}, async () => {
+      ids = activeTraceIds();
+      invocationLogger(base, { invocationId: 'inv-9', tenant: 'acme', function: 'hello', version: 3 }).info('hi');
+    });
+    base.info('outside');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatchObject({ msg: 'hi', invocation_id: 'inv-9', tenant: 'acme', function: 'hello', version: 3, ...ids });
+    expect(ids.trace_id).toMatch(/^[0-9a-f]{32}$/);
+    expect(lines[1].trace_id).toBeUndefined();
+  });
+});
