@@ -13,4 +13,9 @@ BASE="${FNHOST_BASE_DIR:-/var/lib/fnhost/base}"
 mkdir -p "$BASE"
 exec 9>"$BASE/.build.lock"
 flock 9
+# the recipes pin Debian versions from apt's local lists; a fresh machine may have none yet
+if ! grep -q 'Candidate: [0-9]' <<<"$(apt-cache policy python3.11-minimal 2>/dev/null)"; then
+  echo "images: apt lists are empty; running apt-get update" >&2
+  apt-get update -qq >&2
+fi
 exec node --import tsx services/store/build-base-main.ts "$@"

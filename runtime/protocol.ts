@@ -19,18 +19,20 @@
  *
  *   ← HELLO   {runtime: 'node'|'python', version, pid}                          shim booted, waiting for LOAD
  *   → LOAD    {handler, codeDir, env, fn: FnInfo, responseCapBytes, logMarker}  import code, resolve handler
- *   ← READY   {style: 'fetch'|'event'}                                           handler resolved
+ *   ← READY   {style: 'fetch'|'event', loadMs?}                                  handler resolved
  *   ← ERROR   {id: null, type: 'FunctionError', message, stack, errorType}        LOAD failed (the shim stays alive)
  *   → INVOKE  {id, kind: 'event', deadline, contentType?}                        body = event bytes
  *   → INVOKE  {id, kind: 'http', deadline, method, path, query, headers}         body = request body
- *   ← RESULT  {id, status, headers}                                              body = response body
- *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?}
+ *   ← RESULT  {id, status, headers, marked?}                                     body = response body
+ *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?, marked?}
  *
  * `deadline` is epoch ms (the sandbox shares the host's clock: no time namespace).
  * Log boundary: after an invocation's handler settled and before its RESULT/ERROR, the shim flushes its
- * stdout and stderr and writes `logMarker` (a per-instance random token from LOAD) to each of them; the
- * host attributes everything before the marker on a stream to that invocation. Since the marker precedes
- * the result on both pipes, the host can finish an invocation with all of its logs without any timer.
+ * stdout and stderr and writes `logMarker` (a per-instance random token from LOAD) to each stream that
+ * carried output since the last marker; RESULT/ERROR's `marked` says which (bit 1 stdout, bit 2 stderr;
+ * absent = both). The host attributes everything before the marker on a stream to that invocation. Since
+ * the marker is in the pipe before the result is on the wire, the host finishes an invocation with all of
+ * its logs and no timer; a quiet invocation costs no extra write at all.
  *
  * Errors: a frame the host cannot parse (bad type, bad JSON, longer than the host's cap) is a protocol
  * violation: the host kills the instance and reports `Crashed` (or `ResponseTooLarge` for an oversized RESULT).
@@ -72,11 +74,16 @@ export interface LoadMsg {
   responseCapBytes: number;
   logMarker: string;
 }
-export interface ReadyMsg { style: 'fetch' | 'event' }
+/** `loadMs`: the shim's own time from LOAD to READY (import + resolve), for the 'runtime load' span. */
+export interface ReadyMsg { style: 'fetch' | 'event'; loadMs?: number }
 export type InvokeMsg =
   | { id: string; kind: 'event'; deadline: number; contentType?: string }
   | { id: string; kind: 'http'; deadline: number; method: string; path: string; query: string; headers: Record<string, string> };
-export interface ResultMsg { id: string; status: number; headers: Record<string, string> }
+/** Bits of `marked`: which streams carry a log marker for this invocation. */
+export const MARKED_STDOUT = 1;
+export const MARKED_STDERR = 2;
+
+export interface ResultMsg { id: string; status: number; headers: Record<string, string>; marked?: number }
 export interface ErrorMsg {
   id: string | null;
   type: 'FunctionError' | 'ResponseTooLarge';
@@ -84,6 +91,7 @@ export interface ErrorMsg {
   stack?: string;
   errorType?: string;
   sizeBytes?: number;
+  marked?: number;
 }
 
 /** The typed union of every frame, by direction. */

@@ -90,7 +90,10 @@ struct ChildArgs {
 __attribute__((noinline)) int ChildMain(void* p) {
   ChildArgs* a = static_cast<ChildArgs*>(p);
   // v1 has no CLONE_INTO_CGROUP: join each controller's sandbox cgroup before running any code of our own
-  // ("0" = the writing task, Documentation/admin-guide/cgroup-v1/cgroups.rst).
+  // ("0" = the writing task, Documentation/admin-guide/cgroup-v1/cgroups.rst). The caller opens the `tasks`
+  // files: for a single thread writing "0" the kernel skips the global cgroup_threadgroup_rwsem, whose write
+  // side waits for an RCU grace period (kernel/cgroup/cgroup.c cgroup_procs_write_start); this child is a
+  // thread group of one thread, so moving the thread moves the process.
   for (size_t i = 0; i < a->njoin; i++) {
     if (write(a->join_fds[i], "0", 1) != 1) {
       a->err = errno;
@@ -127,13 +130,46 @@ __attribute__((noinline)) int ChildMain(void* p) {
   _exit(127);
 }
 
-// spawnInit(path, flags, joinFds, cgroupDirFd) → { pid, fd }
+#if defined(__x86_64__)
+// clone3 with its own stack, child branch in the same asm block (as glibc's clone3.S): the child starts on
+// the new stack right after `syscall`, so it must not return through any C frame; it calls fn and exits.
+// Registers other than rax/rcx/r11 survive the syscall, so fn and arg are still there in the child.
+pid_t Clone3Fn(struct clone_args* ca, int (*fn)(void*), void* arg) {
+  long ret;
+  asm volatile(
+      "syscall\n\t"
+      "test %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "xor %%ebp, %%ebp\n\t"
+      "mov %[arg], %%rdi\n\t"
+      "call *%[fn]\n\t"
+      "mov %%eax, %%edi\n\t"
+      "mov $60, %%eax\n\t" /* SYS_exit */
+      "syscall\n\t"
+      "hlt\n\t"
+      "1:\n\t"
+      : "=a"(ret)
+      : "a"(static_cast<long>(SYS_clone3)), "D"(ca), "S"(sizeof(struct clone_args)), [fn] "r"(fn), [arg] "r"(arg)
+      : "rcx", "r11", "memory");
+  if (ret < 0) {
+    errno = static_cast<int>(-ret);
+    return -1;
+  }
+  return static_cast<pid_t>(ret);
+}
+#define HAVE_CLONE3_FN 1
+#endif
+
+// spawnInit(path, args, flags, joinFds, cgroupDirFd) → { pid, fd }
 Napi::Value SpawnInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
-  int64_t flags = info[1].As<Napi::Number>().Int64Value();
-  std::vector<int> join = IntArray(info[2]);
-  int cgroup_dir_fd = info[3].As<Napi::Number>().Int32Value();
+  std::vector<std::string> args;
+  Napi::Array arr = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); i++) args.push_back(arr.Get(i).As<Napi::String>());
+  int64_t flags = info[2].As<Napi::Number>().Int64Value();
+  std::vector<int> join = IntArray(info[3]);
+  int cgroup_dir_fd = info[4].As<Napi::Number>().Int32Value();
   bool want_cgroupns = (flags & CLONE_NEWCGROUP) != 0;
   flags &= ~static_cast<int64_t>(CLONE_NEWCGROUP);  // done by the child after joining, see ChildMain
 
@@ -141,7 +177,9 @@ Napi::Value SpawnInit(const Napi::CallbackInfo& info) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) throw ErrnoError(env, errno, "socketpair");
 
   // argv/envp built before clone: the child must not allocate.
-  std::vector<char*> argv = {const_cast<char*>(path.c_str()), nullptr};
+  std::vector<char*> argv = {const_cast<char*>(path.c_str())};
+  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   char* envp[] = {nullptr};
   ChildArgs a{};
   a.path = path.c_str();
@@ -156,29 +194,34 @@ Napi::Value SpawnInit(const Napi::CallbackInfo& info) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pid_t pid;
+  void* stack = mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    close(sv[0]);
+    close(sv[1]);
+    throw ErrnoError(env, e, "mmap");
+  }
   if (cgroup_dir_fd >= 0) {
-    // cgroup v2: born in the cgroup (clone3 CLONE_INTO_CGROUP). Without a stack clone3 with CLONE_VM|
-    // CLONE_VFORK behaves like vfork(): the child runs on our stack while we are suspended, calls ChildMain
-    // (which never returns) and so never returns into this frame.
+#ifdef HAVE_CLONE3_FN
+    // cgroup v2: born in the cgroup (clone3 CLONE_INTO_CGROUP), not moved in afterwards.
     struct clone_args ca;
     memset(&ca, 0, sizeof ca);
     ca.flags = static_cast<uint64_t>(flags) | CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
     ca.exit_signal = SIGCHLD;
+    ca.stack = reinterpret_cast<uint64_t>(stack);
+    ca.stack_size = kChildStack;
     ca.cgroup = static_cast<uint64_t>(cgroup_dir_fd);
-    long r = syscall(SYS_clone3, &ca, sizeof ca);
-    if (r == 0) ChildMain(&a);
-    pid = static_cast<pid_t>(r);
+    pid = Clone3Fn(&ca, ChildMain, &a);
+#else
+    pid = -1;
+    errno = ENOSYS;
+#endif
   } else {
-    void* stack = mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) {
-      int e = errno;
-      pthread_sigmask(SIG_SETMASK, &old, nullptr);
-      close(sv[0]);
-      close(sv[1]);
-      throw ErrnoError(env, e, "mmap");
-    }
     pid = clone(ChildMain, static_cast<char*>(stack) + kChildStack,
                 static_cast<int>(flags) | CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+  }
+  {
     int e = errno;
     munmap(stack, kChildStack);
     errno = e;

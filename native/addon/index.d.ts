@@ -20,13 +20,14 @@ export interface WaitStatus {
 
 export interface NativeAddon {
   /**
-   * clone(CLONE_VM|CLONE_VFORK|flags) → the child writes "0" to each of `joinFds` (cgroup v1 cgroup.procs,
+   * clone(CLONE_VM|CLONE_VFORK|flags) → the child writes "0" to each of `joinFds` (cgroup v1 `tasks` files,
    * opened for writing by the caller), unshares its cgroup namespace when CLONE_NEWCGROUP is in `flags`, sets
-   * PR_SET_PDEATHSIG=SIGKILL, dup2()s its control socket to fd 3 and execve()s `path` with an empty env.
+   * PR_SET_PDEATHSIG=SIGKILL, dup2()s its control socket to fd 3 and execve()s `path` with argv [path, ...args]
+   * and an empty env.
    * With `cgroupDirFd >= 0` (a cgroup v2 directory) it uses clone3 with CLONE_INTO_CGROUP instead.
    * Node's heap is never copied. Throws with syscall "clone"/"clone3"/"write"/"unshare"/"execve".
    */
-  spawnInit(path: string, flags: number, joinFds: number[], cgroupDirFd: number): SpawnedInit;
+  spawnInit(path: string, args: string[], flags: number, joinFds: number[], cgroupDirFd: number): SpawnedInit;
   /** sendmsg(fd, data) with `fds` attached as SCM_RIGHTS to the first byte; completes partial writes. */
   sendFrame(fd: number, data: Buffer, fds: number[]): void;
   /** pipe2(O_CLOEXEC) → [read end, write end]. */

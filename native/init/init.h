@@ -50,12 +50,13 @@ int ns_setup_early(void);
 int ns_sethostname(const char *name);
 
 /* mount.c */
-int mnt_overlay(const char *target, const char *lowerdir);
 int mnt_tmpfs(const char *target, const char *size_bytes, const char *mode);
 int mnt_proc(const char *target);
 int mnt_dev(const char *target);
 int mnt_pivot(const char *new_root);
 int mnt_move_fd(int fd, const char *target);
+int mnt_move(const char *from, const char *to);
+int mnt_stage(const char *stage);
 
 /* caps.c */
 int caps_drop_all(uid_t uid, gid_t gid);

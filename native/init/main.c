@@ -9,14 +9,18 @@
  * "exited <reqid> <pid> <code> <signal>" (code -1 when signalled). It exits when the control socket closes,
  * which makes the kernel kill every process in the pid namespace (and drop every mount with it).
  *
- * Ops (all paths absolute; before "pivot" they are paths in the host's tree, after it in the sandbox's):
- *   overlay <target> <lowerdir>     read-only overlayfs, lowerdir in overlayfs order (top first, ':'-joined)
+ * Before "ready" the init stages what needs no spec (mount.c mnt_stage, argv[1] = an empty host directory):
+ * its root is then a small read-only tmpfs with /root (empty), /dev (finished) and /proc (this pid ns).
+ *
+ * Ops (targets are paths in the init's root: the stage before "pivot", the sandbox's rootfs after it):
+ *   attach <target>                 move_mount the next fd of the frame (a detached read-only overlay the host
+ *                                   built with fsmount) onto target: the rootfs at /root, code layers, ...
+ *   move <from> <to>                MS_MOVE a staged mount (/dev, /proc) into the rootfs
  *   tmpfs <target> <bytes> <mode>   size-capped tmpfs
  *   proc <target> | dev <target>    /proc of this pid namespace | minimal /dev
  *   pivot <newroot>                 pivot_root into newroot and detach the host's tree
  *   hostname <name>
- *   attach <target>                 move_mount the mount fd that came with the frame onto target
- *   harden                          drop the init's own capabilities to the minimum later ops need
+ *   harden                          drop the init's own capabilities to what later ops need
  *   spawn <uid> <gid> <cwd> <argc> <argv...> <envc> <env...> <nfds>   (fds 0..nfds-1 come with the frame)
  */
 #define _GNU_SOURCE
@@ -175,12 +179,7 @@ static int run_ops(struct frame *f, long long reqid, pid_t *spawned)
 {
 	const char *op, *a, *b, *c;
 	while ((op = next_str(f))) {
-		if (!strcmp(op, "overlay")) {
-			if (!(a = next_str(f)) || !(b = next_str(f)))
-				return fail(EINVAL, "overlay", "", "malformed op");
-			if (mnt_overlay(a, b) < 0)
-				return -1;
-		} else if (!strcmp(op, "tmpfs")) {
+		if (!strcmp(op, "tmpfs")) {
 			if (!(a = next_str(f)) || !(b = next_str(f)) || !(c = next_str(f)))
 				return fail(EINVAL, "tmpfs", "", "malformed op");
 			if (mnt_tmpfs(a, b, c) < 0)
@@ -202,6 +201,11 @@ static int run_ops(struct frame *f, long long reqid, pid_t *spawned)
 			if (!(a = next_str(f)) || fd < 0)
 				return fail(EINVAL, "attach", "", "attach needs a target and a mount fd");
 			if (mnt_move_fd(fd, a) < 0)
+				return -1;
+		} else if (!strcmp(op, "move")) {
+			if (!(a = next_str(f)) || !(b = next_str(f)))
+				return fail(EINVAL, "move", "", "malformed op");
+			if (mnt_move(a, b) < 0)
 				return -1;
 		} else if (!strcmp(op, "harden")) {
 			if (caps_init_keep_minimal() < 0)
@@ -252,7 +256,7 @@ static void die_setup(void)
 	_exit(1);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	sigset_t chld;
 	int sfd, nul;
@@ -294,6 +298,12 @@ int main(void)
 		close(oom);
 
 	if (ns_setup_early() < 0)
+		die_setup();
+	if (argc < 2) {
+		fail(EINVAL, "execve", "", "usage: fnhost-init <stage-dir>");
+		die_setup();
+	}
+	if (mnt_stage(argv[1]) < 0)
 		die_setup();
 
 	const char *ready[] = { "ready" };

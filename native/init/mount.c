@@ -1,6 +1,7 @@
 /*
- * mount.c — the sandbox's filesystem: read-only overlay rootfs, /tmp tmpfs, /proc, a minimal /dev, pivot_root,
- * and attaching a detached mount (from the host's fsmount()) inside an already started sandbox.
+ * mount.c — the sandbox's filesystem: the create-time stage (/dev, /proc, host tree detached), then at start
+ * the read-only overlay rootfs and extra overlays (detached mounts built by the host with fsmount() and
+ * move_mount()ed here), the /tmp tmpfs, and pivot_root into the rootfs.
  *
  * All of it happens in the sandbox's own mount namespace, whose propagation was made private first
  * (ns_setup_early), so nothing here is ever visible in the host's mount table.
@@ -22,15 +23,43 @@
 #define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
 #endif
 
-int mnt_overlay(const char *target, const char *lowerdir)
+int mnt_move(const char *from, const char *to)
 {
-	char opts[8192];
-	/* No upperdir: overlayfs is then read-only by construction; MS_RDONLY makes the mount say so too.
-	 * The host guarantees >= 2 lower dirs (overlayfs refuses a single lowerdir without an upperdir). */
-	if ((size_t) snprintf(opts, sizeof opts, "lowerdir=%s", lowerdir) >= sizeof opts)
-		return fail(ENAMETOOLONG, "mount", target, "overlay lowerdir list too long");
-	if (mount("overlay", target, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, opts) < 0)
-		return fail(errno, "mount", target, "overlay mount (lowerdir=%s)", lowerdir);
+	if (mount(from, to, NULL, MS_MOVE, NULL) < 0)
+		return fail(errno, "mount", to, "moving %s", from);
+	return 0;
+}
+
+/*
+ * Everything that does not depend on the start spec, done while the sandbox waits in the pool: a small
+ * tmpfs becomes this namespace's root, holding /root (where start mounts the rootfs), a finished /dev and
+ * this pid namespace's /proc (start moves both into the rootfs). The copy of the host's mount tree (~30
+ * mounts) is detached now, not on the cold-start path. Layers reach the sandbox afterwards only as detached
+ * overlay mounts the host builds (fsmount) and sends over the control socket: overlayfs cannot use lower
+ * dirs outside the mounter's namespace ("failed to clone lowerpath"), and the host's tree is gone from here.
+ */
+int mnt_stage(const char *stage)
+{
+	char p[4096];
+	if (mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=65536,mode=755") < 0)
+		return fail(errno, "mount", stage, "staging tmpfs");
+	static const char *const dirs[] = { "root", "dev", "proc" };
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(p, sizeof p, "%s/%s", stage, dirs[i]);
+		if (mkdir(p, 0755) < 0)
+			return fail(errno, "mkdir", p, "staging directory");
+	}
+	snprintf(p, sizeof p, "%s/dev", stage);
+	if (mnt_dev(p) < 0)
+		return -1;
+	snprintf(p, sizeof p, "%s/proc", stage);
+	if (mnt_proc(p) < 0)
+		return -1;
+	if (mnt_pivot(stage) < 0)
+		return -1;
+	/* the stage itself becomes read-only: nothing but mount points lives in it */
+	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=65536,mode=755") < 0)
+		return fail(errno, "mount", "/", "remounting the stage read-only");
 	return 0;
 }
 

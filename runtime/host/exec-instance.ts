@@ -144,6 +144,7 @@ export class ExecInstance implements Instance {
       await this.destroy();
       throw withLogs(new Timeout(`function did not finish within ${this.fn.timeoutMs} ms`, { timeoutMs: this.fn.timeoutMs }), record.lines);
     }
+    if (status.peakMemoryBytes > 0) span.setAttribute(Attr.peakMemoryBytes, status.peakMemoryBytes);
     // The pipes close when the process (and anything it forked that held them) is gone.
     await Promise.race([Promise.all([stdoutDone, logs.drained()]), new Promise((r) => setTimeout(r, 500))]);
     const record = logs.end();

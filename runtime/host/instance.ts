@@ -124,9 +124,14 @@ export class RuntimeInstance implements Instance {
       let frame: ShimFrame | typeof TIMED_OUT;
       try {
         frame = await Promise.race([this.channel.next(), timedOut]);
-        if (frame !== TIMED_OUT && (await Promise.race([logs.settled(), timedOut])) === TIMED_OUT) frame = TIMED_OUT;
+        if (frame !== TIMED_OUT && frame.type !== MsgType.HELLO && frame.type !== MsgType.READY) {
+          if ((await Promise.race([logs.settled(frame.meta.marked ?? 3), timedOut])) === TIMED_OUT) frame = TIMED_OUT;
+        }
       } catch (e) {
-        if (e instanceof ChannelClosed) throw await this.died(e, logs.tail('stderr'));
+        if (e instanceof ChannelClosed) {
+          if (e.status.peakMemoryBytes > 0) span.setAttribute(Attr.peakMemoryBytes, e.status.peakMemoryBytes);
+          throw await this.died(e, logs.tail('stderr'));
+        }
         throw e;
       }
       if (frame === TIMED_OUT) {

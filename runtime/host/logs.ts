@@ -20,6 +20,7 @@ export const MAX_LINE_BYTES = 16 * 1024;
 export type LogSink = (line: LogLine) => void;
 
 type StreamName = 'stdout' | 'stderr';
+const STREAM_BIT: Record<StreamName, number> = { stdout: 1, stderr: 2 };
 
 /** Per-invocation state kept by the collector. */
 export interface InvocationLogs {
@@ -47,6 +48,7 @@ export class LogCollector {
   private sink: LogSink | undefined;
   private onEnded: (() => void) | null = null;
   private onMarker: (() => void) | null = null;
+  private expect = 3;
   private readonly streams = new Map<StreamName, StreamState>();
   private tails = new Map<StreamName, Buffer>();
   private readonly tailBytes: number;
@@ -74,8 +76,12 @@ export class LogCollector {
     for (const s of this.streams.values()) s.marked = false;
   }
 
-  /** Resolves once every attached stream has shown the marker or ended (the invocation's logs are complete). */
-  settled(): Promise<void> {
+  /**
+   * Resolves once each stream named by `marked` (bit 1 stdout, bit 2 stderr; default both) has shown the
+   * marker or ended: the invocation's logs are complete.
+   */
+  settled(marked = 3): Promise<void> {
+    this.expect = marked;
     if (this.isSettled()) return Promise.resolve();
     return new Promise((resolve) => {
       this.onMarker = () => {
@@ -125,11 +131,11 @@ export class LogCollector {
   }
 
   private isSettled(): boolean {
-    const cur = this.current;
-    if (!cur) return true;
-    let open = 0;
-    for (const s of this.streams.values()) if (!s.ended) open++;
-    return cur.markers >= open;
+    if (!this.current) return true;
+    for (const [name, s] of this.streams) {
+      if (this.expect & STREAM_BIT[name] && !s.marked && !s.ended) return false;
+    }
+    return true;
   }
 
   private close(name: StreamName): void {

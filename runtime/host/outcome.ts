@@ -27,8 +27,9 @@ export function deathError(status: ExitStatus, ctx: { limitMb: number; stderrTai
   if (status.oomKilled || (tail !== undefined && HEAP_OOM.test(tail))) {
     return new OutOfMemory(`function ran out of memory (cap ${ctx.limitMb} MB)`, { limitMb: ctx.limitMb, peakMb, ...phase });
   }
+  const when = ctx.phase === 'load' ? 'while loading the handler' : 'mid-invocation';
   if (status.signal) {
-    return new Crashed(`function process was killed by ${status.signal}`, { signal: status.signal, exitCode: null, stderrTail: tail, ...phase });
+    return new Crashed(`function process was killed by ${status.signal} ${when}`, { signal: status.signal, exitCode: null, stderrTail: tail, ...phase });
   }
-  return new Crashed(`function process exited with code ${status.code} mid-invocation`, { exitCode: status.code, signal: null, stderrTail: tail, ...phase });
+  return new Crashed(`function process exited with code ${status.code} ${when}`, { exitCode: status.code, signal: null, stderrTail: tail, ...phase });
 }

@@ -76,7 +76,7 @@ export async function specialise(
       const channel = p.channel!;
       channel.configure({ sink: opts.onLog, logCapBytes, maxFrameBytes: Math.max(responseCapBytes, DEFAULT_RESPONSE_CAP_BYTES) + META_HEADROOM_BYTES });
       await withSpan('mount', {}, () => sb.attach(CODE_DIR, [code!.dir]));
-      await withSpan('runtime load', {}, async () => {
+      await withSpan('runtime load', {}, async (span) => {
         const load: LoadMsg = {
           handler: fn.handler,
           codeDir,
@@ -98,6 +98,7 @@ export async function specialise(
           throw withLogs(new FunctionError(frame.meta.message, { errorType: frame.meta.errorType, stack: frame.meta.stack, phase: 'load' }), record.lines);
         }
         if (frame.type !== MsgType.READY) throw new Crashed(`runtime sent frame type ${frame.type} instead of READY`, { phase: 'load' });
+        if (frame.meta.loadMs !== undefined) span.setAttribute('fnhost.runtime.load_ms', frame.meta.loadMs);
       });
       return new RuntimeInstance(fn, sb, channel, responseCapBytes);
     } catch (e) {

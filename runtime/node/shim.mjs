@@ -74,44 +74,49 @@ function safeJson(v) {
   try { return JSON.stringify(v); } catch { return String(v); }
 }
 
+// Finds the module for `handler` in codeDir, imports it and picks the entry point (see issue 4 naming).
+async function resolveHandler(codeDir, handler) {
+  const h = String(handler || 'index');
+  const dot = h.lastIndexOf('.');
+  const modName = dot > 0 ? h.slice(0, dot) : h;
+  const exportName = dot > 0 ? h.slice(dot + 1) : 'default';
+  let file = null;
+  for (const ext of ['.mjs', '.js', '.cjs', '']) {
+    const p = `${codeDir}/${modName}${ext}`;
+    if ((ext !== '' || /\.[cm]?js$/.test(modName)) && existsSync(p)) { file = p; break; }
+  }
+  if (!file) throw new Error(`handler module not found: ${modName}.mjs, ${modName}.js or ${modName}.cjs in ${codeDir}`);
+  const ns = await import(pathToFileURL(file).href);
+  let target;
+  if (exportName === 'default') {
+    target = ns.default;
+    // CJS transpiled from ESM (`exports.default = app`, __esModule) arrives as {default: app}.
+    if (target && typeof target === 'object' && typeof target.fetch !== 'function' && target.default) target = target.default;
+  } else {
+    target = ns[exportName];
+    if (target === undefined && ns.default && typeof ns.default === 'object') target = ns.default[exportName];
+  }
+  if (target && typeof target.fetch === 'function') return { style: 'fetch', target };
+  if (typeof target === 'function') return { style: 'event', target };
+  throw new Error(`handler ${h}: export "${exportName}" of ${file} is neither a function nor an object with fetch()`);
+}
+
 async function load(msg) {
   try {
+    const t0 = performance.now();
     Object.assign(process.env, msg.env);
     try { process.chdir(msg.codeDir); } catch { /* codeDir may be unreadable; import will say why */ }
-    const h = String(msg.handler || 'index');
-    const dot = h.lastIndexOf('.');
-    const modName = dot > 0 ? h.slice(0, dot) : h;
-    const exportName = dot > 0 ? h.slice(dot + 1) : 'default';
-    let file = null;
-    for (const ext of ['.mjs', '.js', '.cjs', '']) {
-      const p = `${msg.codeDir}/${modName}${ext}`;
-      if ((ext !== '' || /\.[cm]?js$/.test(modName)) && existsSync(p)) { file = p; break; }
-    }
-    if (!file) throw new Error(`handler module not found: ${modName}.mjs, ${modName}.js or ${modName}.cjs in ${msg.codeDir}`);
-    const ns = await import(pathToFileURL(file).href);
-    let target;
-    let style;
-    if (exportName === 'default') {
-      target = ns.default;
-      // CJS transpiled from ESM (`exports.default = app`, __esModule) arrives as {default: app}.
-      if (target && typeof target === 'object' && typeof target.fetch !== 'function' && target.default) target = target.default;
-    } else {
-      target = ns[exportName];
-      if (target === undefined && ns.default && typeof ns.default === 'object') target = ns.default[exportName];
-    }
-    if (target && typeof target.fetch === 'function') style = 'fetch';
-    else if (typeof target === 'function') style = 'event';
-    else throw new Error(`handler ${h}: export "${exportName}" of ${file} is neither a function nor an object with fetch()`);
+    const { style, target } = await resolveHandler(msg.codeDir, msg.handler);
     loaded = { style, target, fn: msg.fn, env: { ...msg.env }, cap: msg.responseCapBytes, marker: msg.logMarker };
-    send(READY, { style });
+    send(READY, { style, loadMs: Math.round((performance.now() - t0) * 1000) / 1000 });
   } catch (e) {
     send(ERROR, errorMeta(null, e));
   }
 }
 
 // ---- invoke ----
-function makeContext(meta, waits) {
-  const fn = loaded.fn;
+function makeContext(state, meta, waits) {
+  const fn = state.fn;
   const deadline = meta.deadline;
   return {
     invocationId: meta.id,
@@ -212,11 +217,26 @@ function toRequest(meta, body) {
   return new Request(url, init);
 }
 
-// Flushes the function's output and writes the log marker on both streams (see protocol.ts). Node's
-// stdout/stderr are synchronous for pipes on Linux, so once write() returns the bytes are in the pipe.
+// Which of stdout / stderr the function wrote to during the current invocation (console.* and
+// process.std*.write all go through these methods). Only those streams get a marker, and RESULT / ERROR
+// says which (`marked`), so a quiet invocation costs no extra writes on either side.
+let wrote = 0;
+for (const [stream, bit] of [[process.stdout, 1], [process.stderr, 2]]) {
+  const write = stream.write;
+  stream.write = function (...args) {
+    wrote |= bit;
+    return write.apply(this, args);
+  };
+}
+
+// Writes the log marker on the streams the invocation used (see protocol.ts). Node's stdout/stderr are
+// synchronous for pipes on Linux, so once write() returns the bytes are in the pipe, before the marker.
 function markLogs() {
-  process.stdout.write(loaded.marker);
-  process.stderr.write(loaded.marker);
+  const m = wrote;
+  if (m & 1) process.stdout.write(loaded.marker);
+  if (m & 2) process.stderr.write(loaded.marker);
+  wrote = 0;
+  return m;
 }
 
 async function invoke(meta, body) {
@@ -224,13 +244,19 @@ async function invoke(meta, body) {
     send(ERROR, { id: meta.id, type: 'FunctionError', message: 'no handler loaded', errorType: 'Error' });
     return;
   }
-  let out;
+  const out = await run(loaded, meta, body);
+  out[1].marked = markLogs();
+  send(out[0], out[1], out[2]);
+}
+
+// One invocation against a loaded handler → [frame type, meta, body] (no I/O of its own: warm-up runs it too).
+async function run(state, meta, body) {
   try {
     const waits = [];
-    const ctx = makeContext(meta, waits);
+    const ctx = makeContext(state, meta, waits);
     let status, headers, resBody;
-    if (loaded.style === 'fetch') {
-      const res = await loaded.target.fetch(toRequest(meta, body), loaded.env, ctx);
+    if (state.style === 'fetch') {
+      const res = await state.target.fetch(toRequest(meta, body), state.env, ctx);
       if (!res || typeof res.arrayBuffer !== 'function' || typeof res.status !== 'number') {
         throw new TypeError('fetch handler did not return a Response');
       }
@@ -240,19 +266,16 @@ async function invoke(meta, body) {
       resBody = res.body === null ? EMPTY : Buffer.from(await res.arrayBuffer());
     } else {
       const event = meta.kind === 'http' ? httpEvent(meta, body) : decodeEvent(meta, body);
-      [status, headers, resBody] = encodeResult(meta, await loaded.target(event, ctx));
+      [status, headers, resBody] = encodeResult(meta, await state.target(event, ctx));
     }
     if (waits.length) await Promise.all(waits);
-    if (resBody.length > loaded.cap) {
-      out = [ERROR, { id: meta.id, type: 'ResponseTooLarge', message: `response of ${resBody.length} bytes exceeds ${loaded.cap}`, sizeBytes: resBody.length }];
-    } else {
-      out = [RESULT, { id: meta.id, status, headers }, resBody];
+    if (resBody.length > state.cap) {
+      return [ERROR, { id: meta.id, type: 'ResponseTooLarge', message: `response of ${resBody.length} bytes exceeds ${state.cap}`, sizeBytes: resBody.length }];
     }
+    return [RESULT, { id: meta.id, status, headers }, resBody];
   } catch (e) {
-    out = [ERROR, errorMeta(meta.id, e)];
+    return [ERROR, errorMeta(meta.id, e)];
   }
-  markLogs();
-  send(out[0], out[1], out[2]);
 }
 
 // Errors that escape a handler (a rejected promise nobody awaited, a throw in a timer) must not kill a
@@ -272,9 +295,22 @@ async function warmUp() {
     writeFileSync(`${dir}/w.mjs`, 'export const handler = () => 0;');
     writeFileSync(`${dir}/w.cjs`, 'exports.handler = () => 0;');
     writeFileSync(`${dir}/w.js`, 'exports.handler = () => 0;');
-    for (const f of ['w.mjs', 'w.cjs', 'w.js']) if (existsSync(`${dir}/${f}`)) await import(pathToFileURL(`${dir}/${f}`).href);
+    for (const m of ['w.handler', 'w.cjs.handler', 'w.js.handler']) await resolveHandler(dir, m);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+  // The first trip through run() for each style (JIT, lazy internals), with handlers of our own.
+  const fn = { tenant: '', name: '', version: 0, memoryMb: 0, timeoutMs: 0 };
+  const deadline = Date.now() + 1000;
+  const states = [
+    { style: 'event', target: async (e) => e, fn, env: {}, cap: 1 << 20 },
+    { style: 'fetch', target: { fetch: async (r) => new Response(await r.arrayBuffer(), { headers: { 'x-a': 'b' } }) }, fn, env: {}, cap: 1 << 20 },
+  ];
+  for (let i = 0; i < 3; i++) {
+    for (const st of states) {
+      await run(st, { id: 'w', kind: 'event', deadline, contentType: 'application/json' }, Buffer.from('{"a":1}'));
+      await run(st, { id: 'w', kind: 'http', deadline, method: 'POST', path: '/p', query: 'q=1', headers: { 'content-type': 'text/plain' } }, Buffer.from('x'));
+    }
   }
   const req = toRequest({ kind: 'http', method: 'POST', path: '/', query: 'a=1', headers: { 'content-type': 'text/plain' } }, Buffer.from('x'));
   await req.arrayBuffer();

@@ -2,8 +2,10 @@
 # Started pre-booted as `python3 -c <this file>`; says HELLO on fd 3, waits for LOAD, then serves INVOKE
 # frames one at a time. The wire protocol (framing, messages, log marker) is specified in
 # runtime/protocol.ts; the codec below mirrors it and must stay in step with it.
+import asyncio
 import base64
 import importlib
+import inspect
 import json
 import os
 import socket
@@ -175,6 +177,7 @@ loaded = None
 def load(msg):
     global loaded
     try:
+        t0 = time.perf_counter()
         os.environ.update(msg["env"])
         code_dir = msg["codeDir"]
         try:
@@ -192,7 +195,7 @@ def load(msg):
         if not callable(target):
             raise AttributeError(f"handler {h}: module {mod_name} has no function {fn_name}")
         loaded = {"target": target, "fn": msg["fn"], "cap": msg["responseCapBytes"], "marker": msg["logMarker"].encode()}
-        send(READY, {"style": "event"})
+        send(READY, {"style": "event", "loadMs": round((time.perf_counter() - t0) * 1000, 3)})
     except BaseException as e:  # noqa: BLE001 — a failed import (even SystemExit) is the function's error
         send(ERROR, error_meta(None, e))
 
@@ -211,7 +214,11 @@ def invoke(meta, body):
         return
     try:
         event = http_event(meta, body) if meta["kind"] == "http" else decode_event(meta, body)
-        status, headers, res = encode_result(meta, loaded["target"](event, Context(meta, loaded["fn"])))
+        r = loaded["target"](event, Context(meta, loaded["fn"]))
+        if inspect.iscoroutine(r):
+            # `async def handler` (not Lambda's shape, but what asyncio users write): run it to completion.
+            r = asyncio.run(r)
+        status, headers, res = encode_result(meta, r)
         if len(res) > loaded["cap"]:
             out = (ERROR, {"id": meta["id"], "type": "ResponseTooLarge", "sizeBytes": len(res),
                            "message": f"response of {len(res)} bytes exceeds {loaded['cap']}"}, b"")

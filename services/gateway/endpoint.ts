@@ -57,7 +57,7 @@ export function registerEndpoint(app: Hono<GatewayEnv>, deps: GatewayDeps, limit
     });
     const { path, query } = splitEndpointUrl(c.req.url);
     const payload: InvocationPayload = { kind: 'http', method: c.req.method, path, query, headers, body };
-    const r = await invokeSync(c, deps.client, fn, payload, 'http');
+    const r = await invokeSync(c, deps, fn, payload, 'http');
     const out = new Headers();
     for (const [k, v] of Object.entries(r.response.headers ?? {})) {
       const lk = k.toLowerCase();

@@ -12,7 +12,8 @@ import type { Context, Hono } from 'hono';
 import { InvalidRequest } from '../common/errors.ts';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
 import { Attr, injectTraceparent, setActiveAttributes } from '../common/telemetry.ts';
-import type { InvocationClient, InvokeRequest, SyncResult } from '../scheduler/types.ts';
+import type { InvokeRequest, SyncResult } from '../scheduler/types.ts';
+import { admit } from './admission.ts';
 import { readBody } from './body.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { tenantOf } from './auth.ts';
@@ -32,18 +33,26 @@ export function invokeRequest(c: Context, fn: FunctionVersion, payload: Invocati
   return req;
 }
 
-/** A sync or http invocation: resolves with the function's answer or rejects with its typed error. */
-export async function invokeSync(c: Context, client: InvocationClient, fn: FunctionVersion, payload: InvocationPayload, mode: 'sync' | 'http'): Promise<SyncResult> {
-  const r = await client.invoke(invokeRequest(c, fn, payload, mode));
-  if (r.record.start) setActiveAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
-  return r;
+/**
+ * A sync or http invocation within the tenant's concurrency limit: resolves with the function's answer or
+ * rejects with its typed error (TooManyRequests when the tenant is at its limit).
+ */
+export async function invokeSync(c: Context, deps: Pick<GatewayDeps, 'client' | 'store'>, fn: FunctionVersion, payload: InvocationPayload, mode: 'sync' | 'http'): Promise<SyncResult> {
+  const release = await admit(deps.store, fn);
+  try {
+    const r = await deps.client.invoke(invokeRequest(c, fn, payload, mode));
+    if (r.record.start) setActiveAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
+    return r;
+  } finally {
+    release();
+  }
 }
 
 /** The X-Fnhost-* headers of a sync answer. */
 export function invocationHeaders(r: SyncResult): Record<string, string> {
   const h: Record<string, string> = { 'x-fnhost-invocation-id': r.record.id };
   if (r.record.start) h['x-fnhost-start'] = r.record.start;
-  if (r.record.durationMs !== undefined) h['x-fnhost-duration-ms'] = String(r.record.durationMs);
+  if (r.record.durationMs !== undefined) h['x-fnhost-duration-ms'] = String(Math.round(r.record.durationMs * 1000) / 1000);
   return h;
 }
 
@@ -70,7 +79,7 @@ export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps, limits:
       return c.json({ invocationId: r.invocationId, duplicate: r.duplicate }, 202, { 'x-fnhost-invocation-id': r.invocationId });
     }
 
-    const r = await invokeSync(c, client, fn, payload, 'sync');
+    const r = await invokeSync(c, deps, fn, payload, 'sync');
     const headers = new Headers(r.response.headers);
     for (const [k, v] of Object.entries(invocationHeaders(r))) headers.set(k, v);
     headers.delete('content-length');

@@ -23,7 +23,9 @@ import type { GatewayLimits } from '../gateway/context.ts';
 import { tracing } from '../gateway/middleware/tracing.ts';
 import { createInvocationClient, type InvocationClientOptions } from '../scheduler/client.ts';
 import type { Executor } from '../scheduler/executor.ts';
-import { createScheduler, type Scheduler, type SchedulerOptions } from '../scheduler/scheduler.ts';
+import type { InvocationClient } from '../scheduler/types.ts';
+import { createRuntimeExecutor } from '../scheduler/runtime-executor.ts';
+import { createScheduler, defaultNodeId, type Scheduler, type SchedulerOptions } from '../scheduler/scheduler.ts';
 import { openImageStore, type ImageStoreOptions } from '../store/image-store.ts';
 import { createMetadataStore, type MetadataStore } from '../store/metadata.ts';
 import type { ImageStore } from '../store/types.ts';
@@ -34,14 +36,14 @@ import { startEmbeddedRedis, type EmbeddedRedis } from './redis-server.ts';
 export interface HostOptions {
   logger?: Logger;
   /** the scheduler's executor (default: the runtime executor over native sandboxes). */
-  executor?: (images: ImageStore) => Promise<Executor> | Executor;
+  executor?: (images: ImageStore, nodeId: string) => Promise<Executor> | Executor;
   scheduler?: Partial<Omit<SchedulerOptions, 'redis' | 'redisUrl' | 'executor'>>;
   /** false: no scheduler in this process (a gateway-only node of a multi-node setup). */
   runScheduler?: boolean;
   client?: Partial<Omit<InvocationClientOptions, 'redis' | 'redisUrl'>>;
   images?: Partial<ImageStoreOptions>;
   limits?: Partial<GatewayLimits>;
-  /** Redis key prefix of the metadata store (default "fnhost:"); tests use their own. */
+  /** Redis key prefix of the metadata store (default "fnhost:meta:"); tests use their own. */
   metadataPrefix?: string;
 }
 
@@ -53,6 +55,8 @@ export interface Host {
   redisUrl: string;
   store: MetadataStore;
   images: ImageStore;
+  /** the gateway's invocation client (tests and benchmarks read queue depths through it). */
+  client: InvocationClient;
   scheduler?: Scheduler;
   close(): Promise<void>;
 }
@@ -65,42 +69,39 @@ const GATEWAY_REDIS = { maxRetriesPerRequest: 1, commandTimeout: 2000, enableAut
 /** Layers no function version or image references are collected this often (and 1 min after start). */
 const GC_INTERVAL_MS = 60 * 60_000;
 
-async function defaultExecutor(images: ImageStore): Promise<Executor> {
-  // Loaded by name so the host builds while the runtime executor is still being written (services/scheduler).
-  const path = '../scheduler/runtime-executor.ts';
-  const mod = (await import(path)) as { createRuntimeExecutor: (o: { store: ImageStore }) => Executor | Promise<Executor> };
-  return mod.createRuntimeExecutor({ store: images });
-}
 
 export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promise<Host> {
   const log = opts.logger ?? createLogger('host');
-  const undo: (() => Promise<unknown> | unknown)[] = [];
+  const steps: { name: string; fn: () => Promise<unknown> | unknown }[] = [];
+  const undo = (name: string, fn: () => Promise<unknown> | unknown) => steps.push({ name, fn });
   const close = async () => {
-    for (const fn of undo.reverse()) {
+    for (const step of steps.reverse()) {
+      const t0 = performance.now();
       try {
-        await fn();
+        await step.fn();
       } catch (e) {
-        log.warn({ err: e }, 'host: shutdown step failed');
+        log.warn({ err: e, step: step.name }, 'host: shutdown step failed');
       }
+      log.debug({ step: step.name, ms: Math.round(performance.now() - t0) }, 'host: stopped');
     }
-    undo.length = 0;
+    steps.length = 0;
   };
   try {
     await mkdir(cfg.stateDir, { recursive: true, mode: 0o700 });
     const tracingHandle = await initTracing({ serviceName: 'fnhost' });
-    undo.push(() => tracingHandle.shutdown());
+    undo('tracing', () => tracingHandle.shutdown());
 
     let redisUrl = cfg.redisUrl;
     if (!redisUrl) {
       const embedded: EmbeddedRedis = await startEmbeddedRedis(cfg.stateDir, { log: (l) => log.debug({ redis: l }) });
-      undo.push(() => embedded.stop());
+      undo('embedded redis', () => embedded.stop());
       redisUrl = embedded.url;
       log.info({ socket: embedded.url, pid: embedded.pid }, 'embedded redis-server started (AOF in the state dir)');
     }
     const redis = new Redis(redisUrl, GATEWAY_REDIS);
     redis.on('error', (e) => log.debug({ err: e.message }, 'gateway redis'));
-    undo.push(() => redis.quit().catch(() => redis.disconnect()));
-    undo.push(metrics.watchRedis(redis, 'gateway'));
+    undo('gateway redis', () => redis.quit().catch(() => redis.disconnect()));
+    undo('redis metrics', metrics.watchRedis(redis, 'gateway'));
     await redis.ping();
 
     const images = await openImageStore({ stateDir: cfg.stateDir, ...(cfg.baseDir ? { baseDir: cfg.baseDir } : {}), ...opts.images });
@@ -108,13 +109,14 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
 
     let scheduler: Scheduler | undefined;
     if (opts.runScheduler !== false) {
-      const executor = await (opts.executor ?? defaultExecutor)(images);
-      scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), ...(cfg.nodeId ? { nodeId: cfg.nodeId } : {}), ...opts.scheduler });
+      const nodeId = cfg.nodeId ?? opts.scheduler?.nodeId ?? defaultNodeId();
+      const executor = opts.executor ? await opts.executor(images, nodeId) : createRuntimeExecutor({ images, nodeId });
+      scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), ...opts.scheduler, nodeId });
       await scheduler.start();
-      undo.push(() => scheduler!.close());
+      undo('scheduler', () => scheduler!.close());
     }
     const client = createInvocationClient({ redis, ...opts.client });
-    undo.push(() => client.close());
+    undo('client', () => client.close());
 
     const adminKey = await loadAdminKey(cfg.stateDir, cfg.adminKey);
     const app = createGateway({
@@ -135,7 +137,8 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
       const s = serve({ fetch: app.fetch, port: cfg.port, hostname: cfg.host }, () => resolve(s));
       s.once('error', reject);
     });
-    undo.push(
+    undo(
+      'http server',
       () =>
         new Promise<void>((res) => {
           const srv = server as import('node:http').Server;
@@ -159,9 +162,9 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     const every = setInterval(() => void gc().catch((e) => log.warn({ err: e }, 'gc failed')), GC_INTERVAL_MS);
     first.unref();
     every.unref();
-    undo.push(() => (clearTimeout(first), clearInterval(every)));
+    undo('gc timers', () => (clearTimeout(first), clearInterval(every)));
 
-    return { url: `http://${shownHost}:${port}`, port, adminKey, redisUrl, store, images, ...(scheduler ? { scheduler } : {}), close };
+    return { url: `http://${shownHost}:${port}`, port, adminKey, redisUrl, store, images, client, ...(scheduler ? { scheduler } : {}), close };
   } catch (e) {
     await close();
     throw e;

@@ -46,7 +46,7 @@ export function detectControllers(mountinfo: string, readControllers: (mp: strin
 }
 
 /** Fans every operation out to a v1 and a v2 manager (controllers split across both hierarchies). */
-class Mixed implements CgroupManager {
+export class CombinedCgroups implements CgroupManager {
   readonly kind = 'mixed';
   constructor(private readonly a: CgroupManager, private readonly b: CgroupManager) {}
   private both(ha: CgroupHandle, hb: CgroupHandle): CgroupHandle {
@@ -63,6 +63,8 @@ class Mixed implements CgroupManager {
         const y = hb.memory();
         return { currentBytes: x.currentBytes + y.currentBytes, peakBytes: x.peakBytes + y.peakBytes, oomKills: x.oomKills + y.oomKills };
       },
+      oomKills: () => ha.oomKills() + hb.oomKills(),
+      peakBytes: () => ha.peakBytes() + hb.peakBytes(),
       resetPeak: () => { ha.resetPeak(); hb.resetPeak(); },
       pids: () => [...new Set([...ha.pids(), ...hb.pids()])],
       killAll: async (d?: number) => { await Promise.all([ha.killAll(d), hb.killAll(d)]); },
@@ -103,7 +105,7 @@ export function buildManager(placements: ControllerPlacement[]): CgroupManager {
   }
   const m1 = Object.keys(v1).length ? new CgroupV1(v1) : undefined;
   const m2 = v2.length ? new CgroupV2(v2root, v2) : undefined;
-  if (m1 && m2) return new Mixed(m1, m2);
+  if (m1 && m2) return new CombinedCgroups(m1, m2);
   return (m1 ?? m2)!;
 }
 

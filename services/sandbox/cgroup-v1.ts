@@ -94,7 +94,8 @@ class V1Handle implements CgroupHandle {
   openJoin(): CgroupJoin {
     const fds: number[] = [];
     try {
-      for (const d of Object.values(this.dirs)) fds.push(openSync(join(d, 'cgroup.procs'), 'w'));
+      // `tasks`, not cgroup.procs: see native/addon/addon.cc ChildMain (no global rwsem for a lone thread)
+      for (const d of Object.values(this.dirs)) fds.push(openSync(join(d, 'tasks'), 'w'));
     } catch (e) {
       for (const fd of fds) closeSync(fd);
       throw e;
@@ -137,6 +138,16 @@ class V1Handle implements CgroupHandle {
       peakBytes: readInt(join(mem, 'memory.max_usage_in_bytes')),
       oomKills: readKey(join(mem, 'memory.oom_control'), 'oom_kill'),
     };
+  }
+
+  oomKills(): number {
+    const mem = this.dir('memory');
+    return mem ? readKey(join(mem, 'memory.oom_control'), 'oom_kill') : 0;
+  }
+
+  peakBytes(): number {
+    const mem = this.dir('memory');
+    return mem ? readInt(join(mem, 'memory.max_usage_in_bytes')) : 0;
   }
 
   resetPeak(): void {

@@ -68,6 +68,14 @@ class V2Handle implements CgroupHandle {
     };
   }
 
+  oomKills(): number {
+    return this.has('memory') ? readKey(join(this.dir, 'memory.events'), 'oom_kill') : 0;
+  }
+
+  peakBytes(): number {
+    return this.has('memory') ? readInt(join(this.dir, 'memory.peak')) : 0;
+  }
+
   resetPeak(): void {
     // memory.peak is per-open-file resettable only since 6.12; the cgroup-wide value stays. Nothing to do.
   }

@@ -14,7 +14,7 @@ export const CONTROLLERS: readonly Controller[] = ['memory', 'pids', 'cpu'];
 
 /** What the spawner needs to place the init into the cgroup at birth. */
 export interface CgroupJoin {
-  /** v1: cgroup.procs of each controller, opened for writing; the clone child writes "0" to each. */
+  /** v1: `tasks` of each controller, opened for writing; the clone child writes "0" to each. */
   procsFds: number[];
   /** v2: the cgroup directory (clone3 CLONE_INTO_CGROUP), or -1. */
   dirFd: number;
@@ -28,6 +28,10 @@ export interface CgroupHandle {
   openJoin(): CgroupJoin;
   setLimits(limits: Partial<SandboxLimits>): void;
   memory(): MemoryStats;
+  /** memory.oom_control oom_kill (v1) / memory.events oom_kill (v2): one file read */
+  oomKills(): number;
+  /** max_usage_in_bytes (v1) / memory.peak (v2): one file read */
+  peakBytes(): number;
   /** resets the peak-memory watermark where the kernel allows it (v1 max_usage_in_bytes). */
   resetPeak(): void;
   /** pids (host namespace) of every task in the cgroup(s). */

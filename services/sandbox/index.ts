@@ -13,7 +13,7 @@
  * await sb.destroy();                                                  // no process, mount or cgroup left
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { openSync, readFileSync } from 'node:fs';
 import { Internal } from '../common/errors.ts';
 import type { CgroupManager } from './cgroup.ts';
 import { hostCgroups } from './cgroup-detect.ts';
@@ -21,7 +21,7 @@ import { closeJoin } from './cgroup-v2.ts';
 import { ControlChannel } from './control.ts';
 import { SandboxError, errnoName, fromNodeError } from './errors.ts';
 import { INIT_PATH, PROBE_PATH, native } from './native.ts';
-import { SandboxImpl, ensureRunDir } from './sandbox.ts';
+import { NEWROOT, SandboxImpl, ensureRunDir } from './sandbox.ts';
 import type { CreateOptions, Sandbox, SandboxLimits } from './types.ts';
 import { DEFAULT_LIMITS, MIN_LIMITS, validateLimits, validateNodeId } from './validate.ts';
 
@@ -115,7 +115,7 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   try {
     const join = cg.openJoin();
     try {
-      spawned = native().spawnInit(INIT_PATH, cloneFlags(), join.procsFds, join.dirFd);
+      spawned = native().spawnInit(INIT_PATH, [NEWROOT], cloneFlags(), join.procsFds, join.dirFd);
     } finally {
       closeJoin(join);
     }
@@ -124,7 +124,13 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
     throw fromNodeError(`starting the init of sandbox ${id}`, e);
   }
   const ch = new ControlChannel(spawned.fd);
-  const sb = new SandboxImpl(id, spawned.pid, ch, cg, limits, (s) => live.delete(s.id));
+  let mntNs = -1;
+  try {
+    mntNs = openSync(`/proc/${spawned.pid}/ns/mnt`, 'r');
+  } catch {
+    /* only an optimisation (sandbox.ts reapInit) */
+  }
+  const sb = new SandboxImpl(id, spawned.pid, ch, cg, limits, (s) => live.delete(s.id), mntNs);
   live.set(id, sb);
   try {
     await sb.ready;

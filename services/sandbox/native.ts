@@ -11,8 +11,8 @@ import type { NativeAddon } from '../../native/addon/index.d.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const NATIVE_BUILD_DIR = join(ROOT, 'native', 'build');
-/** the sandbox's init (PID 1), static */
-export const INIT_PATH = join(NATIVE_BUILD_DIR, 'fnhost-init');
+/** the sandbox's init (PID 1), static; $FNHOST_INIT_PATH overrides it (profiling builds) */
+export const INIT_PATH = process.env.FNHOST_INIT_PATH ?? join(NATIVE_BUILD_DIR, 'fnhost-init');
 /** the in-sandbox test probe (test/fixtures/probe), static */
 export const PROBE_PATH = join(NATIVE_BUILD_DIR, 'probe');
 

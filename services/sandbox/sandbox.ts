@@ -3,7 +3,7 @@
  * One sandbox: its init (PID 1 of fresh namespaces), its cgroup(s) and its control channel. Implements the
  * `Sandbox` contract of types.ts; created by createSandbox() in index.ts.
  */
-import { closeSync, mkdirSync, readFileSync } from 'node:fs';
+import { close, closeSync, mkdirSync, readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import type { Duplex, Readable, Writable } from 'node:stream';
@@ -19,9 +19,9 @@ import {
   existsInRootfs, resolveCommand, validateLimits, validateMount, validateProcess, validateStart, type NormalProcess, type RootfsView,
 } from './validate.ts';
 
-/** Where the init assembles the new root inside its own mount namespace (the host never sees a mount here). */
+/** Where the init stages its root inside its own mount namespace (the host never sees a mount here). */
 export const RUN_DIR = '/run/fnhost';
-export const NEWROOT = `${RUN_DIR}/newroot`;
+export const NEWROOT = `${RUN_DIR}/stage`;
 /** An empty directory: the bottom layer when a spec has a single one (overlayfs needs 2 lowers without an upper). */
 export const EMPTY_LAYER = `${RUN_DIR}/empty`;
 
@@ -89,6 +89,8 @@ export class SandboxImpl implements Sandbox {
   private stateValue: SandboxState = 'created';
   private busy = false;
   private readonly procs = new Map<number, ProcEntry>();
+  /** host ends of every process's stdio: a stream nobody reads never sees EOF, so destroy() closes them */
+  private readonly streams = new Set<Socket>();
   private view: RootfsView | undefined;
   private readonly initReaped: Promise<void>;
   private reaped = false;
@@ -103,6 +105,8 @@ export class SandboxImpl implements Sandbox {
     private readonly cg: CgroupHandle,
     limits: SandboxLimits,
     private readonly onGone: (sb: SandboxImpl) => void,
+    /** the sandbox's mount namespace (/proc/<init>/ns/mnt), held so that its teardown is not on any hot path */
+    private mntNsFd: number,
   ) {
     this.limits = { ...limits };
     this.ready = ch.ready;
@@ -124,13 +128,17 @@ export class SandboxImpl implements Sandbox {
     e.done = true;
     // nobody can read the process's stdin any more; its stdout/stderr/wire end by themselves at EOF
     e.streams[0]?.destroy();
-    let mem: MemoryStats = { currentBytes: 0, peakBytes: 0, oomKills: 0 };
-    try { mem = this.cg.memory(); } catch { /* cgroup gone: report zeros */ }
+    let oomKills = 0;
+    let peak = 0;
+    try {
+      oomKills = this.cg.oomKills();
+      peak = this.cg.peakBytes();
+    } catch { /* cgroup gone: report zeros */ }
     e.resolve({
       code,
       signal: signal === null ? null : (SIGNAL_NAMES.get(signal) ?? `SIG${signal}`),
-      oomKilled: mem.oomKills > e.baselineOom,
-      peakMemoryBytes: mem.peakBytes,
+      oomKilled: oomKills > e.baselineOom,
+      peakMemoryBytes: peak,
     });
   }
 
@@ -146,6 +154,12 @@ export class SandboxImpl implements Sandbox {
       /* ECHILD: already reaped */
     }
     this.reaped = true;
+    // The init's exit did not have to unmount the sandbox's tree: we still hold its mount namespace. Drop it
+    // on the thread pool, where the umounts (and their RCU grace period) cost the event loop nothing.
+    if (this.mntNsFd >= 0) {
+      close(this.mntNsFd, () => {});
+      this.mntNsFd = -1;
+    }
     // Whatever was still running died with the pid namespace (SIGKILL from the kernel).
     for (const e of this.procs.values()) this.finish(e, null, 9);
     this.procs.clear();
@@ -164,17 +178,27 @@ export class SandboxImpl implements Sandbox {
     try {
       if (Object.keys(s.limits).length) this.applyLimits(s.limits);
       ensureRunDir();
-      const ops = ['overlay', NEWROOT, lowerdir(s.layers)];
-      for (const m of s.mounts) ops.push('overlay', `${NEWROOT}${m.target}`, lowerdir(m.layers));
+      // The init's root is its stage (native/init/mount.c mnt_stage): /root empty, /dev and /proc ready, the
+      // host's tree already detached. The overlays are built here, in the host's namespace where the layer
+      // dirs are, as detached mounts, and sent along (SCM_RIGHTS) for the init to move_mount into place.
+      const ops: string[] = ['attach', '/root'];
+      for (const m of s.mounts) ops.push('attach', `/root${m.target}`);
       ops.push(
-        'tmpfs', `${NEWROOT}/tmp`, String(s.tmpfsMb * MiB), '1777',
-        'proc', `${NEWROOT}/proc`,
-        'dev', `${NEWROOT}/dev`,
-        'pivot', NEWROOT,
+        'tmpfs', '/root/tmp', String(s.tmpfsMb * MiB), '1777',
+        'move', '/proc', '/root/proc',
+        'move', '/dev', '/root/dev',
+        'pivot', '/root',
         'hostname', s.hostname,
         'harden',
       );
-      const proc = await this.spawn(ops, s, 'start');
+      const mountFds: number[] = [];
+      try {
+        for (const layers of [s.layers, ...s.mounts.map((m) => m.layers)]) mountFds.push(native().overlayMount(lowerdir(layers)));
+      } catch (e) {
+        mountFds.forEach(closeQuietly);
+        throw fromNodeError('start: building the rootfs overlay', e);
+      }
+      const proc = await this.spawn(ops, mountFds, s, 'start');
       this.view = { layers: s.layers, mounts: s.mounts };
       this.stateValue = 'started';
       return proc;
@@ -193,7 +217,7 @@ export class SandboxImpl implements Sandbox {
     const p = validateProcess(spec);
     if (!resolveCommand(this.view!, p)) bad('argv', `argv[0] "${p.argv[0]}" is not in the rootfs`);
     try { this.cg.resetPeak(); } catch { /* best effort */ }
-    return this.spawn([], p, 'exec');
+    return this.spawn([], [], p, 'exec');
   }
 
   async attach(target: string, layers: string[]): Promise<void> {
@@ -235,7 +259,8 @@ export class SandboxImpl implements Sandbox {
     return this.cg.memory();
   }
 
-  private async spawn(preOps: string[], p: NormalProcess, what: string): Promise<SandboxProcess> {
+  /** Sends `preOps` (their fds `preFds` first) and a spawn of `p`; closes `preFds` once sent. */
+  private async spawn(preOps: string[], preFds: number[], p: NormalProcess, what: string): Promise<SandboxProcess> {
     const n = native();
     const hostFds: number[] = [];
     const childFds: number[] = [];
@@ -253,6 +278,7 @@ export class SandboxImpl implements Sandbox {
     } catch (e) {
       hostFds.forEach(closeQuietly);
       childFds.forEach(closeQuietly);
+      preFds.forEach(closeQuietly);
       throw fromNodeError(`${what}: creating stdio`, e);
     }
     const ops = [
@@ -261,13 +287,14 @@ export class SandboxImpl implements Sandbox {
       String(childFds.length),
     ];
     let baselineOom = 0;
-    try { baselineOom = this.cg.memory().oomKills; } catch { /* no memory controller */ }
+    try { baselineOom = this.cg.oomKills(); } catch { /* no memory controller */ }
     let resolveExit!: (s: ExitStatus) => void;
     const exited = new Promise<ExitStatus>((r) => { resolveExit = r; });
     const entry: ProcEntry = { baselineOom, resolve: resolveExit, streams: [], done: false };
-    const { id, reply } = this.ch.request(ops, childFds);
+    const { id, reply } = this.ch.request(ops, [...preFds, ...childFds]);
     // The kernel holds its own references to fds in flight; ours are no longer needed.
     childFds.forEach(closeQuietly);
+    preFds.forEach(closeQuietly);
     this.procs.set(id, entry);
     const r = await reply;
     if (!r.ok) {
@@ -282,6 +309,10 @@ export class SandboxImpl implements Sandbox {
     // A process that exits without reading its stdin must not crash the host with EPIPE.
     sIn.on('error', () => {});
     entry.streams.push(sIn, sOut, sErr, ...(sWire ? [sWire] : []));
+    for (const st of entry.streams) {
+      this.streams.add(st);
+      st.once('close', () => this.streams.delete(st));
+    }
     // "exited" can arrive in the same read as "ok", before this continuation ran
     if (entry.done) sIn.destroy();
     return new Process(hostPidOf(this.initPid, r.pid), sIn, sOut, sErr, sWire, exited);
@@ -292,8 +323,8 @@ export class SandboxImpl implements Sandbox {
       try { process.kill(this.initPid, 'SIGKILL'); } catch { /* already exiting */ }
     }
     await this.initReaped;
-    // The pid namespace is gone with its init; the cgroup check only guards against anything that escaped it.
-    await this.cg.killAll();
+    // Every process of the sandbox lived in its pid namespace, which the kernel empties before the init can
+    // be reaped (kernel/pid_namespace.c zap_pid_ns_processes); remove() still checks the cgroups.
   }
 
   destroy(): Promise<void> {
@@ -304,9 +335,16 @@ export class SandboxImpl implements Sandbox {
   private async doDestroy(): Promise<void> {
     this.ch.close();
     await this.kill();
-    for (const e of this.procs.values()) for (const s of e.streams) s.destroy();
+    for (const s of this.streams) s.destroy();
+    this.streams.clear();
     try {
-      await this.cg.remove();
+      try {
+        await this.cg.remove(50);
+      } catch {
+        // EBUSY past a short wait: something is in the cgroup that the pid namespace did not hold
+        await this.cg.killAll();
+        await this.cg.remove();
+      }
     } finally {
       this.stateValue = 'destroyed';
       this.onGone(this);

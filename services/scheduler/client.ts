@@ -31,6 +31,7 @@ import { createKeys, type Keys } from './keys.ts';
 import { encodePayload, type JobData } from './job.ts';
 import { fromStored, getRecord, isFinal, parseReply, queueRecord, setRecord, type StoredRecord } from './records.ts';
 import { readLogs, followLogs as follow } from './logs.ts';
+import { Attr, SpanKind, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
 import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_RETENTION, NODE_STALE_MS, type Retention } from './config.ts';
 
@@ -224,6 +225,17 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     };
   }
 
+  /** The 'enqueue' span (a child of the caller's traceparent); the job carries the span's own traceparent. */
+  function addJob(req: InvokeRequest, queueName: string, data: JobData, id: string): Promise<unknown> {
+    const attrs = { [Attr.tenant]: req.fn.tenant, [Attr.function]: req.fn.name, [Attr.version]: req.fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
+    return withRemoteParent(req.traceparent, () =>
+      withSpan(SpanName.enqueue, attrs, async () => {
+        data.traceparent = injectTraceparent() ?? req.traceparent;
+        return redisCall(() => queue(queueName).add(req.mode, data, jobOptions(req, id)));
+      }, { kind: SpanKind.PRODUCER }),
+    );
+  }
+
   async function redisCall<T>(f: () => Promise<T>): Promise<T> {
     try {
       return await f();
@@ -261,7 +273,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         waiters.set(id, { tenant: req.fn.tenant, resolve, reject, timer, since: Date.now() });
       });
       try {
-        await redisCall(() => queue(route ? keys.nodeQueue(route) : keys.tenantQueue(req.fn.tenant)).add(req.mode, data, jobOptions(req, id)));
+        await addJob(req, route ? keys.nodeQueue(route) : keys.tenantQueue(req.fn.tenant), data, id);
       } catch (e) {
         const w = waiters.get(id);
         if (w) {
@@ -290,7 +302,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       }
       try {
         const { data } = await redisCall(() => prepare(req, id, ret.deadLetterS));
-        await redisCall(() => queue(keys.tenantQueue(tenant)).add('async', data, jobOptions(req, id)));
+        await addJob(req, keys.tenantQueue(tenant), data, id);
       } catch (e) {
         // Not durable: undo the key so a retry by the caller is not swallowed as a duplicate.
         const m = redis.multi().del(keys.record(tenant, id), keys.payload(id));

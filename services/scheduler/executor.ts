@@ -53,5 +53,7 @@ export interface Executor {
   pooledMemoryBytes?(p: PooledSandbox): Promise<number>;
   /** invocations one instance can run at once, whatever fn.concurrency asks (default: fn.concurrency). */
   maxConcurrency?(fn: FunctionVersion): number;
+  /** shutdown: abort pooled sandboxes still being created (their createPooled rejects soon after). */
+  cancelPending?(): Promise<void>;
   close?(): Promise<void>;
 }

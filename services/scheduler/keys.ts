@@ -21,6 +21,8 @@
  * | `P:warm:T:F:V` | HASH N → epoch ms until which N keeps a warm instance | scheduler | TTL = keep-alive |
  * | `P:nodeq:N` | STRING count of routed jobs not yet picked up on N | client (INCR), scheduler (DECR) | TTL 1 h, reset at node start |
  * | `P:bull:node.N:*` | BullMQ queue of jobs routed to node N (a warm instance is there) | client, scheduler N | as tenant queues |
+ * | `P:fast:T` | LIST of sync/http job JSON of tenant T (fast lane, ./fast-lane.ts) | client LPUSH, scheduler BLMPOP | TTL ≥ the last job's deadline |
+ * | `P:fastn:N` | LIST of sync/http jobs routed to node N | client, scheduler N | as above |
  *
  * Names inside keys are URI-encoded: tenant and function names are validated by the gateway, but a ':' in a
  * name must never be able to reach into another tenant's keys, and BullMQ refuses ':' in queue names.
@@ -47,6 +49,9 @@ export interface Keys {
   node(nodeId: string): string;
   warm(tenant: string, fn: string, version: number): string;
   nodePending(nodeId: string): string;
+  /** fast lane (./fast-lane.ts): sync/http jobs of tenant T, and those routed to node N */
+  fastTenant(tenant: string): string;
+  fastNode(nodeId: string): string;
   /** the tenant a queue name belongs to, or null for a node queue. */
   tenantOfQueue(queueName: string): string | null;
 }
@@ -70,6 +75,8 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     node: (n) => `${P}:node:${enc(n)}`,
     warm: (t, f, v) => `${P}:warm:${enc(t)}:${enc(f)}:${v}`,
     nodePending: (n) => `${P}:nodeq:${enc(n)}`,
+    fastTenant: (t) => `${P}:fast:${enc(t)}`,
+    fastNode: (n) => `${P}:fastn:${enc(n)}`,
     tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
   };
 }

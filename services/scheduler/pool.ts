@@ -226,7 +226,9 @@ export class WarmPool {
     if (this.timer) clearInterval(this.timer);
     this.wake();
     for (const s of this.kinds.values()) for (const e of s.idle.splice(0)) this.track(e.sb.destroy());
-    // creations in flight destroy their sandbox when they land (closed is set)
+    // creations in flight destroy their sandbox when they land (closed is set); a runtime still booting is
+    // cut short rather than waited for (a boot can take up to its 10 s timeout on a loaded machine)
+    if (this.inFlight > 0) await this.exec.cancelPending?.();
     const deadline = Date.now() + 10_000;
     while ((this.inFlight > 0 || this.destroying.size > 0) && Date.now() < deadline) {
       await Promise.race([Promise.all(this.destroying), new Promise((r) => setTimeout(r, 10))]);

@@ -57,11 +57,38 @@ function baseRecord(d: JobData, attempts: number): StoredRecord {
   return { id: d.id, tenant: d.fn.tenant, function: d.fn.name, version: d.fn.version, mode: d.mode, status: 'running', attempts, createdAt: d.createdAt };
 }
 
-export async function processJob(ctx: JobContext, job: Job<JobData>): Promise<void> {
-  const d = job.data;
+/** What the scheduler knows about one attempt, whichever lane it came from. */
+export interface Attempt {
+  /** the queue (BullMQ queue name, or the fast-lane list) it came from */
+  queueName: string;
+  /** epoch ms it was queued */
+  timestamp: number;
+  /** 1-based */
+  attempt: number;
+  maxAttempts: number;
+  /** the job was started before (stalled worker, lost lock, redrive): check for an existing result first */
+  restarted: boolean;
+}
+
+export function attemptOfJob(job: Job<JobData>): Attempt {
+  return {
+    queueName: job.queueName,
+    timestamp: job.timestamp,
+    attempt: (job.attemptsMade ?? 0) + 1,
+    maxAttempts: job.opts.attempts ?? 1,
+    restarted: (job.attemptsStarted ?? 1) > 1 || (job.stalledCounter ?? 0) > 0,
+  };
+}
+
+/** BullMQ worker processor. */
+export function processJob(ctx: JobContext, job: Job<JobData>): Promise<void> {
+  return processInvocation(ctx, job.data, attemptOfJob(job));
+}
+
+export async function processInvocation(ctx: JobContext, d: JobData, job: Attempt): Promise<void> {
   const fn = d.fn;
   const pickedAt = Date.now();
-  const attempt = (job.attemptsMade ?? 0) + 1;
+  const attempt = job.attempt;
   const attrs = {
     [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: d.id,
     [Attr.mode]: d.mode, [Attr.attempt]: attempt, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
@@ -73,7 +100,7 @@ export async function processJob(ctx: JobContext, job: Job<JobData>): Promise<vo
   });
 }
 
-async function run(ctx: JobContext, job: Job<JobData>, d: JobData, fn: FunctionVersion, attempt: number, pickedAt: number, span: Span): Promise<void> {
+async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersion, attempt: number, pickedAt: number, span: Span): Promise<void> {
   const { redis, keys } = ctx;
   const recKey = keys.record(fn.tenant, d.id);
   const ttl = d.mode === 'async' ? ctx.retention.deadLetterS : ctx.retention.recordS;
@@ -81,7 +108,7 @@ async function run(ctx: JobContext, job: Job<JobData>, d: JobData, fn: FunctionV
   if (d.routed && job.queueName === keys.nodeQueue(ctx.nodeId)) void unpend(redis, keys, ctx.nodeId).catch(() => {});
 
   // A restarted attempt (stalled worker, lost lock) may find the result already written: deliver nothing twice.
-  if ((job.attemptsStarted ?? 1) > 1 || (job.stalledCounter ?? 0) > 0) {
+  if (job.restarted) {
     const prev = await getRecord(redis, recKey);
     if (prev && isFinal(prev.status)) return;
   }
@@ -127,7 +154,7 @@ async function run(ctx: JobContext, job: Job<JobData>, d: JobData, fn: FunctionV
   } catch (e) {
     const err = typed(e);
     const logs = ctx.logs.take(d.id);
-    const lastAttempt = attempt >= (job.opts.attempts ?? 1);
+    const lastAttempt = attempt >= job.maxAttempts;
     const retry = d.mode === 'async' && !lastAttempt && !NOT_RETRYABLE.has(err.type);
     const rec: StoredRecord = {
       ...baseRecord(d, attempt), status: retry ? 'queued' : 'failed', start: start === 'none' ? undefined : start,

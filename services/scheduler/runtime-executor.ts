@@ -42,6 +42,8 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
   const imageCache = new Map<string, { at: number; img: Promise<ResolvedImage> }>();
   const imageLeases = new Map<string, () => void>();
   const codeLeases = new Map<string, { n: number; release: () => void }>();
+  /** sandboxes whose runtime is still booting: shutdown destroys them rather than waiting out a boot. */
+  const preparing = new Set<Sandbox>();
   const mk = opts.createSandbox ?? (() => createSandbox({ nodeId, limits: opts.pooledLimits }));
 
   function imageOf(kind: string): Promise<ResolvedImage> {
@@ -90,7 +92,13 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
       const img = await imageOf(kind);
       const sb = await mk();
       const runtime = kind === 'node' || kind === 'python' ? kind : 'exec';
-      const inner = await prepare(sb, runtime, img); // destroys the sandbox itself on failure
+      preparing.add(sb);
+      let inner: Pooled;
+      try {
+        inner = await prepare(sb, runtime, img); // destroys the sandbox itself on failure
+      } finally {
+        preparing.delete(sb);
+      }
       const p: RealPooled = {
         kind,
         inner,
@@ -144,6 +152,10 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
 
     /** runtime/host instances take one invocation at a time. */
     maxConcurrency: () => 1,
+
+    async cancelPending() {
+      await Promise.all([...preparing].map((sb) => sb.destroy().catch(() => {})));
+    },
 
     async close() {
       for (const r of imageLeases.values()) r();

@@ -74,7 +74,8 @@ export interface Scheduler {
   close(graceMs?: number): Promise<void>;
 }
 
-function defaultNodeId(): string {
+/** The host name, sanitised to a node id. */
+export function defaultNodeId(): string {
   const h = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 64);
   return h || 'node';
 }
@@ -216,6 +217,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     async close(graceMs = 30_000) {
       if (closing) return;
       closing = true;
+      const closeStart = Date.now();
       for (const t of timers) clearInterval(t);
       offCollector?.();
       // Stop attracting work first: no routed jobs, no heartbeat.
@@ -231,8 +233,11 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
         await Promise.all([...workers.values()].map((w) => w.close(true).catch(() => {})));
       }
       workers.clear();
+      log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: workers stopped');
       await instances.close(0);
+      log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: instances destroyed');
       await pool.close();
+      log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: pool destroyed');
       await logs.flushStray();
       await exec.close?.();
       await redis.del(keys.node(nodeId), keys.nodePending(nodeId)).catch(() => {});

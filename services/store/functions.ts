@@ -61,7 +61,7 @@ return n`;
 export class FunctionStore {
   constructor(
     private readonly redis: Redis,
-    private readonly prefix = 'fnhost:',
+    private readonly prefix = 'fnhost:meta:',
   ) {}
 
   private index(tenant: string) {

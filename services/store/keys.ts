@@ -6,7 +6,7 @@
  * enough to make a leaked Redis dump useless: there is nothing to brute-force, and it lets a request's key be
  * found with one HGET instead of a scan.
  *
- * Redis layout (prefix `p`, default `fnhost:`):
+ * Redis layout (prefix `p`, default `fnhost:meta:`):
  * - `p keys`              hash  sha256hex → JSON {tenant, id, createdAt}
  * - `p tenant-keys:<t>`   hash  key id    → sha256hex
  *
@@ -64,7 +64,7 @@ return #hs`;
 export class KeyStore {
   constructor(
     private readonly redis: Redis,
-    private readonly prefix = 'fnhost:',
+    private readonly prefix = 'fnhost:meta:',
   ) {}
 
   private get keysKey() {

@@ -11,6 +11,11 @@
  * is always complete; a crash mid-unpack leaves only a tmp/ entry, removed by the next open. Two writers
  * racing on the same digest both unpack; the first rename wins and the loser drops its copy.
  * Layers are never modified once in place: the sandbox mounts them as read-only overlay lower dirs.
+ *
+ * @example
+ * const layers = new LayerStore('/var/lib/fnhost/state');
+ * await layers.init();
+ * const { digest, dir } = await layers.addTar(fs.createReadStream('layer.tar.gz'), { maxBytes: 1 << 30, maxEntries: 1e6 }, diffId);
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -263,4 +268,3 @@ export async function dirDigest(root: string): Promise<{ digest: string; sizeByt
   return { digest: `sha256:${hash.digest('hex')}`, sizeBytes, entries };
 }
 
-export { toChunks };

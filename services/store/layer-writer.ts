@@ -25,10 +25,13 @@
  * stack as plain overlayfs lower dirs and stay shareable between images (the alternative, flattening each
  * image into one tree, copies every shared layer per image). Node has no mknod/setxattr, so one python3
  * process applies all of a layer's whiteouts.
+ *
+ * The per-entry filesystem calls are synchronous on purpose: each is a few microseconds, while the
+ * async versions cost a thread-pool round trip each; measured on the python layer (1,241 entries,
+ * 45 MB, tmpfs): 700 ms with fs/promises against GNU tar's 76 ms.
  */
 import { spawn } from 'node:child_process';
-import { constants as C } from 'node:fs';
-import * as fsp from 'node:fs/promises';
+import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { InvalidRequest, Internal } from '../common/errors.ts';
 import type { TarEntry } from './tar.ts';
@@ -117,28 +120,29 @@ export class LayerWriter {
     switch (e.type) {
       case 'dir': {
         await this.ensureDir(parent, rel);
-        const st = await lstatOrNull(abs);
+        const st = lstatOrNull(abs);
         if (st && !st.isDirectory()) await this.remove(rel);
-        if (!st || !st.isDirectory()) await fsp.mkdir(abs, { mode: 0o755 });
+        if (!st || !st.isDirectory()) fs.mkdirSync(abs, { mode: 0o755 });
         this.safeDirs.add(rel);
-        await fsp.lchown(abs, uid, gid);
-        await fsp.chmod(abs, mode);
+        fs.lchownSync(abs, uid, gid);
+        fs.chmodSync(abs, mode);
         return;
       }
       case 'file': {
         await this.ensureDir(parent, rel);
         await this.remove(rel);
-        const fh = await fsp.open(abs, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+        const C = fs.constants;
+        const fd = fs.openSync(abs, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
         try {
           for await (const chunk of body) {
             this.stats.sizeBytes += chunk.length;
-            await fh.write(chunk);
+            for (let off = 0; off < chunk.length;) off += fs.writeSync(fd, chunk, off);
           }
-          await fh.chown(uid, gid);
-          await fh.chmod(mode);
-          if (e.mtime > 0) await fh.utimes(e.mtime, e.mtime);
+          fs.fchownSync(fd, uid, gid);
+          fs.fchmodSync(fd, mode);
+          if (e.mtime > 0) fs.futimesSync(fd, e.mtime, e.mtime);
         } finally {
-          await fh.close();
+          fs.closeSync(fd);
         }
         return;
       }
@@ -146,8 +150,8 @@ export class LayerWriter {
         if (e.linkname === '' || e.linkname.includes('\0')) throw refuse('bad-symlink', 'empty symlink target', e.path);
         await this.ensureDir(parent, rel);
         await this.remove(rel);
-        await fsp.symlink(e.linkname, abs);
-        await fsp.lchown(abs, uid, gid);
+        fs.symlinkSync(e.linkname, abs);
+        fs.lchownSync(abs, uid, gid);
         return;
       }
       case 'hardlink': {
@@ -157,14 +161,14 @@ export class LayerWriter {
         } catch (err) {
           throw refuse('hardlink-outside', `hardlink target ${JSON.stringify(e.linkname)} is outside the layer`, e.path, { cause: (err as InvalidRequest).details.reason });
         }
-        if (target === '' || target === rel) throw refuse('hardlink-outside', 'hardlink to the layer root or to itself', e.path);
+        if (target === '' || target === rel || target.startsWith(`${rel}/`)) throw refuse('hardlink-outside', 'hardlink to the layer root, to itself or below itself', e.path);
         await this.checkInside(target, e.path);
-        const tst = await lstatOrNull(join(this.root, target));
+        const tst = lstatOrNull(join(this.root, target));
         if (!tst) throw refuse('hardlink-outside', `hardlink target ${JSON.stringify(e.linkname)} is not an earlier entry of this layer`, e.path);
         if (tst.isDirectory()) throw refuse('hardlink-outside', 'hardlink to a directory', e.path);
         await this.ensureDir(parent, rel);
         await this.remove(rel);
-        await fsp.link(join(this.root, target), abs);
+        fs.linkSync(join(this.root, target), abs);
         return;
       }
       case 'char':
@@ -178,13 +182,17 @@ export class LayerWriter {
   /** applies the collected whiteouts; call once after the last entry. */
   async seal(): Promise<void> {
     if (this.whiteoutOps.length === 0) return;
-    for (const op of this.whiteoutOps) {
+    const removed = new Set(this.whiteoutOps.filter((o) => o.op === 'whiteout').map((o) => o.path));
+    const underRemoved = (p: string) => [...removed].some((r) => p.startsWith(`${r}/`));
+    // an op below a removed name is moot: the whiteout above it hides everything there
+    const ops = this.whiteoutOps.filter((o) => !underRemoved(o.path));
+    for (const op of ops) {
       if (op.op === 'whiteout') {
         // a whiteout replaces anything of the same name in this layer (the OCI spec says the two must not coexist)
         await this.remove(op.path);
       }
     }
-    await applyOverlayWhiteouts(this.root, this.whiteoutOps);
+    await applyOverlayWhiteouts(this.root, ops);
   }
 
   /** makes sure `dir` (relative) and its parents are real directories inside the root. */
@@ -194,9 +202,9 @@ export class LayerWriter {
     for (let i = 1; i <= parts.length; i++) {
       const p = parts.slice(0, i).join('/');
       if (this.safeDirs.has(p)) continue;
-      const st = await lstatOrNull(join(this.root, p));
+      const st = lstatOrNull(join(this.root, p));
       if (!st) {
-        await fsp.mkdir(join(this.root, p), { mode: 0o755 });
+        fs.mkdirSync(join(this.root, p), { mode: 0o755 });
       } else if (st.isSymbolicLink()) {
         throw refuse('write-through-symlink', `parent ${JSON.stringify(p)} is a symlink; writing through it is not allowed`, entryPath);
       } else if (!st.isDirectory()) {
@@ -212,7 +220,7 @@ export class LayerWriter {
     for (let i = 1; i < parts.length; i++) {
       const p = parts.slice(0, i).join('/');
       if (this.safeDirs.has(p)) continue;
-      const st = await lstatOrNull(join(this.root, p));
+      const st = lstatOrNull(join(this.root, p));
       if (!st || !st.isDirectory()) {
         throw refuse('hardlink-outside', `hardlink target goes through ${JSON.stringify(p)}, which is not a directory of this layer`, entryPath);
       }
@@ -223,24 +231,19 @@ export class LayerWriter {
   /** removes whatever is at `rel` (never following a symlink). */
   private async remove(rel: string): Promise<void> {
     const abs = join(this.root, rel);
-    const st = await lstatOrNull(abs);
+    const st = lstatOrNull(abs);
     if (!st) return;
     if (st.isDirectory()) {
-      await fsp.rm(abs, { recursive: true, force: true });
+      fs.rmSync(abs, { recursive: true, force: true });
       for (const d of this.safeDirs) if (d === rel || d.startsWith(`${rel}/`)) this.safeDirs.delete(d);
     } else {
-      await fsp.unlink(abs);
+      fs.unlinkSync(abs);
     }
   }
 }
 
-async function lstatOrNull(p: string) {
-  try {
-    return await fsp.lstat(p);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
+function lstatOrNull(p: string): fs.Stats | null {
+  return fs.lstatSync(p, { throwIfNoEntry: false }) ?? null;
 }
 
 /**
@@ -266,7 +269,7 @@ const PYTHON = process.env.FNHOST_PYTHON ?? '/usr/bin/python3';
 
 async function applyOverlayWhiteouts(root: string, ops: Array<{ op: string; path: string }>): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const child = spawn(PYTHON, ['-c', WHITEOUT_PY, root], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const child = spawn(PYTHON, ['-S', '-I', '-c', WHITEOUT_PY, root], { stdio: ['pipe', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
     child.on('error', reject);

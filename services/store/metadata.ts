@@ -4,7 +4,7 @@
  * any number of gateways and schedulers can share them (DESIGN.md "Scaling past one machine").
  *
  * @example
- * const meta = createMetadataStore(redis);               // prefix "fnhost:"
+ * const meta = createMetadataStore(redis);               // prefix "fnhost:meta:" (the scheduler owns the rest of fnhost:*)
  * const t = await meta.tenants.create('acme');
  * const { key } = await meta.keys.create('acme');
  * await meta.deleteTenant('acme');                       // keys, functions and versions go too
@@ -30,7 +30,7 @@ export interface MetadataStore {
   ping(): Promise<boolean>;
 }
 
-export function createMetadataStore(redis: Redis, prefix = 'fnhost:'): MetadataStore {
+export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:'): MetadataStore {
   const tenants = new TenantStore(redis, prefix);
   const keys = new KeyStore(redis, prefix);
   const functions = new FunctionStore(redis, prefix);

@@ -139,13 +139,14 @@ export async function importOci(store: LayerStore, source: Buffer | string, limi
   }
 }
 
-function blobPath(dir: string, digest: string): string {
-  return join(dir, 'blobs', 'sha256', checkDigest(digest).slice(7));
+/** a blob of the layout; never through a symlink (an archive could point one at a host file). */
+function blobPath(dir: string, digest: string): Promise<string> {
+  return inside(dir, `blobs/sha256/${checkDigest(digest).slice(7)}`);
 }
 
 async function importLayout(store: LayerStore, dir: string, limits: ImportLimits): Promise<ImportedImage> {
   let desc: Descriptor | undefined;
-  let doc = await readJson<{ manifests?: Descriptor[]; mediaType?: string }>(join(dir, 'index.json'));
+  let doc = await readJson<{ manifests?: Descriptor[]; mediaType?: string }>(await inside(dir, 'index.json'));
   // descend through (nested) indexes to one image manifest for linux/amd64
   for (let depth = 0; depth < 4; depth++) {
     const ms = doc.manifests ?? [];
@@ -153,24 +154,27 @@ async function importLayout(store: LayerStore, dir: string, limits: ImportLimits
     if (!pick) throw bad('the index has no manifest for linux/amd64');
     desc = pick;
     if (!INDEX_TYPES.has(pick.mediaType ?? '')) break;
-    doc = await readJson(blobPath(dir, pick.digest), pick.digest);
+    doc = await readJson(await blobPath(dir, pick.digest), pick.digest);
   }
   if (!desc) throw bad('the index lists no manifests');
-  const manifest = await readJson<{ config?: Descriptor; layers?: Descriptor[] }>(blobPath(dir, desc.digest), desc.digest);
+  const manifest = await readJson<{ config?: Descriptor; layers?: Descriptor[] }>(await blobPath(dir, desc.digest), desc.digest);
   if (!manifest.config || !Array.isArray(manifest.layers)) throw bad('the manifest has no config or no layers');
-  const config = await readJson<OciConfig>(blobPath(dir, manifest.config.digest), manifest.config.digest);
+  const config = await readJson<OciConfig>(await blobPath(dir, manifest.config.digest), manifest.config.digest);
   const diffIds = config.rootfs?.diff_ids ?? [];
   if (diffIds.length !== manifest.layers.length) {
     throw bad(`the manifest lists ${manifest.layers.length} layers but the config ${diffIds.length} diff_ids`);
   }
-  const layers = await addLayers(store, limits, manifest.layers.map((l, i) => ({
-    path: blobPath(dir, l.digest), blobDigest: l.digest, diffId: checkDigest(diffIds[i]),
-  })));
+  const specs = [];
+  for (let i = 0; i < manifest.layers.length; i++) {
+    const l = manifest.layers[i]!;
+    specs.push({ path: await blobPath(dir, l.digest), blobDigest: l.digest, diffId: checkDigest(diffIds[i]) });
+  }
+  const layers = await addLayers(store, limits, specs);
   return finish(store, desc.digest, layers, config, { format: 'oci-layout', manifest: desc.digest, ref: desc.annotations?.['org.opencontainers.image.ref.name'] });
 }
 
 async function importDockerSave(store: LayerStore, dir: string, limits: ImportLimits): Promise<ImportedImage> {
-  const list = await readJson<Array<{ Config?: string; Layers?: string[]; RepoTags?: string[] }>>(join(dir, 'manifest.json'));
+  const list = await readJson<Array<{ Config?: string; Layers?: string[]; RepoTags?: string[] }>>(await inside(dir, 'manifest.json'));
   const m = Array.isArray(list) ? list[0] : undefined;
   if (!m?.Config || !Array.isArray(m.Layers)) throw bad('manifest.json has no Config/Layers');
   // docker names the config after its digest (<hex>.json, or blobs/sha256/<hex> since docker 25)
@@ -190,16 +194,27 @@ async function importDockerSave(store: LayerStore, dir: string, limits: ImportLi
   return finish(store, digest, layers, config, { format: 'docker-save', repoTags: m.RepoTags ?? [] });
 }
 
+/**
+ * Adds the layers bottom first. If one is refused, the layers this import created are removed again
+ * (layers that were already in the store stay: other images use them), so a refused image leaves nothing.
+ */
 async function addLayers(store: LayerStore, limits: ImportLimits, specs: Array<{ path: string; blobDigest?: string; diffId: string }>) {
   const out: Array<{ digest: string; sizeBytes: number }> = [];
+  const created: string[] = [];
   let used = 0;
-  for (const s of specs) {
-    const st = await fsp.stat(s.path).catch(() => null);
-    if (!st?.isFile()) throw bad(`layer ${s.blobDigest ?? s.path} is missing`);
-    const added = await store.addTar(createReadStream(s.path, { highWaterMark: 1 << 20 }),
-      { maxBytes: limits.maxBytes - used, maxEntries: limits.maxEntries }, s.diffId, s.blobDigest);
-    used += added.sizeBytes;
-    out.push({ digest: added.digest, sizeBytes: added.sizeBytes });
+  try {
+    for (const s of specs) {
+      const st = await fsp.stat(s.path).catch(() => null);
+      if (!st?.isFile()) throw bad(`layer ${s.blobDigest ?? s.path} is missing`);
+      const added = await store.addTar(createReadStream(s.path, { highWaterMark: 1 << 20 }),
+        { maxBytes: limits.maxBytes - used, maxEntries: limits.maxEntries }, s.diffId, s.blobDigest);
+      if (!added.existed) created.push(added.digest);
+      used += added.sizeBytes;
+      out.push({ digest: added.digest, sizeBytes: added.sizeBytes });
+    }
+  } catch (e) {
+    for (const d of created) await store.remove(d).catch(() => {});
+    throw e;
   }
   return out;
 }

@@ -282,12 +282,12 @@ function rawHeader(name: string, flag: string, f: Omit<HeaderFields, 'path' | 't
 }
 
 function paxRecord(key: string, value: string): string {
-  // the length prefix counts itself: iterate until stable (at most twice).
+  // "<len> key=value\n" where <len> counts the whole record, its own digits included
   const body = ` ${key}=${value}\n`;
-  let len = Buffer.byteLength(body);
-  len += String(len).length;
-  if (String(len).length !== String(len - String(len).length).length) len += 1;
-  return `${len}${body}`;
+  const n = Buffer.byteLength(body);
+  let d = String(n).length;
+  while (String(n + d).length !== d) d++;
+  return `${n + d}${body}`;
 }
 
 /**

@@ -37,7 +37,7 @@ export const DEFAULT_LIMITS: TenantLimits = { maxMemoryMb: 2048, maxConcurrency:
 export class TenantStore {
   constructor(
     private readonly redis: Redis,
-    private readonly prefix = 'fnhost:',
+    private readonly prefix = 'fnhost:meta:',
   ) {}
 
   /** The hash holding every tenant; other stores' scripts check membership in it. */

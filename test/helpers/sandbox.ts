@@ -17,10 +17,13 @@ export interface Collected {
 export async function collect(p: SandboxProcess): Promise<Collected> {
   let stdout = '';
   let stderr = '';
-  const ends = [
-    new Promise<void>((r) => { p.stdout.on('data', (d) => (stdout += d)); p.stdout.on('close', () => r()); }),
-    new Promise<void>((r) => { p.stderr.on('data', (d) => (stderr += d)); p.stderr.on('close', () => r()); }),
-  ];
+  const drained = (s: NodeJS.ReadableStream & { closed?: boolean; destroyed?: boolean }, add: (d: string) => void) =>
+    new Promise<void>((r) => {
+      s.on('data', (d) => add(String(d)));
+      if (s.closed || s.destroyed) r();
+      else s.on('close', () => r());
+    });
+  const ends = [drained(p.stdout, (d) => (stdout += d)), drained(p.stderr, (d) => (stderr += d))];
   const status = await p.exited;
   await Promise.all(ends);
   return { stdout, stderr, status };

@@ -30,7 +30,8 @@ export interface Backend {
   image(name: ImageName): Promise<ResolvedImage>;
   /** an image an "imported OCI image" exec function runs on (entrypoint + cmd set, no handler). */
   importedImage(): Promise<ResolvedImage | null>;
-  close(): Promise<void>;
+  /** removes what the backend made; `leftovers` = sandboxes of this run still found (should be 0). */
+  close(): Promise<{ leftovers: number }>;
 }
 
 const hostImage = (ref: string, config: Partial<ResolvedImage['config']> = {}): ResolvedImage => ({
@@ -48,7 +49,7 @@ function processBackend(): Backend {
     image: async (name) => hostImage(name),
     // The "image" is the host with an entrypoint that echoes stdin, as an imported image's own program would.
     importedImage: async () => hostImage('imported', { entrypoint: ['/bin/sh', '-c'], cmd: ['printf "image:"; cat'] }),
-    close: async () => {},
+    close: async () => ({ leftovers: 0 }),
   };
 }
 
@@ -87,8 +88,10 @@ async function sandboxBackend(): Promise<Backend> {
       return imported;
     },
     close: async () => {
-      await sandbox.cleanupLeftovers(nodeId);
+      const live = sandbox.liveSandboxes().filter((s) => s.state !== 'destroyed').length;
+      const { sandboxes } = await sandbox.cleanupLeftovers(nodeId);
       rmSync(stateDir, { recursive: true, force: true });
+      return { leftovers: live + sandboxes };
     },
   };
 }

@@ -52,7 +52,9 @@ afterEach(async () => {
 
 afterAll(async () => {
   removeCodeLayers();
-  await be?.close();
+  // Every sandbox was destroyed by its test: none of this file's cgroups is left for the sweep to find.
+  const { leftovers } = (await be?.close()) ?? { leftovers: 0 };
+  expect(leftovers).toBe(0);
 });
 
 let seq = 0;
@@ -171,9 +173,11 @@ describe.each(STYLES)('runtime $name', (style) => {
     await expect(inst.invoke({ id: id(), payload: event('{}') })).rejects.toThrow(/not alive/);
   });
 
-  it('reports allocating past the cap as OutOfMemory', async (t) => {
+  it('reports allocating past the cap as OutOfMemory', { timeout: 40_000 }, async (t) => {
     if (!be.enforcesMemory) t.skip(`backend ${be.name} has no memory cgroup (real sandboxes not available yet)`);
-    const inst = await instance(style, 'oom', { fn: { memoryMb: 64 } });
+    // A cgroup at its cap reclaims the runtime's own file-backed pages before the OOM killer fires; on a
+    // busy 2-core host that can take seconds, so the deadline here is far away (this case is about the word).
+    const inst = await instance(style, 'oom', { fn: { memoryMb: 64, timeoutMs: 25_000 } });
     const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
     expect(err).toBeInstanceOf(OutOfMemory);
     expect(err.details.limitMb).toBe(64);
@@ -278,6 +282,20 @@ describe('http invocations', () => {
     expect(response.body.toString()).toBe('payload');
   });
 
+  it.each(STYLES.filter((s) => s.name === 'node-event' || s.name === 'python'))('turns a $name Lambda proxy result into the response', async (style) => {
+    const inst = await instance(style, 'echo', { fn: { handler: 'proxy.handler' } });
+    const { response } = await inst.invoke({ id: id(), payload: http('GET', '/', '') });
+    expect(response.status).toBe(418);
+    expect(response.headers['x-teapot']).toBe('yes');
+    expect(response.body.equals(Buffer.from([0, 1, 2, 253, 254, 255]))).toBe(true);
+  });
+
+  it('runs a python async def handler', async () => {
+    const inst = await instance(STYLES[3]!, 'echo', { fn: { handler: 'async_echo.handler' } });
+    const { response } = await inst.invoke({ id: id(), payload: event('{"x":[1,2]}', 'application/json') });
+    expect(JSON.parse(response.body.toString())).toEqual({ x: [1, 2] });
+  });
+
   it.each(STYLES.filter((s) => s.name === 'node-event' || s.name === 'python'))('gives a $name event handler an event describing the request', async (style) => {
     const inst = await instance(style, 'echo');
     const bin = Buffer.from([0, 255, 1, 254]);
@@ -302,6 +320,24 @@ describe('loading', () => {
     expect(err.details.phase).toBe('load');
     expect(err.message).toMatch(/nope/);
     expect(sb.state).toBe('destroyed');
+  });
+
+  it.each([
+    ['node', 'import-throws.handler', 'node-event', FunctionError, /broken at import/],
+    ['python', 'import_throws.handler', 'python', FunctionError, /broken at import/],
+    ['node', 'import-exits.handler', 'node-event', Crashed, /code 4/],
+    ['node', 'import-slow.handler', 'node-event', Timeout, /loading the handler took longer than 300 ms/],
+  ] as const)('reports a %s module failing at import (%s) and destroys the sandbox', async (rt, handler, fixture, Cls, re) => {
+    const style = STYLES.find((s) => s.fixture === fixture)!;
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const pooled = await prepare(sb, rt, images.get(rt)!);
+    const err = await rejection(specialise(pooled, fnVersion(style, 'echo', { handler, timeoutMs: 300 }), codeLayer(fixture), images.get(rt)!));
+    expect(err).toBeInstanceOf(Cls);
+    expect(err.message).toMatch(re);
+    expect(err.details.phase).toBe('load');
+    expect(sb.state).toBe('destroyed');
+    expect(pooled.alive).toBe(false);
   });
 
   it('reports a python import error as FunctionError at load', async () => {

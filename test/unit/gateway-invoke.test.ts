@@ -120,6 +120,36 @@ describe('sync invoke', () => {
   });
 });
 
+describe('tenant concurrency (maxConcurrency)', () => {
+  it('a sync call over the limit is 429 at once; the slot frees when the first answers; a dead gateway\'s slot expires', async () => {
+    const k = await h.tenant('one-at-a-time', { maxConcurrency: 1 });
+    expect((await h.req('PUT', '/v1/functions/slow', { key: k, body: deployForm({ runtime: 'node' }, CODE) })).status).toBe(201);
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    h.client.next = async (req) => {
+      await gate;
+      return { record: { id: 'inv-s', tenant: req.fn.tenant, function: req.fn.name, version: 1, mode: 'sync', status: 'succeeded', attempts: 1, createdAt: 0 }, response: { status: 200, headers: {}, body: Buffer.from('ok') } };
+    };
+    try {
+      const first = h.req('POST', '/v1/functions/slow/invoke', { key: k });
+      // poll until the first call holds the slot (no fixed sleep)
+      const key = `${h.prefix}inflight:one-at-a-time`;
+      for (const t0 = Date.now(); (await h.redis.zcard(key)) === 0; ) if (Date.now() - t0 > 5000) throw new Error('first call never admitted');
+      const second = await h.req('POST', '/fn/one-at-a-time/slow', { key: k });
+      expect(second.status).toBe(429);
+      expect((await json(second)).error.type).toBe('TooManyRequests');
+      open();
+      expect((await first).status).toBe(200);
+      expect(await h.redis.zcard(key)).toBe(0);
+      // a slot whose holder died (score in the past) does not block
+      await h.redis.zadd(key, Date.now() - 1, 'dead-gateway');
+      expect((await h.req('POST', '/v1/functions/slow/invoke', { key: k })).status).toBe(200);
+    } finally {
+      h.client.next = null;
+    }
+  });
+});
+
 describe('async invoke and records', () => {
   it('202 with an id; the idempotency key reaches the client; the record reads back', async () => {
     h.client.calls = [];

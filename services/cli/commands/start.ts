@@ -1,0 +1,41 @@
+/**
+ * @module cli/commands/start
+ * `fnhost start`: runs the host in this process (what `npm start` calls) until SIGINT/SIGTERM, then shuts
+ * down in order (HTTP, client, scheduler and its sandboxes, Redis) and exits 0.
+ */
+import { CliError, EXIT } from '../api.ts';
+import { hostConfig } from '../../host/config.ts';
+import { startHost } from '../../host/index.ts';
+import { createLogger } from '../../common/log.ts';
+
+export async function start(flags: Record<string, string | undefined>): Promise<number> {
+  // Namespaces, cgroups and mounts need root; say so in one sentence instead of failing somewhere deep.
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('fnhost start must run as root: it creates namespaces, cgroups and mounts for every sandbox.\n');
+    return EXIT.usage;
+  }
+  let cfg;
+  try {
+    cfg = hostConfig(process.env, flags);
+  } catch (e) {
+    throw new CliError((e as Error).message, EXIT.usage);
+  }
+  const log = createLogger('fnhost');
+  const host = await startHost(cfg, { logger: log });
+  process.stdout.write(`fnhost is listening on ${host.url}\n`);
+  if (host.adminKey.generated) {
+    process.stdout.write(`admin key (shown once; also in ${host.adminKey.file}, mode 0600):\n  ${host.adminKey.key}\n`);
+  }
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal: sig }, 'shutting down');
+      void host.close().finally(resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  return EXIT.ok;
+}

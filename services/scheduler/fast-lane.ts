@@ -1,0 +1,168 @@
+/**
+ * @module scheduler/fast-lane
+ * The lean hot path for sync/http invocations: plain Redis lists instead of BullMQ jobs.
+ *
+ * Why: measured here (2 cores, Redis 7.0), BullMQ add → worker → reply costs 0.81 ms median sequential and
+ * tops out at ~2,900 no-op jobs/s with 64 in flight (three Lua scripts and a lock per job). A sync call does
+ * not need what those buy — it is never retried or dead-lettered (the waiting caller decides) — so it
+ * travels as one LPUSH and is taken by a BLMPOP that returns up to 64 jobs at once. Async invocations keep
+ * BullMQ (durable, retried, dead-lettered, stalled-job recovery).
+ *
+ * Lists: `P:fast:T` per tenant, `P:fastn:N` per node (routed: N advertised a warm instance). One Lua script
+ * on the client writes the queued record, picks the list (routing as in ./routing.ts, with the node list's
+ * length as its bound) and pushes — one round trip. Each list's TTL is pushed forward to cover the last
+ * job's deadline, so a list of a vanished node or tenant expires by itself.
+ *
+ * Fair sharing: each BLMPOP names the node list first, then the tenant lists in an order rotated by one
+ * per call; BLMPOP pops from the first non-empty list, so every tenant with work gets a turn per round,
+ * however long another tenant's list is. Jobs a node has taken but cannot place yet wait in the
+ * round-robin FairQueue of ./instances.ts.
+ *
+ * Durability: a node that dies holding popped sync jobs loses them; their callers get `Timeout` at their
+ * deadline (sync semantics: nothing was promised beyond an answer or an error).
+ */
+import type { Redis } from 'ioredis';
+import type { Keys } from './keys.ts';
+import type { JobData } from './job.ts';
+
+/**
+ * KEYS[1] warm hash, KEYS[2] nodes zset, KEYS[3] tenant list, KEYS[4] record hash
+ * ARGV[1] now ms, ARGV[2] stale-before ms, ARGV[3] max routed pending, ARGV[4] prefix, ARGV[5] job JSON,
+ * ARGV[6] record JSON, ARGV[7] record TTL s, ARGV[8] list TTL ms, ARGV[9] '1' = routing on
+ * returns the node routed to, or '' (tenant list).
+ */
+const PUSH_LUA = `
+redis.call('HSET', KEYS[4], 's', 'queued', 'r', ARGV[6])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[7]))
+local target, routed = KEYS[3], ''
+if ARGV[9] == '1' then
+  local h = redis.call('HGETALL', KEYS[1])
+  local now, bestExp = tonumber(ARGV[1]), 0
+  for i = 1, #h, 2 do
+    local exp = tonumber(h[i + 1])
+    if exp > now and exp > bestExp then
+      local hb = redis.call('ZSCORE', KEYS[2], h[i])
+      if hb and tonumber(hb) >= tonumber(ARGV[2]) then
+        local l = ARGV[4] .. ':fastn:' .. h[i]
+        if redis.call('LLEN', l) < tonumber(ARGV[3]) then target, routed, bestExp = l, h[i], exp end
+      end
+    end
+  end
+end
+redis.call('LPUSH', target, ARGV[5])
+redis.call('PEXPIRE', target, ARGV[8], 'NX')
+redis.call('PEXPIRE', target, ARGV[8], 'GT')
+return routed
+`;
+
+type WithPush = Redis & {
+  fnhostFastPush(warm: string, nodes: string, list: string, rec: string, now: number, staleBefore: number, maxPending: number, prefix: string, job: string, recJson: string, recTtl: number, listTtlMs: number, routing: string): Promise<string>;
+};
+
+export function fastPush(
+  redis: Redis,
+  keys: Keys,
+  data: JobData,
+  recJson: string,
+  opts: { recordTtlS: number; listTtlMs: number; routing: boolean; maxPending: number; staleMs: number },
+): Promise<string> {
+  const r = redis as WithPush;
+  if (typeof r.fnhostFastPush !== 'function') redis.defineCommand('fnhostFastPush', { numberOfKeys: 4, lua: PUSH_LUA });
+  const fn = data.fn;
+  const now = Date.now();
+  return r.fnhostFastPush(
+    keys.warm(fn.tenant, fn.name, fn.version), keys.nodes(), keys.fastTenant(fn.tenant), keys.record(fn.tenant, data.id),
+    now, now - opts.staleMs, opts.maxPending, keys.prefix, JSON.stringify(data), recJson, opts.recordTtlS, opts.listTtlMs, opts.routing ? '1' : '',
+  );
+}
+
+/** BLMPOP's block time: how long close() may wait for the current call (seconds; 0.5 keeps shutdown snappy). */
+const BLOCK_S = 0.5;
+
+/** Takes fast-lane jobs for one node: its own list first, then the tenants' lists round-robin. */
+export class FastLaneConsumer {
+  private readonly blocking: Redis;
+  private tenants: string[] = [];
+  private cursor = 0;
+  private inFlight = 0;
+  private closed = false;
+  private slotFree: (() => void) | undefined;
+  private loopDone: Promise<void> | undefined;
+  private readonly running = new Set<Promise<void>>();
+
+  constructor(
+    redis: Redis,
+    private readonly keys: Keys,
+    private readonly nodeId: string,
+    private readonly concurrency: number,
+    private readonly handle: (d: JobData, list: string) => Promise<void>,
+    private readonly onError: (e: unknown) => void = () => {},
+  ) {
+    this.blocking = redis.duplicate();
+  }
+
+  setTenants(tenants: Iterable<string>): void {
+    this.tenants = [...new Set(tenants)].sort();
+  }
+
+  start(): void {
+    this.loopDone = this.loop();
+  }
+
+  private async loop() {
+    while (!this.closed) {
+      const free = this.concurrency - this.inFlight;
+      if (free <= 0) {
+        await new Promise<void>((r) => (this.slotFree = r));
+        continue;
+      }
+      const tk = this.tenants.map((t) => this.keys.fastTenant(t));
+      const n = tk.length;
+      const rotated = n ? [...tk.slice(this.cursor % n), ...tk.slice(0, this.cursor % n)] : [];
+      this.cursor = n ? (this.cursor + 1) % n : 0;
+      const lists = [this.keys.fastNode(this.nodeId), ...rotated];
+      let res: [string, string[]] | null;
+      try {
+        res = (await this.blocking.call('BLMPOP', BLOCK_S, lists.length, ...lists, 'RIGHT', 'COUNT', free)) as [string, string[]] | null;
+      } catch (e) {
+        if (this.closed) break;
+        this.onError(e);
+        await new Promise((r) => setTimeout(r, 200)); // Redis away: retry without spinning
+        continue;
+      }
+      if (!res) continue;
+      const [list, items] = res;
+      for (const item of items) {
+        let d: JobData;
+        try {
+          d = JSON.parse(item) as JobData;
+        } catch (e) {
+          this.onError(e);
+          continue;
+        }
+        this.inFlight++;
+        const p: Promise<void> = this.handle(d, list)
+          .catch((e) => this.onError(e))
+          .finally(() => {
+            this.inFlight--;
+            this.running.delete(p);
+            const w = this.slotFree;
+            this.slotFree = undefined;
+            w?.();
+          });
+        this.running.add(p);
+      }
+    }
+  }
+
+  /** Stops taking jobs (within one BLMPOP block), waits for the jobs it took. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const w = this.slotFree;
+    this.slotFree = undefined;
+    w?.();
+    await this.loopDone;
+    await Promise.all([...this.running]);
+    this.blocking.disconnect();
+  }
+}

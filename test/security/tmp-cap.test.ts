@@ -1,0 +1,20 @@
+/**
+ * Security: /tmp is a tmpfs capped at tmpfsMb
+ * One escape attempt, made by the in-sandbox probe (test/fixtures/probe) as the function's process would.
+ */
+import { describe, expect, it } from 'vitest';
+import { useSandboxEnv } from '../helpers/sandbox.ts';
+
+const env = useSandboxEnv('sec-tmp-cap');
+
+describe.skipIf(process.getuid?.() !== 0)('/tmp is a tmpfs capped at tmpfsMb (needs root: skipped otherwise)', () => {
+  it('writing past the cap stops with ENOSPC at the cap', async () => {
+    const r = await env.run(['/bin/probe', 'fill', '/tmp/big', '12'], { tmpfsMb: 4 });
+    expect(r.stdout).toBe('fill mib=4 errno=ENOSPC\n');
+  });
+
+  it('below the cap, /tmp is writable and readable back', async () => {
+    const r = await env.run(['/bin/sh', '-c', 'echo hi > /tmp/f && cat /tmp/f'], { tmpfsMb: 4 });
+    expect(r.stdout).toBe('hi\n');
+  });
+});
