@@ -79,6 +79,7 @@ struct ChildArgs {
   const int* join_fds;
   size_t njoin;
   int unshare_cgroup;
+  int template_ns;  // mount namespace fd to copy (setns + unshare), or -1
   // written by the child (shared memory), read by the parent after the vfork-style return
   volatile int err;
   volatile const char* step;
@@ -98,6 +99,20 @@ __attribute__((noinline)) int ChildMain(void* p) {
     if (write(a->join_fds[i], "0", 1) != 1) {
       a->err = errno;
       a->step = "write";
+      _exit(127);
+    }
+  }
+  // A copy of the host's template mount namespace rather than of the host's own tree (native/init/mount.c
+  // mnt_template). setns needs an unshared fs_struct: this child was cloned without CLONE_FS.
+  if (a->template_ns >= 0) {
+    if (setns(a->template_ns, CLONE_NEWNS) < 0) {
+      a->err = errno;
+      a->step = "setns";
+      _exit(127);
+    }
+    if (unshare(CLONE_NEWNS) < 0) {
+      a->err = errno;
+      a->step = "unshare";
       _exit(127);
     }
   }
@@ -160,7 +175,7 @@ pid_t Clone3Fn(struct clone_args* ca, int (*fn)(void*), void* arg) {
 #define HAVE_CLONE3_FN 1
 #endif
 
-// spawnInit(path, args, flags, joinFds, cgroupDirFd) → { pid, fd }
+// spawnInit(path, args, flags, joinFds, cgroupDirFd, templateNsFd) → { pid, fd }
 Napi::Value SpawnInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
@@ -170,6 +185,7 @@ Napi::Value SpawnInit(const Napi::CallbackInfo& info) {
   int64_t flags = info[2].As<Napi::Number>().Int64Value();
   std::vector<int> join = IntArray(info[3]);
   int cgroup_dir_fd = info[4].As<Napi::Number>().Int32Value();
+  int template_ns = info.Length() > 5 ? info[5].As<Napi::Number>().Int32Value() : -1;
   bool want_cgroupns = (flags & CLONE_NEWCGROUP) != 0;
   flags &= ~static_cast<int64_t>(CLONE_NEWCGROUP);  // done by the child after joining, see ChildMain
 
@@ -189,6 +205,7 @@ Napi::Value SpawnInit(const Napi::CallbackInfo& info) {
   a.join_fds = join.data();
   a.njoin = join.size();
   a.unshare_cgroup = want_cgroupns ? 1 : 0;
+  a.template_ns = template_ns;
 
   sigset_t all, old;
   sigfillset(&all);
@@ -362,27 +379,34 @@ Napi::Value WaitPidAsync(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// overlayMount(lowerdir) → fd of a detached, read-only overlay mount (fsopen/fsconfig/fsmount), ready to be
-// sent to an init and move_mount()ed inside its sandbox. lowerdir is in overlayfs order (top first).
+// overlayMount(layersTopFirst) → fd of a detached, read-only overlay mount (fsopen/fsconfig/fsmount), ready to
+// be sent to an init and move_mount()ed inside its sandbox. One "lowerdir+" per layer (Linux 6.8+): fsconfig
+// copies string values with strndup_user(value, 256) (fs/fsopen.c), so a joined "lowerdir=a:b:c" of a few
+// content-addressed layer paths is too long. Older kernels: one joined "lowerdir" when it fits.
 Napi::Value OverlayMount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string lower = info[0].As<Napi::String>();
+  std::vector<std::string> layers;
+  Napi::Array arr = info[0].As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); i++) layers.push_back(arr.Get(i).As<Napi::String>());
   int fs = static_cast<int>(syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC_));
   if (fs < 0) throw ErrnoError(env, errno, "fsopen", "overlay");
-  if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING_, "lowerdir", lower.c_str(), 0) < 0) {
+  auto fail = [&](const char* what, const std::string& path) {
     int e = errno;
     close(fs);
-    throw ErrnoError(env, e, "fsconfig", lower);
+    return ErrnoError(env, e, what, path);
+  };
+  for (size_t i = 0; i < layers.size(); i++) {
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING_, "lowerdir+", layers[i].c_str(), 0) == 0) continue;
+    if (i != 0 || errno != EINVAL) throw fail("fsconfig", layers[i]);
+    std::string joined;
+    for (auto& l : layers) joined += (joined.empty() ? "" : ":") + l;
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING_, "lowerdir", joined.c_str(), 0) < 0) throw fail("fsconfig", joined);
+    break;
   }
-  if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE_, nullptr, nullptr, 0) < 0) {
-    int e = errno;
-    close(fs);
-    throw ErrnoError(env, e, "fsconfig", lower);
-  }
+  if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE_, nullptr, nullptr, 0) < 0) throw fail("fsconfig", layers.empty() ? "" : layers[0]);
   int m = static_cast<int>(syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC_, MOUNT_ATTR_RDONLY_ | MOUNT_ATTR_NOSUID_ | MOUNT_ATTR_NODEV_));
-  int e = errno;
+  if (m < 0) throw fail("fsmount", layers.empty() ? "" : layers[0]);
   close(fs);
-  if (m < 0) throw ErrnoError(env, e, "fsmount", lower);
   return Napi::Number::New(env, m);
 }
 

@@ -25,9 +25,11 @@ export interface NativeAddon {
    * PR_SET_PDEATHSIG=SIGKILL, dup2()s its control socket to fd 3 and execve()s `path` with argv [path, ...args]
    * and an empty env.
    * With `cgroupDirFd >= 0` (a cgroup v2 directory) it uses clone3 with CLONE_INTO_CGROUP instead.
-   * Node's heap is never copied. Throws with syscall "clone"/"clone3"/"write"/"unshare"/"execve".
+   * With `templateNsFd >= 0` (a mount namespace fd; leave CLONE_NEWNS out of `flags`) the child does
+   * setns(templateNsFd) + unshare(CLONE_NEWNS) before exec, and `path` is resolved in that copy.
+   * Node's heap is never copied. Throws with syscall "clone"/"clone3"/"write"/"setns"/"unshare"/"execve".
    */
-  spawnInit(path: string, args: string[], flags: number, joinFds: number[], cgroupDirFd: number): SpawnedInit;
+  spawnInit(path: string, args: string[], flags: number, joinFds: number[], cgroupDirFd: number, templateNsFd?: number): SpawnedInit;
   /** sendmsg(fd, data) with `fds` attached as SCM_RIGHTS to the first byte; completes partial writes. */
   sendFrame(fd: number, data: Buffer, fds: number[]): void;
   /** pipe2(O_CLOEXEC) → [read end, write end]. */
@@ -38,8 +40,12 @@ export interface NativeAddon {
   waitpid(pid: number): WaitStatus | null;
   /** blocking waitpid(pid, __WALL) on the libuv thread pool. */
   waitpidAsync(pid: number): Promise<WaitStatus>;
-  /** fsopen("overlay") + fsconfig(lowerdir) + fsmount(RDONLY|NOSUID|NODEV) → detached mount fd (close-on-exec). */
-  overlayMount(lowerdir: string): number;
+  /**
+   * fsopen("overlay") + fsconfig("lowerdir+", layer) per layer (top first; a joined "lowerdir" on kernels
+   * before 6.8) + fsmount(RDONLY|NOSUID|NODEV) → detached mount fd (close-on-exec). No upper dir: overlayfs
+   * needs at least 2 layers then.
+   */
+  overlayMount(layersTopFirst: string[]): number;
   /** clone flag values of this platform. */
   constants: {
     CLONE_NEWNS: number;

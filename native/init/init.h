@@ -46,7 +46,8 @@ int next_fd(struct frame *f);
 int send_msg(const char *const *parts, int n);
 
 /* ns.c */
-int ns_setup_early(void);
+int ns_make_private(void);
+int ns_lo_up(void);
 int ns_sethostname(const char *name);
 
 /* mount.c */
@@ -57,6 +58,7 @@ int mnt_pivot(const char *new_root);
 int mnt_move_fd(int fd, const char *target);
 int mnt_move(const char *from, const char *to);
 int mnt_stage(const char *stage);
+int mnt_template(const char *stage, const char *init_path);
 
 /* caps.c */
 int caps_drop_all(uid_t uid, gid_t gid);

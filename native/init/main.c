@@ -9,8 +9,11 @@
  * "exited <reqid> <pid> <code> <signal>" (code -1 when signalled). It exits when the control socket closes,
  * which makes the kernel kill every process in the pid namespace (and drop every mount with it).
  *
- * Before "ready" the init stages what needs no spec (mount.c mnt_stage, argv[1] = an empty host directory):
- * its root is then a small read-only tmpfs with /root (empty), /dev (finished) and /proc (this pid ns).
+ * Before "ready" the init stages what needs no spec: its root is then a small read-only tmpfs with /root
+ * (empty), /dev (finished) and /proc (this pid ns). Either it was exec'd in a copy of the host's template
+ * namespace (argv[1] = --in-template: only /proc is left to mount) or it builds the stage itself from a copy
+ * of the host's tree (argv[1] = an empty host directory; mount.c mnt_stage). With --template <stage> <init>
+ * it only builds the template namespace and waits for the host to close the control socket.
  *
  * Ops (targets are paths in the init's root: the stage before "pivot", the sandbox's rootfs after it):
  *   attach <target>                 move_mount the next fd of the frame (a detached read-only overlay the host
@@ -20,7 +23,8 @@
  *   proc <target> | dev <target>    /proc of this pid namespace | minimal /dev
  *   pivot <newroot>                 pivot_root into newroot and detach the host's tree
  *   hostname <name>
- *   harden                          drop the init's own capabilities to what later ops need
+ *   harden                          drop the init's own capabilities to what later ops need (done after
+ *                                   staging already; kept for hosts that want to say it explicitly)
  *   spawn <uid> <gid> <cwd> <argc> <argv...> <envc> <env...> <nfds>   (fds 0..nfds-1 come with the frame)
  */
 #define _GNU_SOURCE
@@ -289,6 +293,29 @@ int main(int argc, char **argv)
 		die_setup();
 	}
 
+	const char *mode = argc > 1 ? argv[1] : "";
+	if (!strcmp(mode, "--template")) {
+		/* Build the template mount namespace (mount.c mnt_template), say so, and wait for the host to have
+		 * opened it (/proc/<pid>/ns/mnt) and closed the control socket. */
+		if (argc < 4) {
+			fail(EINVAL, "execve", "", "usage: fnhost-init --template <stage-dir> <init-path>");
+			die_setup();
+		}
+		if (ns_make_private() < 0 || mnt_template(argv[2], argv[3]) < 0)
+			die_setup();
+		const char *ready[] = { "ready" };
+		if (send_msg(ready, 1) < 0)
+			_exit(2);
+		char c;
+		while (read(CONTROL_FD, &c, 1) > 0)
+			;
+		_exit(0);
+	}
+	int in_template = !strcmp(mode, "--in-template");
+	/* In a copy of the template, /proc is this pid namespace's to mount, first (oom_score_adj lives there). */
+	if (in_template && mnt_proc("/proc") < 0)
+		die_setup();
+
 	/* The OOM killer must pick the function, never the init (which would end the whole sandbox). Some hosts
 	 * refuse lowering oom_score_adj even to root (this VM answers EIO/EACCES); then the function's processes
 	 * get +1000 instead (process.c), which makes them the victims just the same. */
@@ -297,13 +324,18 @@ int main(int argc, char **argv)
 	if (oom >= 0)
 		close(oom);
 
-	if (ns_setup_early() < 0)
+	if (ns_lo_up() < 0)
 		die_setup();
-	if (argc < 2) {
-		fail(EINVAL, "execve", "", "usage: fnhost-init <stage-dir>");
-		die_setup();
+	if (!in_template) {
+		if (argc < 2) {
+			fail(EINVAL, "execve", "", "usage: fnhost-init <stage-dir> | --in-template | --template <stage-dir> <init-path>");
+			die_setup();
+		}
+		if (ns_make_private() < 0 || mnt_stage(argv[1]) < 0)
+			die_setup();
 	}
-	if (mnt_stage(argv[1]) < 0)
+	/* Staging was the last thing that needed more than mounting, hostname and changing ids. */
+	if (caps_init_keep_minimal() < 0)
 		die_setup();
 
 	const char *ready[] = { "ready" };

@@ -3,8 +3,8 @@
  * the read-only overlay rootfs and extra overlays (detached mounts built by the host with fsmount() and
  * move_mount()ed here), the /tmp tmpfs, and pivot_root into the rootfs.
  *
- * All of it happens in the sandbox's own mount namespace, whose propagation was made private first
- * (ns_setup_early), so nothing here is ever visible in the host's mount table.
+ * All of it happens in mount namespaces of our own, whose propagation was made private first
+ * (ns_make_private), so nothing here is ever visible in the host's mount table.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,15 +30,7 @@ int mnt_move(const char *from, const char *to)
 	return 0;
 }
 
-/*
- * Everything that does not depend on the start spec, done while the sandbox waits in the pool: a small
- * tmpfs becomes this namespace's root, holding /root (where start mounts the rootfs), a finished /dev and
- * this pid namespace's /proc (start moves both into the rootfs). The copy of the host's mount tree (~30
- * mounts) is detached now, not on the cold-start path. Layers reach the sandbox afterwards only as detached
- * overlay mounts the host builds (fsmount) and sends over the control socket: overlayfs cannot use lower
- * dirs outside the mounter's namespace ("failed to clone lowerpath"), and the host's tree is gone from here.
- */
-int mnt_stage(const char *stage)
+static int stage_common(const char *stage)
 {
 	char p[4096];
 	if (mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=65536,mode=755") < 0)
@@ -50,17 +42,62 @@ int mnt_stage(const char *stage)
 			return fail(errno, "mkdir", p, "staging directory");
 	}
 	snprintf(p, sizeof p, "%s/dev", stage);
-	if (mnt_dev(p) < 0)
-		return -1;
-	snprintf(p, sizeof p, "%s/proc", stage);
-	if (mnt_proc(p) < 0)
-		return -1;
+	return mnt_dev(p);
+}
+
+static int stage_finish(const char *stage)
+{
 	if (mnt_pivot(stage) < 0)
 		return -1;
 	/* the stage itself becomes read-only: nothing but mount points lives in it */
 	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=65536,mode=755") < 0)
 		return fail(errno, "mount", "/", "remounting the stage read-only");
 	return 0;
+}
+
+/*
+ * Everything that does not depend on the start spec, done while the sandbox waits in the pool: a small
+ * tmpfs becomes this namespace's root, holding /root (where start mounts the rootfs), a finished /dev and
+ * this pid namespace's /proc (start moves both into the rootfs). The copy of the host's mount tree (~30
+ * mounts) is detached now, not on the cold-start path. Layers reach the sandbox afterwards only as detached
+ * overlay mounts the host builds (fsmount) and sends over the control socket: overlayfs cannot use lower
+ * dirs outside the mounter's namespace ("failed to clone lowerpath"), and the host's tree is gone from here.
+ * (Used when the host has no template namespace; see mnt_template.)
+ */
+int mnt_stage(const char *stage)
+{
+	char p[4096];
+	if (stage_common(stage) < 0)
+		return -1;
+	snprintf(p, sizeof p, "%s/proc", stage);
+	if (mnt_proc(p) < 0)
+		return -1;
+	return stage_finish(stage);
+}
+
+/*
+ * The template mount namespace, built once per host process by an init started with --template: the same
+ * stage minus /proc (that belongs to each sandbox's pid namespace), plus the init binary bind-mounted at /init.
+ * Each sandbox's init is then exec'd (/init) in a copy of this namespace (setns + unshare in the addon's
+ * child), so a sandbox never holds a copy of the host's mounts, not even briefly, and creating one copies
+ * 4 mounts instead of the host's ~30 and detaches nothing.
+ */
+int mnt_template(const char *stage, const char *init_path)
+{
+	char p[4096];
+	int fd;
+	if (stage_common(stage) < 0)
+		return -1;
+	snprintf(p, sizeof p, "%s/init", stage);
+	fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
+	if (fd < 0)
+		return fail(errno, "open", p, "init mount point");
+	close(fd);
+	if (mount(init_path, p, NULL, MS_BIND, NULL) < 0)
+		return fail(errno, "mount", p, "binding %s", init_path);
+	if (mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) < 0)
+		return fail(errno, "mount", p, "remounting /init read-only");
+	return stage_finish(stage);
 }
 
 int mnt_tmpfs(const char *target, const char *size_bytes, const char *mode)

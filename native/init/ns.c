@@ -36,12 +36,17 @@ static int lo_up(void)
 	return 0;
 }
 
-int ns_setup_early(void)
+int ns_make_private(void)
 {
-	/* First thing in the new mount namespace: stop propagation both ways, so no mount of ours can reach the
-	 * host's shared peer groups (and no host mount event reaches us). */
+	/* First thing in a mount namespace copied from the host's: stop propagation both ways, so no mount of
+	 * ours can reach the host's shared peer groups (and no host mount event reaches us). */
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		return fail(errno, "mount", "/", "making mounts private");
+	return 0;
+}
+
+int ns_lo_up(void)
+{
 	return lo_up();
 }
 

@@ -113,7 +113,16 @@ export class ExecInstance implements Instance {
     const deadline = req.deadline ?? Date.now() + this.fn.timeoutMs;
     const logs = new LogCollector({ capBytes: this.opts.logCapBytes, sink: this.opts.sink, tailBytes: STDERR_TAIL_BYTES });
     logs.begin(req.id);
-    const proc = await this.spawn({ ...this.baseEnv, ...contextEnv(this.fn, req, deadline) });
+    let proc: SandboxProcess;
+    try {
+      proc = await this.spawn({ ...this.baseEnv, ...contextEnv(this.fn, req, deadline) });
+    } catch (e) {
+      // The sandbox refuses argv it cannot find in the rootfs (InvalidRequest, field argv): that is the
+      // function's own mistake (a wrong handler path), reported as its error. A failed start destroys the sandbox.
+      if (this.sandbox.state === 'destroyed') this._alive = false;
+      if (e instanceof InvalidRequest) throw new FunctionError(`cannot run ${this.argv[0]}: ${e.message}`, { phase: 'start', ...e.details }, { cause: e });
+      throw e;
+    }
     logs.attach(proc.stderr, 'stderr');
     const out: Buffer[] = [];
     let outBytes = 0;

@@ -136,8 +136,9 @@ export class RuntimeInstance implements Instance {
       }
       if (frame === TIMED_OUT) {
         this._alive = false;
+        const record = logs.end();
         await this.destroy();
-        throw new Timeout(`function did not finish within ${this.fn.timeoutMs} ms`, { timeoutMs: this.fn.timeoutMs });
+        throw withLogs(new Timeout(`function did not finish within ${this.fn.timeoutMs} ms`, { timeoutMs: this.fn.timeoutMs }), record.lines);
       }
       const record = logs.end();
       const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0 };

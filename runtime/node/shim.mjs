@@ -7,6 +7,7 @@ import { Socket } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import { pathToFileURL } from 'node:url';
+import { createRequire } from 'node:module';
 
 const HELLO = 1, LOAD = 2, READY = 3, INVOKE = 4, RESULT = 5, ERROR = 6;
 const HEADER_BYTES = 9;
@@ -74,6 +75,26 @@ function safeJson(v) {
   try { return JSON.stringify(v); } catch { return String(v); }
 }
 
+const requireFrom = createRequire('/');
+
+// Loads a module synchronously where the runtime can (require() of CommonJS, and of ES modules on Node ≥ 22,
+// "require(esm)"): import() reads files through the libuv thread pool, and each of those hops is a wake-up
+// that shows on a cold start. ES modules with top-level await (and any ESM on Node 20) take import().
+// The result has import()'s shape: a namespace whose `default` is a CommonJS module's exports.
+async function loadModule(file) {
+  let mod;
+  try {
+    mod = requireFrom(file);
+  } catch (e) {
+    if (e && (e.code === 'ERR_REQUIRE_ASYNC_MODULE' || e.code === 'ERR_REQUIRE_ESM')) return import(pathToFileURL(file).href);
+    throw e;
+  }
+  if (mod && mod[Symbol.toStringTag] === 'Module') return mod;
+  const ns = mod !== null && typeof mod === 'object' ? { ...mod } : {};
+  ns.default = mod;
+  return ns;
+}
+
 // Finds the module for `handler` in codeDir, imports it and picks the entry point (see issue 4 naming).
 async function resolveHandler(codeDir, handler) {
   const h = String(handler || 'index');
@@ -86,7 +107,7 @@ async function resolveHandler(codeDir, handler) {
     if ((ext !== '' || /\.[cm]?js$/.test(modName)) && existsSync(p)) { file = p; break; }
   }
   if (!file) throw new Error(`handler module not found: ${modName}.mjs, ${modName}.js or ${modName}.cjs in ${codeDir}`);
-  const ns = await import(pathToFileURL(file).href);
+  const ns = await loadModule(file);
   let target;
   if (exportName === 'default') {
     target = ns.default;

@@ -21,9 +21,14 @@ export interface InvocationLogIds {
   attempt?: number;
 }
 
-function traceMixin(): object {
-  // Fast path: with tracing off there is never an active span, skip the context lookup.
-  return tracingEnabled() ? activeTraceIds() : {};
+/** Marks loggers whose bindings already carry trace_id/span_id (pino children inherit it via the prototype). */
+const TRACE_BOUND = Symbol('fnhost.log.traceBound');
+
+function traceMixin(_obj: object, _level: number, logger: Logger): object {
+  // Fast path: with tracing off there is never an active span, skip the context lookup. A logger bound to
+  // an invocation's trace keeps that one (writing the keys twice would make duplicate JSON keys).
+  if (!tracingEnabled() || (logger as unknown as Record<symbol, boolean>)[TRACE_BOUND]) return {};
+  return activeTraceIds();
 }
 
 /**
@@ -45,7 +50,8 @@ export function createLogger(name: string, level = process.env.FNHOST_LOG_LEVEL 
 
 /**
  * A child logger for one invocation: every line carries its ids (`invocation_id`, `tenant`, `function`,
- * `version`, `attempt`) besides the active span's `trace_id` / `span_id`. Undefined ids are left out.
+ * `version`, `attempt`) and the `trace_id` / `span_id` of the span active when it was made, even when a
+ * line is written later from a callback outside that span. Undefined ids are left out.
  *
  * @example
  * const log = invocationLogger(baseLog, { invocationId: id, tenant, function: name, version });
@@ -58,5 +64,9 @@ export function invocationLogger(base: Logger, ids: InvocationLogIds): Logger {
   if (ids.function !== undefined) b.function = ids.function;
   if (ids.version !== undefined) b.version = ids.version;
   if (ids.attempt !== undefined) b.attempt = ids.attempt;
-  return base.child(b);
+  const trace = tracingEnabled() ? activeTraceIds() : {};
+  if (!trace.trace_id) return base.child(b);
+  const child = base.child({ ...b, ...trace });
+  (child as unknown as Record<symbol, boolean>)[TRACE_BOUND] = true;
+  return child;
 }

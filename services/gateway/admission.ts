@@ -39,10 +39,14 @@ export function inflightKey(store: MetadataStore, tenant: string): string {
   return `${store.prefix}inflight:${tenant}`;
 }
 
+/** Slot ids: unique per process (random prefix) and per admission (counter), without a CSPRNG call each. */
+const SLOT_PREFIX = randomBytes(6).toString('hex');
+let slotSeq = 0;
+
 /** Takes one of the tenant's slots for `fn`'s invocation; resolves with the release function. */
 export async function admit(store: MetadataStore, fn: FunctionVersion): Promise<() => void> {
   const now = Date.now();
-  const id = randomBytes(8).toString('hex');
+  const id = `${SLOT_PREFIX}-${(slotSeq++).toString(36)}`;
   const key = inflightKey(store, fn.tenant);
   const r = await runScript(store.redis, ADMIT, [key, store.tenants.tenantsKey], [fn.tenant, now, now + fn.timeoutMs + SLOT_SLACK_MS, id]);
   if (r === 0) throw new TooManyRequests(`tenant ${fn.tenant} is at its limit of concurrent invocations`, { limit: 'maxConcurrency' });

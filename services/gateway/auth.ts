@@ -27,9 +27,8 @@ export function bearerKey(header: string | undefined): string | null {
 
 /** Resolves a presented key to its principal; Unauthorized when it is unknown. */
 export async function principalOf(key: string, deps: { store: MetadataStore; adminKeyHash: string }): Promise<Principal> {
-  const h = hashKey(key);
-  if (sameHash(h, deps.adminKeyHash)) return { kind: 'admin' };
-  const rec = await deps.store.keys.lookup(key);
+  if (sameHash(hashKey(key), deps.adminKeyHash)) return { kind: 'admin' };
+  const rec = await deps.store.lookupKey(key);
   if (!rec) throw new Unauthorized('unknown or revoked API key');
   return { kind: 'tenant', tenant: rec.tenant, keyId: rec.id };
 }

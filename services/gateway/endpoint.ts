@@ -39,7 +39,7 @@ export function registerEndpoint(app: Hono<GatewayEnv>, deps: GatewayDeps, limit
   const handler = async (c: Context<GatewayEnv>) => {
     const tenant = validateName(decodeURIComponent(c.req.param('tenant') ?? ''), 'tenant');
     const { name, version } = parseFunctionRef(decodeURIComponent(c.req.param('name') ?? ''));
-    const fn = await deps.store.functions.get(tenant, name, version);
+    const fn = await deps.store.getFunction(tenant, name, version);
     if (!fn) throw new NotFound(`function ${tenant}/${name}${version ? `:${version}` : ''} not found`);
     let consumedAuth = false;
     if (!fn.public) {

@@ -38,6 +38,11 @@ export function errorResponse(c: Context, err: FnhostError): Response {
   const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8' };
   const id = err.details.invocationId;
   if (typeof id === 'string') headers['x-fnhost-invocation-id'] = id;
+  // A server fault's details (errno, syscall, host paths, stacks) are for the operator's log, not the caller.
+  if (err.type === 'Internal') {
+    const body = { error: { type: 'Internal', message: 'internal error', ...(typeof id === 'string' ? { invocationId: id } : {}) } };
+    return c.body(JSON.stringify(body), 500, headers);
+  }
   if (err.type === 'TooManyRequests' || err.type === 'Unavailable') headers['retry-after'] = '1';
   if (err.type === 'Unauthorized') headers['www-authenticate'] = 'Bearer';
   return c.body(JSON.stringify(err.toJSON()), err.status as 400, headers);

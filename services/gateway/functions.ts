@@ -32,7 +32,7 @@ export function tenantLimits(t: TenantRecord): TenantLimits {
 /** `name` (latest) or `name:3` of `tenant`; NotFound otherwise. */
 export async function resolveFunction(store: MetadataStore, tenant: string, ref: string): Promise<FunctionVersion> {
   const { name, version } = parseFunctionRef(ref);
-  const fn = await store.functions.get(tenant, name, version);
+  const fn = await store.getFunction(tenant, name, version);
   if (!fn) throw new NotFound(version === undefined ? `function ${name} not found` : `function ${name} has no version ${version}`, { field: 'name' });
   return fn;
 }

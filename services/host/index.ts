@@ -106,6 +106,7 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
 
     const images = await openImageStore({ stateDir: cfg.stateDir, ...(cfg.baseDir ? { baseDir: cfg.baseDir } : {}), ...opts.images });
     const store = createMetadataStore(redis, opts.metadataPrefix);
+    undo('metadata store', () => store.close());
 
     let scheduler: Scheduler | undefined;
     if (opts.runScheduler !== false) {

@@ -91,11 +91,16 @@ class V1Handle implements CgroupHandle {
     return this.dirs[c];
   }
 
+  /** distinct directories: co-mounted controllers (e.g. "cpu,cpuacct" with pids) share one */
+  private unique(): string[] {
+    return [...new Set(Object.values(this.dirs))];
+  }
+
   openJoin(): CgroupJoin {
     const fds: number[] = [];
     try {
       // `tasks`, not cgroup.procs: see native/addon/addon.cc ChildMain (no global rwsem for a lone thread)
-      for (const d of Object.values(this.dirs)) fds.push(openSync(join(d, 'tasks'), 'w'));
+      for (const d of this.unique()) fds.push(openSync(join(d, 'tasks'), 'w'));
     } catch (e) {
       for (const fd of fds) closeSync(fd);
       throw e;
@@ -103,7 +108,8 @@ class V1Handle implements CgroupHandle {
     return { procsFds: fds, dirFd: -1 };
   }
 
-  setLimits(l: Partial<SandboxLimits>): void {
+  /** `fresh`: the cgroup was just made, so its limits are the kernel's defaults (unlimited, 100 ms period). */
+  setLimits(l: Partial<SandboxLimits>, fresh = false): void {
     const mem = this.dir('memory');
     if (mem && l.memoryMb !== undefined) {
       const bytes = String(l.memoryMb * MiB);
@@ -111,7 +117,7 @@ class V1Handle implements CgroupHandle {
       const sw = join(mem, 'memory.memsw.limit_in_bytes');
       if (!this.memsw) {
         writeFileSync(limit, bytes);
-      } else if (l.memoryMb * MiB > readInt(limit)) {
+      } else if (!fresh && l.memoryMb * MiB > readInt(limit)) {
         // the kernel keeps limit <= memsw at every step: raise memsw first, lower limit first
         writeFileSync(sw, bytes);
         writeFileSync(limit, bytes);
@@ -125,8 +131,8 @@ class V1Handle implements CgroupHandle {
     const cpu = this.dir('cpu');
     if (cpu && l.cpuMillis !== undefined) {
       const q = cfsQuotaUs(l.cpuMillis);
-      writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CFS_PERIOD_US));
-      writeFileSync(join(cpu, 'cpu.cfs_quota_us'), q === null ? '-1' : String(q));
+      if (!fresh) writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CFS_PERIOD_US));
+      if (!fresh || q !== null) writeFileSync(join(cpu, 'cpu.cfs_quota_us'), q === null ? '-1' : String(q));
     }
   }
 
@@ -158,7 +164,7 @@ class V1Handle implements CgroupHandle {
 
   pids(): number[] {
     const seen = new Set<number>();
-    for (const d of Object.values(this.dirs)) for (const p of readPids(join(d, 'cgroup.procs'))) seen.add(p);
+    for (const d of this.unique()) for (const p of readPids(join(d, 'cgroup.procs'))) seen.add(p);
     return [...seen];
   }
 
@@ -167,7 +173,7 @@ class V1Handle implements CgroupHandle {
   }
 
   async remove(deadlineMs = 5000): Promise<void> {
-    await removeDirs(Object.values(this.dirs), this.rmdir, deadlineMs);
+    await removeDirs(this.unique(), this.rmdir, deadlineMs);
   }
 }
 
@@ -175,6 +181,7 @@ export class CgroupV1 implements CgroupManager {
   readonly kind = 'v1';
   private readonly memsw: boolean;
   private readonly rmdir: (p: string) => void;
+  private readonly nodeDirs = new Set<string>();
 
   /** @param roots mount point of each v1 controller handled here, e.g. {memory: '/sys/fs/cgroup/memory'} */
   constructor(private readonly roots: Partial<Record<Controller, string>>, opts: CgroupFsOptions = {}) {
@@ -194,14 +201,27 @@ export class CgroupV1 implements CgroupManager {
     const made: string[] = [];
     try {
       for (const [c, d] of Object.entries(dirs) as Array<[Controller, string]>) {
-        mkdirSync(join(this.roots[c]!, 'fnhost', nodeId), { recursive: true });
-        mkdirSync(d);
+        if (made.includes(d)) continue; // co-mounted with a controller already handled
+        const parent = join(this.roots[c]!, 'fnhost', nodeId);
+        if (!this.nodeDirs.has(parent)) {
+          mkdirSync(parent, { recursive: true });
+          this.nodeDirs.add(parent);
+        }
+        try {
+          mkdirSync(d);
+        } catch (e) {
+          // the node dir was removed behind our back (clean-up by another process): make it again
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          mkdirSync(parent, { recursive: true });
+          mkdirSync(d);
+        }
         made.push(d);
       }
       const h = new V1Handle(rel, dirs, this.memsw, this.rmdir);
-      h.setLimits(limits);
-      if (dirs.memory) {
-        // no swap for the sandbox even where memsw accounting is off (cgroup-v1/memory.rst, 5.3)
+      h.setLimits(limits, true);
+      if (dirs.memory && !this.memsw) {
+        // no swap for the sandbox where memsw accounting is off (cgroup-v1/memory.rst, 5.3); with memsw the
+        // equal limits already forbid it
         try { writeFileSync(join(dirs.memory, 'memory.swappiness'), '0'); } catch { /* not on every kernel */ }
       }
       return h;
@@ -215,7 +235,7 @@ export class CgroupV1 implements CgroupManager {
 
   list(nodeId: string): string[] {
     const ids = new Set<string>();
-    for (const root of Object.values(this.roots)) {
+    for (const root of new Set(Object.values(this.roots))) {
       try {
         for (const e of readdirSync(join(root, 'fnhost', nodeId), { withFileTypes: true })) if (e.isDirectory()) ids.add(e.name);
       } catch {
@@ -231,8 +251,10 @@ export class CgroupV1 implements CgroupManager {
   }
 
   removeNode(nodeId: string): void {
-    for (const root of Object.values(this.roots)) {
+    if (this.list(nodeId).length) return;
+    for (const root of new Set(Object.values(this.roots))) {
       try { this.rmdir(join(root, 'fnhost', nodeId)); } catch { /* busy or gone */ }
+      this.nodeDirs.delete(join(root, 'fnhost', nodeId));
     }
   }
 }

@@ -111,7 +111,8 @@ export class ControlChannel {
         res();
       };
       this.sock.on('close', done);
-      this.sock.on('end', () => { this.sock.destroy(); });
+      // EOF = the init has exited (or is exiting): no need to wait for libuv's close callback
+      this.sock.on('end', () => { done(); this.sock.destroy(); });
       this.sock.on('error', () => { this.sock.destroy(); });
     });
   }

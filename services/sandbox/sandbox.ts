@@ -3,7 +3,7 @@
  * One sandbox: its init (PID 1 of fresh namespaces), its cgroup(s) and its control channel. Implements the
  * `Sandbox` contract of types.ts; created by createSandbox() in index.ts.
  */
-import { close, closeSync, mkdirSync, readFileSync } from 'node:fs';
+import { close, closeSync, readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import type { Duplex, Readable, Writable } from 'node:stream';
@@ -19,26 +19,8 @@ import {
   existsInRootfs, resolveCommand, validateLimits, validateMount, validateProcess, validateStart, type NormalProcess, type RootfsView,
 } from './validate.ts';
 
-/** Where the init stages its root inside its own mount namespace (the host never sees a mount here). */
-export const RUN_DIR = '/run/fnhost';
-export const NEWROOT = `${RUN_DIR}/stage`;
-/** An empty directory: the bottom layer when a spec has a single one (overlayfs needs 2 lowers without an upper). */
-export const EMPTY_LAYER = `${RUN_DIR}/empty`;
-
-let runDirReady = false;
-export function ensureRunDir(): void {
-  if (runDirReady) return;
-  mkdirSync(NEWROOT, { recursive: true, mode: 0o755 });
-  mkdirSync(EMPTY_LAYER, { recursive: true, mode: 0o755 });
-  runDirReady = true;
-}
-
-/** overlayfs `lowerdir=` value: top layer first; a single layer gets the empty dir below it. */
-export function lowerdir(layersBottomFirst: string[]): string {
-  const top = [...layersBottomFirst].reverse();
-  if (top.length === 1) top.push(EMPTY_LAYER);
-  return top.join(':');
-}
+export { EMPTY_LAYER, NEWROOT, RUN_DIR, SKELETON_LAYER, ensureRunDir, lowerdir } from './paths.ts';
+import { ensureRunDir, lowerdir } from './paths.ts';
 
 const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([n, v]) => [v as number, n]));
 
@@ -75,14 +57,23 @@ interface ProcEntry {
 }
 
 class Process implements SandboxProcess {
+  private hostPid: number | undefined;
   constructor(
-    readonly pid: number,
+    private readonly initPid: number,
+    private readonly nsPid: number,
     readonly stdin: Writable,
     readonly stdout: Readable,
     readonly stderr: Readable,
     readonly wire: Duplex | null,
     readonly exited: Promise<ExitStatus>,
   ) {}
+
+  /** Looked up in /proc on first use (≈0.1 ms that the cold-start path does not pay); -1 if the process had
+   * already ended by then. */
+  get pid(): number {
+    this.hostPid ??= hostPidOf(this.initPid, this.nsPid);
+    return this.hostPid;
+  }
 }
 
 export class SandboxImpl implements Sandbox {
@@ -146,9 +137,9 @@ export class SandboxImpl implements Sandbox {
     const n = native();
     let st = null;
     try {
-      st = n.waitpid(this.initPid);
-      // EOF came from the init's exit; it may still be tearing down its pid namespace (waiting for its
-      // processes to die), so wait off the main thread.
+      // EOF came from the init's exit (its files close before it becomes a zombie): usually reapable within
+      // a few event-loop turns; if it is still tearing down its pid namespace, wait off the main thread.
+      for (let i = 0; i < 8 && !(st = n.waitpid(this.initPid)); i++) await new Promise((r) => setImmediate(r));
       if (!st) st = await n.waitpidAsync(this.initPid);
     } catch {
       /* ECHILD: already reaped */
@@ -189,7 +180,6 @@ export class SandboxImpl implements Sandbox {
         'move', '/dev', '/root/dev',
         'pivot', '/root',
         'hostname', s.hostname,
-        'harden',
       );
       const mountFds: number[] = [];
       try {
@@ -315,7 +305,7 @@ export class SandboxImpl implements Sandbox {
     }
     // "exited" can arrive in the same read as "ok", before this continuation ran
     if (entry.done) sIn.destroy();
-    return new Process(hostPidOf(this.initPid, r.pid), sIn, sOut, sErr, sWire, exited);
+    return new Process(this.initPid, r.pid, sIn, sOut, sErr, sWire, exited);
   }
 
   async kill(): Promise<void> {

@@ -33,6 +33,8 @@ import { fromStored, getRecord, isFinal, parseReply, queueRecord, setRecord, typ
 import { readLogs, followLogs as follow } from './logs.ts';
 import { Attr, SpanKind, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
+import { fastPush } from './fast-lane.ts';
+import { defineScripts } from './scripts.ts';
 import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_RETENTION, NODE_STALE_MS, type Retention } from './config.ts';
 
 export interface InvocationClientOptions {
@@ -54,6 +56,11 @@ export interface InvocationClientOptions {
   routedPendingMax?: number;
   /** turn warm-node routing off (all jobs on tenant queues). */
   routing?: boolean;
+  /**
+   * how sync/http invocations travel: 'fast' (default; Redis lists, ./fast-lane.ts) or 'bullmq' (jobs like
+   * async ones, without retries). Async always uses BullMQ.
+   */
+  syncLane?: 'fast' | 'bullmq';
 }
 
 interface Waiter {
@@ -84,11 +91,12 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   const keys: Keys = createKeys(opts.prefix);
   const ret: Retention = { ...DEFAULT_RETENTION, ...opts.retention };
   const ownsRedis = !opts.redis;
-  const redis = opts.redis ?? new Redis(opts.redisUrl!, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
+  const redis = defineScripts(opts.redis ?? new Redis(opts.redisUrl!, { maxRetriesPerRequest: 3, enableAutoPipelining: true }));
   const maxQueueWaitMs = opts.maxQueueWaitMs ?? 30_000;
   const maxQueued = opts.maxQueuedPerTenant ?? 10_000;
   const routedPendingMax = opts.routedPendingMax ?? 64;
   const routing = opts.routing ?? true;
+  const syncLane = opts.syncLane ?? 'fast';
   const clientId = randomUUID();
   const replyChannel = keys.replyChannel(clientId);
   const queues = new Map<string, Queue>();
@@ -181,8 +189,11 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   }
 
   async function depthOf(tenant: string): Promise<number> {
-    const counts = await queue(keys.tenantQueue(tenant)).getJobCounts('wait', 'prioritized', 'delayed', 'paused');
-    return Object.values(counts).reduce((a, b) => a + b, 0);
+    const [counts, fast] = await Promise.all([
+      queue(keys.tenantQueue(tenant)).getJobCounts('wait', 'prioritized', 'delayed', 'paused'),
+      redis.llen(keys.fastTenant(tenant)),
+    ]);
+    return Object.values(counts).reduce((a, b) => a + b, 0) + fast;
   }
 
   /** Writes the queued record (+ stashed payload, + tenant announcement) and builds the job. */
@@ -225,6 +236,67 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     };
   }
 
+  /** Registers the waiter for `id` (before the job is visible, so no reply can be missed). */
+  function wait(req: InvokeRequest, id: string, deadline: number): Promise<SyncResult> {
+    return new Promise<SyncResult>((resolve, reject) => {
+      const grace = 1000; // the scheduler's own result write after a Timeout needs a moment to arrive
+      const timer = setTimeout(async () => {
+        if (!waiters.has(id)) return;
+        try {
+          const rec = await getRecord(redis, keys.record(req.fn.tenant, id));
+          if (rec && isFinal(rec.status)) return settle(id, rec);
+        } catch {
+          /* answered below */
+        }
+        if (!waiters.delete(id)) return;
+        reject(new Timeout('the invocation did not finish before its deadline', { invocationId: id, timeoutMs: req.fn.timeoutMs, queueWaitMs: maxQueueWaitMs }));
+      }, deadline - Date.now() + grace);
+      waiters.set(id, { tenant: req.fn.tenant, resolve, reject, timer, since: Date.now() });
+    });
+  }
+
+  function unwait(id: string) {
+    const w = waiters.get(id);
+    if (w) {
+      clearTimeout(w.timer);
+      waiters.delete(id);
+    }
+  }
+
+  /** Sync/http on the fast lane: one script writes the record, routes and pushes (./fast-lane.ts). */
+  async function invokeFast(req: InvokeRequest, id: string): Promise<SyncResult> {
+    const fn = req.fn;
+    const now = Date.now();
+    const { wire, stash } = encodePayload(req.payload, keys.payload(id));
+    const data: JobData = {
+      id, mode: req.mode, fn, payload: wire, createdAt: now, deadline: now + maxQueueWaitMs + fn.timeoutMs,
+      traceparent: req.traceparent, replyTo: clientId,
+    };
+    const rec: StoredRecord = { id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: req.mode, status: 'queued', attempts: 0, createdAt: now };
+    const result = wait(req, id, data.deadline);
+    const attrs = { [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
+    try {
+      await withRemoteParent(req.traceparent, () =>
+        withSpan(SpanName.enqueue, attrs, async () => {
+          data.traceparent = injectTraceparent() ?? req.traceparent;
+          // Sent back to back on one connection: ioredis keeps the order, so the body is there before the job.
+          const pre: Promise<unknown>[] = [];
+          if (stash) pre.push(redis.set(keys.payload(id), stash, 'EX', ret.recordS));
+          if (!announced.has(fn.tenant)) pre.push(redis.multi().sadd(keys.tenants(), fn.tenant).publish(keys.tenants(), fn.tenant).exec());
+          const pushed = fastPush(redis, keys, data, JSON.stringify(rec), {
+            recordTtlS: ret.recordS, listTtlMs: data.deadline - now + 60_000, routing, maxPending: routedPendingMax, staleMs: NODE_STALE_MS,
+          });
+          await redisCall(() => Promise.all([...pre, pushed]));
+          announced.add(fn.tenant);
+        }, { kind: SpanKind.PRODUCER }),
+      );
+    } catch (e) {
+      unwait(id);
+      throw e;
+    }
+    return result;
+  }
+
   /** The 'enqueue' span (a child of the caller's traceparent); the job carries the span's own traceparent. */
   function addJob(req: InvokeRequest, queueName: string, data: JobData, id: string): Promise<unknown> {
     const attrs = { [Attr.tenant]: req.fn.tenant, [Attr.function]: req.fn.name, [Attr.version]: req.fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
@@ -255,31 +327,13 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         await checkDepth(req.fn.tenant);
       });
       const id = randomUUID();
+      if (syncLane === 'fast') return invokeFast(req, id);
       const { data, route } = await redisCall(() => prepare(req, id, ret.recordS));
-      const result = new Promise<SyncResult>((resolve, reject) => {
-        const grace = 1000; // the scheduler's own result write after a Timeout needs a moment to arrive
-        const timer = setTimeout(async () => {
-          const w = waiters.get(id);
-          if (!w) return;
-          try {
-            const rec = await getRecord(redis, keys.record(req.fn.tenant, id));
-            if (rec && isFinal(rec.status)) return settle(id, rec);
-          } catch {
-            /* answered below */
-          }
-          if (!waiters.delete(id)) return;
-          reject(new Timeout('the invocation did not finish before its deadline', { invocationId: id, timeoutMs: req.fn.timeoutMs, queueWaitMs: maxQueueWaitMs }));
-        }, data.deadline - Date.now() + grace);
-        waiters.set(id, { tenant: req.fn.tenant, resolve, reject, timer, since: Date.now() });
-      });
+      const result = wait(req, id, data.deadline);
       try {
         await addJob(req, route ? keys.nodeQueue(route) : keys.tenantQueue(req.fn.tenant), data, id);
       } catch (e) {
-        const w = waiters.get(id);
-        if (w) {
-          clearTimeout(w.timer);
-          waiters.delete(id);
-        }
+        unwait(id);
         await redis.del(keys.record(req.fn.tenant, id), keys.payload(id)).catch(() => {});
         throw e;
       }

@@ -59,6 +59,11 @@ type WithPush = Redis & {
   fnhostFastPush(warm: string, nodes: string, list: string, rec: string, now: number, staleBefore: number, maxPending: number, prefix: string, job: string, recJson: string, recTtl: number, listTtlMs: number, routing: string): Promise<string>;
 };
 
+/** Defines the script on a connection; call before its first command. */
+export function defineFastLaneScript(redis: Redis): void {
+  if (typeof (redis as WithPush).fnhostFastPush !== 'function') redis.defineCommand('fnhostFastPush', { numberOfKeys: 4, lua: PUSH_LUA });
+}
+
 export function fastPush(
   redis: Redis,
   keys: Keys,
@@ -66,8 +71,8 @@ export function fastPush(
   recJson: string,
   opts: { recordTtlS: number; listTtlMs: number; routing: boolean; maxPending: number; staleMs: number },
 ): Promise<string> {
+  defineFastLaneScript(redis);
   const r = redis as WithPush;
-  if (typeof r.fnhostFastPush !== 'function') redis.defineCommand('fnhostFastPush', { numberOfKeys: 4, lua: PUSH_LUA });
   const fn = data.fn;
   const now = Date.now();
   return r.fnhostFastPush(
@@ -89,9 +94,15 @@ export class FastLaneConsumer {
   private slotFree: (() => void) | undefined;
   private loopDone: Promise<void> | undefined;
   private readonly running = new Set<Promise<void>>();
+  private readonly perList = new Map<string, number>();
+  /** one list (tenant) may hold at most 3/4 of the slots, so a flood never takes the last quarter from the others */
+  private readonly perListMax: number;
+  private blockingId: number | undefined;
+  /** lists left out of the BLMPOP in progress (at their cap): when one drops below it, that call is cut short */
+  private excluded = new Set<string>();
 
   constructor(
-    redis: Redis,
+    private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly nodeId: string,
     private readonly concurrency: number,
@@ -99,13 +110,19 @@ export class FastLaneConsumer {
     private readonly onError: (e: unknown) => void = () => {},
   ) {
     this.blocking = redis.duplicate();
+    this.perListMax = Math.max(1, Math.ceil((concurrency * 3) / 4));
   }
 
+  /** Replaces the tenant set; a BLMPOP in progress returns at once to pick the new set up. */
   setTenants(tenants: Iterable<string>): void {
-    this.tenants = [...new Set(tenants)].sort();
+    const next = [...new Set(tenants)].sort();
+    const changed = next.length !== this.tenants.length || next.some((t, i) => t !== this.tenants[i]);
+    this.tenants = next;
+    if (changed && this.blockingId !== undefined) void this.redis.client('UNBLOCK', this.blockingId).catch(() => {});
   }
 
-  start(): void {
+  async start(): Promise<void> {
+    this.blockingId = Number(await this.blocking.client('ID'));
     this.loopDone = this.loop();
   }
 
@@ -120,10 +137,17 @@ export class FastLaneConsumer {
       const n = tk.length;
       const rotated = n ? [...tk.slice(this.cursor % n), ...tk.slice(0, this.cursor % n)] : [];
       this.cursor = n ? (this.cursor + 1) % n : 0;
-      const lists = [this.keys.fastNode(this.nodeId), ...rotated];
+      const all = [this.keys.fastNode(this.nodeId), ...rotated];
+      const lists = all.filter((l) => (this.perList.get(l) ?? 0) < this.perListMax);
+      this.excluded = new Set(all.filter((l) => !lists.includes(l)));
+      if (lists.length === 0) {
+        await new Promise<void>((r) => (this.slotFree = r));
+        continue;
+      }
+      const want = Math.min(free, this.perListMax);
       let res: [string, string[]] | null;
       try {
-        res = (await this.blocking.call('BLMPOP', BLOCK_S, lists.length, ...lists, 'RIGHT', 'COUNT', free)) as [string, string[]] | null;
+        res = (await this.blocking.call('BLMPOP', BLOCK_S, lists.length, ...lists, 'RIGHT', 'COUNT', want)) as [string, string[]] | null;
       } catch (e) {
         if (this.closed) break;
         this.onError(e);
@@ -141,10 +165,15 @@ export class FastLaneConsumer {
           continue;
         }
         this.inFlight++;
+        this.perList.set(list, (this.perList.get(list) ?? 0) + 1);
         const p: Promise<void> = this.handle(d, list)
           .catch((e) => this.onError(e))
           .finally(() => {
             this.inFlight--;
+            const c = (this.perList.get(list) ?? 1) - 1;
+            if (c > 0) this.perList.set(list, c);
+            else this.perList.delete(list);
+            if (this.excluded.delete(list) && this.blockingId !== undefined) void this.redis.client('UNBLOCK', this.blockingId).catch(() => {});
             this.running.delete(p);
             const w = this.slotFree;
             this.slotFree = undefined;
@@ -161,6 +190,8 @@ export class FastLaneConsumer {
     const w = this.slotFree;
     this.slotFree = undefined;
     w?.();
+    // A blocked BLMPOP returns at once (nothing popped is lost: UNBLOCK makes it return an empty reply).
+    if (this.blockingId !== undefined) await this.redis.client('UNBLOCK', this.blockingId).catch(() => {});
     await this.loopDone;
     await Promise.all([...this.running]);
     this.blocking.disconnect();

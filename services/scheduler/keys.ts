@@ -74,9 +74,10 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     nodes: () => `${P}:nodes`,
     node: (n) => `${P}:node:${enc(n)}`,
     warm: (t, f, v) => `${P}:warm:${enc(t)}:${enc(f)}:${v}`,
-    nodePending: (n) => `${P}:nodeq:${enc(n)}`,
+    // node ids match NODE_ID_RE (config.ts), so Lua scripts can build these two from a node id verbatim
+    nodePending: (n) => `${P}:nodeq:${n}`,
     fastTenant: (t) => `${P}:fast:${enc(t)}`,
-    fastNode: (n) => `${P}:fastn:${enc(n)}`,
+    fastNode: (n) => `${P}:fastn:${n}`,
     tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
   };
 }

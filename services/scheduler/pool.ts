@@ -169,7 +169,7 @@ export class WarmPool {
         .catch((e) => {
           s.failures++;
           s.retryAt = Date.now() + Math.min(30_000, 100 * 2 ** Math.min(s.failures, 9)); // 0.2 s, 0.4 s ... capped at 30 s
-          this.hooks.onError?.(job, e);
+          if (!this.closed) this.hooks.onError?.(job, e); // at shutdown, cancelled boots fail by design
         })
         .finally(() => {
           s.creating--;

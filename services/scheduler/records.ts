@@ -35,10 +35,14 @@ type WithSetRecord = Redis & {
   fnhostSetRecord(key: string, status: string, json: string, ttl: number, channel: string, id: string, force: string): Promise<number>;
 };
 
+/** Defines the script on a connection; call before its first command (ioredis' auto-pipelining copies the command table). */
+export function defineRecordScript(redis: Redis): void {
+  if (typeof (redis as WithSetRecord).fnhostSetRecord !== 'function') redis.defineCommand('fnhostSetRecord', { numberOfKeys: 1, lua: SET_RECORD_LUA });
+}
+
 function withScript(redis: Redis): WithSetRecord {
-  const r = redis as WithSetRecord;
-  if (typeof r.fnhostSetRecord !== 'function') redis.defineCommand('fnhostSetRecord', { numberOfKeys: 1, lua: SET_RECORD_LUA });
-  return r;
+  defineRecordScript(redis);
+  return redis as WithSetRecord;
 }
 
 export function toStored(r: InvocationRecord): StoredRecord {

@@ -60,13 +60,17 @@ type WithRoute = Redis & {
   fnhostUnpend(key: string): Promise<number>;
 };
 
-function scripts(redis: Redis): WithRoute {
-  const r = redis as WithRoute;
-  if (typeof r.fnhostRoute !== 'function') {
+/** Defines the scripts on a connection; call before its first command. */
+export function defineRoutingScripts(redis: Redis): void {
+  if (typeof (redis as WithRoute).fnhostRoute !== 'function') {
     redis.defineCommand('fnhostRoute', { numberOfKeys: 2, lua: ROUTE_LUA });
     redis.defineCommand('fnhostUnpend', { numberOfKeys: 1, lua: UNPEND_LUA });
   }
-  return r;
+}
+
+function scripts(redis: Redis): WithRoute {
+  defineRoutingScripts(redis);
+  return redis as WithRoute;
 }
 
 /** The node that should run this version, or null for "any node, via the tenant queue". */

@@ -44,7 +44,16 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
   const codeLeases = new Map<string, { n: number; release: () => void }>();
   /** sandboxes whose runtime is still booting: shutdown destroys them rather than waiting out a boot. */
   const preparing = new Set<Sandbox>();
-  const mk = opts.createSandbox ?? (() => createSandbox({ nodeId, limits: opts.pooledLimits }));
+  const make = opts.createSandbox ?? (() => createSandbox({ nodeId, limits: opts.pooledLimits }));
+  /** every sandbox this executor made and has not seen destroyed: close() waits for all of them */
+  const mine = new Set<Sandbox>();
+  let made = 0;
+  const mk = async () => {
+    const sb = await make();
+    mine.add(sb);
+    if (++made % 256 === 0) for (const s of mine) if (s.state === 'destroyed') mine.delete(s);
+    return sb;
+  };
 
   function imageOf(kind: string): Promise<ResolvedImage> {
     const c = imageCache.get(kind);
@@ -158,6 +167,9 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
     },
 
     async close() {
+      // Runtimes destroy a dead instance's sandbox in the background; wait for those (and anything else).
+      await Promise.all([...mine].map((sb) => sb.destroy().catch(() => {})));
+      mine.clear();
       for (const r of imageLeases.values()) r();
       imageLeases.clear();
       imageCache.clear();

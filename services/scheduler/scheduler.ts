@@ -28,7 +28,9 @@ import { DEFAULT_POOL_CONFIG, WarmPool, type PoolConfig } from './pool.ts';
 import { Instances, fnKey, type InstancesConfig } from './instances.ts';
 import { LogBuffer } from './log-buffer.ts';
 import { appendLogs, DEFAULT_LOG_RETENTION, type LogRetention } from './logs.ts';
-import { processJob, type JobContext } from './process-job.ts';
+import { processJob, processInvocation, type JobContext } from './process-job.ts';
+import { FastLaneConsumer } from './fast-lane.ts';
+import { defineScripts } from './scripts.ts';
 import { advertiseWarm } from './routing.ts';
 import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retention } from './config.ts';
 import type { JobData } from './job.ts';
@@ -90,7 +92,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   const retention: Retention = { ...DEFAULT_RETENTION, ...opts.retention };
   const logRetention: LogRetention = { ...DEFAULT_LOG_RETENTION, ...opts.logRetention };
   // Workers need maxRetriesPerRequest: null (BullMQ); our own commands share that connection.
-  const redis = opts.redis ? opts.redis.duplicate({ maxRetriesPerRequest: null }) : new Redis(opts.redisUrl!, { maxRetriesPerRequest: null });
+  const redis = defineScripts(opts.redis ? opts.redis.duplicate({ maxRetriesPerRequest: null }) : new Redis(opts.redisUrl!, { maxRetriesPerRequest: null }));
   const unwatch = metrics.watchRedis(redis, 'scheduler');
   const exec = opts.executor;
   const poolCfg: PoolConfig = { ...DEFAULT_POOL_CONFIG, ...opts.pool, kinds: { ...DEFAULT_POOL_CONFIG.kinds, ...opts.pool?.kinds } };
@@ -127,6 +129,19 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
 
   const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log };
   const workers = new Map<string, Worker>();
+  const knownTenants = new Set<string>();
+  const fast = new FastLaneConsumer(
+    redis, keys, nodeId, opts.nodeConcurrency ?? 64,
+    (d, list) => processInvocation(ctx, d, { queueName: list, timestamp: d.createdAt, attempt: 1, maxAttempts: 1, restarted: false }),
+    (e) => log.warn({ err: String((e as Error)?.message ?? e) }, 'fast lane error'),
+  );
+  function addTenant(t: string) {
+    workerFor(keys.tenantQueue(t), opts.tenantConcurrency ?? 64);
+    if (!knownTenants.has(t)) {
+      knownTenants.add(t);
+      fast.setTenants(knownTenants);
+    }
+  }
   let sub: Redis | undefined;
   let timers: NodeJS.Timeout[] = [];
   let closing = false;
@@ -149,10 +164,17 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
 
   async function discoverTenants() {
     const tenants = await redis.smembers(keys.tenants());
-    for (const t of tenants) workerFor(keys.tenantQueue(t), opts.tenantConcurrency ?? 64);
+    for (const t of tenants) addTenant(t);
   }
 
-  async function heartbeat() {
+  let beating: Promise<unknown> = Promise.resolve();
+  function heartbeat(): Promise<unknown> {
+    if (closing) return beating;
+    beating = beat();
+    return beating;
+  }
+
+  async function beat() {
     const now = Date.now();
     const p = pool.stats();
     await redis
@@ -191,9 +213,10 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       instances.start();
       await heartbeat();
       sub = redis.duplicate();
-      sub.on('message', (_c: string, tenant: string) => workerFor(keys.tenantQueue(tenant), opts.tenantConcurrency ?? 64));
+      sub.on('message', (_c: string, tenant: string) => addTenant(tenant));
       await sub.subscribe(keys.tenants());
       await discoverTenants();
+      await fast.start();
       workerFor(keys.nodeQueue(nodeId), opts.nodeConcurrency ?? 64);
       timers = [
         setInterval(() => void heartbeat().catch(() => {}), HEARTBEAT_MS),
@@ -220,13 +243,14 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       const closeStart = Date.now();
       for (const t of timers) clearInterval(t);
       offCollector?.();
-      // Stop attracting work first: no routed jobs, no heartbeat.
+      // Stop attracting work first: no routed jobs, no heartbeat (one in flight lands before the ZREM).
+      await beating.catch(() => {});
       await redis.zrem(keys.nodes(), nodeId).catch(() => {});
       await Promise.all([...advertised.values()].map((a) => advertiseWarm(redis, keys, nodeId, a.fn.tenant, a.fn.name, a.fn.version, 0).catch(() => {})));
       advertised.clear();
       sub?.disconnect();
       // Workers stop fetching and wait for their active jobs (which may be waiting locally for capacity).
-      const closingWorkers = Promise.all([...workers.values()].map((w) => w.close()));
+      const closingWorkers = Promise.all([fast.close(), ...[...workers.values()].map((w) => w.close())]);
       const timedOut = await Promise.race([closingWorkers.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
       if (timedOut) {
         // Jobs still running are left to BullMQ's stalled-job check: their locks lapse and another node retries them.
@@ -240,6 +264,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: pool destroyed');
       await logs.flushStray();
       await exec.close?.();
+      // Nothing of ours is live now: this removes the node's (empty) cgroup directories as well.
+      await exec.cleanupLeftovers?.(nodeId).catch((e) => log.warn({ err: String(e?.message ?? e) }, 'final clean-up failed'));
       await redis.del(keys.node(nodeId), keys.nodePending(nodeId)).catch(() => {});
       unwatch();
       if (redis.status === 'ready') await redis.quit().catch(() => redis.disconnect());

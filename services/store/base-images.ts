@@ -319,6 +319,47 @@ function mb(n: number): string {
 export async function buildBaseImages(opts: BuildOptions = {}): Promise<BuiltImage[]> {
   const baseDir = opts.baseDir ?? process.env.FNHOST_BASE_DIR ?? DEFAULT_BASE_DIR;
   const say = opts.progress ?? ((s: string) => process.stderr.write(`images: ${s}\n`));
+  await fsp.mkdir(baseDir, { recursive: true });
+  const unlock = await lockDir(join(baseDir, '.build.lock.d'), say);
+  try {
+    return await build(baseDir, say, !!opts.force);
+  } finally {
+    await unlock();
+  }
+}
+
+/** a build lock another process (setup.sh, `fnhost images build`, a test) can see: mkdir is atomic; the owner's
+ *  pid is inside so that a crashed builder's lock is taken over instead of waited on forever. */
+async function lockDir(dir: string, say: (s: string) => void): Promise<() => Promise<void>> {
+  let told = false;
+  for (;;) {
+    try {
+      await fsp.mkdir(dir);
+      await fsp.writeFile(join(dir, 'pid'), String(process.pid));
+      return () => fsp.rm(dir, { recursive: true, force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const pid = Number(await fsp.readFile(join(dir, 'pid'), 'utf8').catch(() => '0'));
+    let alive = false;
+    try {
+      if (pid > 0) { process.kill(pid, 0); alive = true; }
+    } catch (e) {
+      alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+    }
+    const st = await fsp.stat(dir).catch(() => null);
+    // a lock dir with no pid yet is fresh (its owner is between mkdir and writeFile): wait for it
+    if (!alive && (pid > 0 || (st && Date.now() - st.mtimeMs > 5000))) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      continue;
+    }
+    if (!told) say(`waiting for another build (pid ${pid || '?'})`);
+    told = true;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function build(baseDir: string, say: (s: string) => void, force: boolean): Promise<BuiltImage[]> {
   const store = new LayerStore(baseDir);
   await store.init();
   const records = new ImageRecords(join(baseDir, 'images'));
@@ -332,7 +373,7 @@ export async function buildBaseImages(opts: BuildOptions = {}): Promise<BuiltIma
     const { key, inputs } = await recipe.key();
     const cacheFile = join(cacheDir, `${recipe.name}.layer.json`);
     const cached = JSON.parse(await fsp.readFile(cacheFile, 'utf8').catch(() => '{}')) as { key?: string; digest?: string };
-    if (!opts.force && cached.key === key && cached.digest && (await store.has(cached.digest))) {
+    if (!force && cached.key === key && cached.digest && (await store.has(cached.digest))) {
       layerDigests[recipe.name] = cached.digest;
       continue;
     }

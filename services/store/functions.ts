@@ -20,6 +20,7 @@
 import type { Redis } from 'ioredis';
 import type { FunctionVersion } from '../common/model.ts';
 import { Conflict, LimitExceeded, NotFound } from '../common/errors.ts';
+import type { Invalidation } from './metadata-cache.ts';
 import { runScript } from './redis-script.ts';
 
 export type NewVersion = Omit<FunctionVersion, 'version'>;
@@ -62,6 +63,7 @@ export class FunctionStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix = 'fnhost:meta:',
+    private readonly onChange: (m: Invalidation) => void = () => {},
   ) {}
 
   private index(tenant: string) {
@@ -91,6 +93,7 @@ export class FunctionStore {
     if (r === -1) throw new NotFound(`tenant ${rec.tenant} not found`);
     if (r === -2) throw new LimitExceeded(`tenant ${rec.tenant} already has its maximum of ${opts.maxFunctions} functions`, { field: 'name', limit: opts.maxFunctions });
     if (r === -3) throw new Conflict(`function ${rec.name} changed while this change was being made; retry`, { field: 'name' });
+    this.onChange({ t: rec.tenant, f: rec.name });
     return { ...rec, version: r };
   }
 
@@ -126,6 +129,7 @@ export class FunctionStore {
   /** Deletes a function with all its versions; NotFound when it does not exist. */
   async delete(tenant: string, name: string): Promise<void> {
     const n = await runScript(this.redis, DELETE_FN, [this.index(tenant), this.versionsKey(tenant, name), this.seq(tenant)], [name]);
+    this.onChange({ t: tenant, f: name });
     if (n !== 1) throw new NotFound(`function ${name} not found`, { field: 'name' });
   }
 
@@ -136,6 +140,7 @@ export class FunctionStore {
     for (const n of names) multi.del(this.versionsKey(tenant, n));
     multi.del(this.index(tenant), this.seq(tenant));
     await multi.exec();
+    this.onChange({ t: tenant });
     return names;
   }
 

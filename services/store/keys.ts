@@ -18,6 +18,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { NotFound } from '../common/errors.ts';
+import type { Invalidation } from './metadata-cache.ts';
 import { runScript } from './redis-script.ts';
 
 export const KEY_PREFIX_TEXT = 'fnh_';
@@ -46,13 +47,13 @@ export function sameHash(a: string, b: string): boolean {
 }
 
 // KEYS[1] = p keys, KEYS[2] = p tenant-keys:<t>; ARGV[1] = key id. Removes one key from both hashes.
-// Returns 1 when removed, 0 when the id is not the tenant's.
+// Returns the key's hash when removed, false (nil) when the id is not the tenant's.
 const REVOKE = `
 local h = redis.call('HGET', KEYS[2], ARGV[1])
-if not h then return 0 end
+if not h then return false end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], h)
-return 1`;
+return h`;
 
 // KEYS[1] = p keys, KEYS[2] = p tenant-keys:<t>. Removes all of a tenant's keys; returns how many.
 const REVOKE_ALL = `
@@ -65,6 +66,7 @@ export class KeyStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix = 'fnhost:meta:',
+    private readonly onChange: (m: Invalidation) => void = () => {},
   ) {}
 
   private get keysKey() {
@@ -88,7 +90,12 @@ export class KeyStore {
 
   /** The record of a presented key, or null when it is unknown (revoked keys are unknown). */
   async lookup(key: string): Promise<KeyRecord | null> {
-    const raw = await this.redis.hget(this.keysKey, hashKey(key));
+    return this.lookupHash(hashKey(key));
+  }
+
+  /** The record of a key by its hash ({@link hashKey}). */
+  async lookupHash(hash: string): Promise<KeyRecord | null> {
+    const raw = await this.redis.hget(this.keysKey, hash);
     return raw ? (JSON.parse(raw) as KeyRecord) : null;
   }
 
@@ -99,12 +106,15 @@ export class KeyStore {
 
   /** Revokes one key of `tenant`; NotFound when the id is not one of its keys. */
   async revoke(tenant: string, id: string): Promise<void> {
-    const n = await runScript(this.redis, REVOKE, [this.keysKey, this.tenantKeys(tenant)], [id]);
-    if (n !== 1) throw new NotFound(`key ${id} not found`, { field: 'id' });
+    const h = await runScript(this.redis, REVOKE, [this.keysKey, this.tenantKeys(tenant)], [id]);
+    if (typeof h !== 'string') throw new NotFound(`key ${id} not found`, { field: 'id' });
+    this.onChange({ k: h });
   }
 
   /** Revokes every key of `tenant` (tenant deletion). */
   async revokeAll(tenant: string): Promise<number> {
-    return (await runScript(this.redis, REVOKE_ALL, [this.keysKey, this.tenantKeys(tenant)], [])) as number;
+    const n = (await runScript(this.redis, REVOKE_ALL, [this.keysKey, this.tenantKeys(tenant)], [])) as number;
+    this.onChange({ t: tenant });
+    return n;
   }
 }

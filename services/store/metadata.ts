@@ -1,17 +1,23 @@
 /**
  * @module store/metadata
  * The metadata store: tenants, their hashed API keys and their functions' versions, all in Redis so that
- * any number of gateways and schedulers can share them (DESIGN.md "Scaling past one machine").
+ * any number of gateways and schedulers can share them (DESIGN.md "Scaling past one machine"), plus the
+ * in-process cache of the two per-invocation lookups (./metadata-cache.ts) kept fresh by invalidations
+ * published on `<prefix>invalidate`.
  *
  * @example
  * const meta = createMetadataStore(redis);               // prefix "fnhost:meta:" (the scheduler owns the rest of fnhost:*)
  * const t = await meta.tenants.create('acme');
  * const { key } = await meta.keys.create('acme');
+ * await meta.lookupKey(key);                              // { tenant: 'acme', id, createdAt } (cached)
  * await meta.deleteTenant('acme');                       // keys, functions and versions go too
+ * await meta.close();                                     // the invalidation subscription, when one was opened
  */
 import type { Redis } from 'ioredis';
+import type { FunctionVersion } from '../common/model.ts';
 import { FunctionStore } from './functions.ts';
-import { KeyStore } from './keys.ts';
+import { KeyStore, hashKey, type KeyRecord } from './keys.ts';
+import { MetadataCache, type Invalidation } from './metadata-cache.ts';
 import { TenantStore } from './tenants.ts';
 
 export interface MetadataStore {
@@ -20,6 +26,11 @@ export interface MetadataStore {
   readonly tenants: TenantStore;
   readonly keys: KeyStore;
   readonly functions: FunctionStore;
+  readonly cache: MetadataCache;
+  /** the key's record, through the cache (hot path of every request). */
+  lookupKey(key: string): Promise<KeyRecord | null>;
+  /** `name` (latest) or `name:version` of `tenant`, through the cache (hot path of every invocation). */
+  getFunction(tenant: string, name: string, version?: number): Promise<FunctionVersion | null>;
   /**
    * Deletes a tenant and everything it owns in the metadata store. Order matters: its keys go first (no
    * request of the tenant authenticates from then on), then the record (the deploy script refuses new
@@ -28,18 +39,62 @@ export interface MetadataStore {
   deleteTenant(name: string): Promise<{ deleted: boolean; functions: string[] }>;
   /** true when Redis answers PING. */
   ping(): Promise<boolean>;
+  close(): Promise<void>;
 }
 
-export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:'): MetadataStore {
+export interface MetadataStoreOptions {
+  /** how long a cached key or function record may be served without a fresh read (default 2000; 0: no cache). */
+  cacheTtlMs?: number;
+  /**
+   * subscribe to other processes' invalidations (default true when caching). Tests of a single gateway
+   * may turn it off: this process's own writes invalidate its cache directly either way.
+   */
+  subscribe?: boolean;
+}
+
+export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts: MetadataStoreOptions = {}): MetadataStore {
+  const cache = new MetadataCache({ ttlMs: opts.cacheTtlMs ?? 2000 });
+  const channel = `${prefix}invalidate`;
+  const changed = (m: Invalidation) => {
+    cache.invalidate(m);
+    if (cache.enabled) redis.publish(channel, JSON.stringify(m)).catch(() => {
+      // other gateways' entries then expire by TTL
+    });
+  };
   const tenants = new TenantStore(redis, prefix);
-  const keys = new KeyStore(redis, prefix);
-  const functions = new FunctionStore(redis, prefix);
+  const keys = new KeyStore(redis, prefix, changed);
+  const functions = new FunctionStore(redis, prefix, changed);
+
+  let sub: Redis | undefined;
+  if (cache.enabled && opts.subscribe !== false) {
+    sub = redis.duplicate();
+    sub.on('error', () => {});
+    // Messages sent while the subscription was down are lost: start from an empty cache after every (re)connect.
+    sub.on('ready', () => cache.clear());
+    sub.on('message', (_ch: string, msg: string) => {
+      try {
+        cache.invalidate(JSON.parse(msg) as Invalidation);
+      } catch {
+        cache.clear();
+      }
+    });
+    sub.subscribe(channel).catch(() => {});
+  }
+
   return {
     redis,
     prefix,
     tenants,
     keys,
     functions,
+    cache,
+    lookupKey(key) {
+      const h = hashKey(key);
+      return cache.key(h, () => keys.lookupHash(h));
+    },
+    getFunction(tenant, name, version) {
+      return cache.fn(tenant, name, version, () => functions.get(tenant, name, version));
+    },
     async deleteTenant(name) {
       await keys.revokeAll(name);
       const deleted = await tenants.remove(name);
@@ -52,6 +107,10 @@ export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:'): Meta
       } catch {
         return false;
       }
+    },
+    async close() {
+      if (sub) await sub.quit().catch(() => sub!.disconnect());
+      cache.clear();
     },
   };
 }

@@ -15,6 +15,7 @@ import { backend, codeLayer, removeCodeLayers, type Backend, type ImageName } fr
 
 const COLD_N = Number(process.env.BENCH_COLD_N ?? 50);
 const WARM_N = Number(process.env.BENCH_WARM_N ?? 2000);
+const WARMUP_N = 500;
 /** idle time of a pooled sandbox before it is used: the runtime's boot work (GC, JIT tiers) has settled, as in a pool. */
 const POOL_IDLE_MS = 30;
 
@@ -84,7 +85,8 @@ async function main() {
     }
     if (c.key === 'node') nodePrebooted = cold;
     const { inst } = await coldOnce(be, c, true);
-    for (let i = 0; i < 50; i++) await inst.invoke({ id: `warmup-${++seq}`, payload });
+    // warm = a live instance whose hot path the JITs have seen (node tiers up after a few hundred calls)
+    for (let i = 0; i < WARMUP_N; i++) await inst.invoke({ id: `warmup-${++seq}`, payload });
     const warm: number[] = [];
     for (let i = 0; i < WARM_N; i++) {
       const t0 = performance.now();

@@ -22,11 +22,12 @@ const uid = randomBytes(3).toString('hex');
 const NODE_ID = `e2e-cli-${uid}`;
 
 function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, FNHOST_LOG_LEVEL: 'warn', FNHOST_LOG_JSON: '1', ...extra };
+  const env: NodeJS.ProcessEnv = { ...process.env, FNHOST_LOG_LEVEL: 'warn', FNHOST_LOG_JSON: '1' };
   delete env.REDIS_URL; // the host must start its own embedded Redis
   delete env.FNHOST_KEY;
   delete env.FNHOST_URL;
-  return env;
+  delete env.FNHOST_ADMIN_KEY;
+  return { ...env, ...extra };
 }
 
 function cli(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {

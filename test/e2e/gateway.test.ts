@@ -30,7 +30,10 @@ const HONO_APP = `
 import { Hono } from './hono/index.js';
 const app = new Hono();
 app.get('/items/:id', (c) => c.json({ id: c.req.param('id'), q: c.req.queries('q'), h: c.req.header('x-custom') ?? null }));
-app.post('/echo', async (c) => c.body(await c.req.arrayBuffer(), 201, { 'content-type': 'application/octet-stream', 'x-len': String((await c.req.raw.clone().arrayBuffer()).byteLength) }));
+app.post('/echo', async (c) => {
+  const body = await c.req.arrayBuffer();
+  return c.body(body, 201, { 'content-type': 'application/octet-stream', 'x-len': String(body.byteLength) });
+});
 app.notFound((c) => c.text('no route ' + c.req.path, 404));
 export default app;
 `;

@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import { createLogger } from '../../services/common/log.ts';
 import { hostConfig } from '../../services/host/config.ts';
 import { startHost, type Host, type HostOptions } from '../../services/host/index.ts';
+import { sandboxUnavailableReason } from '../../services/sandbox/index.ts';
 import { assertNoLeaks } from '../helpers/leaks.ts';
 import { redisUrl } from '../helpers/redis.ts';
 
@@ -19,7 +20,8 @@ const BASE_DIR = process.env.FNHOST_BASE_DIR ?? '/var/lib/fnhost/base';
 
 /** Why the e2e tests cannot run here, or null. In CI (root, after infra/setup.sh) this must be null. */
 export function e2eSkipReason(): string | null {
-  if (process.getuid?.() !== 0) return 'needs root (namespaces, cgroups, mounts)';
+  const reason = sandboxUnavailableReason();
+  if (reason) return reason;
   if (!existsSync(join(BASE_DIR, 'images', 'node.json'))) return `no base images in ${BASE_DIR} (run infra/setup.sh)`;
   return null;
 }

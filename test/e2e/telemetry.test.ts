@@ -222,7 +222,7 @@ describe('observability end to end (issue 7)', () => {
     await deploy('boom', 'exports.handler = async () => { throw new TypeError("nope"); };');
     // 64 MB cap; keeps allocating touched memory until the kernel's OOM killer ends it
     await deploy('hog', 'exports.handler = async () => { const a = []; for (;;) { a.push(Buffer.alloc(8 << 20, 1)); } };');
-    await deploy('sleepy', 'exports.handler = () => new Promise((r) => setTimeout(r, 60_000));', { timeoutMs: 300 });
+    await deploy('sleepy', 'exports.handler = () => new Promise((r) => setTimeout(r, 60_000));', { timeoutMs: 1000 });
     const before = await scrape();
 
     const boom = traceparent();

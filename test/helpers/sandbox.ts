@@ -3,7 +3,7 @@
  * leak assertions after every test, and small helpers to run a command and collect its output.
  */
 import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
-import { createSandbox, type CreateOptions, type ExitStatus, type Sandbox, type SandboxProcess, type StartSpec } from '../../services/sandbox/index.ts';
+import { createSandbox, warmUp, type CreateOptions, type ExitStatus, type Sandbox, type SandboxProcess, type StartSpec } from '../../services/sandbox/index.ts';
 import { assertNoLeaks, openFds } from './leaks.ts';
 import { makeRootfs, type RootfsFixture } from './sandbox-rootfs.ts';
 
@@ -44,7 +44,11 @@ export function useSandboxEnv(name: string): SandboxTestEnv {
   let fixture: RootfsFixture | undefined;
   let made: Sandbox[] = [];
   let fdsBefore: string[] = [];
-  beforeAll(() => { fixture = makeRootfs(); });
+  beforeAll(async () => {
+    fixture = makeRootfs();
+    // the process-wide template namespace fd is opened once, not by whichever test comes first
+    if (process.getuid?.() === 0) await warmUp();
+  });
   afterAll(() => fixture?.remove());
   beforeEach(() => { fdsBefore = openFds(); });
   afterEach(async () => {

@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
 import { createProcessSandbox } from '../../runtime/host/process-sandbox.ts';
+import { findLeftovers } from '../helpers/leaks.ts';
 
 export const FIXTURES = resolve(fileURLToPath(new URL('../fixtures/functions', import.meta.url)));
 const HONO_DIST = resolve(fileURLToPath(new URL('../../node_modules/hono/dist', import.meta.url)));
@@ -30,6 +31,8 @@ export interface Backend {
   image(name: ImageName): Promise<ResolvedImage>;
   /** an image an "imported OCI image" exec function runs on (entrypoint + cmd set, no handler). */
   importedImage(): Promise<ResolvedImage | null>;
+  /** this run's sandbox cgroups and processes still present (both empty after every test). */
+  leftovers(): { cgroups: string[]; processes: number[] };
   /** removes what the backend made; `leftovers` = sandboxes of this run still found (should be 0). */
   close(): Promise<{ leftovers: number }>;
 }
@@ -49,6 +52,7 @@ function processBackend(): Backend {
     image: async (name) => hostImage(name),
     // The "image" is the host with an entrypoint that echoes stdin, as an imported image's own program would.
     importedImage: async () => hostImage('imported', { entrypoint: ['/bin/sh', '-c'], cmd: ['printf "image:"; cat'] }),
+    leftovers: () => ({ cgroups: [], processes: [] }),
     close: async () => ({ leftovers: 0 }),
   };
 }
@@ -86,6 +90,10 @@ async function sandboxBackend(): Promise<Backend> {
     importedImage: async () => {
       imported ??= await importTestImage(store, base.get('busybox')!, stateDir);
       return imported;
+    },
+    leftovers: () => {
+      const { cgroups, processes } = findLeftovers(nodeId);
+      return { cgroups, processes };
     },
     close: async () => {
       const live = sandbox.liveSandboxes().filter((s) => s.state !== 'destroyed').length;

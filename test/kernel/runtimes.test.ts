@@ -46,8 +46,9 @@ beforeAll(async () => {
 
 afterEach(async () => {
   await Promise.all(live.splice(0).map((i) => i.destroy()));
-  // Nothing of a test outlives it: every sandbox it made is destroyed.
+  // Nothing of a test outlives it: every sandbox it made is destroyed, no cgroup or process of ours is left.
   for (const sb of sandboxes.splice(0)) expect(sb.state).toBe('destroyed');
+  expect(be.leftovers()).toEqual({ cgroups: [], processes: [] });
 });
 
 afterAll(async () => {
@@ -360,6 +361,12 @@ describe('loading', () => {
     live.push(inst);
     const { response } = await inst.invoke({ id: id(), payload: event('"ok"', 'application/json') });
     expect(response.body.toString()).toBe('ok');
+  });
+
+  it('reports an exec handler that does not exist as FunctionError', async () => {
+    const inst = await instance(STYLES[4]!, 'echo', { fn: { handler: 'no-such-program' } });
+    const err = await rejection(inst.invoke({ id: id(), payload: event('x') }));
+    expect(err).toBeInstanceOf(FunctionError);
   });
 
   it('runs an imported image by its own entrypoint and cmd when no handler is given', async () => {

@@ -147,6 +147,24 @@ describe.each(backends)('cgroup backend conformance: $name', (b) => {
   });
 });
 
+describe('cgroup v1 with co-mounted controllers (e.g. pids and cpu on one hierarchy)', () => {
+  it('one directory is made, joined and removed once', async () => {
+    const base = join(scratch, 'v1-comount');
+    mkdirSync(join(base, 'memory'), { recursive: true });
+    mkdirSync(join(base, 'pids_cpu'), { recursive: true });
+    const m = new CgroupV1({ memory: join(base, 'memory'), pids: join(base, 'pids_cpu'), cpu: join(base, 'pids_cpu') }, { rmdir: rmrf });
+    const h = m.create('n1', 'co', { memoryMb: 64, pidsMax: 9, cpuMillis: 100 });
+    expect(readFileSync(join(base, 'pids_cpu/fnhost/n1/co/pids.max'), 'utf8')).toBe('9');
+    expect(readFileSync(join(base, 'pids_cpu/fnhost/n1/co/cpu.cfs_quota_us'), 'utf8')).toBe('10000');
+    const j = h.openJoin();
+    expect(j.procsFds.length).toBe(2);
+    const { closeJoin } = await import('../../services/sandbox/cgroup-v2.ts');
+    closeJoin(j);
+    await h.remove();
+    expect(m.list('n1')).toEqual([]);
+  });
+});
+
 describe('controller detection', () => {
   const line = (mp: string, fstype: string, opts: string) => `30 25 0:26 / ${mp} rw,relatime shared:1 - ${fstype} cgroup ${opts}`;
 

@@ -3,7 +3,7 @@
  * of an earlier run's leftovers (cgroups with live processes under our node prefix only).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -27,6 +27,34 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
     const [first, second] = out.trim().split('\n').map((l) => JSON.parse(l));
     expect(first.reason).toMatch(/^fnhost must run as root to create namespaces, cgroups and mounts \(running as uid 65534\)\.$/);
     expect(second).toEqual({ type: 'Internal', message: first.reason });
+  });
+
+  it('when the host process dies, its sandboxes die with it; the next start-up removes their cgroups', async () => {
+    const node = `${env.nodeId}-crash`;
+    const script = `import('${ROOT}/services/sandbox/index.ts').then(async (m) => {
+      const { makeRootfs } = await import('${ROOT}/test/helpers/sandbox-rootfs.ts');
+      const fx = makeRootfs();
+      const sb = await m.createSandbox({ nodeId: '${node}' });
+      const p = await sb.start({ layers: [fx.base], argv: ['/bin/probe', 'sleep', '100000'] });
+      console.log(JSON.stringify({ init: sb.initPid, fn: p.pid, dir: fx.dir }));
+      setInterval(() => {}, 1000);
+    })`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    const line = await new Promise<string>((res) => child.stdout!.once('data', (d) => res(String(d))));
+    const { init, fn, dir } = JSON.parse(line) as { init: number; fn: number; dir: string };
+    expect(existsSync(`/proc/${fn}`)).toBe(true);
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+    // PR_SET_PDEATHSIG on the init, and the pid namespace dies with its init
+    const deadline = Date.now() + 5000;
+    while ((existsSync(`/proc/${init}`) || existsSync(`/proc/${fn}`)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(existsSync(`/proc/${fn}`)).toBe(false);
+    expect(existsSync(`/proc/${init}`)).toBe(false);
+    expect(existsSync(`/sys/fs/cgroup/memory/fnhost/${node}`)).toBe(true); // the crashed host could not remove it
+    expect((await cleanupLeftovers(node)).sandboxes).toBe(1);
+    expect(existsSync(`/sys/fs/cgroup/memory/fnhost/${node}`)).toBe(false);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('cleanupLeftovers kills and removes an earlier run\'s sandboxes, only under its own node id', async () => {

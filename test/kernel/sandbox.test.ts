@@ -75,7 +75,10 @@ describe.skipIf(!root)('sandbox lifecycle (needs root: skipped otherwise)', () =
     // both ran in the same pid namespace: PID 1 is still the same init
     const third = await sb.exec({ argv: ['/bin/probe', 'pids'] });
     expect((await collect(third)).stdout).toMatch(/^pid=\d+ ppid=1\n$/);
-    expect(third.pid).toBeGreaterThan(0);
+    // pid: the host's pid of a process still running (looked up on first use)
+    const sleeper = await sb.exec({ argv: ['/bin/probe', 'sleep', '10000'] });
+    expect(readFileSync(`/proc/${sleeper.pid}/status`, 'utf8')).toMatch(/^NSpid:\s+\d+\s+\d+$/m);
+    expect(readFileSync(`/proc/${sleeper.pid}/cmdline`, 'utf8')).toBe(['/bin/probe', 'sleep', '10000', ''].join('\0'));
   });
 
   it('wire: the process gets fd 3, a stream socket to SandboxProcess.wire', async () => {
@@ -102,6 +105,33 @@ describe.skipIf(!root)('sandbox lifecycle (needs root: skipped otherwise)', () =
   it('mounts in the start spec appear before the process starts', async () => {
     const r = await env.run(['/bin/cat', '/var/task/data.txt'], { mounts: [{ target: '/var/task', layers: [env.fx().code] }] });
     expect(r.stdout).toBe('code layer\n');
+  });
+
+  it('many layers with long (content-addressed) paths: more than fsconfig\'s 256-byte string limit in total', async () => {
+    const { mkdirSync, writeFileSync } = await import('node:fs');
+    const layers = [env.fx().base];
+    for (let i = 0; i < 4; i++) {
+      const dir = `${env.fx().dir}/layers/${String(i).repeat(64)}/${'d'.repeat(40)}`;
+      mkdirSync(`${dir}/etc`, { recursive: true });
+      writeFileSync(`${dir}/etc/layer`, `layer ${i}\n`);
+      layers.push(dir);
+    }
+    expect(layers.join(':').length).toBeGreaterThan(256);
+    const r = await env.run(['/bin/cat', '/etc/layer'], { layers });
+    expect(r.stdout).toBe('layer 3\n');
+  });
+
+  it('an image without /proc, /dev, /tmp or /var/task still gets its mount points (skeleton layer)', async () => {
+    const { copyFileSync, mkdirSync } = await import('node:fs');
+    const bare = `${env.fx().dir}/bare`;
+    mkdirSync(`${bare}/bin`, { recursive: true });
+    copyFileSync(`${env.fx().base}/bin/probe`, `${bare}/bin/probe`);
+    const sb = await env.create();
+    const p = await sb.start({ layers: [bare], argv: ['/bin/probe', 'sleep', '10000'], mounts: [{ target: '/var/task', layers: [env.fx().code] }] });
+    const r = await collect(await sb.exec({ argv: ['/bin/probe', 'write', '/tmp/x'] }));
+    expect(r.stdout).toBe('write ok\n');
+    await sb.kill();
+    await p.exited;
   });
 
   it('reports the signal that ended a process', async () => {

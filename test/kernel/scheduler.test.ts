@@ -6,7 +6,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -74,8 +74,9 @@ async function assertNothingLeft(nodeId: string, sandboxIds: Set<string>, prefix
   for (;;) {
     const l = findLeftovers(nodeId);
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((m) => [...sandboxIds].some((id) => m.includes(id)));
-    if (!l.cgroups.length && !l.processes.length && !mounts.length) break;
-    if (Date.now() > deadline) throw new Error(`leaked: ${JSON.stringify({ ...l, mounts })}`);
+    const nodeDirs = ['memory', 'pids', 'cpu,cpuacct', 'unified'].map((h) => `/sys/fs/cgroup/${h}/fnhost/${nodeId}`).filter((d) => existsSync(d));
+    if (!l.cgroups.length && !l.processes.length && !mounts.length && !nodeDirs.length) break;
+    if (Date.now() > deadline) throw new Error(`leaked: ${JSON.stringify({ ...l, mounts, nodeDirs })}`);
     await new Promise((r) => setTimeout(r, 25));
   }
   const noTtl: string[] = [];

@@ -177,6 +177,7 @@ export async function createHarness(extra: Partial<GatewayDeps> = {}): Promise<H
       return ((await r.json()) as { apiKey: string }).apiKey;
     },
     async close() {
+      await store.close();
       const keys = await redis.keys(`${prefix}*`);
       if (keys.length) await redis.del(...keys);
       redis.disconnect();

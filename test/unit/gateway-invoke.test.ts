@@ -324,7 +324,7 @@ describe('Redis unreachable', () => {
     // A port nothing listens on (the discard port); no offline queue, so commands fail at once.
     const dead = new Redis('redis://127.0.0.1:9', { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
     const adminKey = generateKey();
-    const app = createGateway({ store: createMetadataStore(dead, 'test:dead:'), client: new ScriptedClient(), images: new DirImageStore('/nonexistent'), adminKeyHash: hashKey(adminKey), tmpDir: '/tmp' });
+    const app = createGateway({ store: createMetadataStore(dead, 'test:dead:', { subscribe: false }), client: new ScriptedClient(), images: new DirImageStore('/nonexistent'), adminKeyHash: hashKey(adminKey), tmpDir: '/tmp' });
     try {
       const a = await app.request('/v1/functions', { headers: { authorization: `Bearer ${generateKey()}` } });
       expect(a.status).toBe(503);

@@ -8,6 +8,8 @@ import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { redisUrl } from '../helpers/redis.ts';
 import { createInvocationClient } from '../../services/scheduler/client.ts';
+import { fastPush } from '../../services/scheduler/fast-lane.ts';
+import { createKeys } from '../../services/scheduler/keys.ts';
 import { createScheduler, type Scheduler } from '../../services/scheduler/scheduler.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
@@ -47,12 +49,12 @@ interface Env {
   fn: (over?: Partial<FunctionVersion>) => FunctionVersion;
 }
 
-async function env(opts: { capacityMb?: number; tenantConcurrency?: number; nodeId?: string; keepAliveMs?: number } = {}): Promise<Env> {
+async function env(opts: { capacityMb?: number; tenantConcurrency?: number; nodeConcurrency?: number; nodeId?: string; keepAliveMs?: number } = {}): Promise<Env> {
   const prefix = `t-${randomUUID().slice(0, 8)}`;
   const exec = new FakeExecutor();
   const sched = createScheduler({
     redisUrl: redisUrl(), prefix, nodeId: opts.nodeId ?? 'n1', executor: exec, capacityMb: opts.capacityMb ?? 4096,
-    keepAliveMs: opts.keepAliveMs ?? 60_000, tenantConcurrency: opts.tenantConcurrency, metrics: createMetrics({ defaultMetrics: false }), logger: silent,
+    keepAliveMs: opts.keepAliveMs ?? 60_000, tenantConcurrency: opts.tenantConcurrency, nodeConcurrency: opts.nodeConcurrency, metrics: createMetrics({ defaultMetrics: false }), logger: silent,
     pool: { kinds: { node: { min: 1, max: 4 } } },
   });
   await sched.start();
@@ -130,16 +132,35 @@ describe('sync invocations through BullMQ', () => {
     await expect(e.client.invoke({ fn: e.fn({ memoryMb: 512 }), payload: ev({}), mode: 'sync' })).rejects.toMatchObject({ type: 'LimitExceeded' });
   });
 
-  it('routes a warm function to the node that has it', async () => {
+  it('routes a warm function to the node that has it (both lanes)', async () => {
     const e = await env();
     const fn = e.fn();
     await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
     await until(() => redis.hget(`${e.prefix}:warm:${fn.tenant}:${fn.name}:${fn.version}`, 'n1'), (v) => v !== null);
-    const r = await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
-    expect(r.record.start).toBe('warm');
-    const nodeCompleted = await redis.zcard(`${e.prefix}:bull:node.n1:completed`);
-    expect(nodeCompleted).toBe(1);
-    expect(Number((await redis.get(`${e.prefix}:nodeq:n1`)) ?? 0)).toBe(0);
+    // fast lane: the push script picks the node's own list
+    const id = randomUUID();
+    const now = Date.now();
+    const data = { id, mode: 'sync' as const, fn, payload: { kind: 'event' as const, body: { b64: '' } }, createdAt: now, deadline: now + 10_000 };
+    const rec = JSON.stringify({ id, tenant: fn.tenant, function: fn.name, version: 1, mode: 'sync', status: 'queued', attempts: 0, createdAt: now });
+    const routed = await fastPush(redis, createKeys(e.prefix), data, rec, { recordTtlS: 60, listTtlMs: 60_000, routing: true, maxPending: 64, staleMs: 3000 });
+    expect(routed).toBe('n1');
+    expect((await until(() => e.client.get(fn.tenant, id), (r) => r?.status === 'succeeded'))!.start).toBe('warm');
+    // a node with a stale heartbeat gets nothing
+    const other = { ...data, id: randomUUID() };
+    await redis.zadd(`${e.prefix}:nodes`, 1, 'n1');
+    expect(await fastPush(redis, createKeys(e.prefix), other, rec, { recordTtlS: 60, listTtlMs: 60_000, routing: true, maxPending: 64, staleMs: 3000 })).toBe('');
+    await until(() => e.client.get(fn.tenant, other.id), (r) => r?.status === 'succeeded');
+    // BullMQ lane: the node's own queue
+    const bull = createInvocationClient({ redisUrl: redisUrl(), prefix: e.prefix, syncLane: 'bullmq' });
+    try {
+      await until(() => redis.zscore(`${e.prefix}:nodes`, 'n1'), (s) => Number(s) > Date.now() - 3000);
+      const r = await bull.invoke({ fn, payload: ev({}), mode: 'sync' });
+      expect(r.record.start).toBe('warm');
+      expect(await redis.zcard(`${e.prefix}:bull:node.n1:completed`)).toBe(1);
+      expect(Number((await redis.get(`${e.prefix}:nodeq:n1`)) ?? 0)).toBe(0);
+    } finally {
+      await bull.close();
+    }
   });
 });
 
@@ -234,6 +255,25 @@ describe('fair sharing and limits', () => {
   }, 30_000);
 });
 
+describe('fair sharing on the sync fast lane', () => {
+  it("tenant A's 1,000 queued sync invocations do not starve tenant B's one", async () => {
+    const e = await env({ capacityMb: 4 * 128 });
+    const a = e.fn();
+    const b = { ...e.fn(), tenant: a.tenant + 'b' };
+    await e.client.invoke({ fn: b, payload: ev({}), mode: 'sync' }); // B is a known tenant, warm
+    const flood = Array.from({ length: 1000 }, () => e.client.invoke({ fn: a, payload: ev({ sleep: 3 }), mode: 'sync' }));
+    await until(() => e.client.depth(a.tenant), (n) => n > 200);
+    const t0 = Date.now();
+    const r = await e.client.invoke({ fn: b, payload: ev({}), mode: 'sync' });
+    const took = Date.now() - t0;
+    expect(r.record.status).toBe('succeeded');
+    expect(await e.client.depth(a.tenant)).toBeGreaterThan(0); // A still queued when B was done
+    expect(took).toBeLessThan(500);
+    const rs = await Promise.all(flood);
+    expect(rs.every((x) => x.record.status === 'succeeded')).toBe(true);
+  }, 30_000);
+});
+
 describe('nodes', () => {
   it('ready() needs a fresh scheduler heartbeat; close() removes the node', async () => {
     const e = await env();
@@ -244,10 +284,10 @@ describe('nodes', () => {
   });
 
   it('two schedulers on one Redis share the work; start-up clears this node\'s leftovers only', async () => {
-    const e = await env({ nodeId: 'n1' });
+    const e = await env({ nodeId: 'n1', nodeConcurrency: 4 }); // each node takes at most 4 sync jobs at once
     const exec2 = new FakeExecutor();
     await redis.hset(`${e.prefix}:warm:x:y:1`, 'n2', String(Date.now() + 60_000), 'n1', String(Date.now() + 60_000));
-    const s2 = createScheduler({ redisUrl: redisUrl(), prefix: e.prefix, nodeId: 'n2', executor: exec2, capacityMb: 1024, metrics: createMetrics({ defaultMetrics: false }), logger: silent, tenantConcurrency: 4 });
+    const s2 = createScheduler({ redisUrl: redisUrl(), prefix: e.prefix, nodeId: 'n2', executor: exec2, capacityMb: 1024, metrics: createMetrics({ defaultMetrics: false }), logger: silent, tenantConcurrency: 4, nodeConcurrency: 4 });
     await s2.start();
     expect(await redis.hkeys(`${e.prefix}:warm:x:y:1`)).toEqual(['n1']);
     await redis.del(`${e.prefix}:warm:x:y:1`);

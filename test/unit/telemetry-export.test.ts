@@ -70,3 +70,31 @@ describe.each([
     expect(sink.spans().at(-1)).toMatchObject({ name: 'last words', attributes: { [Attr.outcome]: 'success' } });
   });
 });
+
+describe('sampling from the standard env (OTEL_TRACES_SAMPLER)', () => {
+  let sink: OtlpSink;
+  const saved = { ...process.env };
+  afterAll(async () => {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+    await sink?.close();
+  });
+
+  it('always_off: nothing is exported, and the unsampled decision still travels in the traceparent (flags 00)', async () => {
+    sink = await startOtlpSink();
+    Object.assign(process.env, sink.env, { OTEL_TRACES_SAMPLER: 'always_off', OTEL_BSP_SCHEDULE_DELAY: '20' });
+    const handle = await initTracing();
+    try {
+      const tp = await withSpan(SpanName.enqueue, {}, async (span) => {
+        expect(span.isRecording()).toBe(false);
+        return injectTraceparent();
+      });
+      expect(tp).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+      // downstream (parent-based default) keeps the caller's decision
+      await handle.forceFlush();
+    } finally {
+      await handle.shutdown();
+    }
+    expect(sink.spanCount).toBe(0);
+  });
+});

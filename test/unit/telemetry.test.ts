@@ -250,24 +250,40 @@ describe('with tracing on', () => {
     });
   });
 
-  it('log lines carry trace_id/span_id of the active span and the invocation ids', async () => {
-    const lines: Record<string, unknown>[] = [];
+  it('log lines carry trace_id/span_id of the active span; invocation loggers keep their trace outside it', async () => {
+    const raw: string[] = [];
     const sink = new Writable({
       write(chunk, _enc, cb) {
-        for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
+        for (const l of String(chunk).split('\n')) if (l) raw.push(l);
         cb();
       },
     });
     const base = createLogger('test', 'info', sink);
     let ids: { trace_id?: string; span_id?: string } = {};
+    let inner: { trace_id?: string; span_id?: string } = {};
+    let invLog: ReturnType<typeof invocationLogger> | undefined;
     await withSpan('logged', {}, async () => {
       ids = activeTraceIds();
-      invocationLogger(base, { invocationId: 'inv-9', tenant: 'acme', function: 'hello', version: 3 }).info('hi');
+      base.info('plain inside');
+      invLog = invocationLogger(base, { invocationId: 'inv-9', tenant: 'acme', function: 'hello', version: 3 });
+      invLog.info('hi');
+      await withSpan('nested', {}, async () => {
+        inner = activeTraceIds();
+        base.info('plain nested');
+      });
     });
     base.info('outside');
-    expect(lines).toHaveLength(2);
-    expect(lines[0]).toMatchObject({ msg: 'hi', invocation_id: 'inv-9', tenant: 'acme', function: 'hello', version: 3, ...ids });
+    invLog!.child({ part: 'x' }).info('later');
+    // no duplicate keys: each raw line has trace_id at most once
+    for (const l of raw) expect(l.split('"trace_id"').length, l).toBeLessThanOrEqual(2);
+    const lines = raw.map((l) => JSON.parse(l) as Record<string, unknown>);
+    const by = (msg: string) => lines.find((l) => l.msg === msg)!;
     expect(ids.trace_id).toMatch(/^[0-9a-f]{32}$/);
-    expect(lines[1].trace_id).toBeUndefined();
+    expect(by('plain inside')).toMatchObject(ids);
+    expect(by('plain nested')).toMatchObject(inner);
+    expect(inner.span_id).not.toBe(ids.span_id);
+    expect(by('hi')).toMatchObject({ invocation_id: 'inv-9', tenant: 'acme', function: 'hello', version: 3, ...ids });
+    expect(by('outside').trace_id).toBeUndefined();
+    expect(by('later')).toMatchObject({ invocation_id: 'inv-9', part: 'x', ...ids });
   });
 });

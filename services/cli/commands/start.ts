@@ -7,11 +7,13 @@ import { CliError, EXIT } from '../api.ts';
 import { hostConfig } from '../../host/config.ts';
 import { startHost } from '../../host/index.ts';
 import { createLogger } from '../../common/log.ts';
+import { sandboxUnavailableReason } from '../../sandbox/index.ts';
 
 export async function start(flags: Record<string, string | undefined>): Promise<number> {
-  // Namespaces, cgroups and mounts need root; say so in one sentence instead of failing somewhere deep.
-  if (process.getuid?.() !== 0) {
-    process.stderr.write('fnhost start must run as root: it creates namespaces, cgroups and mounts for every sandbox.\n');
+  // Namespaces, cgroups and mounts need root (and CAP_SYS_ADMIN); say so in one sentence instead of failing deep inside.
+  const reason = sandboxUnavailableReason();
+  if (reason) {
+    process.stderr.write(`${reason}\n`);
     return EXIT.usage;
   }
   let cfg;

@@ -1,0 +1,271 @@
+/**
+ * `npm run bench:gateway` (issue 6): the whole host over HTTP against a bare Hono hello-world, measured in
+ * one run on this machine. ONE JSON object on stdout, progress on stderr:
+ *
+ *   {"ours": {"warm_c1": {rps, p50_ms, p99_ms}, "warm_c32": {...}, "cold_node": {median_ms, p90_ms, n},
+ *    "cold_exec": {...}}, "bare_hono": {"c1": {...}, "c32": {...}}, "ratio_c32",
+ *    "ours_traced": {"warm_c32": {rps, p50_ms, p99_ms, spans_exported}}}
+ *
+ * - ours: `fnhost start` as a child process (embedded redis-server, scheduler, native sandboxes), a node
+ *   hello-world deployed; warm = POST /v1/functions/hello/invoke with a tenant key and a small JSON body.
+ * - bare_hono: a child process serving a Hono app on @hono/node-server that echoes the same JSON body.
+ * - load: autocannon in this process, keep-alive, for BENCH_DURATION_S (default 10) after a 2 s warm-up;
+ *   latencies are taken from autocannon's per-response times (float ms; its own histogram rounds to 1 ms).
+ * - cold_*: a new function per sample (deploy, then the first sync invoke, timed at the client), the pool
+ *   given BENCH_COLD_GAP_MS (default 300) to refill between samples; n = BENCH_COLD_N (default 30).
+ * - ours_traced (issue 7): a second host with tracing on, exporting OTLP/HTTP to a receiver on loopback
+ *   (test/helpers/otlp-sink.ts), same warm_c32 load. BENCH_GATEWAY_TRACED=0 leaves it out.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { tarGz } from '../../services/cli/pack.ts';
+import { startOtlpSink, type OtlpSink } from '../helpers/otlp-sink.ts';
+
+/** The part of autocannon's API used here (the package ships no types). */
+interface AutocannonResult {
+  errors: number;
+  timeouts: number;
+}
+type AutocannonInstance = Promise<AutocannonResult> & { on(ev: 'response', fn: (client: unknown, status: number, bytes: number, ms: number) => void): void };
+const autocannon = createRequire(import.meta.url)('autocannon') as (opts: Record<string, unknown>) => AutocannonInstance;
+
+const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 10);
+const WARMUP_S = 2;
+const COLD_N = Number(process.env.BENCH_COLD_N ?? 30);
+const COLD_GAP_MS = Number(process.env.BENCH_COLD_GAP_MS ?? 300);
+const TRACED = process.env.BENCH_GATEWAY_TRACED !== '0';
+const BODY = JSON.stringify({ hello: 'world' });
+const ROOT = process.cwd();
+
+const log = (m: string) => process.stderr.write(`[bench:gateway] ${m}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+function median(sorted: number[]): number {
+  const n = sorted.length;
+  return n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+interface Load {
+  rps: number;
+  p50_ms: number;
+  p99_ms: number;
+}
+
+/** autocannon for `duration` s; exact latencies from its per-response event. */
+async function load(url: string, connections: number, headers: Record<string, string>, duration = DURATION_S): Promise<Load> {
+  const times: number[] = [];
+  let non2xx = 0;
+  const inst = autocannon({ url, connections, duration, method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: BODY });
+  inst.on('response', (_c, status, _b, ms) => {
+    if (status >= 200 && status < 300) times.push(ms);
+    else non2xx++;
+  });
+  const res = await inst;
+  if (non2xx || res.errors || res.timeouts) log(`  ${url} c${connections}: ${non2xx} non-2xx, ${res.errors} errors, ${res.timeouts} timeouts`);
+  times.sort((a, b) => a - b);
+  return { rps: Math.round(times.length / duration), p50_ms: r3(median(times)), p99_ms: r3(quantile(times, 0.99)) };
+}
+
+async function measure(url: string, connections: number, headers: Record<string, string>): Promise<Load> {
+  await load(url, connections, headers, WARMUP_S);
+  return load(url, connections, headers);
+}
+
+interface Child {
+  proc: ChildProcess;
+  out: () => string;
+  stop(): Promise<void>;
+}
+
+function startChild(args: string[], env: NodeJS.ProcessEnv, ready: RegExp, what: string): Promise<Child> {
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (b) => (out += b));
+  proc.stderr!.on('data', (b) => (err += b));
+  const exited = new Promise<void>((res) => proc.once('exit', () => res()));
+  const child: Child = {
+    proc,
+    out: () => out,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + 60_000;
+    const poll = setInterval(() => {
+      if (ready.test(out)) {
+        clearInterval(poll);
+        resolve(child);
+      } else if (proc.exitCode !== null || Date.now() > deadline) {
+        clearInterval(poll);
+        reject(new Error(`${what} did not start: ${err.slice(-2000)}`));
+      }
+    }, 20);
+  });
+}
+
+interface OurHost {
+  url: string;
+  key: string;
+  child: Child;
+  stateDir: string;
+}
+
+async function startOurs(name: string, extraEnv: Record<string, string> = {}): Promise<OurHost> {
+  const port = await freePort();
+  const stateDir = mkdtempSync(join(tmpdir(), `fnhost-bench-${name}-`));
+  const env: NodeJS.ProcessEnv = { ...process.env, FNHOST_LOG_LEVEL: 'warn', FNHOST_LOG_JSON: '1', ...extraEnv };
+  delete env.REDIS_URL; // the embedded redis-server, as `npm start` runs it
+  delete env.FNHOST_ADMIN_KEY;
+  const child = await startChild(
+    [join(ROOT, 'bin/fnhost.mjs'), 'start', '--port', String(port), '--host', '127.0.0.1', '--state-dir', stateDir, '--node-id', `bench-gw-${name}-${randomBytes(2).toString('hex')}`],
+    env,
+    /admin key[^\n]*\n\s+fnh_\S+/,
+    `host ${name}`,
+  );
+  const adminKey = /admin key[^\n]*\n\s+(fnh_\S+)/.exec(child.out())![1]!;
+  const url = `http://127.0.0.1:${port}`;
+  const t = await fetch(`${url}/v1/tenants`, { method: 'POST', headers: { authorization: `Bearer ${adminKey}` }, body: JSON.stringify({ name: 'bench' }) });
+  const { apiKey } = (await t.json()) as { apiKey: string };
+  return { url, key: apiKey, child, stateDir };
+}
+
+async function deploy(h: OurHost, name: string, config: Record<string, unknown>, code: Buffer) {
+  const f = new FormData();
+  f.set('config', JSON.stringify(config));
+  f.set('code', new Blob([code]), 'code.tgz');
+  const r = await fetch(`${h.url}/v1/functions/${name}`, { method: 'PUT', headers: { authorization: `Bearer ${h.key}` }, body: f });
+  if (r.status !== 201) throw new Error(`deploy ${name}: ${r.status} ${await r.text()}`);
+}
+
+async function invokeOnce(h: OurHost, name: string): Promise<{ ms: number; start: string | null }> {
+  const t0 = performance.now();
+  const r = await fetch(`${h.url}/v1/functions/${name}/invoke`, { method: 'POST', headers: { authorization: `Bearer ${h.key}`, 'content-type': 'application/json' }, body: BODY });
+  await r.arrayBuffer();
+  const ms = performance.now() - t0;
+  if (r.status !== 200) throw new Error(`invoke ${name}: ${r.status}`);
+  return { ms, start: r.headers.get('x-fnhost-start') };
+}
+
+const NODE_CODE = tarGz({ 'index.js': 'exports.handler = async (e) => e;\n' });
+const EXEC_CODE = tarGz({ run: '#!/bin/sh\ncat\n' }, ['run']);
+
+async function cold(h: OurHost, kind: 'node' | 'exec'): Promise<{ median_ms: number; p90_ms: number; n: number }> {
+  const times: number[] = [];
+  for (let i = 0; i < COLD_N; i++) {
+    const name = `cold-${kind}-${i}`;
+    await deploy(h, name, kind === 'node' ? { runtime: 'node' } : { runtime: 'exec', handler: 'run' }, kind === 'node' ? NODE_CODE : EXEC_CODE);
+    await sleep(COLD_GAP_MS); // the pool refills between samples: "pool warm"
+    const r = await invokeOnce(h, name);
+    if (r.start !== 'cold') log(`  ${name}: start=${r.start}, expected cold`);
+    times.push(r.ms);
+  }
+  times.sort((a, b) => a - b);
+  return { median_ms: r3(median(times)), p90_ms: r3(quantile(times, 0.9)), n: times.length };
+}
+
+const BARE_HONO = `
+import { Hono } from 'hono';
+import { serve } from '@hono/node-server';
+const app = new Hono();
+app.post('/', async (c) => c.json(await c.req.json()));
+serve({ fetch: app.fetch, port: Number(process.env.PORT), hostname: '127.0.0.1' }, () => console.log('ready'));
+`;
+
+async function main() {
+  const out: Record<string, unknown> = {};
+  const cleanup: (() => Promise<void>)[] = [];
+  try {
+    log('starting the host (embedded Redis, scheduler, sandboxes)');
+    const ours = await startOurs('plain');
+    cleanup.push(async () => {
+      await ours.child.stop();
+      rmSync(ours.stateDir, { recursive: true, force: true });
+    });
+    await deploy(ours, 'hello', { runtime: 'node' }, NODE_CODE);
+    await invokeOnce(ours, 'hello');
+    const invokeUrl = `${ours.url}/v1/functions/hello/invoke`;
+    const auth = { authorization: `Bearer ${ours.key}` };
+
+    log('bare Hono');
+    const barePort = await freePort();
+    const bare = await startChild(['--input-type=module', '-e', BARE_HONO], { ...process.env, PORT: String(barePort) }, /ready/, 'bare hono');
+    cleanup.push(() => bare.stop());
+    const bareUrl = `http://127.0.0.1:${barePort}/`;
+
+    // Interleaved: ours c1, bare c1, ours c32, bare c32 — drift of the shared machine hits both alike.
+    log('warm c1: ours');
+    const warm_c1 = await measure(invokeUrl, 1, auth);
+    log(`  ${JSON.stringify(warm_c1)}`);
+    log('c1: bare hono');
+    const bare_c1 = await measure(bareUrl, 1, {});
+    log(`  ${JSON.stringify(bare_c1)}`);
+    log('warm c32: ours');
+    const warm_c32 = await measure(invokeUrl, 32, auth);
+    log(`  ${JSON.stringify(warm_c32)}`);
+    log('c32: bare hono');
+    const bare_c32 = await measure(bareUrl, 32, {});
+    log(`  ${JSON.stringify(bare_c32)}`);
+    await bare.stop();
+
+    log(`cold node (n=${COLD_N})`);
+    const cold_node = await cold(ours, 'node');
+    log(`  ${JSON.stringify(cold_node)}`);
+    log(`cold exec (n=${COLD_N})`);
+    const cold_exec = await cold(ours, 'exec');
+    log(`  ${JSON.stringify(cold_exec)}`);
+
+    out.ours = { warm_c1, warm_c32, cold_node, cold_exec };
+    out.bare_hono = { c1: bare_c1, c32: bare_c32 };
+    out.ratio_c32 = r3(warm_c32.rps / bare_c32.rps);
+
+    if (TRACED) {
+      await ours.child.stop();
+      log('traced host: OTLP/HTTP to a receiver on loopback');
+      const sink: OtlpSink = await startOtlpSink({ keep: false });
+      cleanup.push(() => sink.close());
+      const traced = await startOurs('traced', sink.env);
+      cleanup.push(async () => {
+        await traced.child.stop();
+        rmSync(traced.stateDir, { recursive: true, force: true });
+      });
+      await deploy(traced, 'hello', { runtime: 'node' }, NODE_CODE);
+      await invokeOnce(traced, 'hello');
+      const t32 = await measure(`${traced.url}/v1/functions/hello/invoke`, 32, { authorization: `Bearer ${traced.key}` });
+      await sink.waitFor(1, 10_000);
+      out.ours_traced = { warm_c32: { ...t32, spans_exported: sink.spanCount } };
+      log(`  ${JSON.stringify(out.ours_traced)}`);
+    }
+  } finally {
+    for (const c of cleanup.reverse()) await c().catch((e) => log(`cleanup: ${e}`));
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+main().catch((e) => {
+  log(`failed: ${(e as Error).stack ?? e}`);
+  process.exit(1);
+});
