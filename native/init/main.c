@@ -2,8 +2,8 @@
  * main.c — fnhost's sandbox init: PID 1 of the sandbox's pid namespace, a declarative executor.
  *
  * Born by the addon's clone() in fresh pid/mnt/uts/ipc/net namespaces, already inside the sandbox's cgroups
- * and its own cgroup namespace, with the control socket on fd 3. It sets up what needs no spec (private
- * mount propagation, loopback up, OOM protection), says "ready", then executes frames from the host in
+ * and its own cgroup namespace, with the control socket on fd 3. It sets up what needs no spec (mounts,
+ * loopback up, OOM protection), says "ready", then executes frames from the host in
  * order. Each frame is "run <reqid>" followed by ops; the reply is "ok <reqid> [<pid>]" or
  * "error <reqid> <errno> <syscall> <path> <message>". Processes it started are reported when reaped as
  * "exited <reqid> <pid> <code> <signal>" (code -1 when signalled). It exits when the control socket closes,
@@ -21,7 +21,7 @@
  *   move <from> <to>                MS_MOVE a staged mount (/dev, /proc) into the rootfs
  *   tmpfs <target> <bytes> <mode>   size-capped tmpfs
  *   proc <target> | dev <target>    /proc of this pid namespace | minimal /dev
- *   pivot <newroot>                 pivot_root into newroot and detach the host's tree
+ *   pivot <newroot>                 pivot_root into newroot and detach the stage
  *   hostname <name>
  *   harden                          drop the init's own capabilities to what later ops need (done after
  *                                   staging already; kept for hosts that want to say it explicitly)

@@ -15,14 +15,14 @@
  */
 import { isUtf8 } from 'node:buffer';
 import type { Span } from '@opentelemetry/api';
-import { FunctionError, Internal, InvalidRequest, ResponseTooLarge, Timeout } from '../../services/common/errors.ts';
+import { FunctionError, Internal, InvalidRequest, ResponseTooLarge } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload } from '../../services/common/model.ts';
 import { Attr, withSpan } from '../../services/common/telemetry.ts';
 import type { ExitStatus, Sandbox, SandboxLimits, SandboxProcess, StartSpec } from '../../services/sandbox/types.ts';
 import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
-import { withLogs, type Instance, type InvokeRequest, type InvokeResult } from './instance.ts';
+import type { Instance, InvokeRequest, InvokeResult } from './instance.ts';
 import { LogCollector, type LogSink } from './logs.ts';
-import { deathError } from './outcome.ts';
+import { deathError, timeoutError, withLogs } from './outcome.ts';
 import { CODE_DIR, DEFAULT_PATH } from './shims.ts';
 
 /** Bytes of stderr a FunctionError carries (enough for a usage message or a short trace). */
@@ -150,8 +150,9 @@ export class ExecInstance implements Instance {
     if (!status) {
       this._alive = false;
       const record = logs.end();
+      const err = await timeoutError(this.sandbox, this.fn);
       await this.destroy();
-      throw withLogs(new Timeout(`function did not finish within ${this.fn.timeoutMs} ms`, { timeoutMs: this.fn.timeoutMs }), record.lines);
+      throw withLogs(err, record.lines);
     }
     if (status.peakMemoryBytes > 0) span.setAttribute(Attr.peakMemoryBytes, status.peakMemoryBytes);
     // The pipes close when the process (and anything it forked that held them) is gone.

@@ -13,7 +13,8 @@
  */
 export { prepare, runtimeKind, type Pooled, type PrepareOptions, type RuntimeKind } from './preboot.ts';
 export { specialise, type SpecialiseOptions } from './specialise.ts';
-export { logsOf, type Instance, type InvokeRequest, type InvokeResult } from './instance.ts';
+export type { Instance, InvokeRequest, InvokeResult } from './instance.ts';
+export { logsOf } from './outcome.ts';
 export { DEFAULT_LOG_CAP_BYTES, type LogSink } from './logs.ts';
 export { CODE_DIR } from './shims.ts';
 export { createProcessSandbox, type ProcessSandbox } from './process-sandbox.ts';

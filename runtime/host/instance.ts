@@ -7,18 +7,19 @@
  *   handler threw / exec exit ≠ 0   → FunctionError        (instance stays alive)
  *   response above the cap          → ResponseTooLarge     (instance stays alive)
  *   process died mid-invocation     → Crashed              (instance destroyed)
+ *   garbage / stray frame on wire   → Crashed              (instance destroyed)
  *   cgroup OOM kill                 → OutOfMemory          (instance destroyed)
  *   deadline passed                 → Timeout              (instance killed and destroyed, never reused)
  */
 import { randomBytes } from 'node:crypto';
 import type { Span } from '@opentelemetry/api';
-import { FunctionError, Internal, ResponseTooLarge, Timeout, type FnhostError } from '../../services/common/errors.ts';
+import { Crashed, FunctionError, Internal, ResponseTooLarge, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, InvocationResponse, LogLine } from '../../services/common/model.ts';
 import { Attr, withSpan } from '../../services/common/telemetry.ts';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import { encodeFrame, MsgType, type InvokeMsg, type ShimFrame } from '../protocol.ts';
 import { ChannelClosed, type RuntimeChannel } from './channel.ts';
-import { deathError } from './outcome.ts';
+import { deathError, timeoutError, withLogs } from './outcome.ts';
 
 export interface InvokeRequest {
   /** the invocation id; tags the logs and is the function's context.invocationId. */
@@ -137,8 +138,9 @@ export class RuntimeInstance implements Instance {
       if (frame === TIMED_OUT) {
         this._alive = false;
         const record = logs.end();
+        const err = await timeoutError(this.sandbox, this.fn);
         await this.destroy();
-        throw withLogs(new Timeout(`function did not finish within ${this.fn.timeoutMs} ms`, { timeoutMs: this.fn.timeoutMs }), record.lines);
+        throw withLogs(err, record.lines);
       }
       const record = logs.end();
       const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0 };
@@ -153,10 +155,11 @@ export class RuntimeInstance implements Instance {
         }
         throw withLogs(new FunctionError(m.message, { errorType: m.errorType, stack: m.stack }), result.logs);
       }
-      // A frame for another id or of the wrong type: the shim is confused; it must not serve again.
+      // A frame for another id or of the wrong type: the function's process wrote on the wire itself (it
+      // shares the shim's process) or the shim is confused; either way it must not serve again.
       this._alive = false;
       await this.destroy();
-      throw new Internal(`runtime answered with an unexpected frame (type ${frame.type})`, { sandboxId: this.sandbox.id });
+      throw withLogs(new Crashed(`runtime answered with an unexpected frame (type ${frame.type})`, { exitCode: null, signal: null }), result.logs);
     } finally {
       clearTimeout(timer);
     }
@@ -171,6 +174,9 @@ export class RuntimeInstance implements Instance {
         limitBytes: this.responseCapBytes,
       });
     }
+    if (closed.protocolError) {
+      return withLogs(new Crashed(`runtime broke the wire protocol: ${closed.protocolError.message}`, { exitCode: null, signal: null }), record.lines);
+    }
     return withLogs(deathError(closed.status, { limitMb: this.fn.memoryMb, stderrTail }), record.lines);
   }
 
@@ -179,20 +185,6 @@ export class RuntimeInstance implements Instance {
     this.destroying ??= this.sandbox.destroy();
     return this.destroying;
   }
-}
-
-/**
- * Errors from invoke() carry the invocation's log lines as a non-enumerable `logs` property: available to
- * the scheduler, never part of the error's JSON (logs are not a response).
- */
-export function withLogs<E extends FnhostError>(err: E, logs: LogLine[]): E {
-  Object.defineProperty(err, 'logs', { value: logs, enumerable: false });
-  return err;
-}
-
-/** The log lines attached by withLogs (empty when none). */
-export function logsOf(err: unknown): LogLine[] {
-  return ((err as { logs?: LogLine[] } | null)?.logs) ?? [];
 }
 
 export function isTruncation(l: LogLine): boolean {

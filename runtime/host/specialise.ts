@@ -20,9 +20,9 @@ import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
 import { DEFAULT_RESPONSE_CAP_BYTES, encodeFrame, META_HEADROOM_BYTES, MsgType, type LoadMsg } from '../protocol.ts';
 import { ChannelClosed } from './channel.ts';
 import { ExecInstance } from './exec-instance.ts';
-import { RuntimeInstance, withLogs, type Instance } from './instance.ts';
+import { RuntimeInstance, type Instance } from './instance.ts';
 import { DEFAULT_LOG_CAP_BYTES } from './logs.ts';
-import { deathError } from './outcome.ts';
+import { deathError, withLogs } from './outcome.ts';
 import { runtimeKind, type Pooled, type PooledInternal } from './preboot.ts';
 import { CODE_DIR } from './shims.ts';
 

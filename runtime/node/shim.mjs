@@ -28,25 +28,43 @@ function send(type, meta, body = EMPTY) {
 }
 
 // ---- frame reader (one frame processed at a time, in order) ----
-let pending = null; // Buffer of unconsumed bytes
+// Chunks of an incomplete frame are kept in a list and joined once, when the frame is complete: a 6 MB
+// body arrives in ~100 reads and must not be copied ~100 times.
+let parts = [];
+let partsLen = 0;
+let need = 0; // bytes the head frame needs in total (0 = length not known yet)
 const queue = [];
 let busy = false;
 
 wire.on('data', (chunk) => {
-  let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
-  pending = null;
+  if (partsLen > 0) {
+    parts.push(chunk);
+    partsLen += chunk.length;
+    if (need === 0 && partsLen >= 4) need = 4 + (parts[0].length >= 4 ? parts[0] : Buffer.concat(parts)).readUInt32BE(0);
+    if (need === 0 || partsLen < need) return;
+    chunk = Buffer.concat(parts, partsLen);
+    parts = [];
+    partsLen = 0;
+  }
+  need = 0;
   let off = 0;
-  while (buf.length - off >= 4) {
-    const len = buf.readUInt32BE(off);
-    if (buf.length - off < 4 + len) break;
-    const type = buf[off + 4];
-    const metaLen = buf.readUInt32BE(off + 5);
+  while (chunk.length - off >= 4) {
+    const len = chunk.readUInt32BE(off);
+    if (chunk.length - off < 4 + len) {
+      need = 4 + len;
+      break;
+    }
+    const type = chunk[off + 4];
+    const metaLen = chunk.readUInt32BE(off + 5);
     const metaStart = off + HEADER_BYTES;
-    const meta = JSON.parse(buf.toString('utf8', metaStart, metaStart + metaLen));
-    queue.push({ type, meta, body: buf.subarray(metaStart + metaLen, off + 4 + len) });
+    const meta = JSON.parse(chunk.toString('utf8', metaStart, metaStart + metaLen));
+    queue.push({ type, meta, body: chunk.subarray(metaStart + metaLen, off + 4 + len) });
     off += 4 + len;
   }
-  if (off < buf.length) pending = buf.subarray(off);
+  if (off < chunk.length) {
+    parts = [chunk.subarray(off)];
+    partsLen = chunk.length - off;
+  }
   if (!busy) drain();
 });
 // The host closing the wire means the instance is being torn down.
@@ -344,5 +362,7 @@ async function warmUp() {
   httpEvent({ id: 'w', method: 'GET', path: '/', query: 'a=1', headers: {} }, EMPTY);
 }
 
-await warmUp().catch(() => {});
+// FNHOST_SHIM_WARMUP=0: the runtime is started on the cold path itself (nothing to pre-pay).
+if (process.env.FNHOST_SHIM_WARMUP !== '0') await warmUp().catch(() => {});
+delete process.env.FNHOST_SHIM_WARMUP;
 send(HELLO, { runtime: 'node', version: process.version, pid: process.pid });

@@ -201,11 +201,18 @@ def load(msg):
 
 
 def mark_logs():
-    # Everything the handler printed reaches the pipes before the marker (see protocol.ts).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(1, loaded["marker"])
-    os.write(2, loaded["marker"])
+    # Everything the handler printed reaches the pipes before the marker (see protocol.ts). A function that
+    # closed or replaced its own stdout/stderr only loses the boundary on that stream (the host then stops
+    # waiting for it at EOF): never a reason to crash the instance.
+    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            os.write(fd, loaded["marker"])
+        except OSError:
+            pass
 
 
 def invoke(meta, body):

@@ -35,10 +35,6 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or tonumber(ARGV[2]) + ttl < tonumber(ARGV[3]) then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
 return 1`;
 
-export function inflightKey(store: MetadataStore, tenant: string): string {
-  return `${store.prefix}inflight:${tenant}`;
-}
-
 /** Slot ids: unique per process (random prefix) and per admission (counter), without a CSPRNG call each. */
 const SLOT_PREFIX = randomBytes(6).toString('hex');
 let slotSeq = 0;
@@ -47,7 +43,7 @@ let slotSeq = 0;
 export async function admit(store: MetadataStore, fn: FunctionVersion): Promise<() => void> {
   const now = Date.now();
   const id = `${SLOT_PREFIX}-${(slotSeq++).toString(36)}`;
-  const key = inflightKey(store, fn.tenant);
+  const key = store.inflightKey(fn.tenant);
   const r = await runScript(store.redis, ADMIT, [key, store.tenants.tenantsKey], [fn.tenant, now, now + fn.timeoutMs + SLOT_SLACK_MS, id]);
   if (r === 0) throw new TooManyRequests(`tenant ${fn.tenant} is at its limit of concurrent invocations`, { limit: 'maxConcurrency' });
   // -1 (tenant deleted under us): nothing to count; the invocation fails on its own if the function went too.

@@ -22,7 +22,6 @@ import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { tenantOf } from './auth.ts';
 import { parseJson } from './json.ts';
 import { validateFunctionConfig, validateName, type FunctionConfig } from './validate.ts';
-import { tenantLimits } from './functions.ts';
 
 /** Room for the multipart framing and the config part around the code (1 MiB, the JSON body cap). */
 const MULTIPART_SLACK = 1024 * 1024;
@@ -106,7 +105,7 @@ export function registerDeploy(app: Hono<GatewayEnv>, deps: GatewayDeps, limits:
 
     const t = await deps.store.tenants.get(tenant);
     if (!t) throw new NotFound(`tenant ${tenant} not found`);
-    const cfg = validateFunctionConfig(json, tenantLimits(t), name);
+    const cfg = validateFunctionConfig(json, t.limits, name);
 
     const codePart = form.get('code');
     const code = codePart === null ? null : await partBytes(codePart);

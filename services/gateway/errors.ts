@@ -52,9 +52,9 @@ export function errorResponse(c: Context, err: FnhostError): Response {
 export function renderError(logger?: Logger): ErrorHandler {
   return function onError(e, c) {
     const err = toFnhostError(e);
-    if (err.status >= 500 && err.type !== 'FunctionError' && err.type !== 'OutOfMemory' && err.type !== 'Crashed' && err.type !== 'Timeout') {
-      logger?.error({ err: e, method: c.req.method, path: c.req.path }, 'request failed');
-    }
+    // The function's own failures are the caller's business (and the invocation's record); ours are logged.
+    if (err.type === 'Internal') logger?.error({ err: e, method: c.req.method, path: c.req.path }, 'request failed');
+    else if (err.type === 'Unavailable') logger?.warn({ err: (e as Error)?.message, method: c.req.method, path: c.req.path }, 'dependency unavailable');
     return errorResponse(c, err);
   };
 }

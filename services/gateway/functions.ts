@@ -16,7 +16,6 @@ import { Hono } from 'hono';
 import { Conflict, NotFound, isFnhostError } from '../common/errors.ts';
 import type { FunctionVersion } from '../common/model.ts';
 import type { MetadataStore } from '../store/metadata.ts';
-import type { TenantLimits, TenantRecord } from '../store/tenants.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { requireTenant, tenantOf } from './auth.ts';
 import { registerDeploy } from './deploy.ts';
@@ -24,10 +23,6 @@ import { registerInvoke } from './invoke.ts';
 import { registerLogs } from './logs.ts';
 import { readJson } from './json.ts';
 import { parseFunctionRef, validateFunctionPatch, validateName } from './validate.ts';
-
-export function tenantLimits(t: TenantRecord): TenantLimits {
-  return t.limits;
-}
 
 /** `name` (latest) or `name:3` of `tenant`; NotFound otherwise. */
 export async function resolveFunction(store: MetadataStore, tenant: string, ref: string): Promise<FunctionVersion> {

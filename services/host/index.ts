@@ -20,7 +20,7 @@ import { metrics } from '../common/metrics.ts';
 import { initTracing } from '../common/tracing-setup.ts';
 import { createGateway } from '../gateway/app.ts';
 import type { GatewayLimits } from '../gateway/context.ts';
-import { tracing } from '../gateway/middleware/tracing.ts';
+import { gatewayObservability } from '../gateway/middleware/tracing.ts';
 import { createInvocationClient, type InvocationClientOptions } from '../scheduler/client.ts';
 import type { Executor } from '../scheduler/executor.ts';
 import type { InvocationClient } from '../scheduler/types.ts';
@@ -66,6 +66,10 @@ export interface Host {
  * (→ 503 Unavailable) instead of hanging; 2 s bounds a command on a Redis that accepts but does not answer.
  */
 const GATEWAY_REDIS = { maxRetriesPerRequest: 1, commandTimeout: 2000, enableAutoPipelining: true } as const;
+/** The scheduler's own grace for in-flight invocations is 30 s (Scheduler.close); 5 s more for its pools. */
+const SCHEDULER_STOP_MS = 35_000;
+/** Every other shutdown step (HTTP server, Redis connections, the embedded redis-server's AOF flush). */
+const STEP_STOP_MS = 15_000;
 /** Layers no function version or image references are collected this often (and 1 min after start). */
 const GC_INTERVAL_MS = 60 * 60_000;
 
@@ -77,10 +81,18 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
   const close = async () => {
     for (const step of steps.reverse()) {
       const t0 = performance.now();
+      let timer: NodeJS.Timeout | undefined;
+      // A step that hangs must not keep the rest (the embedded Redis above all) from stopping.
+      const limit = step.name === 'scheduler' ? SCHEDULER_STOP_MS : STEP_STOP_MS;
       try {
-        await step.fn();
+        await Promise.race([
+          Promise.resolve().then(step.fn),
+          new Promise((_, rej) => (timer = setTimeout(() => rej(new Error(`did not finish within ${limit} ms`)), limit))),
+        ]);
       } catch (e) {
         log.warn({ err: e, step: step.name }, 'host: shutdown step failed');
+      } finally {
+        clearTimeout(timer);
       }
       log.debug({ step: step.name, ms: Math.round(performance.now() - t0) }, 'host: stopped');
     }
@@ -105,6 +117,9 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     await redis.ping();
 
     const images = await openImageStore({ stateDir: cfg.stateDir, ...(cfg.baseDir ? { baseDir: cfg.baseDir } : {}), ...opts.images });
+    // Without base images every node/python/exec invocation fails; say so now rather than at the first call.
+    const missing = (await Promise.all(['busybox', 'node', 'python'].map((n) => images.resolve(n).then(() => null, () => n)))).filter(Boolean);
+    if (missing.length) log.warn({ missing }, 'base images missing: run infra/setup.sh (or `fnhost images build`)');
     const store = createMetadataStore(redis, opts.metadataPrefix);
     undo('metadata store', () => store.close());
 
@@ -127,10 +142,7 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
       adminKeyHash: adminKey.hash,
       tmpDir: join(cfg.stateDir, 'tmp'),
       logger: log.child({ part: 'gateway' }),
-      observability: {
-        httpMiddleware: tracing(),
-        metrics: async () => ({ contentType: metrics.contentType, body: await metrics.text() }),
-      },
+      observability: gatewayObservability(metrics),
       ...(opts.limits ? { limits: opts.limits } : {}),
     });
 

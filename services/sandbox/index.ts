@@ -31,6 +31,8 @@ export { DEFAULT_LIMITS, MIN_LIMITS } from './validate.ts';
 export { INIT_PATH, PROBE_PATH };
 
 let nodeId = process.env.FNHOST_NODE_ID ?? 'default';
+/** An init stages in ≈0.5 ms; 10 s means it is stuck (or the machine is), not slow. */
+const READY_TIMEOUT_MS = 10_000;
 const live = new Map<string, SandboxImpl>();
 let privilegeChecked = false;
 let managerOverride: CgroupManager | undefined;
@@ -94,6 +96,12 @@ function cloneFlags(withTemplate: boolean): number {
 }
 
 let template: Promise<number> | undefined;
+let templateDisabled = false;
+
+/** For tests only: create sandboxes without the template namespace (the fallback path). */
+export function setTemplateNamespaceForTests(enabled: boolean): void {
+  templateDisabled = !enabled;
+}
 
 /**
  * The template mount namespace (native/init/mount.c mnt_template): built once per process by an init run
@@ -157,7 +165,7 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
     throw fromNodeError(`creating the cgroup of sandbox ${id}`, e);
   }
   let spawned;
-  const tmpl = await templateNs();
+  const tmpl = templateDisabled ? -1 : await templateNs();
   try {
     const join = cg.openJoin();
     try {
@@ -180,14 +188,23 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   }
   const sb = new SandboxImpl(id, spawned.pid, ch, cg, limits, (s) => live.delete(s.id), mntNs);
   live.set(id, sb);
+  let timer: NodeJS.Timeout | undefined;
   try {
-    await sb.ready;
+    await Promise.race([
+      sb.ready,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(Object.assign(new Error(`no "ready" within ${READY_TIMEOUT_MS} ms`), { errno: -110, syscall: 'read' })), READY_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
   } catch (e) {
     await sb.destroy().catch(() => {});
     const n = e as { errno?: number; syscall?: string; path?: string; message?: string };
     throw new SandboxError(`sandbox ${id} init set-up failed: ${n.message}`, {
-      code: errnoName(n.errno ?? -5), errno: n.errno ?? -5, syscall: n.syscall ?? '', path: n.path || undefined,
+      code: n.errno === -110 ? 'ETIMEDOUT' : errnoName(n.errno ?? -5), errno: n.errno ?? -5, syscall: n.syscall ?? '', path: n.path || undefined,
     }, { cause: e });
+  } finally {
+    clearTimeout(timer);
   }
   return sb;
 }

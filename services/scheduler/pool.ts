@@ -28,6 +28,12 @@ export interface PoolConfig {
   refillConcurrency: number;
   demandWindowMs: number;
   idleTtlMs: number;
+  /**
+   * after a sandbox is taken, refills wait this long (default 25 ms): the cold start that took it
+   * (specialise + first run, ~5–10 ms here) then has the CPU to itself instead of racing a ~100 ms node boot
+   * on a 2-core machine.
+   */
+  holdAfterTakeMs: number;
 }
 
 export const DEFAULT_POOL_CONFIG: PoolConfig = {
@@ -37,6 +43,7 @@ export const DEFAULT_POOL_CONFIG: PoolConfig = {
   refillConcurrency: 2,
   demandWindowMs: 10_000,
   idleTtlMs: 60_000,
+  holdAfterTakeMs: 25,
 };
 
 interface Entry {
@@ -67,6 +74,7 @@ export class WarmPool {
   private timer: NodeJS.Timeout | undefined;
   private readonly destroying = new Set<Promise<void>>();
   private kick: (() => void) | undefined;
+  private holdUntil = 0;
 
   constructor(
     private readonly exec: Executor,
@@ -96,6 +104,7 @@ export class WarmPool {
   take(kind: string): PooledSandbox | null {
     const s = this.state(kind);
     s.colds.push(Date.now());
+    this.holdUntil = Date.now() + this.cfg.holdAfterTakeMs;
     let e: Entry | undefined;
     while ((e = s.idle.pop())) {
       if (e.sb.alive) {
@@ -145,6 +154,11 @@ export class WarmPool {
       if (!job) {
         this.shrink();
         await new Promise<void>((r) => (this.kick = r));
+        continue;
+      }
+      const hold = this.holdUntil - Date.now();
+      if (hold > 0) {
+        await new Promise((r) => setTimeout(r, hold).unref());
         continue;
       }
       if (this.inFlight >= this.cfg.refillConcurrency || !this.takeToken()) {

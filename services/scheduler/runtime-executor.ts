@@ -2,9 +2,10 @@
  * @module scheduler/runtime-executor
  * The real Executor: native sandboxes (services/sandbox) + runtimes (runtime/host) + the image store.
  *
- * Pool kinds: "node", "python" (runtime pre-booted in the base image), "exec" (busybox, sandbox created,
- * started at the first invocation with the code mounted), "image:<tenant>/<name>" (a tenant's imported
- * image; exec-style). A kind's image is resolved at most once per `imageCacheMs` (a pool refilling at
+ * Pool kinds: "node", "python" (runtime pre-booted in the base image) and "exec": a created sandbox with no
+ * rootfs yet, started at the first invocation with its image's layers and the code mounted — so one exec
+ * pool serves busybox functions and every tenant's imported images (`image:<name>`) alike; the image is
+ * resolved at specialisation. Images are resolved at most once per `imageCacheMs` (a pool refilling at
  * 300/s must not read image records 300 times a second).
  *
  * Layer leases (gc must not remove what a sandbox uses): a kind's image layers are leased once while the
@@ -15,7 +16,7 @@ import type { FunctionVersion } from '../common/model.ts';
 import { InvalidRequest } from '../common/errors.ts';
 import type { ImageStore, ResolvedImage } from '../store/types.ts';
 import type { Sandbox, SandboxLimits } from '../sandbox/types.ts';
-import { createSandbox, cleanupLeftovers } from '../sandbox/index.ts';
+import { createSandbox, cleanupLeftovers, warmUp } from '../sandbox/index.ts';
 import { prepare, specialise, type Pooled, type SpecialiseOptions } from '../../runtime/host/index.ts';
 import type { Executor, InstanceHandle, PooledSandbox } from './executor.ts';
 
@@ -55,6 +56,7 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
     return sb;
   };
 
+  /** kind "node" | "python" | "exec" (busybox) | "image:<tenant>/<name>" (a tenant's image). */
   function imageOf(kind: string): Promise<ResolvedImage> {
     const c = imageCache.get(kind);
     if (c && Date.now() - c.at < cacheMs) return c.img;
@@ -93,8 +95,7 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
   const exec: Executor = {
     kindOf(fn: FunctionVersion): string {
       const r = String(fn.runtime);
-      if (r.startsWith('image:')) return `image:${fn.tenant}/${r.slice('image:'.length)}`;
-      return r;
+      return r === 'node' || r === 'python' ? r : 'exec';
     },
 
     async createPooled(kind: string): Promise<PooledSandbox> {
@@ -125,7 +126,10 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
       try {
         const code = fn.codeDigest ? await images.codeLayer(fn.codeDigest) : null;
         if (code) release = leaseCode(code.dir, code.digest);
-        const inst = await specialise(inner, fn, code, inner.image, { ...opts.specialise, onLog });
+        const r = String(fn.runtime);
+        // A tenant's image is private to it: resolve(name, tenant) finds only fn.tenant's own images.
+        const image = r.startsWith('image:') ? await imageOf(`image:${fn.tenant}/${r.slice('image:'.length)}`) : inner.image;
+        const inst = await specialise(inner, fn, code, image, { ...opts.specialise, onLog });
         const id = inner.sandbox.id;
         return {
           id,
@@ -153,6 +157,8 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
 
     async cleanupLeftovers(node: string) {
       await cleanupLeftovers(node);
+      // builds the sandbox layer's per-process template mount namespace now, not on the first cold start
+      if (!opts.createSandbox) await warmUp();
     },
 
     async pooledMemoryBytes(p) {

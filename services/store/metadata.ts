@@ -27,6 +27,8 @@ export interface MetadataStore {
   readonly keys: KeyStore;
   readonly functions: FunctionStore;
   readonly cache: MetadataCache;
+  /** the sorted set of a tenant's sync invocations in flight (services/gateway/admission.ts). */
+  inflightKey(tenant: string): string;
   /** the key's record, through the cache (hot path of every request). */
   lookupKey(key: string): Promise<KeyRecord | null>;
   /** `name` (latest) or `name:version` of `tenant`, through the cache (hot path of every invocation). */
@@ -95,10 +97,12 @@ export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts:
     getFunction(tenant, name, version) {
       return cache.fn(tenant, name, version, () => functions.get(tenant, name, version));
     },
+    inflightKey: (tenant) => `${prefix}inflight:${tenant}`,
     async deleteTenant(name) {
       await keys.revokeAll(name);
       const deleted = await tenants.remove(name);
       const fns = await functions.deleteAll(name);
+      await redis.del(`${prefix}inflight:${name}`);
       return { deleted, functions: fns };
     },
     async ping() {

@@ -7,7 +7,8 @@
  * What a "cold start" covers here: specialise() (cgroup caps, code layer mount, handler load) + the first
  * invoke() round trip. The sandbox was created (and, when pre-booted, its runtime started) before the
  * clock starts, as the scheduler's pool does it. `not_prebooted` starts the clock before prepare(), i.e.
- * it includes starting the runtime process in the created sandbox.
+ * it includes starting the runtime process in the created sandbox (without the shim's pool-time warm-up,
+ * which would be wasted work on that path).
  */
 import type { FunctionVersion, InvocationPayload, RuntimeName } from '../../services/common/model.ts';
 import { prepare, specialise, type Instance } from '../../runtime/host/index.ts';
@@ -50,7 +51,8 @@ async function coldOnce(be: Backend, c: Case, prebooted: boolean): Promise<{ ms:
   const sb = await be.createSandbox();
   let t0 = 0;
   if (!prebooted) t0 = performance.now();
-  const pooled = await prepare(sb, c.runtime, image);
+  // Not pre-booted = the runtime starts on the cold path, so its pool-time warm-up is skipped too.
+  const pooled = await prepare(sb, c.runtime, image, { warmUp: prebooted });
   if (prebooted) {
     await sleep(POOL_IDLE_MS);
     t0 = performance.now();

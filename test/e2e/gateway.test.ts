@@ -4,8 +4,13 @@
  * next call → typed failures → async with retries, dead letters and redrive → logs per invocation → a Hono
  * app as an HTTP endpoint → tenant isolation on every route → malformed input changing nothing.
  */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tarGz } from '../../services/cli/pack.ts';
+import { packDirectory, tar, tarGz } from '../../services/cli/pack.ts';
+import { writeOciLayout } from '../fixtures/oci/tars.ts';
 import { deployForm, e2eSkipReason, startTestHost, until, vendoredHono, type TestHost } from './host-harness.ts';
 
 const skip = e2eSkipReason();
@@ -229,6 +234,43 @@ describe.skipIf(!!skip)('gateway end to end (issue 6)', () => {
     const nf = await t.req('DELETE', '/fn/acme/web/nothing');
     expect(nf.status).toBe(404);
     expect(await nf.text()).toBe('no route /nothing');
+  });
+
+  it('an imported OCI image runs as image:<name>, private to its tenant', async () => {
+    // One layer: static busybox as /bin/sh and an entrypoint script; the store adds /proc /dev /tmp /var/task.
+    const layer = tar([
+      { path: 'bin', type: 'dir', mode: 0o755 },
+      { path: 'bin/busybox', type: 'file', mode: 0o755, data: readFileSync('/bin/busybox') },
+      { path: 'bin/sh', type: 'symlink', mode: 0o777, linkTarget: 'busybox' },
+      { path: 'bin/cat', type: 'symlink', mode: 0o777, linkTarget: 'busybox' },
+      { path: 'app', type: 'dir', mode: 0o755 },
+      { path: 'app/run', type: 'file', mode: 0o755, data: Buffer.from('#!/bin/sh\necho "image says: $(cat)"\n') },
+    ]);
+    const dir = mkdtempSync(join(tmpdir(), 'fnhost-e2e-oci-'));
+    try {
+      writeOciLayout(dir, [layer], { cmd: ['/app/run'] });
+      const layoutTar = gunzipSync(await packDirectory(dir));
+      const up = await t.req('PUT', '/v1/images/tiny', { key, body: layoutTar, headers: { 'content-type': 'application/x-tar' } });
+      expect(up.status).toBe(201);
+      expect(await j(up)).toMatchObject({ name: 'tiny', digest: expect.stringMatching(/^sha256:/) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const mine = (await j(t.req('GET', '/v1/images', { key }))).images as { name: string; base: boolean }[];
+    expect(mine.map((i) => i.name)).toEqual(expect.arrayContaining(['tiny', 'node', 'busybox', 'python']));
+    expect(((await j(t.req('GET', '/v1/images', { key: otherKey }))).images as { name: string }[]).map((i) => i.name)).not.toContain('tiny');
+    const d = await t.req('PUT', '/v1/functions/img', { key, body: deployForm({ runtime: 'image:tiny' }) });
+    expect(d.status).toBe(201);
+    const r = await t.req('POST', '/v1/functions/img/invoke', { key, body: 'hello' });
+    expect(r.status).toBe(200);
+    expect((await r.text()).trim()).toBe('image says: hello');
+    expect((await t.req('PUT', '/v1/functions/img', { key: otherKey, body: deployForm({ runtime: 'image:tiny' }) })).status).toBe(400);
+    expect((await t.req('DELETE', '/v1/images/tiny', { key })).status).toBe(409);
+    expect((await t.req('DELETE', '/v1/functions/img', { key })).status).toBe(204);
+    expect((await t.req('DELETE', '/v1/images/tiny', { key })).status).toBe(204);
+    const bad = await t.req('PUT', '/v1/images/junk', { key, body: Buffer.from('not a tar at all') });
+    expect(bad.status).toBe(400);
+    expect(((await j(t.req('GET', '/v1/images', { key }))).images as { name: string }[]).map((i) => i.name)).not.toContain('junk');
   });
 
   it('a private endpoint needs the tenant key (401 without, 403 with another tenant\'s)', async () => {

@@ -42,13 +42,16 @@ export interface TestHost {
   close(): Promise<void>;
 }
 
-export async function startTestHost(name: string, opts: HostOptions = {}): Promise<TestHost> {
+/** `embeddedRedis`: the host starts its own redis-server in its state dir (REDIS_URL unset), as `npm start` does. */
+export async function startTestHost(name: string, opts: HostOptions = {}, how: { embeddedRedis?: boolean } = {}): Promise<TestHost> {
   const uid = randomBytes(3).toString('hex');
   const nodeId = `e2e-${name}-${uid}`;
   const prefix = `e2e-${name}-${uid}`;
   const metaPrefix = `${prefix}:meta:`;
   const stateDir = mkdtempSync(join(tmpdir(), `fnhost-e2e-${name}-`));
-  const host = await startHost(hostConfig({}, { port: '0', host: '127.0.0.1', 'state-dir': stateDir, 'redis-url': redisUrl(), 'node-id': nodeId, 'base-dir': BASE_DIR }), {
+  const flags: Record<string, string> = { port: '0', host: '127.0.0.1', 'state-dir': stateDir, 'node-id': nodeId, 'base-dir': BASE_DIR };
+  if (!how.embeddedRedis) flags['redis-url'] = redisUrl();
+  const host = await startHost(hostConfig({}, flags), {
     logger: createLogger(`e2e-${name}`, process.env.FNHOST_LOG_LEVEL ?? 'silent'),
     metadataPrefix: metaPrefix,
     ...opts,

@@ -112,10 +112,13 @@ describe.each(STYLES)('runtime $name', (style) => {
 
   it('round-trips a binary body byte-exact', async () => {
     const inst = await instance(style, 'echo');
-    const body = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(200_000)]);
-    const { response } = await inst.invoke({ id: id(), payload: event(body, 'application/octet-stream') });
-    expect(response.status).toBe(200);
-    expect(response.body.equals(body)).toBe(true);
+    // small, and large enough to arrive in many reads each way (5 MiB: under the 6 MiB response cap)
+    for (const size of [1000, 5 * 1024 * 1024]) {
+      const body = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(size)]);
+      const { response } = await inst.invoke({ id: id(), payload: event(body, 'application/octet-stream') });
+      expect(response.status).toBe(200);
+      expect(response.body.equals(body)).toBe(true);
+    }
   });
 
   it('sees the function env vars', async () => {
@@ -291,6 +294,12 @@ describe('http invocations', () => {
     expect(response.body.equals(Buffer.from([0, 1, 2, 253, 254, 255]))).toBe(true);
   });
 
+  it.each(STYLES.filter((s) => s.exec))('gives a $name process the request as CGI variables', async (style) => {
+    const inst = await instance(style, 'echo', { fn: { handler: 'cgi' } });
+    const { response } = await inst.invoke({ id: id(), payload: http('POST', '/x/y', 'a=1', Buffer.from('body!'), { 'content-type': 'text/plain', 'x-test': 'yes' }) });
+    expect(response.body.toString()).toBe('POST /x/y a=1 text/plain yes|body!');
+  });
+
   it('runs a python async def handler', async () => {
     const inst = await instance(STYLES[3]!, 'echo', { fn: { handler: 'async_echo.handler' } });
     const { response } = await inst.invoke({ id: id(), payload: event('{"x":[1,2]}', 'application/json') });
@@ -361,6 +370,21 @@ describe('loading', () => {
     live.push(inst);
     const { response } = await inst.invoke({ id: id(), payload: event('"ok"', 'application/json') });
     expect(response.body.toString()).toBe('ok');
+  });
+
+  it('loads CommonJS from a plain .js file (index.handler → index.js)', async () => {
+    const inst = await instance(STYLES[2]!, 'echo', { fn: { handler: 'plain.handler' } });
+    const { response } = await inst.invoke({ id: id(), payload: event('{"k":"v"}', 'application/json') });
+    expect(JSON.parse(response.body.toString())).toEqual({ got: { k: 'v' }, fn: 'rt-node-cjs-echo' });
+  });
+
+  it('reports a function that writes garbage on the wire as Crashed and destroys the instance', async () => {
+    const inst = await instance(STYLES[1]!, 'echo', { fn: { handler: 'forge.handler' } });
+    const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
+    expect(err).toBeInstanceOf(Crashed);
+    expect(err.message).toMatch(/broke the wire protocol: unknown frame type 99/);
+    expect(inst.alive).toBe(false);
+    expect(inst.sandbox.state).toBe('destroyed');
   });
 
   it('reports an exec handler that does not exist as FunctionError', async () => {

@@ -2,8 +2,10 @@
  * How a process's end maps to the typed errors (runtime/host/outcome.ts): pure logic, table-driven.
  */
 import { describe, expect, it } from 'vitest';
-import { Crashed, OutOfMemory } from '../../services/common/errors.ts';
-import { deathError } from '../../runtime/host/outcome.ts';
+import { Crashed, FunctionError, OutOfMemory, Timeout } from '../../services/common/errors.ts';
+import type { FunctionVersion } from '../../services/common/model.ts';
+import type { Sandbox } from '../../services/sandbox/types.ts';
+import { deathError, logsOf, timeoutError, withLogs } from '../../runtime/host/outcome.ts';
 
 const MiB = 1024 * 1024;
 const st = (over: Partial<{ code: number | null; signal: string | null; oomKilled: boolean; peakMemoryBytes: number }>) => ({
@@ -32,5 +34,39 @@ describe('deathError', () => {
     const e = deathError(st({ code: 1 }), { limitMb: 64, stderrTail: `${'a'.repeat(5000)}END` });
     expect(String(e.details.stderrTail)).toHaveLength(2048);
     expect(String(e.details.stderrTail).endsWith('END')).toBe(true);
+  });
+});
+
+describe('timeoutError', () => {
+  const fn = { memoryMb: 64, timeoutMs: 300 } as FunctionVersion;
+  const sb = (oomKills: number, fail = false) =>
+    ({ memory: async () => { if (fail) throw new Error('gone'); return { currentBytes: 0, peakBytes: 60 * MiB, oomKills }; } }) as unknown as Sandbox;
+
+  it('is a Timeout with the peak when the cgroup saw no OOM kill', async () => {
+    const e = await timeoutError(sb(0), fn);
+    expect(e).toBeInstanceOf(Timeout);
+    expect(e.details).toEqual({ timeoutMs: 300, peakMb: 60 });
+  });
+
+  it('is OutOfMemory when the OOM killer already fired in the sandbox', async () => {
+    const e = await timeoutError(sb(1), fn);
+    expect(e).toBeInstanceOf(OutOfMemory);
+    expect(e.details).toEqual({ limitMb: 64, peakMb: 60 });
+  });
+
+  it('is a plain Timeout when the cgroup cannot be read', async () => {
+    const e = await timeoutError(sb(0, true), fn);
+    expect(e).toBeInstanceOf(Timeout);
+    expect(e.details).toEqual({ timeoutMs: 300 });
+  });
+});
+
+describe('withLogs', () => {
+  it('carries log lines on the error without putting them in its JSON', () => {
+    const lines = [{ invocationId: 'i', stream: 'stderr' as const, ts: 1, line: 'x' }];
+    const e = withLogs(new FunctionError('boom', { stack: 's' }), lines);
+    expect(logsOf(e)).toBe(lines);
+    expect(JSON.stringify(e.toJSON())).not.toContain('invocationId');
+    expect(logsOf(new Error('plain'))).toEqual([]);
   });
 });

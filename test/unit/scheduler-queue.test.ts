@@ -10,6 +10,7 @@ import { redisUrl } from '../helpers/redis.ts';
 import { createInvocationClient } from '../../services/scheduler/client.ts';
 import { fastPush } from '../../services/scheduler/fast-lane.ts';
 import { createKeys } from '../../services/scheduler/keys.ts';
+import { routeTo, unpend } from '../../services/scheduler/routing.ts';
 import { createScheduler, type Scheduler } from '../../services/scheduler/scheduler.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
@@ -150,14 +151,18 @@ describe('sync invocations through BullMQ', () => {
     await redis.zadd(`${e.prefix}:nodes`, 1, 'n1');
     expect(await fastPush(redis, createKeys(e.prefix), other, rec, { recordTtlS: 60, listTtlMs: 60_000, routing: true, maxPending: 64, staleMs: 3000 })).toBe('');
     await until(() => e.client.get(fn.tenant, other.id), (r) => r?.status === 'succeeded');
-    // BullMQ lane: the node's own queue
+    // BullMQ lane: the routing script picks the node and counts the routed job until the node takes it
+    const keys = createKeys(e.prefix);
+    await until(() => redis.zscore(`${e.prefix}:nodes`, 'n1'), (s) => Number(s) > Date.now() - 2000);
+    expect(await routeTo(redis, keys, fn.tenant, fn.name, fn.version, 64, 3000)).toBe('n1');
+    expect(await redis.get(`${e.prefix}:nodeq:n1`)).toBe('1');
+    await unpend(redis, keys, 'n1');
+    expect(await routeTo(redis, keys, fn.tenant, fn.name, fn.version + 1, 64, 3000)).toBeNull(); // nobody has v2 warm
     const bull = createInvocationClient({ redisUrl: redisUrl(), prefix: e.prefix, syncLane: 'bullmq' });
     try {
-      await until(() => redis.zscore(`${e.prefix}:nodes`, 'n1'), (s) => Number(s) > Date.now() - 3000);
       const r = await bull.invoke({ fn, payload: ev({}), mode: 'sync' });
       expect(r.record.start).toBe('warm');
-      expect(await redis.zcard(`${e.prefix}:bull:node.n1:completed`)).toBe(1);
-      expect(Number((await redis.get(`${e.prefix}:nodeq:n1`)) ?? 0)).toBe(0);
+      await until(() => redis.get(`${e.prefix}:nodeq:n1`), (v) => (v ?? '0') === '0');
     } finally {
       await bull.close();
     }
@@ -272,6 +277,49 @@ describe('fair sharing on the sync fast lane', () => {
     const rs = await Promise.all(flood);
     expect(rs.every((x) => x.record.status === 'succeeded')).toBe(true);
   }, 30_000);
+});
+
+describe('shutdown and metrics', () => {
+  it('close() finishes an invocation in flight, then leaves nothing', async () => {
+    const e = await env();
+    const fn = e.fn();
+    const p = e.client.invoke({ fn, payload: ev({ sleep: 300 }), mode: 'sync' });
+    await until(() => e.sched.instances.list().some((i) => i.inFlight > 0), (v) => v);
+    await e.sched.close(5000);
+    const r = await p;
+    expect(r.record.status).toBe('succeeded');
+    expect(e.exec.live.size).toBe(0);
+  });
+
+  it('two concurrent enqueues with one idempotency key make one invocation', async () => {
+    const e = await env();
+    const fn = e.fn();
+    const [a, b] = await Promise.all([0, 1].map(() => e.client.enqueue({ fn, payload: ev({}), mode: 'async', idempotencyKey: 'race' })));
+    expect(a!.invocationId).toBe(b!.invocationId);
+    expect([a!.duplicate, b!.duplicate].sort()).toEqual([false, true]);
+  });
+
+  it('reports pool, warm instances, admitted memory and queue depth to /metrics', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const prefix = `t-${randomUUID().slice(0, 8)}`;
+    const exec = new FakeExecutor();
+    const sched = createScheduler({ redisUrl: redisUrl(), prefix, nodeId: 'm1', executor: exec, capacityMb: 1024, metrics, logger: silent, pool: { kinds: { node: { min: 1, max: 2 } } } });
+    await sched.start();
+    const client = createInvocationClient({ redisUrl: redisUrl(), prefix });
+    try {
+      await client.invoke({ fn: fnv({ tenant: 'mt' }), payload: ev({}), mode: 'sync' });
+      const text = await metrics.text();
+      expect(text).toMatch(/fnhost_warm_instances\{[^}]*tenant="mt"[^}]*\} 1/);
+      expect(text).toMatch(/fnhost_memory_admitted_bytes \d+/);
+      expect(text).toMatch(/fnhost_invocations_total\{[^}]*outcome="success"[^}]*start="cold"[^}]*\} 1/);
+      expect(text).toMatch(/fnhost_queue_depth\{tenant="mt"\} 0/);
+    } finally {
+      await client.close();
+      await sched.close();
+      const keys = await redis.keys(`${prefix}:*`);
+      if (keys.length) await redis.del(...keys);
+    }
+  });
 });
 
 describe('nodes', () => {
