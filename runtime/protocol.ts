@@ -19,7 +19,7 @@
  *
  *   ← HELLO   {runtime: 'node'|'python', version, pid}                          shim booted, waiting for LOAD
  *   → LOAD    {handler, codeDir, env, fn: FnInfo, responseCapBytes, logMarker}  import code, resolve handler
- *   ← READY   {style: 'fetch'|'event', loadMs?}                                  handler resolved
+ *   ← READY   {style: 'fetch'|'event', loadMs?, marked?}                         handler resolved
  *   ← ERROR   {id: null, type: 'FunctionError', message, stack, errorType}        LOAD failed (the shim stays alive)
  *   → INVOKE  {id, kind: 'event', deadline, contentType?}                        body = event bytes
  *   → INVOKE  {id, kind: 'http', deadline, method, path, query, headers}         body = request body
@@ -27,12 +27,15 @@
  *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?, marked?}
  *
  * `deadline` is epoch ms (the sandbox shares the host's clock: no time namespace).
- * Log boundary: after an invocation's handler settled and before its RESULT/ERROR, the shim flushes its
- * stdout and stderr and writes `logMarker` (a per-instance random token from LOAD) to each stream that
- * carried output since the last marker; RESULT/ERROR's `marked` says which (bit 1 stdout, bit 2 stderr;
- * absent = both). The host attributes everything before the marker on a stream to that invocation. Since
- * the marker is in the pipe before the result is on the wire, the host finishes an invocation with all of
- * its logs and no timer; a quiet invocation costs no extra write at all.
+ *
+ * Log boundaries: `logMarker` (LOAD) is a per-instance random prefix; BEGIN = logMarker + "B\x1e",
+ * END = logMarker + "E\x1e". While the shim handles LOAD or an INVOKE, the first bytes it lets through on
+ * stdout / stderr are preceded by BEGIN on that stream; when it is done, every stream it wrote to gets END
+ * and READY / RESULT / ERROR says which in `marked` (bit 1 stdout, bit 2 stderr; absent = both). The
+ * host attributes what a stream shows between BEGIN and END to the invocation (or the load), and
+ * anything outside to the invocation that last ended on it (background output, sink only). END is in
+ * the pipe before the frame is on the wire, so the host finishes an invocation with all of its logs and
+ * no timer; a quiet invocation costs no extra write.
  *
  * Errors: a frame the host cannot parse (bad type, bad JSON, longer than the host's cap) is a protocol
  * violation: the host kills the instance and reports `Crashed` (or `ResponseTooLarge` for an oversized RESULT).
@@ -75,11 +78,11 @@ export interface LoadMsg {
   logMarker: string;
 }
 /** `loadMs`: the shim's own time from LOAD to READY (import + resolve), for the 'runtime load' span. */
-export interface ReadyMsg { style: 'fetch' | 'event'; loadMs?: number }
+export interface ReadyMsg { style: 'fetch' | 'event'; loadMs?: number; marked?: number }
 export type InvokeMsg =
   | { id: string; kind: 'event'; deadline: number; contentType?: string }
   | { id: string; kind: 'http'; deadline: number; method: string; path: string; query: string; headers: Record<string, string> };
-/** Bits of `marked`: which streams carry a log marker for this invocation. */
+/** Bits of `marked`: which streams carry an END marker for this invocation (or load). */
 export const MARKED_STDOUT = 1;
 export const MARKED_STDERR = 2;
 

@@ -55,9 +55,12 @@ export interface Instance {
   destroy(): Promise<void>;
 }
 
-/** A per-instance random token (protocol.ts "log boundary"); ASCII RS delimits it so it never looks like text. */
+/**
+ * A per-instance random marker prefix (protocol.ts "log boundaries"): the shim appends `B\x1e` / `E\x1e`.
+ * ASCII RS delimits it so it never looks like text a function would print by accident.
+ */
 export function newLogMarker(): string {
-  return `\x1efnhost-end:${randomBytes(8).toString('hex')}\x1e`;
+  return `\x1efnhost:${randomBytes(8).toString('hex')}:`;
 }
 
 /** Frame of an INVOKE for `payload` (the body travels raw, never in JSON). */

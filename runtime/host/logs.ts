@@ -2,12 +2,16 @@
  * @module runtime/host/logs
  * Turns a function's stdout/stderr bytes into LogLines tagged with the invocation they belong to.
  *
- * One invocation runs at a time per instance, so attribution is by time with an exact boundary: the shim
- * writes the instance's log marker (protocol.ts) on both streams when an invocation ends, and everything
- * before it on a stream is that invocation's. Output after the marker (a timer the handler left behind)
- * stays with the last invocation. Each invocation's lines are capped at `capBytes`; past the cap lines are
- * dropped and one truncation line says how many bytes were lost. The pipes are always drained, so a
- * flooding function never blocks on a full pipe and never grows the host's memory past the cap.
+ * One invocation runs at a time per instance, and the shim delimits it on each stream it writes to with
+ * the instance's markers (protocol.ts): BEGIN before the invocation's first byte on that stream, END after
+ * its last. So attribution is exact, whatever the timing of the pipes: text between BEGIN and END is the
+ * invocation's; text outside (a timer the handler left behind, output while loading) is background,
+ * tagged with the invocation that last ended on that stream and delivered to the sink only. Without
+ * markers (exec: one process per invocation) everything on the streams is the current invocation's.
+ *
+ * Each invocation's lines are capped at `capBytes`; past the cap lines are dropped and one truncation line
+ * says how many bytes were lost. The pipes are always drained, so a flooding function never blocks on a
+ * full pipe and never grows the host's memory past the cap.
  */
 import type { Readable } from 'node:stream';
 import type { LogLine } from '../../services/common/model.ts';
@@ -20,6 +24,9 @@ export const MAX_LINE_BYTES = 16 * 1024;
 export type LogSink = (line: LogLine) => void;
 
 type StreamName = 'stdout' | 'stderr';
+/** The last two bytes of the two markers (protocol.ts): ASCII RS closes both. */
+const BEGIN = 'B\x1e';
+const END = 'E\x1e';
 const STREAM_BIT: Record<StreamName, number> = { stdout: 1, stderr: 2 };
 
 /** Per-invocation state kept by the collector. */
@@ -28,7 +35,6 @@ export interface InvocationLogs {
   lines: LogLine[];
   bytes: number;
   droppedBytes: number;
-  markers: number;
 }
 
 /**
@@ -37,13 +43,14 @@ export interface InvocationLogs {
  * @example
  * const logs = new LogCollector({ marker, capBytes: 1 << 18, sink: (l) => store.push(l) });
  * logs.attach(proc.stdout, 'stdout'); logs.attach(proc.stderr, 'stderr');
- * logs.begin('inv-1'); ... await logs.settled(); const { lines } = logs.end();
+ * logs.begin('inv-1'); ... await logs.settled(result.marked); const { lines } = logs.end();
  */
 export class LogCollector {
   private current: InvocationLogs | null = null;
-  /** the owner of output that arrives between invocations (the last one, or 'init' during load). */
-  private owner: InvocationLogs;
-  private readonly marker: Buffer | null;
+  /** without markers: the owner of output that arrives between invocations (the last one). */
+  private last: InvocationLogs;
+  private readonly begin_: Buffer | null;
+  private readonly end_: Buffer | null;
   private capBytes: number;
   private sink: LogSink | undefined;
   private onEnded: (() => void) | null = null;
@@ -54,31 +61,32 @@ export class LogCollector {
   private readonly tailBytes: number;
 
   constructor(opts: { marker?: string | null; capBytes?: number; sink?: LogSink; initOwner?: string; tailBytes?: number }) {
-    this.marker = opts.marker ? Buffer.from(opts.marker) : null;
+    this.begin_ = opts.marker ? Buffer.from(`${opts.marker}${BEGIN}`) : null;
+    this.end_ = opts.marker ? Buffer.from(`${opts.marker}${END}`) : null;
     this.capBytes = opts.capBytes ?? DEFAULT_LOG_CAP_BYTES;
     this.sink = opts.sink;
     this.tailBytes = opts.tailBytes ?? 0;
-    this.owner = newLogs(opts.initOwner ?? 'init');
+    this.last = newLogs(opts.initOwner ?? 'init');
   }
 
   /** Starts reading a stream. It is read for the collector's whole life, also between invocations. */
   attach(stream: Readable, name: StreamName): void {
-    this.streams.set(name, { partial: [], partialLen: 0, carry: null, ended: false, marked: false });
+    this.streams.set(name, { partial: [], partialLen: 0, carry: null, ended: false, marked: false, inside: false, owner: this.last, bg: this.last });
     stream.on('data', (chunk: Buffer) => this.push(name, chunk));
     stream.on('end', () => this.close(name));
     stream.on('error', () => this.close(name));
   }
 
-  /** The invocation `id` owns everything that arrives from now until both markers (or stream ends). */
+  /** Invocation `id` is running: with markers it owns what each stream shows between BEGIN and END. */
   begin(invocationId: string): void {
     this.current = newLogs(invocationId);
-    this.owner = this.current;
+    this.last = this.current;
     for (const s of this.streams.values()) s.marked = false;
   }
 
   /**
    * Resolves once each stream named by `marked` (bit 1 stdout, bit 2 stderr; default both) has shown the
-   * marker or ended: the invocation's logs are complete.
+   * END marker or ended: the invocation's logs are complete.
    */
   settled(marked = 3): Promise<void> {
     this.expect = marked;
@@ -95,8 +103,8 @@ export class LogCollector {
 
   /** Closes the current invocation's record (adding the truncation line) and returns it. */
   end(): InvocationLogs {
-    const cur = this.current ?? this.owner;
-    for (const name of this.streams.keys()) this.flushPartial(name);
+    const cur = this.current ?? this.last;
+    for (const [name, s] of this.streams) if (!this.begin_ || s.inside) this.flushPartial(name);
     this.addTruncationLine(cur);
     this.current = null;
     return cur;
@@ -153,26 +161,33 @@ export class LogCollector {
 
   private push(name: StreamName, chunk: Buffer): void {
     const s = this.streams.get(name)!;
-    if (this.marker === null) {
+    const B = this.begin_;
+    const E = this.end_;
+    if (B === null || E === null) {
       this.text(name, chunk);
-      return;
-    }
-    // Fast path: the chunk is exactly the marker (an invocation that logged nothing).
-    if (s.carry === null && chunk.length === this.marker.length && chunk.equals(this.marker)) {
-      this.markerSeen(name);
       return;
     }
     let buf = s.carry ? Buffer.concat([s.carry, chunk]) : chunk;
     s.carry = null;
+    // Both markers share everything but their last two bytes: find the common prefix, then read the kind.
+    const prefixLen = B.length - 2;
     for (;;) {
-      const i = buf.indexOf(this.marker);
-      if (i < 0) break;
+      const i = buf.indexOf(B.subarray(0, prefixLen));
+      if (i < 0 || buf.length - i < B.length) break;
+      const isBegin = buf.compare(B, 0, B.length, i, i + B.length) === 0;
+      const isEnd = !isBegin && buf.compare(E, 0, E.length, i, i + E.length) === 0;
+      if (!isBegin && !isEnd) {
+        // the prefix without a valid kind: plain text (the function printed something odd); skip past it
+        this.text(name, buf.subarray(0, i + prefixLen));
+        buf = buf.subarray(i + prefixLen);
+        continue;
+      }
       if (i > 0) this.text(name, buf.subarray(0, i));
-      this.markerSeen(name);
-      buf = buf.subarray(i + this.marker.length);
+      this.markerSeen(name, isBegin);
+      buf = buf.subarray(i + B.length);
     }
     // Keep back a tail that could be the start of a marker split across two reads.
-    const keep = markerPrefixAtEnd(buf, this.marker);
+    const keep = markerPrefixAtEnd(buf, B);
     if (keep > 0) {
       s.carry = Buffer.from(buf.subarray(buf.length - keep));
       buf = buf.subarray(0, buf.length - keep);
@@ -180,10 +195,17 @@ export class LogCollector {
     if (buf.length) this.text(name, buf);
   }
 
-  private markerSeen(name: StreamName): void {
+  private markerSeen(name: StreamName, isBegin: boolean): void {
     this.flushPartial(name);
-    this.streams.get(name)!.marked = true;
-    if (this.current) this.current.markers++;
+    const s = this.streams.get(name)!;
+    if (isBegin) {
+      s.inside = true;
+      s.owner = this.current ?? s.bg;
+      return;
+    }
+    s.inside = false;
+    s.bg = s.owner;
+    s.marked = true;
     this.onMarker?.();
   }
 
@@ -225,11 +247,15 @@ export class LogCollector {
   }
 
   private emit(name: StreamName, bytes: Buffer): void {
-    const owner = this.owner;
     if (bytes.length > MAX_LINE_BYTES) {
       for (let o = 0; o < bytes.length; o += MAX_LINE_BYTES) this.emit(name, bytes.subarray(o, o + MAX_LINE_BYTES));
       return;
     }
+    const s = this.streams.get(name)!;
+    // With markers: inside BEGIN..END the stream's owner, else background of the last invocation that
+    // ended on it. Without: whatever invocation runs (or ran last).
+    const owner = this.begin_ ? (s.inside ? s.owner : s.bg) : this.last;
+    const inRecord = owner === this.current && (!this.begin_ || s.inside);
     const cost = bytes.length + 1;
     if (owner.bytes + cost > this.capBytes) {
       owner.droppedBytes += cost;
@@ -237,7 +263,7 @@ export class LogCollector {
     }
     owner.bytes += cost;
     const line: LogLine = { invocationId: owner.invocationId, stream: name, ts: Date.now(), line: bytes.toString('utf8') };
-    if (owner === this.current && !this.streams.get(name)!.marked) owner.lines.push(line);
+    if (inRecord) owner.lines.push(line);
     this.sink?.(line);
   }
 
@@ -261,12 +287,18 @@ interface StreamState {
   partialLen: number;
   carry: Buffer | null;
   ended: boolean;
-  /** this stream showed the current invocation's marker: what follows is background output. */
+  /** this stream showed the current invocation's END marker. */
   marked: boolean;
+  /** between BEGIN and END. */
+  inside: boolean;
+  /** the invocation that owns the stream between BEGIN and END. */
+  owner: InvocationLogs;
+  /** the owner of background text (outside BEGIN..END): the last invocation that ended on this stream. */
+  bg: InvocationLogs;
 }
 
 function newLogs(invocationId: string): InvocationLogs {
-  return { invocationId, lines: [], bytes: 0, droppedBytes: 0, markers: 0 };
+  return { invocationId, lines: [], bytes: 0, droppedBytes: 0 };
 }
 
 /** Length of the longest proper prefix of `marker` that `buf` ends with. */

@@ -11,6 +11,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { InvalidRequest } from '../../services/common/errors.ts';
 import type {
@@ -38,6 +41,8 @@ class ProcSandbox implements ProcessSandbox {
   private readonly mounts = new Map<string, string>();
   private readonly children = new Set<{ child: ChildProcess; exited: Promise<ExitStatus> }>();
   private limits: Partial<SandboxLimits>;
+  /** the sandbox's "/tmp" (TMPDIR of its processes), removed by destroy(): nothing is left on the host. */
+  private tmp: string | null = null;
 
   constructor(limits: Partial<SandboxLimits>) {
     this.limits = { ...limits };
@@ -100,6 +105,7 @@ class ProcSandbox implements ProcessSandbox {
     this._state = 'destroyed';
     await this.kill();
     await Promise.all([...this.children].map((c) => c.exited));
+    if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
   }
 
   private mapArg(a: string): string {
@@ -111,8 +117,9 @@ class ProcSandbox implements ProcessSandbox {
     const argv = spec.argv.map((a) => this.mapArg(a));
     const file = argv[0] === 'node' ? process.execPath : argv[0]!;
     const cwd = spec.cwd ? this.mapArg(spec.cwd) : '/';
+    this.tmp ??= mkdtempSync(join(tmpdir(), 'fnhost-procsb-'));
     const child = spawn(file, argv.slice(1), {
-      env: spec.env ?? {},
+      env: { ...spec.env, TMPDIR: this.tmp },
       cwd,
       detached: true,
       stdio: ['pipe', 'pipe', 'pipe', spec.wire ? 'pipe' : 'ignore'],

@@ -88,10 +88,11 @@ export async function specialise(
         channel.logs.begin('init');
         channel.send(encodeFrame(MsgType.LOAD, load));
         let timer: NodeJS.Timeout | undefined;
-        const frame = await Promise.race([
-          channel.next(),
-          new Promise<null>((r) => (timer = setTimeout(() => r(null), fn.timeoutMs))),
-        ]).finally(() => clearTimeout(timer));
+        const expired = new Promise<null>((r) => (timer = setTimeout(() => r(null), fn.timeoutMs)));
+        let frame = await Promise.race([channel.next(), expired]);
+        // the load's own output (module top-level logs) is complete once its END markers are in
+        if (frame && frame.type !== MsgType.HELLO && (await Promise.race([channel.logs.settled(frame.meta.marked ?? 3), expired])) === null) frame = null;
+        clearTimeout(timer);
         const record = channel.logs.end();
         if (!frame) throw withLogs(new Timeout(`loading the handler took longer than ${fn.timeoutMs} ms`, { timeoutMs: fn.timeoutMs, phase: 'load' }), record.lines);
         if (frame.type === MsgType.ERROR) {

@@ -4,10 +4,10 @@
 // The wire protocol (framing, messages, log marker) is specified in runtime/protocol.ts; the codec below
 // mirrors it and must stay in step with it.
 import { Socket } from 'node:net';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import fs, { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import { pathToFileURL } from 'node:url';
-import { createRequire } from 'node:module';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 
 const HELLO = 1, LOAD = 2, READY = 3, INVOKE = 4, RESULT = 5, ERROR = 6;
 const HEADER_BYTES = 9;
@@ -73,16 +73,19 @@ wire.on('error', () => process.exit(0));
 
 async function drain() {
   busy = true;
-  while (queue.length) {
-    const f = queue.shift();
-    if (f.type === INVOKE) await invoke(f.meta, f.body);
-    else if (f.type === LOAD) await load(f.meta);
+  try {
+    while (queue.length) {
+      const f = queue.shift();
+      if (f.type === INVOKE) await invoke(f.meta, f.body);
+      else if (f.type === LOAD) await load(f.meta);
+    }
+  } finally {
+    busy = false;
   }
-  busy = false;
 }
 
 // ---- load ----
-let loaded = null; // { style: 'fetch'|'event', target, fn, env, cap, marker }
+let loaded = null; // { style: 'fetch'|'event', target, fn, env, cap }
 
 function errorMeta(id, e) {
   const err = e instanceof Error ? e : new Error(typeof e === 'string' ? e : safeJson(e));
@@ -141,16 +144,22 @@ async function resolveHandler(codeDir, handler) {
 }
 
 async function load(msg) {
+  beginMark = `${msg.logMarker}B\x1e`;
+  endMark = `${msg.logMarker}E\x1e`;
+  openLogs();
+  let out;
   try {
     const t0 = performance.now();
     Object.assign(process.env, msg.env);
     try { process.chdir(msg.codeDir); } catch { /* codeDir may be unreadable; import will say why */ }
     const { style, target } = await resolveHandler(msg.codeDir, msg.handler);
-    loaded = { style, target, fn: msg.fn, env: { ...msg.env }, cap: msg.responseCapBytes, marker: msg.logMarker };
-    send(READY, { style, loadMs: Math.round((performance.now() - t0) * 1000) / 1000 });
+    loaded = { style, target, fn: msg.fn, env: { ...msg.env }, cap: msg.responseCapBytes };
+    out = [READY, { style, loadMs: Math.round((performance.now() - t0) * 1000) / 1000 }];
   } catch (e) {
-    send(ERROR, errorMeta(null, e));
+    out = [ERROR, errorMeta(null, e)];
   }
+  out[1].marked = closeLogs();
+  send(out[0], out[1]);
 }
 
 // ---- invoke ----
@@ -256,24 +265,54 @@ function toRequest(meta, body) {
   return new Request(url, init);
 }
 
-// Which of stdout / stderr the function wrote to during the current invocation (console.* and
-// process.std*.write all go through these methods). Only those streams get a marker, and RESULT / ERROR
-// says which (`marked`), so a quiet invocation costs no extra writes on either side.
+// Log boundaries (protocol.ts): while an invocation (or the load) runs, the first write to stdout /
+// stderr is preceded by the BEGIN marker and, when it ends, each stream written to gets the END marker;
+// RESULT / ERROR says which (`marked`). A quiet invocation costs no extra write at all. console.* and
+// process.std*.write all go through these methods; Node's stdout/stderr are synchronous for pipes on
+// Linux, so once write() returns the bytes are in the pipe, ahead of the marker and the result.
+let inside = false;
 let wrote = 0;
+let beginMark = '';
+let endMark = '';
 for (const [stream, bit] of [[process.stdout, 1], [process.stderr, 2]]) {
   const write = stream.write;
-  stream.write = function (...args) {
-    wrote |= bit;
-    return write.apply(this, args);
+  stream.write = function (chunk, ...rest) {
+    if (inside && !(wrote & bit)) {
+      wrote |= bit;
+      // console.log passes (string, callback): one write for marker + text.
+      if (typeof chunk === 'string' && (rest.length === 0 || typeof rest[0] === 'function')) return write.call(this, beginMark + chunk, ...rest);
+      write.call(this, beginMark);
+    }
+    return write.call(this, chunk, ...rest);
   };
 }
 
-// Writes the log marker on the streams the invocation used (see protocol.ts). Node's stdout/stderr are
-// synchronous for pipes on Linux, so once write() returns the bytes are in the pipe, before the marker.
-function markLogs() {
+// Writes that bypass process.stdout / process.stderr but go through the fs module to fd 1 / 2 (pino's
+// sonic-boom, fs.writeSync(1, ...)) get the same BEGIN treatment. What reaches the fds by other ways
+// (a child process with inherited stdio, native code) shows up as background output.
+for (const name of ['writeSync', 'write']) {
+  const orig = fs[name];
+  fs[name] = function (fd, ...rest) {
+    // fd 1 / fd 2 are exactly the stdout / stderr bits of `wrote`
+    if (inside && (fd === 1 || fd === 2) && !(wrote & fd)) {
+      wrote |= fd;
+      fs.writeSync(fd, beginMark);
+    }
+    return orig.call(this, fd, ...rest);
+  };
+}
+syncBuiltinESMExports();
+
+function openLogs() {
+  inside = true;
+  wrote = 0;
+}
+
+function closeLogs() {
+  inside = false;
   const m = wrote;
-  if (m & 1) process.stdout.write(loaded.marker);
-  if (m & 2) process.stderr.write(loaded.marker);
+  if (m & 1) process.stdout.write(endMark);
+  if (m & 2) process.stderr.write(endMark);
   wrote = 0;
   return m;
 }
@@ -283,8 +322,9 @@ async function invoke(meta, body) {
     send(ERROR, { id: meta.id, type: 'FunctionError', message: 'no handler loaded', errorType: 'Error' });
     return;
   }
+  openLogs();
   const out = await run(loaded, meta, body);
-  out[1].marked = markLogs();
+  out[1].marked = closeLogs();
   send(out[0], out[1], out[2]);
 }
 
@@ -329,7 +369,7 @@ async function warmUp() {
   await import('data:text/javascript,export default 0');
   // A file import walks more of the loader (file URL resolution, format detection by extension and
   // package scope, the CJS translator) than a data: URL; /tmp is the only writable place, the files go again.
-  const dir = mkdtempSync('/tmp/.fnhost-warm-');
+  const dir = mkdtempSync(`${process.env.TMPDIR || '/tmp'}/.fnhost-warm-`);
   try {
     writeFileSync(`${dir}/w.mjs`, 'export const handler = () => 0;');
     writeFileSync(`${dir}/w.cjs`, 'exports.handler = () => 0;');

@@ -172,10 +172,14 @@ def encode_result(meta, r):
 
 
 loaded = None
+# the instance's log marker prefix from LOAD (protocol.ts log boundaries)
+MARKER = ""
 
 
 def load(msg):
-    global loaded
+    global loaded, MARKER
+    MARKER = msg["logMarker"]
+    open_logs()
     try:
         t0 = time.perf_counter()
         os.environ.update(msg["env"])
@@ -194,24 +198,47 @@ def load(msg):
         target = getattr(mod, fn_name, None)
         if not callable(target):
             raise AttributeError(f"handler {h}: module {mod_name} has no function {fn_name}")
-        loaded = {"target": target, "fn": msg["fn"], "cap": msg["responseCapBytes"], "marker": msg["logMarker"].encode()}
-        send(READY, {"style": "event", "loadMs": round((time.perf_counter() - t0) * 1000, 3)})
+        loaded = {"target": target, "fn": msg["fn"], "cap": msg["responseCapBytes"]}
+        out = (READY, {"style": "event", "loadMs": round((time.perf_counter() - t0) * 1000, 3)})
     except BaseException as e:  # noqa: BLE001 — a failed import (even SystemExit) is the function's error
-        send(ERROR, error_meta(None, e))
+        out = (ERROR, error_meta(None, e))
+    close_logs()
+    send(*out)
 
 
-def mark_logs():
-    # Everything the handler printed reaches the pipes before the marker (see protocol.ts). A function that
-    # closed or replaced its own stdout/stderr only loses the boundary on that stream (the host then stops
-    # waiting for it at EOF): never a reason to crash the instance.
-    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+def _marks(kind):
+    return (MARKER + kind + "\x1e") if MARKER else ""
+
+
+def open_logs():
+    # BEGIN on both fds right away (after anything a thread printed in between, which stays background):
+    # then whatever reaches the pipes during the invocation — print(), os.write(1, ...), a subprocess
+    # with inherited stdio — is between BEGIN and END (protocol.ts log boundaries).
+    for stream, fd in ((sys.__stdout__, 1), (sys.__stderr__, 2)):
         try:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
         try:
-            os.write(fd, loaded["marker"])
+            os.write(fd, _marks("B").encode())
         except OSError:
+            pass
+
+
+def close_logs():
+    # END on both real streams after flushing whatever the function's current sys.stdout/err hold, so
+    # everything it printed is in the pipes before the result. A function that closed its streams only
+    # loses the boundary on that stream (the host stops waiting at EOF): never a reason to crash.
+    for current, real in ((sys.stdout, sys.__stdout__), (sys.stderr, sys.__stderr__)):
+        try:
+            if current is not real:
+                current.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            real.write(_marks("E"))
+            real.flush()
+        except (OSError, ValueError, AttributeError):
             pass
 
 
@@ -219,6 +246,7 @@ def invoke(meta, body):
     if loaded is None:
         send(ERROR, {"id": meta["id"], "type": "FunctionError", "message": "no handler loaded", "errorType": "Error"})
         return
+    open_logs()
     try:
         event = http_event(meta, body) if meta["kind"] == "http" else decode_event(meta, body)
         r = loaded["target"](event, Context(meta, loaded["fn"]))
@@ -236,7 +264,7 @@ def invoke(meta, body):
         raise
     except BaseException as e:  # noqa: BLE001
         out = (ERROR, error_meta(meta["id"], e), b"")
-    mark_logs()
+    close_logs()
     send(*out)
 
 

@@ -69,6 +69,7 @@ const USAGE = `usage: fnhost <command> [options]
 
 host
   start [--port 8080] [--host 0.0.0.0] [--state-dir DIR] [--redis-url URL] [--admin-key KEY]
+        [--node-id ID] [--base-dir DIR] [--scheduler on|off]
                                     run the host (gateway + scheduler + embedded Redis); needs root
   images build [--force]            build the base images (busybox, node, python)
 

@@ -14,6 +14,7 @@
 import { Hono } from 'hono';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { DEFAULT_LIMITS } from './context.ts';
+import { Admission } from './admission.ts';
 import { authenticate } from './auth.ts';
 import { deadLetterRoutes } from './dead-letters.ts';
 import { registerEndpoint } from './endpoint.ts';
@@ -26,8 +27,9 @@ import { tenantRoutes } from './tenants.ts';
 
 export type { GatewayDeps } from './context.ts';
 
-export function createGateway(deps: GatewayDeps): Hono<GatewayEnv> {
-  const limits: GatewayLimits = { ...DEFAULT_LIMITS, ...deps.limits };
+export function createGateway(input: GatewayDeps): Hono<GatewayEnv> {
+  const limits: GatewayLimits = { ...DEFAULT_LIMITS, ...input.limits };
+  const deps = { ...input, admission: input.admission ?? new Admission(input.store) };
   const app = new Hono<GatewayEnv>();
   if (deps.observability?.httpMiddleware) app.use('*', deps.observability.httpMiddleware);
   app.onError(renderError(deps.logger));

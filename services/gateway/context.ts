@@ -8,6 +8,7 @@ import type { Logger } from '../common/log.ts';
 import type { InvocationClient } from '../scheduler/types.ts';
 import type { ImageStore } from '../store/types.ts';
 import type { MetadataStore } from '../store/metadata.ts';
+import type { Admission } from './admission.ts';
 
 /** Who is calling: the operator (admin key) or one tenant (one of its keys). */
 export type Principal = { kind: 'admin' } | { kind: 'tenant'; tenant: string; keyId: string };
@@ -59,6 +60,8 @@ export interface GatewayDeps {
   /** where image uploads are spooled before import (on the state dir's filesystem). */
   tmpDir: string;
   limits?: Partial<GatewayLimits>;
+  /** tenant concurrency accounting; the composition root starts (heartbeat) and closes it. Default: one that assumes a single gateway. */
+  admission?: Admission;
   observability?: GatewayObservability;
   logger?: Logger;
 }

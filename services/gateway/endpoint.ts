@@ -16,6 +16,7 @@ import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { bearerKey, principalOf } from './auth.ts';
 import { parseFunctionRef, validateName } from './validate.ts';
 import { invocationHeaders, invokeSync } from './invoke.ts';
+import type { Admission } from './admission.ts';
 
 /** RFC 9110 §7.6.1 hop-by-hop headers: they describe one connection, never the end-to-end message. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
@@ -35,7 +36,7 @@ export function splitEndpointUrl(url: string): { path: string; query: string } {
   return { path: path === '' ? '/' : path, query };
 }
 
-export function registerEndpoint(app: Hono<GatewayEnv>, deps: GatewayDeps, limits: GatewayLimits) {
+export function registerEndpoint(app: Hono<GatewayEnv>, deps: GatewayDeps & { admission: Admission }, limits: GatewayLimits) {
   const handler = async (c: Context<GatewayEnv>) => {
     const tenant = validateName(decodeURIComponent(c.req.param('tenant') ?? ''), 'tenant');
     const { name, version } = parseFunctionRef(decodeURIComponent(c.req.param('name') ?? ''));

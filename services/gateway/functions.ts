@@ -18,6 +18,7 @@ import type { FunctionVersion } from '../common/model.ts';
 import type { MetadataStore } from '../store/metadata.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { requireTenant, tenantOf } from './auth.ts';
+import type { Admission } from './admission.ts';
 import { registerDeploy } from './deploy.ts';
 import { registerInvoke } from './invoke.ts';
 import { registerLogs } from './logs.ts';
@@ -35,7 +36,7 @@ export async function resolveFunction(store: MetadataStore, tenant: string, ref:
 /** Attempts of PATCH's read-merge-write when a deploy lands in between (each attempt re-reads the latest). */
 const PATCH_ATTEMPTS = 3;
 
-export function functionRoutes(deps: GatewayDeps, limits: GatewayLimits): Hono<GatewayEnv> {
+export function functionRoutes(deps: GatewayDeps & { admission: Admission }, limits: GatewayLimits): Hono<GatewayEnv> {
   const { store } = deps;
   const app = new Hono<GatewayEnv>();
   app.use('*', requireTenant());

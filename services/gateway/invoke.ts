@@ -13,7 +13,7 @@ import { InvalidRequest } from '../common/errors.ts';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
 import { Attr, injectTraceparent, setActiveAttributes } from '../common/telemetry.ts';
 import type { InvokeRequest, SyncResult } from '../scheduler/types.ts';
-import { admit } from './admission.ts';
+import type { Admission } from './admission.ts';
 import { readBody } from './body.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { tenantOf } from './auth.ts';
@@ -37,8 +37,8 @@ export function invokeRequest(c: Context, fn: FunctionVersion, payload: Invocati
  * A sync or http invocation within the tenant's concurrency limit: resolves with the function's answer or
  * rejects with its typed error (TooManyRequests when the tenant is at its limit).
  */
-export async function invokeSync(c: Context, deps: Pick<GatewayDeps, 'client' | 'store'>, fn: FunctionVersion, payload: InvocationPayload, mode: 'sync' | 'http'): Promise<SyncResult> {
-  const release = await admit(deps.store, fn);
+export async function invokeSync(c: Context, deps: { client: GatewayDeps['client']; admission: Admission }, fn: FunctionVersion, payload: InvocationPayload, mode: 'sync' | 'http'): Promise<SyncResult> {
+  const release = await deps.admission.admit(fn);
   try {
     const r = await deps.client.invoke(invokeRequest(c, fn, payload, mode));
     if (r.record.start) setActiveAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
@@ -56,7 +56,7 @@ export function invocationHeaders(r: SyncResult): Record<string, string> {
   return h;
 }
 
-export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps, limits: GatewayLimits) {
+export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps & { admission: Admission }, limits: GatewayLimits) {
   const { client, store } = deps;
 
   app.post('/:ref/invoke', async (c) => {

@@ -11,6 +11,7 @@
  * | FNHOST_ADMIN_KEY | --admin-key | unset: generated on first start, kept in `<state>/admin-key` (0600) |
  * | FNHOST_BASE_DIR | --base-dir | /var/lib/fnhost/base (base images, built by infra/setup.sh) |
  * | FNHOST_NODE_ID | --node-id | the host name (must be unique among schedulers sharing a Redis) |
+ * | FNHOST_SCHEDULER | --scheduler | on; `off` makes a gateway-only node (schedulers run elsewhere on the same Redis) |
  */
 import { InvalidRequest } from '../common/errors.ts';
 
@@ -22,6 +23,8 @@ export interface HostConfig {
   adminKey?: string;
   baseDir?: string;
   nodeId?: string;
+  /** false: this host runs no scheduler (a gateway-only node). */
+  scheduler: boolean;
 }
 
 export const DEFAULT_PORT = 8080;
@@ -35,6 +38,7 @@ const FLAG_ENV: Record<string, string> = {
   'admin-key': 'FNHOST_ADMIN_KEY',
   'base-dir': 'FNHOST_BASE_DIR',
   'node-id': 'FNHOST_NODE_ID',
+  scheduler: 'FNHOST_SCHEDULER',
 };
 
 /** The flags `fnhost start` accepts (each takes a value). */
@@ -42,7 +46,7 @@ export const HOST_FLAGS = Object.keys(FLAG_ENV);
 
 /**
  * @example
- * hostConfig({ PORT: '9000' }, { 'state-dir': '/tmp/s' });   // { port: 9000, host: '0.0.0.0', stateDir: '/tmp/s' }
+ * hostConfig({ PORT: '9000' }, { 'state-dir': '/tmp/s' });   // { port: 9000, host: '0.0.0.0', stateDir: '/tmp/s', scheduler: true }
  */
 export function hostConfig(env: NodeJS.ProcessEnv, flags: Record<string, string | undefined> = {}): HostConfig {
   const get = (flag: string) => {
@@ -51,7 +55,9 @@ export function hostConfig(env: NodeJS.ProcessEnv, flags: Record<string, string 
   };
   const portText = get('port') ?? String(DEFAULT_PORT);
   if (!/^[0-9]{1,5}$/.test(portText) || Number(portText) > 65535) throw new InvalidRequest(`PORT ${JSON.stringify(portText)} is not a port number`, { field: 'port' });
-  const cfg: HostConfig = { port: Number(portText), host: get('host') ?? '0.0.0.0', stateDir: get('state-dir') ?? DEFAULT_STATE_DIR };
+  const sched = (get('scheduler') ?? 'on').toLowerCase();
+  if (!['on', 'off', '1', '0', 'true', 'false'].includes(sched)) throw new InvalidRequest('FNHOST_SCHEDULER must be on or off', { field: 'scheduler' });
+  const cfg: HostConfig = { port: Number(portText), host: get('host') ?? '0.0.0.0', stateDir: get('state-dir') ?? DEFAULT_STATE_DIR, scheduler: ['on', '1', 'true'].includes(sched) };
   const redisUrl = get('redis-url');
   if (redisUrl) cfg.redisUrl = redisUrl;
   const adminKey = get('admin-key');

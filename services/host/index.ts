@@ -18,6 +18,7 @@ import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../common/log.ts';
 import { metrics } from '../common/metrics.ts';
 import { initTracing } from '../common/tracing-setup.ts';
+import { Admission } from '../gateway/admission.ts';
 import { createGateway } from '../gateway/app.ts';
 import type { GatewayLimits } from '../gateway/context.ts';
 import { gatewayObservability } from '../gateway/middleware/tracing.ts';
@@ -38,7 +39,7 @@ export interface HostOptions {
   /** the scheduler's executor (default: the runtime executor over native sandboxes). */
   executor?: (images: ImageStore, nodeId: string) => Promise<Executor> | Executor;
   scheduler?: Partial<Omit<SchedulerOptions, 'redis' | 'redisUrl' | 'executor'>>;
-  /** false: no scheduler in this process (a gateway-only node of a multi-node setup). */
+  /** false: no scheduler in this process (a gateway-only node of a multi-node setup); default: cfg.scheduler. */
   runScheduler?: boolean;
   client?: Partial<Omit<InvocationClientOptions, 'redis' | 'redisUrl'>>;
   images?: Partial<ImageStoreOptions>;
@@ -124,7 +125,7 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     undo('metadata store', () => store.close());
 
     let scheduler: Scheduler | undefined;
-    if (opts.runScheduler !== false) {
+    if (opts.runScheduler ?? cfg.scheduler) {
       const nodeId = cfg.nodeId ?? opts.scheduler?.nodeId ?? defaultNodeId();
       const executor = opts.executor ? await opts.executor(images, nodeId) : createRuntimeExecutor({ images, nodeId });
       scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), ...opts.scheduler, nodeId });
@@ -135,11 +136,15 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     undo('client', () => client.close());
 
     const adminKey = await loadAdminKey(cfg.stateDir, cfg.adminKey);
+    const admission = new Admission(store);
+    await admission.start();
+    undo('admission', () => admission.close());
     const app = createGateway({
       store,
       client,
       images,
       adminKeyHash: adminKey.hash,
+      admission,
       tmpDir: join(cfg.stateDir, 'tmp'),
       logger: log.child({ part: 'gateway' }),
       observability: gatewayObservability(metrics),

@@ -37,7 +37,12 @@ const live = new Map<string, SandboxImpl>();
 let privilegeChecked = false;
 let managerOverride: CgroupManager | undefined;
 
-/** Sets the process-wide node id: cgroups go under fnhost/<nodeId>/ (default $FNHOST_NODE_ID or "default"). */
+/**
+ * Sets the process-wide node id: cgroups go under fnhost/<nodeId>/ (default $FNHOST_NODE_ID or "default").
+ *
+ * @example
+ * setNodeId('node-a'); // before the first createSandbox()
+ */
 export function setNodeId(id: string): void {
   nodeId = validateNodeId(id);
 }
@@ -61,6 +66,10 @@ const CAP_SYS_ADMIN = 21n;
 /**
  * Why this process cannot make sandboxes, in one sentence, or null when it can.
  * The host calls this at start-up and exits with the sentence rather than half-start.
+ *
+ * @example
+ * const why = sandboxUnavailableReason();
+ * if (why) { console.error(why); process.exit(1); }
  */
 export function sandboxUnavailableReason(): string | null {
   if (process.platform !== 'linux') return `fnhost needs Linux namespaces and cgroups, and this is ${process.platform}.`;

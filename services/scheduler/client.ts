@@ -274,6 +274,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     };
     const rec: StoredRecord = { id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: req.mode, status: 'queued', attempts: 0, createdAt: now };
     const result = wait(req, id, data.deadline);
+    // Rejected early (close() while the push is in flight)? Then it is handled here and re-thrown to the caller below.
+    result.catch(() => {});
     const attrs = { [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
     try {
       await withRemoteParent(req.traceparent, () =>
@@ -330,6 +332,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       if (syncLane === 'fast') return invokeFast(req, id);
       const { data, route } = await redisCall(() => prepare(req, id, ret.recordS));
       const result = wait(req, id, data.deadline);
+      // Rejected early (close() while the push is in flight)? Then it is handled here and re-thrown to the caller below.
+      result.catch(() => {});
       try {
         await addJob(req, route ? keys.nodeQueue(route) : keys.tenantQueue(req.fn.tenant), data, id);
       } catch (e) {
@@ -424,6 +428,33 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
 
     depth(tenant) {
       return redisCall(() => depthOf(tenant));
+    },
+
+    async purgeTenant(tenant) {
+      if (typeof tenant !== 'string' || !tenant) throw new InvalidRequest('tenant is required', { field: 'tenant' });
+      await redisCall(async () => {
+        await redis.multi().srem(keys.tenants(), tenant).del(keys.fastTenant(tenant)).exec();
+        announced.delete(tenant);
+        await queue(keys.tenantQueue(tenant)).obliterate({ force: true });
+        // SCAN patterns: each tenant-scoped key prefix with glob characters escaped, then '*'
+        const glob = (prefix: string) => `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`;
+        const recordPrefix = keys.record(tenant, 'x').slice(0, -1);
+        const prefixes = [recordPrefix, keys.idempotency(tenant, 'x').slice(0, -1), keys.logs(tenant, 'x').slice(0, -1), keys.warm(tenant, 'x', 0).slice(0, -3)];
+        const payloadKeys: string[] = [];
+        for (const prefix of prefixes) {
+          let cursor = '0';
+          do {
+            const [next, found] = await redis.scan(cursor, 'MATCH', glob(prefix), 'COUNT', 1000);
+            cursor = next;
+            if (prefix === recordPrefix) for (const k of found) payloadKeys.push(keys.payload(decodeURIComponent(k.slice(recordPrefix.length))));
+            if (found.length) await redis.del(...found);
+          } while (cursor !== '0');
+        }
+        for (let i = 0; i < payloadKeys.length; i += 1000) await redis.del(...payloadKeys.slice(i, i + 1000));
+        await redis.del(keys.logFunctions(tenant));
+      });
+      queues.get(keys.tenantQueue(tenant))?.close().catch(() => {});
+      queues.delete(keys.tenantQueue(tenant));
     },
 
     async ready() {

@@ -162,6 +162,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       autorun: true,
     });
     w.on('error', (e) => log.warn({ queue: queueName, err: String(e?.message ?? e) }, 'worker error'));
+    unwatch.push(metrics.watchRedis(w, 'scheduler'));
     workers.set(queueName, w);
   }
 

@@ -67,6 +67,12 @@ export interface InvocationClient {
   followLogs(tenant: string, q: LogQuery, signal: AbortSignal): AsyncIterable<LogLine>;
   /** queue depth per tenant, for /metrics and fair-sharing tests. */
   depth(tenant: string): Promise<number>;
+  /**
+   * Removes everything the scheduler keeps for a tenant: its queues (waiting, delayed, dead letters), records,
+   * stashed payloads, logs, idempotency keys and warm-routing records. For tenant deletion; running
+   * invocations finish, and their late results expire with their TTL. Optional so test fakes need not have it.
+   */
+  purgeTenant?(tenant: string): Promise<void>;
   /** true when Redis answers and at least one scheduler node has a fresh heartbeat. */
   ready(): Promise<boolean>;
   close(): Promise<void>;

@@ -1,7 +1,7 @@
 /**
  * @module store/metadata-cache
- * A small in-process cache of the two lookups every invocation makes (the presented key, the function's
- * version record), so a warm invocation does not pay two Redis round trips before it is even queued.
+ * A small in-process cache of the lookups every invocation makes (the presented key, the function's
+ * version record, the tenant's limits), so a warm invocation pays no Redis round trip before it is queued.
  *
  * Freshness: every write of the metadata store publishes an invalidation on `<prefix>invalidate` (and
  * drops the entries of its own process at once); every gateway subscribes and drops what the message names.
@@ -17,6 +17,7 @@
  */
 import type { FunctionVersion } from '../common/model.ts';
 import type { KeyRecord } from './keys.ts';
+import type { TenantRecord } from './tenants.ts';
 
 /** An invalidation: `t` tenant (all of it unless `f` or `k` narrows it), `f` function name, `k` key hash. */
 export interface Invalidation {
@@ -38,6 +39,7 @@ const DEFAULT_MAX_ENTRIES = 10_000;
 export class MetadataCache {
   private readonly keys = new Map<string, Entry<KeyRecord>>();
   private readonly fns = new Map<string, Entry<FunctionVersion>>();
+  private readonly tenants = new Map<string, Entry<TenantRecord & { tenant: string }>>();
   private readonly ttlMs: number;
   private readonly maxEntries: number;
 
@@ -68,6 +70,14 @@ export class MetadataCache {
     return this.through(this.keys, hash, undefined, load);
   }
 
+  /** A tenant's record (its limits). */
+  async tenant(name: string, load: () => Promise<TenantRecord | null>): Promise<TenantRecord | null> {
+    return this.through(this.tenants, name, undefined, async () => {
+      const t = await load();
+      return t ? { ...t, tenant: t.name } : null;
+    });
+  }
+
   /** A function's latest version (`version` undefined) or one version. */
   fn(tenant: string, name: string, version: number | undefined, load: () => Promise<FunctionVersion | null>): Promise<FunctionVersion | null> {
     return this.through(this.fns, `${tenant}\0${name}\0${version ?? ''}`, name, load);
@@ -76,13 +86,17 @@ export class MetadataCache {
   invalidate(m: Invalidation): void {
     if (m.k) this.keys.delete(m.k);
     if (m.t === undefined) return;
-    const dropKeys = m.f === undefined && m.k === undefined;
+    const wholeTenant = m.f === undefined && m.k === undefined;
     for (const [id, e] of this.fns) if (e.tenant === m.t && (m.f === undefined || e.fn === m.f)) this.fns.delete(id);
-    if (dropKeys) for (const [id, e] of this.keys) if (e.tenant === m.t) this.keys.delete(id);
+    if (wholeTenant) {
+      for (const [id, e] of this.keys) if (e.tenant === m.t) this.keys.delete(id);
+      this.tenants.delete(m.t);
+    }
   }
 
   clear(): void {
     this.keys.clear();
     this.fns.clear();
+    this.tenants.clear();
   }
 }

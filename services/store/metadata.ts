@@ -18,7 +18,7 @@ import type { FunctionVersion } from '../common/model.ts';
 import { FunctionStore } from './functions.ts';
 import { KeyStore, hashKey, type KeyRecord } from './keys.ts';
 import { MetadataCache, type Invalidation } from './metadata-cache.ts';
-import { TenantStore } from './tenants.ts';
+import { TenantStore, type TenantRecord } from './tenants.ts';
 
 export interface MetadataStore {
   readonly redis: Redis;
@@ -27,10 +27,12 @@ export interface MetadataStore {
   readonly keys: KeyStore;
   readonly functions: FunctionStore;
   readonly cache: MetadataCache;
-  /** the sorted set of a tenant's sync invocations in flight (services/gateway/admission.ts). */
-  inflightKey(tenant: string): string;
+  /** a tenant's record (limits), through the cache. */
+  getTenant(name: string): Promise<TenantRecord | null>;
   /** the key's record, through the cache (hot path of every request). */
   lookupKey(key: string): Promise<KeyRecord | null>;
+  /** the same by the key's sha256 ({@link hashKey}). */
+  lookupKeyHash(hash: string): Promise<KeyRecord | null>;
   /** `name` (latest) or `name:version` of `tenant`, through the cache (hot path of every invocation). */
   getFunction(tenant: string, name: string, version?: number): Promise<FunctionVersion | null>;
   /**
@@ -63,7 +65,7 @@ export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts:
       // other gateways' entries then expire by TTL
     });
   };
-  const tenants = new TenantStore(redis, prefix);
+  const tenants = new TenantStore(redis, prefix, changed);
   const keys = new KeyStore(redis, prefix, changed);
   const functions = new FunctionStore(redis, prefix, changed);
 
@@ -94,15 +96,19 @@ export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts:
       const h = hashKey(key);
       return cache.key(h, () => keys.lookupHash(h));
     },
+    lookupKeyHash(h) {
+      return cache.key(h, () => keys.lookupHash(h));
+    },
     getFunction(tenant, name, version) {
       return cache.fn(tenant, name, version, () => functions.get(tenant, name, version));
     },
-    inflightKey: (tenant) => `${prefix}inflight:${tenant}`,
+    getTenant(name) {
+      return cache.tenant(name, () => tenants.get(name));
+    },
     async deleteTenant(name) {
       await keys.revokeAll(name);
       const deleted = await tenants.remove(name);
       const fns = await functions.deleteAll(name);
-      await redis.del(`${prefix}inflight:${name}`);
       return { deleted, functions: fns };
     },
     async ping() {

@@ -11,6 +11,7 @@
  */
 import type { Redis } from 'ioredis';
 import { Conflict } from '../common/errors.ts';
+import type { Invalidation } from './metadata-cache.ts';
 
 export interface TenantLimits {
   /** the largest memory cap one of the tenant's functions may ask for. */
@@ -38,6 +39,7 @@ export class TenantStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix = 'fnhost:meta:',
+    private readonly onChange: (m: Invalidation) => void = () => {},
   ) {}
 
   /** The hash holding every tenant; other stores' scripts check membership in it. */
@@ -50,6 +52,7 @@ export class TenantStore {
     const rec: TenantRecord = { name, limits: { ...DEFAULT_LIMITS, ...limits }, createdAt: new Date().toISOString() };
     const created = await this.redis.hsetnx(this.tenantsKey, name, JSON.stringify(rec));
     if (created !== 1) throw new Conflict(`tenant ${name} already exists`, { field: 'name' });
+    this.onChange({ t: name });
     return rec;
   }
 
@@ -65,6 +68,8 @@ export class TenantStore {
 
   /** Removes the tenant record only (see MetadataStore.deleteTenant for the cascade); false when absent. */
   async remove(name: string): Promise<boolean> {
-    return (await this.redis.hdel(this.tenantsKey, name)) === 1;
+    const n = await this.redis.hdel(this.tenantsKey, name);
+    this.onChange({ t: name });
+    return n === 1;
   }
 }

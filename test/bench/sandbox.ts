@@ -16,14 +16,17 @@
  *   series runs in a private mount namespace with /sys/fs/cgroup/unified unmounted (issue 2).
  * - bwrap: `bwrap --ro-bind R / --proc /proc --dev /dev --unshare-all /bin/true`.
  *
- * Usage: npm run bench:sandbox [-- --n 200]   (env BENCH_N works too)
+ * floor and ours.* run in interleaved rounds (--rounds, default 4) so that drift of this shared machine hits
+ * them alike; the 1 GiB heap is allocated before and dropped after each round's heap series.
+ *
+ * Usage: npm run bench:sandbox [-- --n 200] [-- --rounds 4]   (env BENCH_N works too)
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { cleanupLeftovers, createSandbox, setNodeId, type Sandbox } from '../../services/sandbox/index.ts';
+import { cleanupLeftovers, createSandbox, setNodeId, warmUp, type Sandbox } from '../../services/sandbox/index.ts';
 import { makeRootfs } from '../helpers/sandbox-rootfs.ts';
 
 type Entry = { median_ms: number; p90_ms: number; n: number } | { error: string };
@@ -122,7 +125,7 @@ async function oursOnce(sb: Sandbox, layers: string[]): Promise<void> {
   await sb.destroy();
 }
 
-async function pooled(layers: string[], n: number): Promise<Entry> {
+async function pooledTimes(layers: string[], n: number): Promise<number[]> {
   const times: number[] = [];
   const batch = 20; // the pool is refilled in batches, outside the timed section
   for (let done = -3; done < n;) {
@@ -134,26 +137,17 @@ async function pooled(layers: string[], n: number): Promise<Entry> {
       done++;
     }
   }
-  return stats(times);
+  return times;
 }
 
-async function full(layers: string[], n: number): Promise<Entry> {
+async function fullTimes(layers: string[], n: number): Promise<number[]> {
   const times: number[] = [];
   for (let i = -3; i < n; i++) {
     const t0 = performance.now();
     await oursOnce(await createSandbox(), layers);
     if (i >= 0) times.push(performance.now() - t0);
   }
-  return stats(times);
-}
-
-async function guarded(name: string, f: () => Promise<Entry>): Promise<Entry> {
-  log(`${name}`);
-  try {
-    return await f();
-  } catch (e) {
-    return { error: (e as Error).message };
-  }
+  return times;
 }
 
 /** ≈1 GiB of live V8 heap: 128 arrays of 1 Mi doubles (8 MiB each, unboxed FixedDoubleArray). */
@@ -167,34 +161,66 @@ function holdHeap(): number[][] {
   return keep;
 }
 
+/** Times the floor: fork/exec of the rootfs's static busybox `true`, n runs (+3 warm-up). */
+function floorSeries(busybox: string, n: number): number[] {
+  return series([busybox, 'true'], n);
+}
+
 async function main(): Promise<void> {
   const n = Number(argValue('--n') ?? process.env.BENCH_N ?? 200);
+  // The ours/floor series run in interleaved rounds (each a quarter of n) so that drift of this shared
+  // 2-core machine hits them alike; the 1 GiB heap is allocated and dropped again in every round.
+  const rounds = Number(argValue('--rounds') ?? 4);
+  const per = Math.ceil(n / rounds);
   const nodeId = `bench-${process.pid}`;
   setNodeId(nodeId);
   const fx = makeRootfs();
   mkdirSync(join(fx.base, 'sys'), { recursive: true }); // runc/crun want a /sys mount point in the rootfs
   const bundles = join(fx.dir, 'bundles');
   const layers = [fx.base];
+  const busybox = join(fx.base, 'bin/busybox');
+  setFlagsFromString('--expose_gc');
+  const gc = runInNewContext('gc') as () => void;
+  const t = { floor: [] as number[], pooled: [] as number[], full: [] as number[], heap: [] as number[] };
+  const err: Partial<Record<keyof typeof t, string>> = {};
+  const collectInto = async (k: keyof typeof t, f: () => Promise<Entry | number[]>) => {
+    if (err[k]) return;
+    try {
+      const r = await f();
+      if (Array.isArray(r)) t[k].push(...r);
+    } catch (e) {
+      err[k] = (e as Error).message;
+    }
+  };
   try {
-    const floor = (() => { log(`floor: ${n} runs`); try { return stats(series([join(fx.base, 'bin/busybox'), 'true'], n)); } catch (e) { return { error: (e as Error).message }; } })();
-    const oursPooled = await guarded(`ours.pooled: ${n} runs`, () => pooled(layers, n));
-    const oursFull = await guarded(`ours.full: ${n} runs`, () => full(layers, n));
+    await warmUp();
+    for (let r = 0; r < rounds; r++) {
+      log(`round ${r + 1}/${rounds}: floor, ours.pooled, ours.full (${per} runs each)`);
+      await collectInto('floor', async () => floorSeries(busybox, per));
+      await collectInto('pooled', () => pooledTimes(layers, per));
+      await collectInto('full', () => fullTimes(layers, per));
+      log(`round ${r + 1}/${rounds}: ours.full_with_1g_heap (${per} runs)`);
+      let heap: number[][] | undefined = holdHeap();
+      // Measure the steady state of a process that holds the heap, not V8's background marking and sweeping
+      // of the allocation burst (it competes for this machine's 2 cores): one full GC, then let it settle.
+      gc();
+      await new Promise((res) => setTimeout(res, 300));
+      if (r === 0) log(`heapUsed ${Math.round(process.memoryUsage().heapUsed / 2 ** 20)} MiB`);
+      await collectInto('heap', () => fullTimes(layers, per));
+      if (heap.length !== 128) throw new Error('heap was collected');
+      heap = undefined;
+      gc();
+    }
+    const entry = (k: keyof typeof t): Entry => (err[k] ? { error: err[k]! } : stats(t[k]));
     const bundle = ociBundle(bundles, fx.base);
     const runc = external('runc', ['runc', 'run', '--bundle', bundle, `fnhost-bench-runc-${process.pid}`], n);
     const crun = external('crun', ['crun', 'run', '--bundle', bundle, `fnhost-bench-crun-${process.pid}`], n, { privateNsUmount: '/sys/fs/cgroup/unified' });
     const bwrap = external('bwrap', ['bwrap', '--ro-bind', fx.base, '/', '--proc', '/proc', '--dev', '/dev', '--unshare-all', '/bin/true'], n);
-    log('allocating 1 GiB of live heap');
-    const heap = holdHeap();
-    // Measure the steady state of a process that holds the heap, not V8's background marking and sweeping
-    // of the allocation burst (it competes for this machine's 2 cores): one full GC, then let it settle.
-    setFlagsFromString('--expose_gc');
-    (runInNewContext('gc') as () => void)();
-    await new Promise((r) => setTimeout(r, 1000));
-    const heapMb = Math.round(process.memoryUsage().heapUsed / 2 ** 20);
-    log(`heapUsed ${heapMb} MiB`);
-    const oursHeap = await guarded(`ours.full_with_1g_heap: ${n} runs`, () => full(layers, n));
-    if (heap.length !== 128) throw new Error('heap was collected');
-    process.stdout.write(`${JSON.stringify({ floor, ours: { pooled: oursPooled, full: oursFull, full_with_1g_heap: oursHeap }, runc, crun, bwrap })}\n`);
+    process.stdout.write(`${JSON.stringify({
+      floor: entry('floor'),
+      ours: { pooled: entry('pooled'), full: entry('full'), full_with_1g_heap: entry('heap') },
+      runc, crun, bwrap,
+    })}\n`);
   } finally {
     await cleanupLeftovers(nodeId).catch(() => {});
     rmSync(fx.dir, { recursive: true, force: true });

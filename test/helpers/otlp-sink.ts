@@ -10,7 +10,9 @@
  * const spans = await sink.waitFor((all) => all.filter((s) => s.traceId === id).length >= 8, 10_000);
  * await sink.close();
  */
+import { fork } from 'node:child_process';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { gunzipSync, inflateSync } from 'node:zlib';
 
 export interface DecodedSpan {
@@ -236,4 +238,86 @@ export async function startOtlpSink(opts: OtlpSinkOptions = {}): Promise<OtlpSin
         server.close(() => resolve());
       }),
   };
+}
+
+export interface OtlpSinkStats {
+  spanCount: number;
+  requests: number;
+  rejected: number;
+}
+
+export interface OtlpSinkProcess {
+  readonly url: string;
+  readonly env: Record<string, string>;
+  stats(): Promise<OtlpSinkStats>;
+  /** polls until at least `n` spans arrived; rejects after `timeoutMs` */
+  waitFor(n: number, timeoutMs?: number): Promise<OtlpSinkStats>;
+  close(): Promise<void>;
+}
+
+/**
+ * The same receiver (counting only) in a child process, like a collector on loopback would be: benchmarks use
+ * it so that decoding spans does not compete with the load generator's event loop in the bench process.
+ *
+ * @example
+ * const sink = await startOtlpSinkProcess();
+ * const host = spawn(..., { env: { ...process.env, ...sink.env } });
+ * ... load ...
+ * const { spanCount } = await sink.waitFor(1);
+ * await sink.close();
+ */
+export async function startOtlpSinkProcess(): Promise<OtlpSinkProcess> {
+  const child = fork(fileURLToPath(import.meta.url), ['--serve'], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let seq = 0;
+  const pending = new Map<number, (s: OtlpSinkStats) => void>();
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`OTLP sink process exited (${code}) before listening`)));
+    child.on('message', (m: { url?: string; id?: number; stats?: OtlpSinkStats }) => {
+      if (m.url) resolve(m.url);
+      else if (m.id !== undefined && m.stats) {
+        pending.get(m.id)?.(m.stats);
+        pending.delete(m.id);
+      }
+    });
+  });
+  const stats = () =>
+    new Promise<OtlpSinkStats>((resolve) => {
+      const id = ++seq;
+      pending.set(id, resolve);
+      child.send({ id });
+    });
+  return {
+    url,
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' },
+    stats,
+    async waitFor(n, timeoutMs = 10_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const s = await stats();
+        if (s.spanCount >= n) return s;
+        if (Date.now() > deadline) throw new Error(`OTLP sink process: ${s.spanCount} of ${n} spans within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async close() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+// Child side of startOtlpSinkProcess().
+if (process.argv.includes('--serve') && process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href && process.send) {
+  const sink = await startOtlpSink({ keep: false });
+  process.on('message', (m: { id: number }) =>
+    process.send!({ id: m.id, stats: { spanCount: sink.spanCount, requests: sink.requests, rejected: sink.rejected } }),
+  );
+  process.on('SIGTERM', () => void sink.close().then(() => process.exit(0)));
+  process.on('disconnect', () => void sink.close().then(() => process.exit(0)));
+  process.send({ url: sink.url });
 }

@@ -253,6 +253,43 @@ describe.each(STYLES)('runtime $name', (style) => {
   });
 });
 
+describe.each(STYLES.filter((s) => s.name === 'node-event' || s.name === 'python'))('log attribution on $name', (style) => {
+  it('keeps every line with its own invocation across mixed successes, errors and quiet calls', async () => {
+    const sink: LogLine[] = [];
+    const inst = await instance(style, 'echo', { fn: { handler: 'mixed.handler' }, onLog: (l) => sink.push(l) });
+    // fd: stderr written straight to fd 2; child (python): stdout from a subprocess with inherited stdio
+    const ops = ['', 'out', 'err', 'out+err', 'out+throw', 'err+throw', 'throw', 'out+late', '', 'fd', 'out+fd+throw', 'child'];
+    const ids: string[] = [];
+    for (let n = 0; n < 90; n++) {
+      const op = ops[n % ops.length]!;
+      if (style.name === 'python' && op.includes('late')) continue;
+      if (style.name !== 'python' && op.includes('child')) continue;
+      const invId = id();
+      ids.push(invId);
+      let logs: LogLine[];
+      try {
+        const r = await inst.invoke({ id: invId, payload: event(JSON.stringify({ op, n }), 'application/json') });
+        expect(op).not.toContain('throw');
+        expect(JSON.parse(r.response.body.toString())).toEqual({ n });
+        logs = r.logs;
+      } catch (e) {
+        expect(e).toBeInstanceOf(FunctionError);
+        expect((e as Error).message).toBe(`thrown ${n}`);
+        logs = logsOf(e);
+      }
+      const want = [...(op.includes('out') || op.includes('child') ? [`out ${n}`] : []), ...(op.includes('err') || op.includes('fd') ? [`err ${n}`] : [])];
+      expect(logs.map((l) => l.line).sort()).toEqual(want.sort());
+      expect(logs.every((l) => l.invocationId === invId)).toBe(true);
+    }
+    // a line written by a timer after the result is the invocation's too (tagged), just not in its record
+    if (style.name === 'node-event') {
+      await until(() => sink.some((l) => l.line === 'late 7'));
+      expect(sink.find((l) => l.line === 'late 7')!.invocationId).toBe(ids[7]);
+    }
+    expect(inst.alive).toBe(true);
+  });
+});
+
 describe('http invocations', () => {
   const http = (method: string, path: string, query: string, body = Buffer.alloc(0), headers: Record<string, string> = {}): InvocationPayload => ({
     kind: 'http', method, path, query, headers: { host: 'fn.example', ...headers }, body,
@@ -350,6 +387,14 @@ describe('loading', () => {
     expect(pooled.alive).toBe(false);
   });
 
+  it('tags output made while loading the module as the load\'s (init)', async () => {
+    const sink: LogLine[] = [];
+    const inst = await instance(STYLES[1]!, 'echo', { fn: { handler: 'import-logs.handler' }, onLog: (l) => sink.push(l) });
+    expect(sink).toEqual([expect.objectContaining({ invocationId: 'init', stream: 'stdout', line: 'loading module' })]);
+    const { logs } = await inst.invoke({ id: id(), payload: event('1', 'application/json') });
+    expect(logs).toEqual([]);
+  });
+
   it('reports a python import error as FunctionError at load', async () => {
     const style = STYLES[3]!;
     const sb = await be.createSandbox();
@@ -376,6 +421,13 @@ describe('loading', () => {
     const inst = await instance(STYLES[2]!, 'echo', { fn: { handler: 'plain.handler' } });
     const { response } = await inst.invoke({ id: id(), payload: event('{"k":"v"}', 'application/json') });
     expect(JSON.parse(response.body.toString())).toEqual({ got: { k: 'v' }, fn: 'rt-node-cjs-echo' });
+  });
+
+  it('sees its code read-only at /var/task and a writable /tmp', async (t) => {
+    if (be.name !== 'sandbox') t.skip('the process stand-in has no read-only rootfs (real sandboxes not available)');
+    const inst = await instance(STYLES[1]!, 'echo', { fn: { handler: 'write.handler' } });
+    const { response } = await inst.invoke({ id: id(), payload: event('') });
+    expect(JSON.parse(response.body.toString())).toEqual({ code: 'EROFS', tmp: 'ok' });
   });
 
   it('reports a function that writes garbage on the wire as Crashed and destroys the instance', async () => {

@@ -290,6 +290,8 @@ describe('worker processes', () => {
       const again = await client.get(tenant, invocationId);
       expect(again!.response!.body.equals(rec!.response!.body)).toBe(true);
       expect(await client.listDeadLetters(tenant)).toEqual([]);
+      // A's partial run left nothing the caller can see: one run's log line, from B
+      expect((await client.logs(tenant, { function: 'slow', invocation: invocationId })).map((l) => l.line)).toEqual(['started']);
       // B cleans up after itself on SIGTERM
       b.kill('SIGTERM');
       expect(await new Promise((r) => b.once('exit', r))).toBe(0);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { NotFound, InvalidRequest } from '../../services/common/errors.ts';
 import type { LogLine } from '../../services/common/model.ts';
+import { Admission } from '../../services/gateway/admission.ts';
 import { createGateway } from '../../services/gateway/app.ts';
 import type { GatewayDeps } from '../../services/gateway/context.ts';
 import { generateKey, hashKey } from '../../services/store/keys.ts';
@@ -139,6 +140,9 @@ export interface Harness {
   store: MetadataStore;
   client: ScriptedClient;
   images: DirImageStore;
+  admission: Admission;
+  /** where the gateway spools image uploads */
+  tmpDir: string;
   adminKey: string;
   redis: Redis;
   prefix: string;
@@ -158,7 +162,8 @@ export async function createHarness(extra: Partial<GatewayDeps> = {}): Promise<H
   const images = new DirImageStore(join(root, 'layers'));
   mkdirSync(images.root);
   const adminKey = generateKey();
-  const app = createGateway({ store, client, images, adminKeyHash: hashKey(adminKey), tmpDir: join(root, 'tmp'), ...extra });
+  const admission = new Admission(store);
+  const app = createGateway({ store, client, images, admission, adminKeyHash: hashKey(adminKey), tmpDir: join(root, 'tmp'), ...extra });
   const req: Harness['req'] = async (method, path, opts = {}) => {
     const headers: Record<string, string> = { ...opts.headers };
     if (opts.key) headers.authorization = `Bearer ${opts.key}`;
@@ -170,7 +175,7 @@ export async function createHarness(extra: Partial<GatewayDeps> = {}): Promise<H
     return app.request(path, { method, headers, body: body ?? null });
   };
   const h: Harness = {
-    app, store, client, images, adminKey, redis, prefix, req,
+    app, store, client, images, admission, tmpDir: join(root, 'tmp'), adminKey, redis, prefix, req,
     async tenant(name, limits) {
       const r = await req('POST', '/v1/tenants', { key: adminKey, json: limits ? { name, limits } : { name } });
       if (r.status !== 201) throw new Error(`tenant ${name}: ${r.status} ${await r.text()}`);

@@ -29,11 +29,11 @@ afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
 
 describe('host config', () => {
   it('env, then flags over env, with defaults', () => {
-    expect(hostConfig({})).toEqual({ port: 8080, host: '0.0.0.0', stateDir: '/var/lib/fnhost/state' });
-    const c = hostConfig({ PORT: '9000', HOST: '127.0.0.1', REDIS_URL: 'redis://r:6379', FNHOST_STATE_DIR: '/s' }, { port: '9001' });
-    expect(c).toEqual({ port: 9001, host: '127.0.0.1', stateDir: '/s', redisUrl: 'redis://r:6379' });
+    expect(hostConfig({})).toEqual({ port: 8080, host: '0.0.0.0', stateDir: '/var/lib/fnhost/state', scheduler: true });
+    const c = hostConfig({ PORT: '9000', HOST: '127.0.0.1', REDIS_URL: 'redis://r:6379', FNHOST_STATE_DIR: '/s', FNHOST_SCHEDULER: 'on' }, { port: '9001', scheduler: 'off' });
+    expect(c).toEqual({ port: 9001, host: '127.0.0.1', stateDir: '/s', redisUrl: 'redis://r:6379', scheduler: false });
   });
-  it.each([['PORT', 'http'], ['PORT', '70000'], ['FNHOST_ADMIN_KEY', 'short'], ['FNHOST_ADMIN_KEY', 'has a space in it!!']])('refuses %s=%s', (k, v) => {
+  it.each([['PORT', 'http'], ['PORT', '70000'], ['FNHOST_ADMIN_KEY', 'short'], ['FNHOST_ADMIN_KEY', 'has a space in it!!'], ['FNHOST_SCHEDULER', 'maybe']])('refuses %s=%s', (k, v) => {
     expect(() => hostConfig({ [k]: v })).toThrow();
   });
 });

@@ -325,3 +325,54 @@ describe('tenant isolation (metadata routes)', () => {
     expect((await h.store.functions.get('acme', 'mine'))?.version).toBe(1);
   });
 });
+
+describe('body caps', () => {
+  const chunked = (bytes: number, chunk = 1024) =>
+    new Request('http://x/', {
+      method: 'POST',
+      // a stream body has no Content-Length: the cap is enforced while reading
+      body: new ReadableStream({
+        start(c) {
+          for (let n = 0; n < bytes; n += chunk) c.enqueue(new Uint8Array(Math.min(chunk, bytes - n)));
+          c.close();
+        },
+      }),
+      duplex: 'half',
+    } as RequestInit);
+
+  it('readBody counts a chunked body and stops at the cap', async () => {
+    const { readBody } = await import('../../services/gateway/body.ts');
+    expect((await readBody(chunked(4096), 4096)).length).toBe(4096);
+    await expect(readBody(chunked(4097), 4096)).rejects.toMatchObject({ type: 'PayloadTooLarge', details: { limitBytes: 4096 } });
+    await expect(readBody(new Request('http://x/', { method: 'POST', body: 'abc', headers: { 'content-length': '99999' } }), 10)).rejects.toMatchObject({ type: 'PayloadTooLarge' });
+  });
+
+  it('spoolBody writes under the cap and removes the file past it', async () => {
+    const { spoolBody } = await import('../../services/gateway/body.ts');
+    const { mkdtempSync, existsSync, statSync, rmSync } = await import('node:fs');
+    const d = mkdtempSync('/tmp/fnhost-spool-');
+    try {
+      expect(await spoolBody(chunked(3000), `${d}/ok`, 4096)).toBe(3000);
+      expect(statSync(`${d}/ok`).mode & 0o777).toBe(0o600);
+      await expect(spoolBody(chunked(5000), `${d}/big`, 4096)).rejects.toMatchObject({ type: 'PayloadTooLarge' });
+      expect(existsSync(`${d}/big`)).toBe(false);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('an image upload over the (configured) cap is 413 and leaves no temp file', async () => {
+    const small = await createHarness({ limits: { imageBytes: 1000 } });
+    try {
+      const k = await small.tenant('imgcap');
+      const r = await small.req('PUT', '/v1/images/big', { key: k, body: Buffer.alloc(2000) });
+      expect(r.status).toBe(413);
+      expect(small.images.images.size).toBe(0);
+      const { readdirSync } = await import('node:fs');
+      // the spool dir was used, and holds nothing after the refusal
+      expect(readdirSync(small.tmpDir)).toEqual([]);
+    } finally {
+      await small.close();
+    }
+  });
+});

@@ -1,12 +1,15 @@
 /**
- * Log attribution by marker (runtime/host/logs.ts): pure logic over in-memory streams.
+ * Log attribution by BEGIN/END markers (runtime/host/logs.ts, protocol.ts "log boundaries"): pure logic
+ * over in-memory streams.
  */
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import type { LogLine } from '../../services/common/model.ts';
 import { LogCollector, MAX_LINE_BYTES } from '../../runtime/host/logs.ts';
 
-const MARK = '\x1efnhost-end:0123456789abcdef\x1e';
+const MARK = '\x1efnhost:0123456789abcdef:';
+const B = `${MARK}B\x1e`;
+const E = `${MARK}E\x1e`;
 
 function setup(capBytes = 1 << 20) {
   const out = new PassThrough();
@@ -19,95 +22,114 @@ function setup(capBytes = 1 << 20) {
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
+const lines = (ls: LogLine[]) => ls.map((l) => `${l.invocationId}:${l.stream}:${l.line}`);
 
 describe('LogCollector', () => {
-  it('attributes lines before the marker to the invocation and settles on both markers', async () => {
+  it('attributes what lies between BEGIN and END and settles on the END of the streams named', async () => {
     const { c, out, err, sink } = setup();
     c.begin('a');
     let settled = false;
-    const s = c.settled().then(() => (settled = true));
-    out.write('one\ntwo\n');
-    err.write('e1\n');
-    out.write(MARK);
+    const s = c.settled(3).then(() => (settled = true));
+    out.write(`${B}one\ntwo\n`);
+    err.write(`${B}e1\n`);
+    out.write(E);
     await tick();
     expect(settled).toBe(false);
-    err.write(MARK);
+    err.write(E);
     await s;
-    const rec = c.end();
-    expect(rec.lines.map((l) => `${l.invocationId}:${l.stream}:${l.line}`)).toEqual(['a:stdout:one', 'a:stdout:two', 'a:stderr:e1']);
+    expect(lines(c.end().lines)).toEqual(['a:stdout:one', 'a:stdout:two', 'a:stderr:e1']);
     expect(sink).toHaveLength(3);
   });
 
-  it('finds a marker split across chunks and flushes a partial line at the marker', async () => {
-    const { c, out, err, sink } = setup();
+  it('settles at once for a quiet invocation (marked = 0)', async () => {
+    const { c } = setup();
     c.begin('a');
-    const s = c.settled();
-    out.write(`no newline${MARK.slice(0, 5)}`);
-    await tick();
-    out.write(`${MARK.slice(5)}next\n`);
-    err.write(MARK);
-    await s;
-    expect(c.end().lines.map((l) => l.line)).toEqual(['no newline']);
-    // output after the marker (a leftover timer) is tagged with the last invocation but not in its record
-    expect(sink.map((l) => [l.invocationId, l.line])).toEqual([['a', 'no newline'], ['a', 'next']]);
+    await c.settled(0);
+    expect(c.end().lines).toEqual([]);
+  });
+
+  it('keeps background output with the invocation that last ended, whenever it arrives', async () => {
+    const { c, out, sink } = setup();
+    c.begin('a');
+    out.write(`${B}mine a\n${E}`);
+    await c.settled(1);
+    c.end();
     c.begin('b');
-    out.write('mine\n');
-    out.write(MARK);
-    err.write(MARK);
-    await c.settled();
-    expect(c.end().lines.map((l) => [l.invocationId, l.line])).toEqual([['b', 'mine']]);
+    // a timer of a's writes after a's END; the pipe delivers it only after the host began b
+    out.write('late a\n');
+    out.write(`${B}mine b\n${E}`);
+    await c.settled(1);
+    expect(lines(c.end().lines)).toEqual(['b:stdout:mine b']);
+    expect(lines(sink)).toEqual(['a:stdout:mine a', 'a:stdout:late a', 'b:stdout:mine b']);
+  });
+
+  it('finds markers split across chunks and flushes a partial line at the marker', async () => {
+    const { c, out } = setup();
+    c.begin('a');
+    const s = c.settled(1);
+    out.write(`${B.slice(0, 3)}`);
+    await tick();
+    out.write(`${B.slice(3)}no newline${E.slice(0, 7)}`);
+    await tick();
+    out.write(E.slice(7));
+    await s;
+    expect(lines(c.end().lines)).toEqual(['a:stdout:no newline']);
+  });
+
+  it('treats the marker prefix with an unknown kind as text', async () => {
+    const { c, out } = setup();
+    c.begin('a');
+    const s = c.settled(1);
+    out.write(`${B}x${MARK}Zy\n${E}`);
+    await s;
+    expect(c.end().lines.map((l) => l.line)).toEqual([`x${MARK}Zy`]);
   });
 
   it('keeps a multi-byte character split across chunks intact', async () => {
-    const { c, out, err } = setup();
+    const { c, out } = setup();
     c.begin('a');
-    const s = c.settled();
-    const bytes = Buffer.from('héllo wörld\n');
-    out.write(bytes.subarray(0, 2));
+    const s = c.settled(1);
+    const bytes = Buffer.concat([Buffer.from(B), Buffer.from('héllo wörld\n')]);
+    out.write(bytes.subarray(0, B.length + 2));
     await tick();
-    out.write(bytes.subarray(2));
-    out.write(MARK);
-    err.write(MARK);
+    out.write(bytes.subarray(B.length + 2));
+    out.write(E);
     await s;
     expect(c.end().lines[0]!.line).toBe('héllo wörld');
   });
 
   it('caps an invocation and says how much it dropped', async () => {
-    const { c, out, err } = setup(100);
+    const { c, out } = setup(100);
     c.begin('a');
-    const s = c.settled();
+    const s = c.settled(1);
+    out.write(B);
     for (let i = 0; i < 30; i++) out.write(`line ${String(i).padStart(4, '0')}\n`); // 10 bytes each
-    out.write(MARK);
-    err.write(MARK);
+    out.write(E);
     await s;
-    const lines = c.end().lines;
-    expect(lines.slice(0, -1)).toHaveLength(10);
-    expect(lines.at(-1)!.line).toBe('[fnhost] log truncated: 200 bytes dropped (cap 100 bytes per invocation)');
+    const ls = c.end().lines;
+    expect(ls.slice(0, -1)).toHaveLength(10);
+    expect(ls.at(-1)!.line).toBe('[fnhost] log truncated: 200 bytes dropped (cap 100 bytes per invocation)');
     // the next invocation has its own budget
     c.begin('b');
-    out.write('fresh\n');
-    out.write(MARK);
-    err.write(MARK);
-    await c.settled();
+    out.write(`${B}fresh\n${E}`);
+    await c.settled(1);
     expect(c.end().lines.map((l) => l.line)).toEqual(['fresh']);
   });
 
   it('splits a runaway line', async () => {
-    const { c, out, err } = setup();
+    const { c, out } = setup();
     c.begin('a');
-    const s = c.settled();
-    out.write('y'.repeat(MAX_LINE_BYTES * 2 + 5));
-    out.write(MARK);
-    err.write(MARK);
+    const s = c.settled(1);
+    out.write(`${B}${'y'.repeat(MAX_LINE_BYTES * 2 + 5)}${E}`);
     await s;
     expect(c.end().lines.map((l) => l.line.length)).toEqual([MAX_LINE_BYTES, MAX_LINE_BYTES, 5]);
   });
 
-  it('settles when a stream ends instead of showing the marker, and keeps a tail', async () => {
+  it('settles when a stream ends instead of showing END, and keeps a tail', async () => {
     const { c, out, err } = setup();
     c.begin('a');
-    const s = c.settled();
-    err.write('Traceback: something bad happened at the very end\n');
+    const s = c.settled(3);
+    err.write(`${B}Traceback: something bad happened at the very end\n`);
     out.end();
     err.end();
     await s;
@@ -115,5 +137,15 @@ describe('LogCollector', () => {
     expect(c.end().lines.map((l) => l.line)).toEqual(['Traceback: something bad happened at the very end']);
     expect(c.tail('stderr')).toContain('very end');
     expect(c.tail('stderr').length).toBeLessThanOrEqual(64);
+  });
+
+  it('without markers gives everything to the running invocation (exec)', async () => {
+    const err = new PassThrough();
+    const c = new LogCollector({ capBytes: 1000 });
+    c.attach(err, 'stderr');
+    c.begin('x');
+    err.end('a\nb');
+    await c.drained();
+    expect(lines(c.end().lines)).toEqual(['x:stderr:a', 'x:stderr:b']);
   });
 });

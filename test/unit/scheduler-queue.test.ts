@@ -322,6 +322,26 @@ describe('shutdown and metrics', () => {
   });
 });
 
+describe('tenant purge', () => {
+  it('purgeTenant removes queues, dead letters, records, payloads, logs and idempotency keys of that tenant only', async () => {
+    const e = await env();
+    const fn = e.fn({ retries: 1 });
+    const other = { ...fn, tenant: fn.tenant + 'o' };
+    const big = { kind: 'event' as const, body: Buffer.alloc(40_000, 7) };
+    await e.client.invoke({ fn, payload: ev({ log: 'x' }), mode: 'sync' });
+    await e.client.invoke({ fn, payload: big, mode: 'sync' });
+    const dead = await e.client.enqueue({ fn, payload: ev({ fail: 'FunctionError' }), mode: 'async', idempotencyKey: 'k' });
+    await until(() => e.client.get(fn.tenant, dead.invocationId), (r) => r?.status === 'failed');
+    const kept = await e.client.invoke({ fn: other, payload: ev({ log: 'y' }), mode: 'sync' });
+    await e.client.purgeTenant!(fn.tenant);
+    const left = (await redis.keys(`${e.prefix}:*`)).filter((k) => k.includes(encodeURIComponent(fn.tenant) + ':') || k.includes(`inv.${encodeURIComponent(fn.tenant)}:`));
+    expect(left).toEqual([]);
+    expect(await e.client.listDeadLetters(fn.tenant)).toEqual([]);
+    expect(await e.client.get(other.tenant, kept.record.id)).not.toBeNull();
+    expect((await e.client.logs(other.tenant, {})).map((l) => l.line)).toEqual(['y']);
+  });
+});
+
 describe('nodes', () => {
   it('ready() needs a fresh scheduler heartbeat; close() removes the node', async () => {
     const e = await env();

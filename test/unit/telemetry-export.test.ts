@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpanKind } from '@opentelemetry/api';
 import { Attr, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../../services/common/telemetry.ts';
 import { initTracing, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
-import { startOtlpSink, type OtlpSink } from '../helpers/otlp-sink.ts';
+import { startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
 
 describe('tracingRequested (standard OTEL_* env)', () => {
   it.each([
@@ -96,5 +96,29 @@ describe('sampling from the standard env (OTEL_TRACES_SAMPLER)', () => {
       await handle.shutdown();
     }
     expect(sink.spanCount).toBe(0);
+  });
+});
+
+describe('the OTLP sink as its own process (benchmarks)', () => {
+  it('counts spans posted to it, refuses protobuf, and exits on close', async () => {
+    const sink = await startOtlpSinkProcess();
+    try {
+      const body = {
+        resourceSpans: [
+          {
+            resource: { attributes: [{ key: 'service.name', value: { stringValue: 'x' } }] },
+            scopeSpans: [{ spans: [1, 2, 3].map((i) => ({ traceId: 'ab'.repeat(16), spanId: `0${i}`.repeat(8), name: `s${i}`, kind: 1, startTimeUnixNano: '1', endTimeUnixNano: '2' })) }],
+          },
+        ],
+      };
+      const ok = await fetch(`${sink.url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      expect(ok.status).toBe(200);
+      const proto = await fetch(`${sink.url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: new Uint8Array([10, 0]) });
+      expect(proto.status).toBe(415);
+      expect(await sink.waitFor(3, 5000)).toEqual({ spanCount: 3, requests: 1, rejected: 1 });
+    } finally {
+      await sink.close();
+    }
+    await expect(fetch(`${sink.url}/v1/traces`, { method: 'POST', body: '{}' })).rejects.toThrow();
   });
 });

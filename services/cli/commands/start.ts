@@ -23,7 +23,14 @@ export async function start(flags: Record<string, string | undefined>): Promise<
     throw new CliError((e as Error).message, EXIT.usage);
   }
   const log = createLogger('fnhost');
-  const host = await startHost(cfg, { logger: log });
+  let host;
+  try {
+    host = await startHost(cfg, { logger: log });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'EADDRINUSE') throw new CliError(`port ${cfg.port} on ${cfg.host} is already in use: set PORT or --port`, EXIT.unavailable);
+    throw new CliError(`the host did not start: ${err.message}`, EXIT.unavailable);
+  }
   process.stdout.write(`fnhost is listening on ${host.url}\n`);
   if (host.adminKey.generated) {
     process.stdout.write(`admin key (shown once; also in ${host.adminKey.file}, mode 0600):\n  ${host.adminKey.key}\n`);
