@@ -35,7 +35,9 @@
  * host attributes what a stream shows between BEGIN and END to the invocation (or the load), and
  * anything outside to the invocation that last ended on it (background output, sink only). END is in
  * the pipe before the frame is on the wire, so the host finishes an invocation with all of its logs and
- * no timer; a quiet invocation costs no extra write.
+ * no timer. The node shim writes BEGIN lazily, before the first write through process.std* or fs to fd
+ * 1/2, so a quiet invocation costs no extra write (output of child processes with inherited stdio then
+ * counts as background); the python shim writes BEGIN eagerly on both fds, which covers subprocesses too.
  *
  * Errors: a frame the host cannot parse (bad type, bad JSON, longer than the host's cap) is a protocol
  * violation: the host kills the instance and reports `Crashed` (or `ResponseTooLarge` for an oversized RESULT).

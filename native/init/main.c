@@ -216,7 +216,7 @@ static int run_ops(struct frame *f, long long reqid, pid_t *spawned)
 				return -1;
 		} else if (!strcmp(op, "spawn")) {
 			if (op_spawn(f, reqid, spawned) < 0)
-				return -1;
+				return fail_ctx("starting a process");
 		} else {
 			return fail(EINVAL, op, "", "unknown op");
 		}
@@ -301,8 +301,10 @@ int main(int argc, char **argv)
 			fail(EINVAL, "execve", "", "usage: fnhost-init --template <stage-dir> <init-path>");
 			die_setup();
 		}
-		if (ns_make_private() < 0 || mnt_template(argv[2], argv[3]) < 0)
+		if (ns_make_private() < 0 || mnt_template(argv[2], argv[3]) < 0) {
+			fail_ctx("building the template mount namespace in %s", argv[2]);
 			die_setup();
+		}
 		const char *ready[] = { "ready" };
 		if (send_msg(ready, 1) < 0)
 			_exit(2);
@@ -331,8 +333,10 @@ int main(int argc, char **argv)
 			fail(EINVAL, "execve", "", "usage: fnhost-init <stage-dir> | --in-template | --template <stage-dir> <init-path>");
 			die_setup();
 		}
-		if (ns_make_private() < 0 || mnt_stage(argv[1]) < 0)
+		if (ns_make_private() < 0 || mnt_stage(argv[1]) < 0) {
+			fail_ctx("staging the sandbox's root in %s", argv[1]);
 			die_setup();
+		}
 	}
 	/* Staging was the last thing that needed more than mounting, hostname and changing ids. */
 	if (caps_init_keep_minimal() < 0)

@@ -42,7 +42,15 @@ int fail_ctx(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(ctx, sizeof ctx, fmt, ap);
 	va_end(ap);
-	snprintf(joined, sizeof joined, "%s: %s", ctx, last_failure.msg);
+	/* "<ctx>: <inner message>", cut at the buffer's end (truncation is fine, losing errno is not) */
+	size_t n = 0;
+	for (const char *p = ctx; *p && n < sizeof joined - 1; p++)
+		joined[n++] = *p;
+	for (const char *p = ": "; *p && n < sizeof joined - 1; p++)
+		joined[n++] = *p;
+	for (const char *p = last_failure.msg; *p && n < sizeof joined - 1; p++)
+		joined[n++] = *p;
+	joined[n] = 0;
 	memcpy(last_failure.msg, joined, sizeof joined);
 	return -1;
 }

@@ -93,16 +93,18 @@ export class RuntimeChannel {
     } else this.frames.push(f);
   }
 
-  private async close(kill: boolean): Promise<void> {
+  private async close(killFirst: boolean): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    if (kill) await this.sandbox.kill();
+    // kill() is idempotent, but a sandbox destroyed meanwhile may refuse it: that is the same outcome.
+    const kill = () => this.sandbox.kill().catch(() => {});
+    if (killFirst) await kill();
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<null>((r) => (timer = setTimeout(() => r(null), EXIT_GRACE_MS)));
     let status = await Promise.race([this.proc.exited, grace]);
     clearTimeout(timer);
     if (!status) {
-      await this.sandbox.kill();
+      await kill();
       status = await this.proc.exited;
     }
     // Let the pipes deliver what the process wrote before it died (its last words are in the crash report).

@@ -151,7 +151,7 @@ export class ExecInstance implements Instance {
       this._alive = false;
       const record = logs.end();
       const err = await timeoutError(this.sandbox, this.fn);
-      await this.destroy();
+      await this.destroy().catch(() => {});
       throw withLogs(err, record.lines);
     }
     if (status.peakMemoryBytes > 0) span.setAttribute(Attr.peakMemoryBytes, status.peakMemoryBytes);
@@ -161,7 +161,7 @@ export class ExecInstance implements Instance {
     const stderrTail = logs.tail('stderr');
     if (status.oomKilled || status.signal) {
       this._alive = false;
-      await this.destroy();
+      await this.destroy().catch(() => {});
       throw withLogs(deathError(status, { limitMb: this.fn.memoryMb, stderrTail }), record.lines);
     }
     if (status.code !== 0) {

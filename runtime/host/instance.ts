@@ -10,6 +10,9 @@
  *   garbage / stray frame on wire   → Crashed              (instance destroyed)
  *   cgroup OOM kill                 → OutOfMemory          (instance destroyed)
  *   deadline passed                 → Timeout              (instance killed and destroyed, never reused)
+ *
+ * On those paths a failing sandbox.destroy() never replaces the typed error the caller needs: the
+ * sandbox layer's start-up sweep (cleanupLeftovers) is what removes a sandbox that would not go.
  */
 import { randomBytes } from 'node:crypto';
 import type { Span } from '@opentelemetry/api';
@@ -92,7 +95,7 @@ export class RuntimeInstance implements Instance {
     // A process that dies between invocations makes the instance dead without anyone asking.
     void channel.closed.then(() => {
       this._alive = false;
-      void this.destroy();
+      this.destroy().catch(() => {}); // a failed destroy is the sandbox layer's to report; nobody awaits here
     });
   }
 
@@ -142,7 +145,7 @@ export class RuntimeInstance implements Instance {
         this._alive = false;
         const record = logs.end();
         const err = await timeoutError(this.sandbox, this.fn);
-        await this.destroy();
+        await this.destroy().catch(() => {});
         throw withLogs(err, record.lines);
       }
       const record = logs.end();
@@ -161,7 +164,7 @@ export class RuntimeInstance implements Instance {
       // A frame for another id or of the wrong type: the function's process wrote on the wire itself (it
       // shares the shim's process) or the shim is confused; either way it must not serve again.
       this._alive = false;
-      await this.destroy();
+      await this.destroy().catch(() => {});
       throw withLogs(new Crashed(`runtime answered with an unexpected frame (type ${frame.type})`, { exitCode: null, signal: null }), result.logs);
     } finally {
       clearTimeout(timer);
@@ -171,7 +174,7 @@ export class RuntimeInstance implements Instance {
   private async died(closed: ChannelClosed, stderrTail: string): Promise<FnhostError> {
     this._alive = false;
     const record = this.channel.logs.end();
-    await this.destroy();
+    await this.destroy().catch(() => {});
     if (closed.protocolError?.frameBytes !== undefined && closed.protocolError.frameBytes > this.responseCapBytes) {
       return new ResponseTooLarge(`response of ${closed.protocolError.frameBytes} bytes exceeds ${this.responseCapBytes}`, {
         limitBytes: this.responseCapBytes,

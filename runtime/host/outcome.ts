@@ -40,6 +40,9 @@ export function deathError(status: ExitStatus, ctx: { limitMb: number; stderrTai
  * The error for a deadline that passed, read from the cgroup before the sandbox goes: if the OOM killer
  * already fired in it (a child process killed, the runtime stuck behind it) that is the real story; a
  * cgroup thrashing at its cap is still a Timeout, with the peak in details so the user can see why.
+ *
+ * @example
+ * const err = await timeoutError(sandbox, fn); await sandbox.destroy(); throw err;
  */
 export async function timeoutError(sandbox: Sandbox, fn: FunctionVersion): Promise<FnhostError> {
   const mem = await sandbox.memory().catch(() => null);
@@ -59,7 +62,12 @@ export function withLogs<E extends FnhostError>(err: E, logs: LogLine[]): E {
   return err;
 }
 
-/** The log lines attached by withLogs (empty when none). */
+/**
+ * The log lines attached by withLogs (empty when none).
+ *
+ * @example
+ * try { await inst.invoke(req); } catch (e) { for (const l of logsOf(e)) store(l); throw e; }
+ */
 export function logsOf(err: unknown): LogLine[] {
   return ((err as { logs?: LogLine[] } | null)?.logs) ?? [];
 }

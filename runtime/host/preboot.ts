@@ -41,7 +41,12 @@ export interface PooledInternal extends Pooled {
   taken: boolean;
 }
 
-/** The runtime kind that serves a function's runtime name. */
+/**
+ * The runtime kind that serves a function's runtime name (what a pool is keyed by).
+ *
+ * @example
+ * runtimeKind('image:my-app'); // 'exec'
+ */
 export function runtimeKind(runtime: RuntimeName): RuntimeKind {
   if (runtime === 'node' || runtime === 'python' || runtime === 'exec') return runtime;
   if (typeof runtime === 'string' && runtime.startsWith('image:')) return 'exec';
@@ -109,7 +114,7 @@ export async function prepare(sandbox: Sandbox, runtime: RuntimeName, image: Res
     return pooled;
   } catch (e) {
     const tail = channel?.logs.tail('stderr');
-    await sandbox.destroy();
+    await sandbox.destroy().catch(() => {}); // keep the boot failure as the error
     if (e instanceof ChannelClosed) {
       throw new Internal(`${kind} runtime exited during boot (code ${e.status.code}, signal ${e.status.signal})`, { runtime: kind, stderrTail: tail });
     }

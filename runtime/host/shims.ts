@@ -28,9 +28,11 @@ export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 
 /**
  * argv of a pre-booted shim.
- * node: `--max-old-space-size` lifts V8's own heap limit (sized from the pool's default cap at boot, before
- * the function's cap is known) well above any cap we allow, so the cgroup — and its clear OutOfMemory —
- * is what ends a hungry function. `--no-warnings` keeps experimental-feature notices out of the function's logs.
+ * node: V8's heap limit is fixed at start-up, before the function's cap is known (Node 24 sized it from
+ * the machine's RAM, 4288 MB here, whatever the cgroup's cap; measured 2026-11-30). `--max-old-space-size`
+ * puts it above any cap we allow, so the memory cgroup — and its clear OutOfMemory — is what ends a hungry
+ * function, never V8's own "heap out of memory" abort. `--no-warnings` keeps experimental-feature notices
+ * (require(esm) on some versions) out of the function's logs.
  * python: `-B` because the rootfs is read-only (no __pycache__ writes to even try).
  */
 export function shimArgv(rt: ShimRuntime, nodeBinary = 'node', pythonBinary = 'python3'): string[] {

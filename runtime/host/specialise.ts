@@ -7,6 +7,7 @@
  *     'mount'         the code layer appears read-only at /var/task (attach into the running pre-booted
  *                     sandbox; for exec the layer is part of start()'s mounts at the first invocation)
  *     'runtime load'  LOAD → the shim imports the module and resolves the handler → READY
+ *   ('cgroup caps' and 'mount' run concurrently: they are independent, and both complete before LOAD.)
  *
  * A pooled sandbox becomes at most one instance. If specialisation fails the sandbox is destroyed (it may
  * hold the function's env and half-imported code) and the error says why: FunctionError with
@@ -67,15 +68,22 @@ export async function specialise(
   };
   return withSpan('specialise', attrs, async () => {
     try {
-      await withSpan('cgroup caps', {}, () => sb.setLimits({ memoryMb: fn.memoryMb }));
-      // The process stand-in (process-sandbox.ts) has no mount namespace: it tells us where /var/task really is.
-      const codeDir = mappedPath(sb, CODE_DIR, code);
+      const caps = withSpan('cgroup caps', {}, () => sb.setLimits({ memoryMb: fn.memoryMb }));
       if (kind === 'exec') {
+        await caps;
+        // The process stand-in (process-sandbox.ts) has no mount namespace: it tells us where /var/task is.
+        const codeDir = mappedPath(sb, CODE_DIR, code);
         return new ExecInstance(fn, sb, code, image, { memoryMb: fn.memoryMb }, { sink: opts.onLog, logCapBytes, responseCapBytes, codeDir });
       }
       const channel = p.channel!;
       channel.configure({ sink: opts.onLog, logCapBytes, maxFrameBytes: Math.max(responseCapBytes, DEFAULT_RESPONSE_CAP_BYTES) + META_HEADROOM_BYTES });
-      await withSpan('mount', {}, () => sb.attach(CODE_DIR, [code!.dir]));
+      // The caps (host-side cgroup writes) and the mount (done by the init) are independent; both are in
+      // place before LOAD, i.e. before any of the function's code runs.
+      const mount = withSpan('mount', {}, () => sb.attach(CODE_DIR, [code!.dir]));
+      const [capsDone, mountDone] = await Promise.allSettled([caps, mount]);
+      if (capsDone.status === 'rejected') throw capsDone.reason;
+      if (mountDone.status === 'rejected') throw mountDone.reason;
+      const codeDir = mappedPath(sb, CODE_DIR, code);
       await withSpan('runtime load', {}, async (span) => {
         const load: LoadMsg = {
           handler: fn.handler,
@@ -103,7 +111,7 @@ export async function specialise(
       });
       return new RuntimeInstance(fn, sb, channel, responseCapBytes);
     } catch (e) {
-      await sb.destroy();
+      await sb.destroy().catch(() => {}); // keep the specialisation failure as the error
       if (e instanceof ChannelClosed) {
         throw deathError(e.status, { limitMb: fn.memoryMb, stderrTail: p.channel?.logs.tail('stderr'), phase: 'load' });
       }

@@ -14,11 +14,11 @@
  * ResponseTooLarge) · 2 usage · 3 not allowed (401/403) · 4 not found · 5 request refused (400/409/413/422)
  * · 6 unavailable or busy (429/503, host unreachable) · 7 server fault.
  */
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { DEFAULT_STATE_DIR } from '../host/config.ts';
 import { ADMIN_KEY_FILE } from '../host/admin-key.ts';
 
@@ -46,14 +46,32 @@ export function exitCodeFor(status: number, type?: string): number {
   return EXIT.server;
 }
 
-interface ConfigFile {
+export interface ConfigFile {
   url?: string;
   key?: string;
   adminKey?: string;
 }
 
+export function configFilePath(env: NodeJS.ProcessEnv): string {
+  return env.FNHOST_CONFIG ?? join(env.HOME ?? homedir(), '.config', 'fnhost', 'config.json');
+}
+
+/** Merges `update` into the config file, created 0600 (it holds keys). */
+export function writeConfigFile(env: NodeJS.ProcessEnv, update: ConfigFile): string {
+  const file = configFilePath(env);
+  let cur: ConfigFile = {};
+  try {
+    cur = JSON.parse(readFileSync(file, 'utf8')) as ConfigFile;
+  } catch {
+    // absent or unreadable: start afresh
+  }
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  writeFileSync(file, JSON.stringify({ ...cur, ...update }, null, 2) + '\n', { mode: 0o600 });
+  return file;
+}
+
 function readConfigFile(env: NodeJS.ProcessEnv): ConfigFile {
-  const file = env.FNHOST_CONFIG ?? join(env.HOME ?? homedir(), '.config', 'fnhost', 'config.json');
+  const file = configFilePath(env);
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

@@ -10,7 +10,7 @@
  * fnhost invoke hello --data '{"name":"x"}'
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { CliError, EXIT, resolveEndpoint } from './api.ts';
+import { CliError, EXIT, check, request, resolveEndpoint, writeConfigFile } from './api.ts';
 import { images, tenants } from './commands/admin.ts';
 import { config, deadLetters, deploy, invocation, invoke, list, logs, remove, type Common } from './commands/functions.ts';
 import { start } from './commands/start.ts';
@@ -62,6 +62,7 @@ const COMMANDS: Record<string, Options> = {
   'dead-letters': {},
   tenants: { 'max-memory': { type: 'string' }, 'max-concurrency': { type: 'string' }, 'max-functions': { type: 'string' } },
   images: { force: { type: 'boolean' } },
+  login: { admin: { type: 'boolean' } },
   start: Object.fromEntries(HOST_FLAGS.map((f) => [f, { type: 'string' }])) as Options,
 };
 
@@ -88,7 +89,9 @@ functions (tenant key)
   dead-letters [ls | redrive <id>]
   images import <name> <tar> | images ls | images rm <name>
 
-options: --url URL (FNHOST_URL) --key KEY (FNHOST_KEY) --json; or ~/.config/fnhost/config.json {"url","key"}
+  login --url URL --key KEY [--admin]  check the key and keep url + key in ~/.config/fnhost/config.json (0600)
+
+options: --url URL (FNHOST_URL) --key KEY (FNHOST_KEY) --json; or ~/.config/fnhost/config.json {"url","key","adminKey"}
 exit codes: 0 ok, 1 the function failed, 2 usage, 3 not allowed, 4 not found, 5 refused, 6 unavailable, 7 server fault
 `;
 
@@ -117,6 +120,15 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.ok;
     }
     if (cmd === 'start') return await start(v);
+    if (cmd === 'login') {
+      const ep = resolveEndpoint({ url: v.url, key: v.key }, process.env, !!v.admin);
+      if (!v.key) throw new CliError('usage: fnhost login --url <url> --key <key> [--admin]', EXIT.usage);
+      // a tenant key lists its functions; the admin key lists tenants: either proves the key before it is kept
+      check(await request(ep, { method: 'GET', path: v.admin ? '/v1/tenants' : '/v1/functions' }));
+      const file = writeConfigFile(process.env, v.admin ? { url: ep.url, adminKey: v.key } : { url: ep.url, key: v.key });
+      process.stdout.write(`saved ${ep.url} and the ${v.admin ? 'admin ' : ''}key in ${file}\n`);
+      return EXIT.ok;
+    }
     const admin = cmd === 'tenants';
     const c: Common = { json: !!v.json, ep: resolveEndpoint({ url: v.url, key: v.key }, process.env, admin) };
     switch (cmd) {

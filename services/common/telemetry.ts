@@ -248,6 +248,7 @@ export function contextFromTraceparent(traceparent: string | undefined | null, b
  * worker = new Worker(q, (job) => withRemoteParent(job.data.traceparent, () => handle(job)), opts);
  */
 export function withRemoteParent<T>(traceparent: string | undefined | null, fn: () => T): T {
+  if (!enabled) return fn();
   return otContext.with(contextFromTraceparent(traceparent), fn);
 }
 

@@ -7,6 +7,7 @@
  * | POST /v1/tenants `{name, limits?}` | 201 `{name, limits, createdAt, apiKey, keyId}`; 409 when it exists |
  * | GET /v1/tenants | 200 `{tenants: [{name, limits, createdAt}]}` |
  * | GET /v1/tenants/:tenant | 200 `{name, limits, createdAt, keys: [id], functions: n}` |
+ * | PATCH /v1/tenants/:tenant `{limits}` | 200 the record; applies to new deploys and invocations (existing functions keep their caps) |
  * | DELETE /v1/tenants/:tenant | 204; its keys, functions, versions and images go too |
  * | POST /v1/tenants/:tenant/keys | 201 `{keyId, apiKey}` (a further key; rotate = create, then delete the old) |
  * | GET /v1/tenants/:tenant/keys | 200 `{keys: [id]}` |
@@ -49,6 +50,18 @@ export function tenantRoutes(deps: GatewayDeps): Hono<GatewayEnv> {
     const t = await mustExist(c.req.param('tenant'));
     const [keys, functions] = await Promise.all([store.keys.list(t.name), store.functions.count(t.name)]);
     return c.json({ ...t, keys, functions });
+  });
+
+  app.patch('/:tenant', async (c) => {
+    const t = await mustExist(c.req.param('tenant'));
+    const body = await readJson(c.req.raw);
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidRequest('body must be a JSON object', { field: 'body' });
+    for (const k of Object.keys(body)) if (k !== 'limits') throw new InvalidRequest(`unknown field ${JSON.stringify(k)}`, { field: k });
+    const limits = validateTenantLimits((body as { limits?: unknown }).limits);
+    if (Object.keys(limits).length === 0) throw new InvalidRequest('nothing to change', { field: 'limits' });
+    const rec = await store.tenants.updateLimits(t.name, limits);
+    if (!rec) throw new NotFound(`tenant ${t.name} not found`, { field: 'tenant' });
+    return c.json(rec);
   });
 
   app.delete('/:tenant', async (c) => {

@@ -105,7 +105,13 @@ function cloneFlags(withTemplate: boolean): number {
 }
 
 let template: Promise<number> | undefined;
+let templateFd = -1;
 let templateDisabled = false;
+
+/** fds this module keeps open for the whole process (the template namespace), for fd-leak checks. */
+export function moduleFds(): number[] {
+  return templateFd >= 0 ? [templateFd] : [];
+}
 
 /** For tests only: create sandboxes without the template namespace (the fallback path). */
 export function setTemplateNamespaceForTests(enabled: boolean): void {
@@ -131,7 +137,8 @@ function templateNs(): Promise<number> {
     const ch = new ControlChannel(sp.fd);
     try {
       await ch.ready;
-      return openSync(`/proc/${sp.pid}/ns/mnt`, 'r');
+      templateFd = openSync(`/proc/${sp.pid}/ns/mnt`, 'r');
+      return templateFd;
     } catch {
       return -1;
     } finally {

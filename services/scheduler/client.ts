@@ -5,16 +5,18 @@
  * result reaches the client that waits for it through its own reply channel, and every record can be read
  * back from Redis by any client.
  *
- * Queue topology (details in ./keys.ts and ./routing.ts):
- *   - one BullMQ queue per tenant (`inv.T`); every scheduler node runs a worker per tenant queue, so a tenant
- *     with 1,000 queued jobs holds one queue's worth of a node's slots and cannot starve another tenant;
- *   - one queue per node (`node.N`) for sync/http jobs of a version that node keeps warm (bounded per node).
+ * Queue topology (details in ./keys.ts, ./fast-lane.ts and ./routing.ts):
+ *   - sync/http ("fast lane", default): a Redis list per tenant (`P:fast:T`) and per node (`P:fastn:N`, jobs
+ *     routed to a node that keeps the version warm); nodes BLMPOP them, rotating the tenant order per call;
+ *   - async (and sync with `syncLane: 'bullmq'`): one BullMQ queue per tenant (`inv.T`) with attempts, backoff,
+ *     dead letters and stalled-job recovery; every node runs one worker per such queue. Either way a tenant
+ *     with 1,000 queued jobs holds one queue's turn and cannot starve another tenant.
  *
  * Result delivery (sync/http): the scheduler's final record write and a PUBLISH on `P:reply:<clientId>`
  * happen in one Lua script; this client holds one subscription for all its waiters. A missed message (a
- * reconnect) is covered by a fallback read of the record every second. Measured on this machine (2 cores):
- * BullMQ add + worker + PUBLISH round trip 0.81 ms median / 2.2 ms p90 sequential; 2,936 jobs/s no-op with
- * 64 in flight in one process (notes: /tmp/fnhost-notes/scheduler.md).
+ * reconnect) is covered by a fallback read of the record every second. Measured on this machine (2 cores,
+ * shared): BullMQ add → worker → PUBLISH, no-op processor: 0.81 ms median sequential, ~2,900 jobs/s with 64
+ * in flight; the fast lane with a no-op executor: 0.7–0.8 ms, 3,500–6,100/s (notes: /tmp/fnhost-notes/scheduler.md).
  *
  * @example
  * const client = createInvocationClient({ redisUrl: 'redis://127.0.0.1:6379' });
@@ -100,6 +102,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   const clientId = randomUUID();
   const replyChannel = keys.replyChannel(clientId);
   const queues = new Map<string, Queue>();
+  /** tenants this client has announced to the schedulers: fast lane ("T"), BullMQ queue ("bull:T") */
   const announced = new Set<string>();
   const waiters = new Map<string, Waiter>();
   const depthCache = new Map<string, { at: number; n: number }>();
@@ -211,16 +214,16 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     const m = redis.multi();
     queueRecord(m, keys.record(fn.tenant, id), rec, ttlS);
     if (stash) m.set(keys.payload(id), stash, 'EX', ttlS);
-    const first = !announced.has(fn.tenant);
+    const first = !announced.has(`bull:${fn.tenant}`);
     if (first) {
-      m.sadd(keys.tenants(), fn.tenant);
-      m.publish(keys.tenants(), fn.tenant); // schedulers start a worker for a new tenant at once (they also re-scan every 2 s)
+      m.sadd(keys.tenantsBull(), fn.tenant);
+      m.publish(keys.tenants(), `bull:${fn.tenant}`); // schedulers start a BullMQ worker for it at once (and re-scan every 2 s)
     }
     const [, route] = await Promise.all([
       m.exec(),
       routing && req.mode !== 'async' ? routeTo(redis, keys, fn.tenant, fn.name, fn.version, routedPendingMax, NODE_STALE_MS) : Promise.resolve(null),
     ]);
-    if (first) announced.add(fn.tenant);
+    if (first) announced.add(`bull:${fn.tenant}`);
     if (route) data.routed = true;
     return { data, route };
   }
@@ -433,8 +436,9 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     async purgeTenant(tenant) {
       if (typeof tenant !== 'string' || !tenant) throw new InvalidRequest('tenant is required', { field: 'tenant' });
       await redisCall(async () => {
-        await redis.multi().srem(keys.tenants(), tenant).del(keys.fastTenant(tenant)).exec();
+        await redis.multi().srem(keys.tenants(), tenant).srem(keys.tenantsBull(), tenant).del(keys.fastTenant(tenant)).exec();
         announced.delete(tenant);
+        announced.delete(`bull:${tenant}`);
         await queue(keys.tenantQueue(tenant)).obliterate({ force: true });
         // SCAN patterns: each tenant-scoped key prefix with glob characters escaped, then '*'
         const glob = (prefix: string) => `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`;

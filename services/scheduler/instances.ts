@@ -72,6 +72,13 @@ export interface InstancesHooks {
 export const fnKey = (fn: Pick<FunctionVersion, 'tenant' | 'name' | 'version'>) => `${fn.tenant}\u0000${fn.name}\u0000${fn.version}`;
 const nameKey = (fn: Pick<FunctionVersion, 'tenant' | 'name'>) => `${fn.tenant}\u0000${fn.name}`;
 
+/**
+ * @example
+ * const instances = new Instances(executor, pool, { capacityMb: 4096, keepAliveMs: 300_000, maxWaitMs: 30_000, maxWaitersPerFunction: 1000 });
+ * instances.start();
+ * const { instance, start } = await instances.acquire(fn, deadline);   // start: 'cold' | 'warm'
+ * try { await instance.handle!.invoke(req); instances.release(instance); } catch (e) { instances.release(instance, isFatal(e)); }
+ */
 export class Instances {
   private readonly all = new Set<Instance>();
   private readonly byKey = new Map<string, Set<Instance>>();

@@ -9,7 +9,8 @@
  * | key | type | written by | lifetime |
  * | --- | --- | --- | --- |
  * | `P:bull:inv.T:*` | BullMQ queue of tenant T | client (add), scheduler (worker) | jobs removed on complete/fail by age+count |
- * | `P:tenants` | SET of tenants that have a queue | client | permanent (tiny) |
+ * | `P:tenants` | SET of tenants that have used the fast lane; pub/sub channel of the same name announces "T" or "bull:T" | client | permanent (tiny) |
+ * | `P:tenants:bull` | SET of tenants with a BullMQ queue (async, or sync on the BullMQ lane): nodes run a BullMQ worker only for these | client | permanent (tiny) |
  * | `P:inv:T:I` | HASH {s: status, r: record JSON} | client (queued), scheduler (running, final) | `retentionS` (async failures: `deadLetterRetentionS`) |
  * | `P:payload:I` | STRING, body bytes of a large payload | client | the invocation's retention |
  * | `P:idem:T:<key>` | STRING invocation id | client (SET NX) | `idempotencyTtlS` |
@@ -39,6 +40,7 @@ export interface Keys {
   tenantQueue(tenant: string): string;
   nodeQueue(nodeId: string): string;
   tenants(): string;
+  tenantsBull(): string;
   record(tenant: string, id: string): string;
   payload(id: string): string;
   idempotency(tenant: string, key: string): string;
@@ -65,6 +67,7 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     tenantQueue: (t) => `inv.${enc(t)}`,
     nodeQueue: (n) => `node.${enc(n)}`,
     tenants: () => `${P}:tenants`,
+    tenantsBull: () => `${P}:tenants:bull`,
     record: (t, id) => `${P}:inv:${enc(t)}:${enc(id)}`,
     payload: (id) => `${P}:payload:${enc(id)}`,
     idempotency: (t, k) => `${P}:idem:${enc(t)}:${enc(k)}`,

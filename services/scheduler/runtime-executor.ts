@@ -37,6 +37,12 @@ interface RealPooled extends PooledSandbox {
   inner: Pooled;
 }
 
+/**
+ * @example
+ * const images = await openImageStore({});
+ * const executor = createRuntimeExecutor({ images, nodeId: 'n1' });
+ * const sched = createScheduler({ redisUrl, nodeId: 'n1', executor });
+ */
 export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
   const { images, nodeId } = opts;
   const cacheMs = opts.imageCacheMs ?? 5000;

@@ -2,14 +2,16 @@
  * @module scheduler/scheduler
  * The scheduler's composition root: one per node process. Wires BullMQ workers (one per tenant queue +
  * this node's own queue), the warm pool, the instance table with memory admission, result delivery, logs,
- * heartbeats and warm-routing advertisements.
+ * heartbeats and warm-routing advertisements. Two lanes feed one processor (./process-job.ts): the fast lane
+ * (./fast-lane.ts, sync/http) and BullMQ workers (async; per tenant queue, created when a tenant first uses one).
  *
  * Several scheduler processes (one or many machines) may share one Redis; they share nothing in memory.
  * Each needs its own `nodeId` (it names its queue, heartbeat, advertisements and the sandbox/cgroup prefix
  * of its leftovers). Start-up removes this node's leftovers only; shutdown leaves nothing of this node.
  *
  * @example
- * const sched = createScheduler({ redisUrl, nodeId: 'n1', executor: createRuntimeExecutor({ store }) });
+ * const images = await openImageStore({});
+ * const sched = createScheduler({ redisUrl, nodeId: 'n1', executor: createRuntimeExecutor({ images, nodeId: 'n1' }) });
  * await sched.start();
  * ...
  * await sched.close();
@@ -99,7 +101,10 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   const unwatch = [metrics.watchRedis(redis, 'scheduler'), metrics.watchRedis(bullRedis, 'scheduler')];
   const exec = opts.executor;
   const poolCfg: PoolConfig = { ...DEFAULT_POOL_CONFIG, ...opts.pool, kinds: { ...DEFAULT_POOL_CONFIG.kinds, ...opts.pool?.kinds } };
+  // `instances` is created below; the pool only asks once it runs
+  let instances: Instances;
   const pool = new WarmPool(exec, poolCfg, {
+    busy: () => instances.list().some((i) => i.inFlight > 0) || instances.waiting() > 0,
     onCreated: (kind) => metrics.poolRefill(kind),
     onError: (kind, e) => log.warn({ kind, err: String((e as Error)?.message ?? e) }, 'pool: creating a sandbox failed'),
   });
@@ -113,7 +118,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   // Warm advertisements, throttled: re-advertise only when the stored expiry is more than half a keep-alive old.
   const advertised = new Map<string, { fn: FunctionVersion; until: number }>();
   const logs = new LogBuffer((fn, lines) => appendLogs(redis, keys, fn.tenant, fn.name, lines, logRetention));
-  const instances = new Instances(exec, pool, instCfg, {
+  instances = new Instances(exec, pool, instCfg, {
     onWarm(fn, until) {
       const k = fnKey(fn);
       const a = advertised.get(k);
@@ -138,13 +143,19 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     (d, list) => processInvocation(ctx, d, { queueName: list, timestamp: d.createdAt, attempt: 1, maxAttempts: 1, restarted: false }),
     (e) => log.warn({ err: String((e as Error)?.message ?? e) }, 'fast lane error'),
   );
+  /** a tenant on the fast lane (its list joins the BLMPOP rotation) */
   function addTenant(t: string) {
-    workerFor(keys.tenantQueue(t), opts.tenantConcurrency ?? 64);
     if (!knownTenants.has(t)) {
       knownTenants.add(t);
       fast.setTenants(knownTenants);
     }
   }
+  /** a tenant with a BullMQ queue: one worker per node (sync-only tenants cost no BullMQ connections) */
+  function addBullTenant(t: string) {
+    workerFor(keys.tenantQueue(t), opts.tenantConcurrency ?? 64);
+    bullTenants.add(t);
+  }
+  const bullTenants = new Set<string>();
   let sub: Redis | undefined;
   let timers: NodeJS.Timeout[] = [];
   let closing = false;
@@ -167,8 +178,9 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   }
 
   async function discoverTenants() {
-    const tenants = await redis.smembers(keys.tenants());
-    for (const t of tenants) addTenant(t);
+    const [fastTenants, bull] = await Promise.all([redis.smembers(keys.tenants()), redis.smembers(keys.tenantsBull())]);
+    for (const t of fastTenants) addTenant(t);
+    for (const t of bull) addBullTenant(t);
   }
 
   let beating: Promise<unknown> = Promise.resolve();
@@ -217,7 +229,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       instances.start();
       await heartbeat();
       sub = redis.duplicate();
-      sub.on('message', (_c: string, tenant: string) => addTenant(tenant));
+      sub.on('message', (_c: string, msg: string) => (msg.startsWith('bull:') ? addBullTenant(msg.slice(5)) : addTenant(msg)));
       await sub.subscribe(keys.tenants());
       await discoverTenants();
       await fast.start();
@@ -238,7 +250,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
         }
         // Queue depth per tenant (fast-lane list + BullMQ waiting list): every node reports the same shared
         // numbers, so a dashboard should take max(), not sum(), across nodes.
-        const tenants = [...knownTenants];
+        const tenants = [...new Set([...knownTenants, ...bullTenants])];
         const queueDepth: Record<string, number> = {};
         try {
           const m = redis.pipeline();
@@ -265,6 +277,9 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await Promise.all([...advertised.values()].map((a) => advertiseWarm(redis, keys, nodeId, a.fn.tenant, a.fn.name, a.fn.version, 0).catch(() => {})));
       advertised.clear();
       sub?.disconnect();
+      // A worker closed while its connections still initialise leaves a rejected BullMQ promise behind
+      // ("Connection is closed" from its INFO probe): let them finish initialising first.
+      await Promise.all([...workers.values()].map((w) => w.waitUntilReady().catch(() => {})));
       // Workers stop fetching and wait for their active jobs (which may be waiting locally for capacity).
       const closingWorkers = Promise.all([fast.close(), ...[...workers.values()].map((w) => w.close())]);
       const timedOut = await Promise.race([closingWorkers.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);

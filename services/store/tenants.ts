@@ -56,6 +56,26 @@ export class TenantStore {
     return rec;
   }
 
+  /** Replaces some limits of an existing tenant; null when it does not exist. */
+  async updateLimits(name: string, limits: Partial<TenantLimits>): Promise<TenantRecord | null> {
+    // KEYS[1] = tenants hash; ARGV[1] = name, ARGV[2] = JSON of the limits to set. Read-modify-write in one step.
+    const raw = (await this.redis.eval(
+      `local r = redis.call('HGET', KEYS[1], ARGV[1])
+       if not r then return false end
+       local t = cjson.decode(r)
+       for k, v in pairs(cjson.decode(ARGV[2])) do t['limits'][k] = v end
+       local out = cjson.encode(t)
+       redis.call('HSET', KEYS[1], ARGV[1], out)
+       return out`,
+      1,
+      this.tenantsKey,
+      name,
+      JSON.stringify(limits),
+    )) as string | null;
+    this.onChange({ t: name });
+    return raw ? (JSON.parse(raw) as TenantRecord) : null;
+  }
+
   async get(name: string): Promise<TenantRecord | null> {
     const raw = await this.redis.hget(this.tenantsKey, name);
     return raw ? (JSON.parse(raw) as TenantRecord) : null;

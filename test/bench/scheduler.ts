@@ -7,8 +7,8 @@
  *                         kind (the pool is let refill between samples): client.invoke() round trip
  *   warm_sequential       one node function, one call after another, same instance
  *   warm_throughput_per_s one node function, 64 calls in flight, instances pre-warmed (≤ 16 of them)
- *   refill_per_s          a fresh exec-kind pool growing from 0 to 200 with the scheduler's default refill
- *                         settings (rate cap 400/s, 2 at once), while nothing else runs
+ *   refill_per_s          a fresh exec-kind pool growing from 0 to 200 with the scheduler's default settings
+ *                         for an idle node (rate cap 2,000/s, 2 at once; 400/s while invocations run)
  *   idle_sandbox_kib      memory charged to a pooled exec sandbox's cgroup (kernel + init; no runtime booted),
  *                         mean over those 200; sandboxes_per_gib = 1 GiB / that
  *
@@ -91,8 +91,11 @@ async function main() {
     {
       const refillNode = `${nodeId}-refill`;
       const ex = createRuntimeExecutor({ images, nodeId: refillNode });
+      await ex.cleanupLeftovers!(refillNode); // as a scheduler's start(): also builds the sandbox layer's template (warmUp)
+      await ex.createPooled('exec').then((p) => p.destroy()); // resolves and leases the image once, as a running node has
       const created: PooledSandbox[] = [];
-      const pool = new WarmPool(ex, { ...DEFAULT_POOL_CONFIG, kinds: { exec: { min: nRefill, max: nRefill } }, default: { min: 0, max: 0 } });
+      // busy: false — the node runs nothing, so the pool refills at its idle limits, as a scheduler's pool would
+      const pool = new WarmPool(ex, { ...DEFAULT_POOL_CONFIG, kinds: { exec: { min: nRefill, max: nRefill } }, default: { min: 0, max: 0 } }, { busy: () => false });
       const t0 = performance.now();
       pool.start();
       await until(() => pool.idleCount('exec') >= nRefill, 120_000);
@@ -136,8 +139,9 @@ async function main() {
     for (const kind of ['exec', 'node'] as const) {
       const xs: number[] = [];
       for (let i = 0; i < nCold; i++) {
-        await until(() => sched.pool.idleCount(kind) >= 2, 30_000);
-        await new Promise((r) => setTimeout(r, 20)); // let the refill that just landed settle
+        // pool warm and quiet: ready sandboxes of this kind, no refill running that would race the cold start for CPU
+        await until(() => sched.pool.idleCount(kind) >= 2 && Object.values(sched.pool.stats().kinds).every((k) => k.creating === 0), 30_000);
+        await new Promise((r) => setTimeout(r, 20));
         const f = kind === 'node' ? fn({ name: `cold-node-${i}` }) : fn({ name: `cold-exec-${i}`, runtime: 'exec', handler: 'run', codeDigest: execCode });
         const t0 = performance.now();
         const r = await call(f);
@@ -182,6 +186,7 @@ async function main() {
     await sched.close();
   } finally {
     await executor.cleanupLeftovers?.(nodeId).catch(() => {});
+    await executor.cleanupLeftovers?.(`${nodeId}-refill`).catch(() => {});
     redisProc.kill('SIGTERM');
     await new Promise((r) => redisProc.once('exit', r));
     rmSync(dir, { recursive: true, force: true });

@@ -70,7 +70,8 @@ async function stop(s: Started): Promise<number | null> {
   return s.exited;
 }
 
-describe.skipIf(!!skip)('fnhost CLI end to end', () => {
+// Each CLI command is a fresh Node process (~1 s of start-up, several seconds on a loaded 2-core machine).
+describe.skipIf(!!skip)('fnhost CLI end to end', { timeout: 120_000 }, () => {
   let stateDir: string;
   let fnDir: string;
   let port: number;
@@ -128,6 +129,14 @@ describe.skipIf(!!skip)('fnhost CLI end to end', () => {
     expect(JSON.parse(ls.stdout)).toEqual([expect.objectContaining({ name: 'hello', version: 1, memoryMb: 256, timeoutMs: 10_000 })]);
     const human = await cli(['ls'], { FNHOST_URL: url, FNHOST_KEY: key });
     expect(human.stdout.split('\n')[0]).toMatch(/^NAME\s+VERSION\s+RUNTIME\s+MEMORY/);
+    // login keeps url + key in a 0600 config file that later commands read without flags or env
+    const cfg = join(fnDir, 'cli-config.json');
+    expect((await cli(['login', '--url', url, '--key', 'fnh_wrong'], { FNHOST_CONFIG: cfg })).code).toBe(3);
+    const login = await cli(['login', '--url', url, '--key', key], { FNHOST_CONFIG: cfg });
+    expect(login.code).toBe(0);
+    expect(statSync(cfg).mode & 0o777).toBe(0o600);
+    const viaFile = await cli(['ls', '--json'], { FNHOST_CONFIG: cfg });
+    expect(JSON.parse(viaFile.stdout)).toEqual([expect.objectContaining({ name: 'hello' })]);
   });
 
   it('config makes a new version; async invoke + invocation; logs show the line', async () => {

@@ -148,6 +148,11 @@ describe('observability end to end (issue 7)', () => {
     expect(after.value('fnhost_warm_instances', fnLabels)).toBe(1);
     expect(after.value('fnhost_memory_admitted_bytes')).toBeGreaterThanOrEqual(64 * 2 ** 20);
     expect(after.value('fnhost_memory_capacity_bytes')).toBeGreaterThan(0);
+    // scrape-time gauges of the scheduler: queue depth of our tenant (drained), the node pool and its refills
+    const depth = after.samples.filter((s) => s.name === 'fnhost_queue_depth' && s.labels.tenant === TENANT);
+    expect(depth.map((s) => s.value)).toEqual([0]);
+    expect(after.samples.some((s) => s.name === 'fnhost_pool_size' && s.labels.kind === 'node')).toBe(true);
+    expect(after.value('fnhost_pool_refills_total', { kind: 'node' })).toBeGreaterThanOrEqual(1);
     // no unbounded label values: no invocation ids anywhere
     const ids = [r1.headers.get('x-fnhost-invocation-id'), r2.headers.get('x-fnhost-invocation-id')].filter(Boolean) as string[];
     expect(ids).toHaveLength(2);
@@ -229,7 +234,8 @@ describe('observability end to end (issue 7)', () => {
     const r1 = await req('POST', '/v1/functions/boom/invoke', { key: apiKey, body: 'x', headers: { traceparent: boom.header } });
     expect(r1.status).toBe(502);
     expect(((await r1.json()) as { error: { type: string } }).error.type).toBe('FunctionError');
-    const r2 = await req('POST', '/v1/functions/hog/invoke', { key: apiKey, body: 'x' });
+    const hog = traceparent();
+    const r2 = await req('POST', '/v1/functions/hog/invoke', { key: apiKey, body: 'x', headers: { traceparent: hog.header } });
     expect(((await r2.json()) as { error: { type: string } }).error.type).toBe('OutOfMemory');
     const r3 = await req('POST', '/v1/functions/sleepy/invoke', { key: apiKey, body: 'x' });
     expect(((await r3.json()) as { error: { type: string } }).error.type).toBe('Timeout');
@@ -264,7 +270,8 @@ describe('observability end to end (issue 7)', () => {
     const spans = await sink.waitFor(
       (all) =>
         [SpanName.httpRequest, SpanName.enqueue, SpanName.pickup, SpanName.run, SpanName.resultDelivery].every((n) => all.some((s) => s.traceId === asy.traceId && s.name === n)) &&
-        [SpanName.pickup, SpanName.run].every((n) => all.some((s) => s.traceId === boom.traceId && s.name === n)),
+        [SpanName.pickup, SpanName.run].every((n) => all.some((s) => s.traceId === boom.traceId && s.name === n)) &&
+        [SpanName.pickup, SpanName.run].every((n) => all.some((s) => s.traceId === hog.traceId && s.name === n)),
       15_000,
     );
     const of = (traceId: string, name: string) => spans.filter((s) => s.traceId === traceId && s.name === name);
@@ -284,5 +291,10 @@ describe('observability end to end (issue 7)', () => {
     expect(brun!.status.code).toBe(2); // OTLP STATUS_CODE_ERROR
     expect(brun!.attributes[Attr.errorType]).toBe('FunctionError');
     expect(of(boom.traceId, SpanName.httpRequest)[0]!.attributes[Attr.httpStatus]).toBe(502);
+    // an OOM kill: the memory cap and the peak the kernel saw (≥ half the 64 MiB cap) are on the trace
+    const [hp] = of(hog.traceId, SpanName.pickup);
+    const [hrun] = of(hog.traceId, SpanName.run);
+    expect(hp!.attributes).toMatchObject({ [Attr.outcome]: 'OutOfMemory', [Attr.memoryMb]: 64 });
+    expect(hrun!.attributes[Attr.peakMemoryBytes]).toBeGreaterThanOrEqual(32 * 2 ** 20);
   });
 });

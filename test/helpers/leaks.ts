@@ -6,6 +6,7 @@
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { moduleFds } from '../../services/sandbox/index.ts';
 
 const CGROUP_ROOT = '/sys/fs/cgroup';
 
@@ -73,7 +74,10 @@ export async function assertNoLeaks(nodeId: string, opts: { paths?: string[]; fd
   for (;;) {
     const l = findLeftovers(nodeId, opts.paths);
     const fdsNow = openFds();
-    const extraFds = opts.fdsBefore ? fdsNow.filter((f) => !opts.fdsBefore!.includes(f) && /(pipe|socket|anon_inode|mnt)/.test(f)) : [];
+    const keep = moduleFds().map((fd) => `${fd}:`);
+    const extraFds = opts.fdsBefore
+      ? fdsNow.filter((f) => !opts.fdsBefore!.includes(f) && /(pipe|socket|anon_inode|mnt)/.test(f) && !keep.some((k) => f.startsWith(k)))
+      : [];
     if (!l.cgroups.length && !l.processes.length && !l.mounts.length && !extraFds.length) return;
     if (Date.now() > deadline) {
       throw new Error(`leaked: ${JSON.stringify({ ...l, extraFds })}`);

@@ -137,6 +137,14 @@ export function decodeOtlpJson(body: unknown): DecodedSpan[] {
   return out;
 }
 
+function countSpans(body: unknown): number {
+  const rs = (body as { resourceSpans?: unknown })?.resourceSpans;
+  if (!Array.isArray(rs)) throw new Error('not an OTLP ExportTraceServiceRequest (no resourceSpans array)');
+  let n = 0;
+  for (const r of rs as { scopeSpans?: { spans?: unknown[] }[] }[]) for (const ss of r.scopeSpans ?? []) n += ss.spans?.length ?? 0;
+  return n;
+}
+
 async function readBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
@@ -168,17 +176,24 @@ export async function startOtlpSink(opts: OtlpSinkOptions = {}): Promise<OtlpSin
           res.writeHead(415, { 'content-type': 'application/json' }).end('{"message":"only OTLP JSON is decoded here"}');
           return;
         }
-        let spans: DecodedSpan[];
+        let n: number;
         try {
-          spans = decodeOtlpJson(JSON.parse(body.toString('utf8')));
+          const parsed = JSON.parse(body.toString('utf8')) as unknown;
+          if (keep) {
+            const spans = decodeOtlpJson(parsed);
+            for (const s of spans) store.push(s);
+            n = spans.length;
+          } else {
+            // counting only (benchmarks): parse like a collector must, skip building DecodedSpan objects
+            n = countSpans(parsed);
+          }
         } catch (e) {
           rejected++;
           res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ message: (e as Error).message }));
           return;
         }
         requests++;
-        spanCount += spans.length;
-        if (keep) for (const s of spans) store.push(s);
+        spanCount += n;
         res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
       },
       () => {
@@ -248,6 +263,8 @@ export interface OtlpSinkStats {
 
 export interface OtlpSinkProcess {
   readonly url: string;
+  /** the receiver's process id (benchmarks read its CPU time) */
+  readonly pid: number;
   readonly env: Record<string, string>;
   stats(): Promise<OtlpSinkStats>;
   /** polls until at least `n` spans arrived; rejects after `timeoutMs` */
@@ -293,6 +310,7 @@ export async function startOtlpSinkProcess(): Promise<OtlpSinkProcess> {
     });
   return {
     url,
+    pid: child.pid!,
     env: { OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' },
     stats,
     async waitFor(n, timeoutMs = 10_000) {

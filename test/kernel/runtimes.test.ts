@@ -290,6 +290,26 @@ describe.each(STYLES.filter((s) => s.name === 'node-event' || s.name === 'python
   });
 });
 
+describe('several instances at once', () => {
+  it('keeps responses and logs apart across instances invoked concurrently', async () => {
+    const picks = [STYLES[1]!, STYLES[3]!, STYLES[4]!, STYLES[1]!];
+    const insts = await Promise.all(picks.map((st) => instance(st, 'log')));
+    const seen = new Map<string, LogLine[]>();
+    await Promise.all(insts.map(async (inst, k) => {
+      for (let i = 0; i < 25; i++) {
+        const invId = id();
+        const tag = `${k}-${i}`;
+        const { response, logs } = await inst.invoke({ id: invId, payload: event(tag, 'text/plain') });
+        expect(response.body.toString()).toBe('logged');
+        seen.set(invId, logs);
+        expect(logs.map((l) => l.line).sort()).toEqual([`hello ${tag}`, `warn ${tag}`]);
+        expect(logs.every((l) => l.invocationId === invId)).toBe(true);
+      }
+    }));
+    expect(seen.size).toBe(100);
+  });
+});
+
 describe('http invocations', () => {
   const http = (method: string, path: string, query: string, body = Buffer.alloc(0), headers: Record<string, string> = {}): InvocationPayload => ({
     kind: 'http', method, path, query, headers: { host: 'fn.example', ...headers }, body,
@@ -455,6 +475,19 @@ describe('loading', () => {
     live.push(inst);
     const { response } = await inst.invoke({ id: id(), payload: event('abc') });
     expect(response.body.toString()).toBe('image:abc');
+  });
+
+  it('runs a program inside an imported image named by the handler when there is no code', async () => {
+    const style = STYLES[5]!;
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const image = images.get('imported')!;
+    const pooled = await prepare(sb, style.runtime, image);
+    const inst = await specialise(pooled, fnVersion(style, 'echo', { handler: '/bin/cat', codeDigest: null }), null, image);
+    live.push(inst);
+    const body = randomBytes(3000);
+    const { response } = await inst.invoke({ id: id(), payload: event(body) });
+    expect(response.body.equals(body)).toBe(true);
   });
 
   it('a runtime killed while pooled is reported not alive', async () => {

@@ -2,7 +2,7 @@
  * The scheduler for real: real Redis + BullMQ, real sandboxes (namespaces, v1/v2 cgroups, read-only overlay),
  * real runtimes on the built base images. Every test ends with nothing of ours left: no cgroup or process
  * under fnhost/<nodeId>/, no mount naming one of the sandboxes, no Redis key of the test's prefix without a TTL
- * (BullMQ's own queue bookkeeping and the tenants set aside).
+ * (BullMQ's own queue bookkeeping and the two tenant sets aside).
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -81,7 +81,7 @@ async function assertNothingLeft(nodeId: string, sandboxIds: Set<string>, prefix
   }
   const noTtl: string[] = [];
   for (const k of await redis.keys(`${prefix}:*`)) {
-    if (k === `${prefix}:tenants` || k.startsWith(`${prefix}:bull:`)) continue;
+    if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`)) continue;
     if ((await redis.ttl(k)) < 0) noTtl.push(k);
   }
   expect(noTtl).toEqual([]);
@@ -297,9 +297,14 @@ describe('worker processes', () => {
       expect(await new Promise((r) => b.once('exit', r))).toBe(0);
       expect(findLeftovers(nodeB).cgroups).toEqual([]);
       // A's leftovers (killed -9) are removed when a scheduler with A's node id starts
-      const { cleanupLeftovers } = await import('../../services/sandbox/index.ts');
-      await cleanupLeftovers(nodeA);
+      const restarted = createScheduler({
+        redisUrl: redisUrl(), prefix, nodeId: nodeA, executor: createRuntimeExecutor({ images, nodeId: nodeA }),
+        pool: { kinds: { node: { min: 0, max: 0 }, exec: { min: 0, max: 0 }, python: { min: 0, max: 0 } } },
+        metrics: createMetrics({ defaultMetrics: false }), logger: createLogger('test', 'silent'),
+      });
+      await restarted.start();
       await until(() => findLeftovers(nodeA), (l) => l.cgroups.length === 0 && l.processes.length === 0);
+      await restarted.close();
     } finally {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
       await client.close();

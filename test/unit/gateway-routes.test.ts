@@ -100,6 +100,20 @@ describe('tenants', () => {
     expect((await h.store.tenants.list()).length).toBe(before);
   });
 
+  it('PATCH changes limits (used by the next deploy), refuses bad input, 404 for an unknown tenant', async () => {
+    const k = await h.tenant('grow', { maxMemoryMb: 128 });
+    expect((await deploy('f', { runtime: 'node', memoryMb: 256 }, NODE_CODE, k)).status).toBe(422);
+    const r = await h.req('PATCH', '/v1/tenants/grow', { key: h.adminKey, json: { limits: { maxMemoryMb: 512 } } });
+    expect(r.status).toBe(200);
+    expect((await json(r)).limits).toEqual({ maxMemoryMb: 512, maxConcurrency: 100, maxFunctions: 100 });
+    expect((await deploy('f', { runtime: 'node', memoryMb: 256 }, NODE_CODE, k)).status).toBe(201);
+    expect((await h.req('PATCH', '/v1/tenants/grow', { key: h.adminKey, json: { limits: { maxMemoryMb: -5 } } })).status).toBe(400);
+    expect((await h.req('PATCH', '/v1/tenants/grow', { key: h.adminKey, json: { name: 'x' } })).status).toBe(400);
+    expect((await h.req('PATCH', '/v1/tenants/nobody', { key: h.adminKey, json: { limits: { maxFunctions: 3 } } })).status).toBe(404);
+    expect((await h.req('PATCH', '/v1/tenants/grow', { key: k, json: { limits: { maxFunctions: 3 } } })).status).toBe(403);
+    expect((await h.store.tenants.get('grow'))!.limits.maxMemoryMb).toBe(512);
+  });
+
   it('bad JSON is 400, not 500', async () => {
     const r = await h.req('POST', '/v1/tenants', { key: h.adminKey, body: '{"name":', headers: { 'content-type': 'application/json' } });
     expect(r.status).toBe(400);

@@ -21,9 +21,9 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function setup(inst: Partial<InstancesConfig> = {}, pool: Partial<PoolConfig> = {}) {
+function setup(inst: Partial<InstancesConfig> = {}, pool: Partial<PoolConfig> = {}, busy?: () => boolean) {
   const exec = new FakeExecutor();
-  const p = new WarmPool(exec, { ...DEFAULT_POOL_CONFIG, kinds: { node: { min: 2, max: 8 } }, default: { min: 0, max: 4 }, ...pool });
+  const p = new WarmPool(exec, { ...DEFAULT_POOL_CONFIG, kinds: { node: { min: 2, max: 8 } }, default: { min: 0, max: 4 }, ...pool }, { busy });
   const i = new Instances(exec, p, { capacityMb: 1024, keepAliveMs: 60_000, maxWaitMs: 2000, maxWaitersPerFunction: 100, ...inst });
   cleanups.push(async () => {
     await i.close(0);
@@ -59,6 +59,17 @@ describe('warm pool', () => {
     // 200 ms at 100/s plus a burst of 4 tokens: never anywhere near the 50 asked for
     expect(exec.created).toBeLessThanOrEqual(30);
     expect(exec.created).toBeGreaterThanOrEqual(5);
+  });
+
+  it('refills faster while the node is idle', async () => {
+    const cfg = { kinds: { node: { min: 500, max: 500 } }, refillPerSec: 100, refillConcurrency: 2, idleRefillPerSec: 2000, idleRefillConcurrency: 2 };
+    const busy = setup({}, cfg, () => true);
+    const idle = setup({}, cfg, () => false);
+    busy.pool.start();
+    idle.pool.start();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(busy.exec.created).toBeLessThanOrEqual(30); // ≈ 0.2 s × 100/s + burst
+    expect(idle.exec.created).toBeGreaterThan(2 * busy.exec.created);
   });
 
   it('backs off a kind whose creation fails', async () => {

@@ -68,7 +68,7 @@ async function env(opts: { capacityMb?: number; tenantConcurrency?: number; node
     const keys = await redis.keys(`${prefix}:*`);
     const leaks: string[] = [];
     for (const k of keys) {
-      if (k === `${prefix}:tenants` || k.startsWith(`${prefix}:bull:`)) continue;
+      if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`)) continue;
       if ((await redis.ttl(k)) < 0) leaks.push(k);
     }
     expect(leaks).toEqual([]);
@@ -316,6 +316,45 @@ describe('shutdown and metrics', () => {
     } finally {
       await client.close();
       await sched.close();
+      const keys = await redis.keys(`${prefix}:*`);
+      if (keys.length) await redis.del(...keys);
+    }
+  });
+});
+
+describe('without a scheduler', () => {
+  it('a sync call nobody picks up ends in Timeout at its deadline; its list expires', async () => {
+    const prefix = `t-${randomUUID().slice(0, 8)}`;
+    const client = createInvocationClient({ redisUrl: redisUrl(), prefix, maxQueueWaitMs: 100 });
+    try {
+      const fn = fnv({ tenant: 'lonely', timeoutMs: 100 });
+      const t0 = Date.now();
+      const err = await client.invoke({ fn, payload: ev({}), mode: 'sync' }).catch((e) => e);
+      expect(err.type).toBe('Timeout');
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(200);
+      expect(Date.now() - t0).toBeLessThan(3000);
+      const ttl = await redis.pttl(`${prefix}:fast:lonely`);
+      expect(ttl).toBeGreaterThan(0);
+      expect(await client.ready()).toBe(false);
+    } finally {
+      await client.close();
+      const keys = await redis.keys(`${prefix}:*`);
+      if (keys.length) await redis.del(...keys);
+    }
+  });
+
+  it('queued invocations above maxQueuedPerTenant are refused with TooManyRequests', async () => {
+    const prefix = `t-${randomUUID().slice(0, 8)}`;
+    const client = createInvocationClient({ redisUrl: redisUrl(), prefix, maxQueuedPerTenant: 3 });
+    try {
+      const fn = fnv({ tenant: 'busy' });
+      for (let i = 0; i < 3; i++) await client.enqueue({ fn, payload: ev({}), mode: 'async' });
+      await new Promise((r) => setTimeout(r, 150)); // the depth is re-counted at most every 100 ms
+      await expect(client.enqueue({ fn, payload: ev({}), mode: 'async' })).rejects.toMatchObject({ type: 'TooManyRequests', details: { limit: 3 } });
+      expect(await client.depth('busy')).toBe(3);
+      await expect(client.enqueue({ fn: { ...fn, tenant: 'calm' }, payload: ev({}), mode: 'async' })).resolves.toMatchObject({ duplicate: false });
+    } finally {
+      await client.close();
       const keys = await redis.keys(`${prefix}:*`);
       if (keys.length) await redis.del(...keys);
     }

@@ -31,10 +31,10 @@ export async function start(flags: Record<string, string | undefined>): Promise<
     if (err.code === 'EADDRINUSE') throw new CliError(`port ${cfg.port} on ${cfg.host} is already in use: set PORT or --port`, EXIT.unavailable);
     throw new CliError(`the host did not start: ${err.message}`, EXIT.unavailable);
   }
-  process.stdout.write(`fnhost is listening on ${host.url}\n`);
-  if (host.adminKey.generated) {
-    process.stdout.write(`admin key (shown once; also in ${host.adminKey.file}, mode 0600):\n  ${host.adminKey.key}\n`);
-  }
+  // One write: a reader waiting for the URL line also gets the key lines with it.
+  let banner = `fnhost is listening on ${host.url}\n`;
+  if (host.adminKey.generated) banner += `admin key (shown once; also in ${host.adminKey.file}, mode 0600):\n  ${host.adminKey.key}\n`;
+  process.stdout.write(banner);
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (sig: string) => {

@@ -1,0 +1,80 @@
+/**
+ * One trace per invocation across the queue: the caller's span → 'enqueue' (client) → 'queue wait' and
+ * 'scheduler pickup' (node) → 'pool claim' | 'warm pick' and 'result delivery'. Real Redis and the real
+ * tracing SDK with an in-memory exporter; the executor is faked (its 'specialise'/'run' spans belong to
+ * runtime/host and are checked there).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { redisUrl } from '../helpers/redis.ts';
+import { initTracing, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import { Attr, injectTraceparent, withSpan } from '../../services/common/telemetry.ts';
+import { createInvocationClient } from '../../services/scheduler/client.ts';
+import { createScheduler } from '../../services/scheduler/scheduler.ts';
+import { createMetrics } from '../../services/common/metrics.ts';
+import { createLogger } from '../../services/common/log.ts';
+import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
+
+const exporter = new InMemorySpanExporter();
+let tracing: TracingHandle;
+beforeAll(async () => {
+  tracing = await initTracing({ exporter, scheduledDelayMillis: 10, exportThread: false });
+});
+afterAll(async () => {
+  await tracing.shutdown();
+});
+
+const parentOf = (s: ReadableSpan) => (s as unknown as { parentSpanContext?: { spanId: string } }).parentSpanContext?.spanId
+  ?? (s as unknown as { parentSpanId?: string }).parentSpanId;
+
+describe('tracing across the queue', () => {
+  it('links caller → enqueue → queue wait / scheduler pickup → pool claim | warm pick → result delivery', async () => {
+    const prefix = `tr-${randomUUID().slice(0, 8)}`;
+    const sched = createScheduler({
+      redisUrl: redisUrl(), prefix, nodeId: 'tr1', executor: new FakeExecutor(), metrics: createMetrics({ defaultMetrics: false }),
+      logger: createLogger('test', 'silent'), pool: { kinds: { node: { min: 1, max: 2 } } },
+    });
+    await sched.start();
+    const client = createInvocationClient({ redisUrl: redisUrl(), prefix });
+    const fn = fnv({ tenant: 'trace-t' });
+    const traces: string[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        await withSpan('caller', {}, async (span) => {
+          traces.push(span.spanContext().traceId);
+          await client.invoke({ fn, payload: { kind: 'event', body: Buffer.from('{}') }, mode: 'sync', traceparent: injectTraceparent() });
+        });
+      }
+      await tracing.forceFlush();
+      for (const [i, traceId] of traces.entries()) {
+        const spans = exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
+        const by = (name: string) => {
+          const s = spans.find((x) => x.name === name);
+          expect(s, `span ${name} in trace ${i}`).toBeDefined();
+          return s!;
+        };
+        const caller = by('caller');
+        const enqueue = by('enqueue');
+        const pickup = by('scheduler pickup');
+        const placement = by(i === 0 ? 'pool claim' : 'warm pick');
+        expect(parentOf(enqueue)).toBe(caller.spanContext().spanId);
+        expect(parentOf(by('queue wait'))).toBe(enqueue.spanContext().spanId);
+        expect(parentOf(pickup)).toBe(enqueue.spanContext().spanId);
+        expect(parentOf(placement)).toBe(pickup.spanContext().spanId);
+        expect(parentOf(by('result delivery'))).toBe(pickup.spanContext().spanId);
+        expect(pickup.attributes[Attr.start]).toBe(i === 0 ? 'cold' : 'warm');
+        expect(pickup.attributes[Attr.outcome]).toBe('success');
+        expect(pickup.attributes[Attr.tenant]).toBe('trace-t');
+      }
+    } finally {
+      await client.close();
+      await sched.close();
+      const r = new Redis(redisUrl());
+      const keys = await r.keys(`${prefix}:*`);
+      if (keys.length) await r.del(...keys);
+      await r.quit();
+    }
+  });
+});
