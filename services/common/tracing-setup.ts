@@ -6,7 +6,8 @@
  *
  * Pipeline: BasicTracerProvider (sampler from OTEL_TRACES_SAMPLER, default parentbased_always_on) →
  * BatchSpanProcessor (OTEL_BSP_* env) → OTLPTraceExporter (OTLP/HTTP, JSON body; headers, timeout and
- * compression from the OTEL_EXPORTER_OTLP_* env). Context travels through an AsyncLocalStorage context
+ * compression from the OTEL_EXPORTER_OTLP_* env; on the event loop, or on a worker thread with
+ * FNHOST_OTEL_EXPORT_THREAD=1). Context travels through an AsyncLocalStorage context
  * manager (below) and W3C `traceparent` (telemetry.ts helpers; also registered as the global propagator).
  *
  * Call once per process from the composition root (`fnhost start`, a scheduler node), before serving;
@@ -52,10 +53,10 @@ function toWire(s: ReadableSpan): WireSpan {
 }
 
 /**
- * A SpanExporter that hands batches to a worker thread running the stock OTLPTraceExporter. Measured on this
- * machine (20k synthetic invocations of 9 spans, see notes): OTLP JSON serialisation on the event loop costs
- * ~9 µs per span; handing the span to the thread costs a fraction of that, and the rest runs on the other core.
- * Exports are acknowledged by the thread, so the BatchSpanProcessor's back-pressure still holds.
+ * A SpanExporter that hands batches to a worker thread running the stock OTLPTraceExporter (opt-in, see
+ * `TracingOptions.exportThread`). OTLP JSON serialisation costs ~7 µs per span; the hand-off (structured clone)
+ * ~3.5 µs on the event loop. Exports are acknowledged by the thread, so the BatchSpanProcessor's back-pressure
+ * still holds.
  */
 export class ThreadSpanExporter implements SpanExporter {
   private readonly worker: Worker;
@@ -172,8 +173,11 @@ export interface TracingOptions {
   /** BatchSpanProcessor's delay between exports, ms (default OTEL_BSP_SCHEDULE_DELAY or the SDK's 5000). */
   scheduledDelayMillis?: number;
   /**
-   * Serialise and send spans on a worker thread (default true; FNHOST_OTEL_EXPORT_THREAD=0 turns it off).
-   * Off: the OTLPTraceExporter runs on the event loop.
+   * Serialise and send spans on a worker thread (default false; FNHOST_OTEL_EXPORT_THREAD=1 turns it on).
+   * Measured on the 2-core bench machine under c32 load: handing spans to a thread (structured clone, then the
+   * same serialisation there) costs more CPU in total than serialising on the event loop, and with every core
+   * busy that total is what limits throughput. On a host with idle cores the thread takes ~7 µs/span off the
+   * event loop.
    */
   exportThread?: boolean;
 }
@@ -228,7 +232,7 @@ async function register(opts: TracingOptions): Promise<TracingHandle> {
   });
   let exporter = opts.exporter;
   if (!exporter) {
-    if (opts.exportThread ?? env.FNHOST_OTEL_EXPORT_THREAD !== '0') {
+    if (opts.exportThread ?? env.FNHOST_OTEL_EXPORT_THREAD === '1') {
       exporter = new ThreadSpanExporter(resource.attributes);
     } else {
       const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');

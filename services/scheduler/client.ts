@@ -52,7 +52,10 @@ export interface InvocationClientOptions {
    * (default 30 s, on top of the function's own timeoutMs).
    */
   maxQueueWaitMs?: number;
-  /** queued invocations per tenant above which enqueue/invoke answer `TooManyRequests` (default 10,000). */
+  /**
+   * queued invocations per tenant above which enqueue/invoke answer `TooManyRequests` (default 10,000). A soft
+   * bound: the count is refreshed every 100 ms, so a burst may overshoot it by what arrives in that time.
+   */
   maxQueuedPerTenant?: number;
   /** routed jobs that may wait for one node before new ones go to the tenant queue (default 64). */
   routedPendingMax?: number;
@@ -180,14 +183,20 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     if (closed) throw new Unavailable('invocation client is closed');
   }
 
+  /**
+   * The per-tenant queue bound, off the hot path: the count is refreshed in the background at most every
+   * QUEUE_DEPTH_CACHE_MS and the call is judged on the last one (waiting for a fresh count would add a
+   * Redis round trip to every call that comes after a quiet spell — every cold start, typically).
+   */
   async function checkDepth(tenant: string) {
     const c = depthCache.get(tenant);
     const now = Date.now();
-    let n = c && now - c.at < QUEUE_DEPTH_CACHE_MS ? c.n : -1;
-    if (n < 0) {
-      n = await depthOf(tenant);
-      depthCache.set(tenant, { at: now, n });
+    if (!c || now - c.at >= QUEUE_DEPTH_CACHE_MS) {
+      const entry = { at: now, n: c?.n ?? 0 };
+      depthCache.set(tenant, entry);
+      void depthOf(tenant).then((n) => (entry.n = n), () => {});
     }
+    const n = depthCache.get(tenant)!.n;
     if (n >= maxQueued) throw new TooManyRequests('too many queued invocations for this tenant', { queued: n, limit: maxQueued });
   }
 

@@ -19,7 +19,10 @@
  * round-robin FairQueue of ./instances.ts.
  *
  * Durability: a node that dies holding popped sync jobs loses them; their callers get `Timeout` at their
- * deadline (sync semantics: nothing was promised beyond an answer or an error).
+ * deadline (sync semantics: nothing was promised beyond an answer or an error). Jobs still in a dead node's
+ * own list are taken over: every node also pulls the lists of nodes in `P:fastnodes` whose heartbeat is
+ * stale ("orphans", after its own list, before the tenants'). A node stopping gracefully first stops being
+ * routed to, then drains its own list.
  */
 import type { Redis } from 'ioredis';
 import type { Keys } from './keys.ts';
@@ -104,6 +107,7 @@ interface Puller {
 export class FastLaneConsumer {
   private readonly pullers: Puller[];
   private tenants: string[] = [];
+  private orphans: string[] = [];
   private cursor = 0;
   private inFlight = 0;
   private closed = false;
@@ -137,6 +141,14 @@ export class FastLaneConsumer {
     if (changed) for (const p of this.pullers) this.unblock(p);
   }
 
+  /** Lists of dead nodes to take over (see the module header). */
+  setOrphans(lists: string[]): void {
+    const next = [...new Set(lists)].sort();
+    const changed = next.length !== this.orphans.length || next.some((l, i) => l !== this.orphans[i]);
+    this.orphans = next;
+    if (changed) for (const p of this.pullers) this.unblock(p);
+  }
+
   async start(): Promise<void> {
     for (const p of this.pullers) p.id = Number(await p.conn.client('ID'));
     for (const p of this.pullers) p.done = this.loop(p);
@@ -157,7 +169,7 @@ export class FastLaneConsumer {
       const n = tk.length;
       const rotated = n ? [...tk.slice(this.cursor % n), ...tk.slice(0, this.cursor % n)] : [];
       this.cursor = n ? (this.cursor + 1) % n : 0;
-      const all = [this.keys.fastNode(this.nodeId), ...rotated];
+      const all = [this.keys.fastNode(this.nodeId), ...this.orphans, ...rotated];
       const lists = all.filter((l) => (this.perList.get(l) ?? 0) < this.perListMax);
       p.excluded = new Set(all.filter((l) => !lists.includes(l)));
       if (lists.length === 0) {

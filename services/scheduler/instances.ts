@@ -17,6 +17,9 @@
  *
  * Invariant kept by construction: `admittedMb` (sum over instances in state starting|live|retiring) ≤ capacityMb.
  * Reservation happens synchronously inside `tryPlace` (no await between the check and the reservation).
+ * Pooled sandboxes are outside admission: they are not a function's yet, and their use is bounded by the
+ * pool's max per kind × their idle size (~120 KiB bare, tens of MiB with a pre-booted runtime) — which is
+ * why the default capacity is half the machine, not all of it.
  */
 import type { FunctionVersion, LogLine, StartKind } from '../common/model.ts';
 import { LimitExceeded, TooManyRequests, Timeout } from '../common/errors.ts';

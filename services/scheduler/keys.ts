@@ -23,7 +23,8 @@
  * | `P:nodeq:N` | STRING count of routed jobs not yet picked up on N | client (INCR), scheduler (DECR) | TTL 1 h, reset at node start |
  * | `P:bull:node.N:*` | BullMQ queue of jobs routed to node N (a warm instance is there) | client, scheduler N | as tenant queues |
  * | `P:fast:T` | LIST of sync/http job JSON of tenant T (fast lane, ./fast-lane.ts) | client LPUSH, scheduler BLMPOP | TTL ≥ the last job's deadline |
- * | `P:fastn:N` | LIST of sync/http jobs routed to node N | client, scheduler N | as above |
+ * | `P:fastn:N` | LIST of sync/http jobs routed to node N | client, scheduler N (other nodes once N's heartbeat is stale) | as above |
+ * | `P:fastnodes` | SET of node ids that have (had) a routed list | scheduler | members removed by their node on graceful stop |
  *
  * Names inside keys are URI-encoded: tenant and function names are validated by the gateway, but a ':' in a
  * name must never be able to reach into another tenant's keys, and BullMQ refuses ':' in queue names.
@@ -54,6 +55,7 @@ export interface Keys {
   /** fast lane (./fast-lane.ts): sync/http jobs of tenant T, and those routed to node N */
   fastTenant(tenant: string): string;
   fastNode(nodeId: string): string;
+  fastNodes(): string;
   /** the tenant a queue name belongs to, or null for a node queue. */
   tenantOfQueue(queueName: string): string | null;
 }
@@ -81,6 +83,7 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     nodePending: (n) => `${P}:nodeq:${n}`,
     fastTenant: (t) => `${P}:fast:${enc(t)}`,
     fastNode: (n) => `${P}:fastn:${n}`,
+    fastNodes: () => `${P}:fastnodes`,
     tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
   };
 }

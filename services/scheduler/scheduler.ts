@@ -178,9 +178,15 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   }
 
   async function discoverTenants() {
-    const [fastTenants, bull] = await Promise.all([redis.smembers(keys.tenants()), redis.smembers(keys.tenantsBull())]);
+    const now = Date.now();
+    const [fastTenants, bull, fastNodes, fresh] = await Promise.all([
+      redis.smembers(keys.tenants()), redis.smembers(keys.tenantsBull()),
+      redis.smembers(keys.fastNodes()), redis.zrangebyscore(keys.nodes(), now - NODE_STALE_MS, '+inf'),
+    ]);
     for (const t of fastTenants) addTenant(t);
     for (const t of bull) addBullTenant(t);
+    const live = new Set(fresh);
+    fast.setOrphans(fastNodes.filter((n) => n !== nodeId && !live.has(n) && NODE_ID_RE.test(n)).map((n) => keys.fastNode(n)));
   }
 
   let beating: Promise<unknown> = Promise.resolve();
@@ -228,6 +234,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       pool.start();
       instances.start();
       await heartbeat();
+      await redis.sadd(keys.fastNodes(), nodeId);
       sub = redis.duplicate();
       sub.on('message', (_c: string, msg: string) => (msg.startsWith('bull:') ? addBullTenant(msg.slice(5)) : addTenant(msg)));
       await sub.subscribe(keys.tenants());
@@ -277,6 +284,10 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await Promise.all([...advertised.values()].map((a) => advertiseWarm(redis, keys, nodeId, a.fn.tenant, a.fn.name, a.fn.version, 0).catch(() => {})));
       advertised.clear();
       sub?.disconnect();
+      // Routed jobs pushed just before the withdrawal still land in our list: drain it (bounded) before stopping.
+      const drainUntil = Date.now() + Math.min(graceMs, 5000);
+      while (Date.now() < drainUntil && (await redis.llen(keys.fastNode(nodeId)).catch(() => 0)) > 0) await new Promise((r) => setTimeout(r, 20));
+      await redis.srem(keys.fastNodes(), nodeId).catch(() => {});
       // A worker closed while its connections still initialise leaves a rejected BullMQ promise behind
       // ("Connection is closed" from its INFO probe): let them finish initialising first.
       await Promise.all([...workers.values()].map((w) => w.waitUntilReady().catch(() => {})));

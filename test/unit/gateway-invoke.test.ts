@@ -264,7 +264,7 @@ describe('logs', () => {
 describe('HTTP endpoint /fn/:tenant/:name/*', () => {
   it('passes method, path, query, headers and a binary body; returns status, headers and body', async () => {
     h.client.calls = [];
-    h.client.next = async (req) => ({
+    h.client.next = async () => ({
       record: { id: 'inv-e', tenant: 'acme', function: 'web', version: 1, mode: 'http', status: 'succeeded', start: 'cold', attempts: 1, createdAt: 0, durationMs: 7 },
       response: { status: 418, headers: { 'content-type': 'image/png', 'x-app': 'yes', connection: 'close' }, body: Buffer.from([137, 80, 78, 71, 0]) },
     });

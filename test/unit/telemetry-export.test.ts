@@ -19,8 +19,8 @@ describe('tracingRequested (standard OTEL_* env)', () => {
 
 // The real exporter (OTLP/HTTP, JSON) configured only through env, against a real receiver on loopback.
 describe.each([
-  ['on a worker thread (default)', '1'],
-  ['on the event loop (FNHOST_OTEL_EXPORT_THREAD=0)', '0'],
+  ['on the event loop (default)', '0'],
+  ['on a worker thread (FNHOST_OTEL_EXPORT_THREAD=1)', '1'],
 ])('OTLP/HTTP export to a loopback receiver, %s', (_, thread) => {
   let sink: OtlpSink;
   let handle: TracingHandle;
