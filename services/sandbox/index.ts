@@ -34,6 +34,8 @@ let nodeId = process.env.FNHOST_NODE_ID ?? 'default';
 /** An init stages in ≈0.5 ms; 10 s means it is stuck (or the machine is), not slow. */
 const READY_TIMEOUT_MS = 10_000;
 const live = new Map<string, SandboxImpl>();
+/** node ids this process made cgroups under, for destroyAll() */
+const usedNodes = new Set<string>();
 let privilegeChecked = false;
 let managerOverride: CgroupManager | undefined;
 
@@ -173,6 +175,7 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   const limits: SandboxLimits = { ...DEFAULT_LIMITS, ...validateLimits(opts.limits) };
   const node = opts.nodeId === undefined ? nodeId : validateNodeId(opts.nodeId);
   ensureRunDir();
+  usedNodes.add(node);
   const id = `sb-${randomBytes(6).toString('hex')}`;
   let cg;
   try {
@@ -253,7 +256,8 @@ export function liveSandboxes(): Sandbox[] {
   return [...live.values()];
 }
 
-/** Destroys every live sandbox of this process (host shutdown). */
+/** Destroys every live sandbox of this process and removes its node cgroup dirs (host shutdown). */
 export async function destroyAll(): Promise<void> {
   await Promise.all([...live.values()].map((s) => s.destroy().catch(() => {})));
+  for (const node of usedNodes) cgroups().removeNode(node);
 }

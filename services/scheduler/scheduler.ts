@@ -63,6 +63,8 @@ export interface SchedulerOptions {
   stalledIntervalMs?: number;
   /** times a job may stall (its worker died) before it fails (default 2). */
   maxStalledCount?: number;
+  /** a tenant's BullMQ worker on this node closes after this long without jobs (default 10 min); it comes back with the next job. */
+  idleWorkerMs?: number;
   retention?: Partial<Retention>;
   logRetention?: Partial<LogRetention>;
   metrics?: FnhostMetrics;
@@ -155,6 +157,37 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     workerFor(keys.tenantQueue(t), opts.tenantConcurrency ?? 64);
     bullTenants.add(t);
   }
+  const idleWorkerMs = opts.idleWorkerMs ?? 10 * 60_000;
+  /** per BullMQ queue: jobs running now and when the last one started or ended */
+  const activity = new Map<string, { running: number; at: number }>();
+
+  /**
+   * Closes the BullMQ workers of tenants that had no job for `idleWorkerMs` and have none waiting, delayed
+   * or active (an active job of a dead node needs some worker's stalled-job check); re-creates them when
+   * jobs show up again (announcement, or seen in the 2 s re-scan). Keeps a host with many tenants from
+   * holding a blocking connection per tenant forever.
+   */
+  async function reapIdleWorkers(bull: string[]) {
+    const now = Date.now();
+    const m = redis.pipeline();
+    for (const t of bull) {
+      const q = `${keys.bullPrefix}:${keys.tenantQueue(t)}`;
+      m.llen(`${q}:wait`).zcard(`${q}:delayed`).zcard(`${q}:prioritized`).llen(`${q}:active`);
+    }
+    const res = (await m.exec()) ?? [];
+    bull.forEach((t, i) => {
+      const pending = [0, 1, 2, 3].reduce((sum, k) => sum + Number(res[4 * i + k]?.[1] ?? 0), 0);
+      const name = keys.tenantQueue(t);
+      const w = workers.get(name);
+      const a = activity.get(name);
+      if (!w && pending > 0) addBullTenant(t);
+      else if (w && pending === 0 && (!a || (a.running === 0 && now - a.at > idleWorkerMs))) {
+        workers.delete(name);
+        activity.delete(name);
+        void w.close().catch(() => {});
+      }
+    });
+  }
   const bullTenants = new Set<string>();
   let sub: Redis | undefined;
   let timers: NodeJS.Timeout[] = [];
@@ -163,7 +196,19 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
 
   function workerFor(queueName: string, concurrency: number) {
     if (workers.has(queueName) || closing) return;
-    const w = new Worker<JobData>(queueName, (job: Job<JobData>) => processJob(ctx, job), {
+    activity.set(queueName, { running: 0, at: Date.now() });
+    const w = new Worker<JobData>(queueName, async (job: Job<JobData>) => {
+      const a = activity.get(queueName) ?? { running: 0, at: 0 };
+      activity.set(queueName, a);
+      a.running++;
+      a.at = Date.now();
+      try {
+        return await processJob(ctx, job);
+      } finally {
+        a.running--;
+        a.at = Date.now();
+      }
+    }, {
       connection: bullConnection(bullRedis),
       prefix: keys.bullPrefix,
       concurrency,
@@ -184,7 +229,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       redis.smembers(keys.fastNodes()), redis.zrangebyscore(keys.nodes(), now - NODE_STALE_MS, '+inf'),
     ]);
     for (const t of fastTenants) addTenant(t);
-    for (const t of bull) addBullTenant(t);
+    for (const t of bull) bullTenants.add(t);
+    await reapIdleWorkers(bull);
     const live = new Set(fresh);
     fast.setOrphans(fastNodes.filter((n) => n !== nodeId && !live.has(n) && NODE_ID_RE.test(n)).map((n) => keys.fastNode(n)));
   }

@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { tarGz } from '../../services/cli/pack.ts';
+import { findLeftovers } from '../helpers/leaks.ts';
 import { startOtlpSink, type OtlpSink } from '../helpers/otlp-sink.ts';
 
 /** The part of autocannon's API used here (the package ships no types). */
@@ -109,7 +110,9 @@ function startChild(args: string[], env: NodeJS.ProcessEnv, ready: RegExp, what:
     async stop() {
       if (proc.exitCode !== null) return;
       proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+      // The host bounds each shutdown step (scheduler 35 s, others 15 s); SIGKILL only past all of them, since a
+      // killed host leaves its sandboxes' cgroups and its embedded redis-server behind.
+      const t = setTimeout(() => proc.kill('SIGKILL'), 90_000);
       await exited;
       clearTimeout(t);
     },
@@ -133,6 +136,7 @@ interface OurHost {
   key: string;
   child: Child;
   stateDir: string;
+  nodeId: string;
 }
 
 async function startOurs(name: string, extraEnv: Record<string, string> = {}): Promise<OurHost> {
@@ -141,8 +145,9 @@ async function startOurs(name: string, extraEnv: Record<string, string> = {}): P
   const env: NodeJS.ProcessEnv = { ...process.env, FNHOST_LOG_LEVEL: 'warn', FNHOST_LOG_JSON: '1', ...extraEnv };
   delete env.REDIS_URL; // the embedded redis-server, as `npm start` runs it
   delete env.FNHOST_ADMIN_KEY;
+  const nodeId = `bench-gw-${name}-${randomBytes(2).toString('hex')}`;
   const child = await startChild(
-    [join(ROOT, 'bin/fnhost.mjs'), 'start', '--port', String(port), '--host', '127.0.0.1', '--state-dir', stateDir, '--node-id', `bench-gw-${name}-${randomBytes(2).toString('hex')}`],
+    [join(ROOT, 'bin/fnhost.mjs'), 'start', '--port', String(port), '--host', '127.0.0.1', '--state-dir', stateDir, '--node-id', nodeId],
     env,
     /admin key[^\n]*\n\s+fnh_\S+/,
     `host ${name}`,
@@ -151,7 +156,7 @@ async function startOurs(name: string, extraEnv: Record<string, string> = {}): P
   const url = `http://127.0.0.1:${port}`;
   const t = await fetch(`${url}/v1/tenants`, { method: 'POST', headers: { authorization: `Bearer ${adminKey}` }, body: JSON.stringify({ name: 'bench' }) });
   const { apiKey } = (await t.json()) as { apiKey: string };
-  return { url, key: apiKey, child, stateDir };
+  return { url, key: apiKey, child, stateDir, nodeId };
 }
 
 async function deploy(h: OurHost, name: string, config: Record<string, unknown>, code: Buffer) {
@@ -203,6 +208,12 @@ async function cold(h: OurHost, kind: 'node' | 'exec'): Promise<{ median_ms: num
   return { median_ms: r3(median(times)), p90_ms: r3(quantile(times, 0.9)), n: times.length };
 }
 
+/** A stopped host must leave nothing of its node behind; say so loudly if it did (the numbers are then suspect too). */
+function reportLeftovers(h: OurHost) {
+  const l = findLeftovers(h.nodeId, [h.stateDir]);
+  if (l.cgroups.length || l.processes.length || l.mounts.length) log(`LEAK after stopping ${h.nodeId}: ${JSON.stringify(l).slice(0, 500)}`);
+}
+
 const BARE_HONO = `
 import { Hono } from 'hono';
 import { serve } from '@hono/node-server';
@@ -219,6 +230,7 @@ async function main() {
     const ours = await startOurs('plain');
     cleanup.push(async () => {
       await ours.child.stop();
+      reportLeftovers(ours);
       rmSync(ours.stateDir, { recursive: true, force: true });
     });
     await deploy(ours, 'hello', { runtime: 'node' }, NODE_CODE);
@@ -267,6 +279,7 @@ async function main() {
       const traced = await startOurs('traced', sink.env);
       cleanup.push(async () => {
         await traced.child.stop();
+        reportLeftovers(traced);
         rmSync(traced.stateDir, { recursive: true, force: true });
       });
       await deploy(traced, 'hello', { runtime: 'node' }, NODE_CODE);

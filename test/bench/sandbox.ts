@@ -150,6 +150,9 @@ async function fullTimes(layers: string[], n: number): Promise<number[]> {
   return times;
 }
 
+/** After a full GC, V8 still sweeps and unmaps concurrently for a while; 1 s covers it on this machine. */
+const SETTLE_MS = 1000;
+
 /** ≈1 GiB of live V8 heap: 128 arrays of 1 Mi doubles (8 MiB each, unboxed FixedDoubleArray). */
 function holdHeap(): number[][] {
   const keep: number[][] = [];
@@ -204,12 +207,13 @@ async function main(): Promise<void> {
       // Measure the steady state of a process that holds the heap, not V8's background marking and sweeping
       // of the allocation burst (it competes for this machine's 2 cores): one full GC, then let it settle.
       gc();
-      await new Promise((res) => setTimeout(res, 300));
+      await new Promise((res) => setTimeout(res, SETTLE_MS));
       if (r === 0) log(`heapUsed ${Math.round(process.memoryUsage().heapUsed / 2 ** 20)} MiB`);
       await collectInto('heap', () => fullTimes(layers, per));
       if (heap.length !== 128) throw new Error('heap was collected');
       heap = undefined;
-      gc();
+      gc(); // and let the freeing settle before the next round's series
+      await new Promise((res) => setTimeout(res, SETTLE_MS));
     }
     const entry = (k: keyof typeof t): Entry => (err[k] ? { error: err[k]! } : stats(t[k]));
     const bundle = ociBundle(bundles, fx.base);

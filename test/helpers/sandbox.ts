@@ -3,7 +3,7 @@
  * leak assertions after every test, and small helpers to run a command and collect its output.
  */
 import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
-import { createSandbox, warmUp, type CreateOptions, type ExitStatus, type Sandbox, type SandboxProcess, type StartSpec } from '../../services/sandbox/index.ts';
+import { cleanupLeftovers, createSandbox, warmUp, type CreateOptions, type ExitStatus, type Sandbox, type SandboxProcess, type StartSpec } from '../../services/sandbox/index.ts';
 import { assertNoLeaks, openFds } from './leaks.ts';
 import { makeRootfs, type RootfsFixture } from './sandbox-rootfs.ts';
 
@@ -49,7 +49,11 @@ export function useSandboxEnv(name: string): SandboxTestEnv {
     // the process-wide template namespace fd is opened once, not by whichever test comes first
     if (process.getuid?.() === 0) await warmUp();
   });
-  afterAll(() => fixture?.remove());
+  afterAll(async () => {
+    fixture?.remove();
+    // the node's own cgroup dir (fnhost/<nodeId>) goes too: nothing of this file is left
+    if (process.getuid?.() === 0) await cleanupLeftovers(nodeId);
+  });
   beforeEach(() => { fdsBefore = openFds(); });
   afterEach(async () => {
     await Promise.all(made.map((s) => s.destroy()));

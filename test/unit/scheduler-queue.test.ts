@@ -7,7 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { redisUrl } from '../helpers/redis.ts';
-import { createInvocationClient } from '../../services/scheduler/client.ts';
+import { Queue } from 'bullmq';
+import { bullConnection, createInvocationClient } from '../../services/scheduler/client.ts';
 import { fastPush } from '../../services/scheduler/fast-lane.ts';
 import { createKeys } from '../../services/scheduler/keys.ts';
 import { routeTo, unpend } from '../../services/scheduler/routing.ts';
@@ -50,12 +51,12 @@ interface Env {
   fn: (over?: Partial<FunctionVersion>) => FunctionVersion;
 }
 
-async function env(opts: { capacityMb?: number; tenantConcurrency?: number; nodeConcurrency?: number; nodeId?: string; keepAliveMs?: number } = {}): Promise<Env> {
+async function env(opts: { capacityMb?: number; tenantConcurrency?: number; nodeConcurrency?: number; nodeId?: string; keepAliveMs?: number; idleWorkerMs?: number } = {}): Promise<Env> {
   const prefix = `t-${randomUUID().slice(0, 8)}`;
   const exec = new FakeExecutor();
   const sched = createScheduler({
     redisUrl: redisUrl(), prefix, nodeId: opts.nodeId ?? 'n1', executor: exec, capacityMb: opts.capacityMb ?? 4096,
-    keepAliveMs: opts.keepAliveMs ?? 60_000, tenantConcurrency: opts.tenantConcurrency, nodeConcurrency: opts.nodeConcurrency, metrics: createMetrics({ defaultMetrics: false }), logger: silent,
+    keepAliveMs: opts.keepAliveMs ?? 60_000, tenantConcurrency: opts.tenantConcurrency, nodeConcurrency: opts.nodeConcurrency, idleWorkerMs: opts.idleWorkerMs, metrics: createMetrics({ defaultMetrics: false }), logger: silent,
     pool: { kinds: { node: { min: 1, max: 4 } } },
   });
   await sched.start();
@@ -209,6 +210,24 @@ describe('async invocations', () => {
     expect(after!.attempts).toBe(1);
     expect(await e.client.listDeadLetters(fn.tenant)).toEqual([]);
     await expect(e.client.redrive(fn.tenant, invocationId)).rejects.toMatchObject({ type: 'Conflict' });
+  }, 20_000);
+});
+
+describe('idle BullMQ workers', () => {
+  it("a tenant's worker closes when idle and comes back with the next async job", async () => {
+    const e = await env({ idleWorkerMs: 200 });
+    const fn = e.fn();
+    const q = new Queue(`inv.${encodeURIComponent(fn.tenant)}`, { connection: bullConnection(redis), prefix: `${e.prefix}:bull` });
+    try {
+      const a = await e.client.enqueue({ fn, payload: ev({}), mode: 'async' });
+      await until(() => e.client.get(fn.tenant, a.invocationId), (r) => r?.status === 'succeeded');
+      expect((await q.getWorkers()).length).toBeGreaterThan(0);
+      await until(async () => (await q.getWorkers()).length, (n) => n === 0, 6000);
+      const b = await e.client.enqueue({ fn, payload: ev({}), mode: 'async' });
+      await until(() => e.client.get(fn.tenant, b.invocationId), (r) => r?.status === 'succeeded', 6000);
+    } finally {
+      await q.close();
+    }
   }, 20_000);
 });
 
