@@ -13,6 +13,7 @@
  * await r.stop();                                                 // SHUTDOWN (AOF flushed), then waits for exit
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -24,6 +25,7 @@ export interface EmbeddedRedis {
   stop(): Promise<void>;
 }
 
+const SETPRIV = '/usr/bin/setpriv';
 /** sun_path is 108 bytes on Linux (unix(7)), including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 /** redis-server loads an AOF of a few hundred MB in seconds on this class of machine; 30 s is generous. */
@@ -77,7 +79,13 @@ export async function startEmbeddedRedis(stateDir: string, opts: { log?: (line: 
     '--maxmemory-policy', 'noeviction',
     '--logfile', '',
   ];
-  const child: ChildProcess = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // setpriv --pdeathsig TERM (util-linux, always on Debian) makes the kernel send SIGTERM to redis-server when this
+  // process dies, even by SIGKILL: Redis then flushes its AOF and exits instead of outliving its host. Without
+  // setpriv the pid-file check above stops such a leftover at the next start.
+  const useSetpriv = existsSync(SETPRIV);
+  const child: ChildProcess = useSetpriv
+    ? spawn(SETPRIV, ['--pdeathsig', 'TERM', 'redis-server', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let exited: { code: number | null; signal: string | null } | null = null;
   const tail: string[] = [];
   const onData = (b: Buffer) => {

@@ -87,6 +87,30 @@ describe('embedded redis-server', () => {
     await r3.stop();
     expect(() => process.kill(r3.pid, 0)).toThrow();
   });
+
+  it('dies with its host even when the host is SIGKILLed (parent-death signal)', async () => {
+    const d = tmp('fnhost-er-kill-');
+    const { spawn } = await import('node:child_process');
+    // a throwaway "host" process that starts the embedded Redis, prints its pid, then waits
+    const host = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+      const { startEmbeddedRedis } = await import(${JSON.stringify(join(process.cwd(), 'services/host/redis-server.ts'))});
+      const r = await startEmbeddedRedis(${JSON.stringify(d)});
+      console.log(r.pid);
+      setInterval(() => {}, 1000);`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const pid = await new Promise<number>((res) => host.stdout!.once('data', (b) => res(Number(String(b).trim()))));
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    host.kill('SIGKILL');
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        break; // gone
+      }
+      if (Date.now() > deadline) throw new Error('redis-server outlived its SIGKILLed host');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  });
 });
 
 describe('CLI pieces', () => {
