@@ -125,7 +125,15 @@ export class CgroupV2 implements CgroupManager {
     this.ensureParents(nodeId);
     const rel = join('fnhost', nodeId, id);
     const dir = join(this.root, rel);
-    mkdirSync(dir);
+    try {
+      mkdirSync(dir);
+    } catch (e) {
+      // the node dir was removed behind our back (clean-up by another process): make the chain again
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      this.enabled.delete(nodeId);
+      this.ensureParents(nodeId);
+      mkdirSync(dir);
+    }
     try {
       const h = new V2Handle(rel, dir, this.controllers, this.rmdir);
       h.setLimits(limits);

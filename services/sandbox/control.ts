@@ -73,6 +73,12 @@ export class ControlChannel {
   private readonly pending = new Map<number, (r: Reply) => void>();
   private nextId = 1;
   private closedFlag = false;
+  /**
+   * Set the moment our socket is destroyed. libuv closes the fd synchronously in uv_close, but 'close' (and
+   * so closedFlag) comes a loop turn later; in between the fd NUMBER may already belong to something else
+   * (another sandbox's control socket, a pipe): request() must never sendmsg() on it then.
+   */
+  private fdGone = false;
   /** resolves on "ready"; rejects with the init's set-up error or when it dies first */
   readonly ready: Promise<void>;
   /** resolves when the init's end of the socket is gone (the init exited) */
@@ -112,8 +118,8 @@ export class ControlChannel {
       };
       this.sock.on('close', done);
       // EOF = the init has exited (or is exiting): no need to wait for libuv's close callback
-      this.sock.on('end', () => { done(); this.sock.destroy(); });
-      this.sock.on('error', () => { this.sock.destroy(); });
+      this.sock.on('end', () => { done(); this.shut(); });
+      this.sock.on('error', () => { this.shut(); });
     });
   }
 
@@ -124,7 +130,7 @@ export class ControlChannel {
   /** Sends one `run` frame; resolves with the init's reply. `fds` are attached (the caller closes its copies). */
   request(ops: readonly string[], fds: number[] = []): { id: number; reply: Promise<Reply> } {
     const id = this.nextId++;
-    if (this.closedFlag) {
+    if (this.closedFlag || this.fdGone) {
       return { id, reply: Promise.resolve({ ok: false, errno: 32, syscall: 'sendmsg', path: '', message: 'the sandbox init has exited' }) };
     }
     const reply = new Promise<Reply>((res) => this.pending.set(id, res));
@@ -140,6 +146,11 @@ export class ControlChannel {
 
   /** Closes our end: the init sees EOF and exits, which ends its pid namespace. */
   close(): void {
+    this.shut();
+  }
+
+  private shut(): void {
+    this.fdGone = true;
     this.sock.destroy();
   }
 }

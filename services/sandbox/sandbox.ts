@@ -157,8 +157,11 @@ export class SandboxImpl implements Sandbox {
   }
 
   private assertUsable(want: SandboxState, what: string): void {
-    if (this.stateValue !== want || this.busy || this.ch.isClosed) {
-      throw new Conflict(`cannot ${what}: sandbox ${this.id} is ${this.ch.isClosed && this.stateValue !== 'destroyed' ? 'dead' : this.busy ? 'busy' : this.stateValue}`, { sandboxId: this.id, state: this.stateValue });
+    // `destroying`: destroy() has closed the control fd already (state says 'destroyed' only once it is done)
+    if (this.stateValue !== want || this.busy || this.ch.isClosed || this.destroying) {
+      const why = this.destroying && this.stateValue !== 'destroyed' ? 'being destroyed'
+        : this.ch.isClosed && this.stateValue !== 'destroyed' ? 'dead' : this.busy ? 'busy' : this.stateValue;
+      throw new Conflict(`cannot ${what}: sandbox ${this.id} is ${why}`, { sandboxId: this.id, state: this.stateValue });
     }
   }
 

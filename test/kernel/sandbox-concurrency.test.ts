@@ -1,0 +1,172 @@
+/**
+ * Sandboxes booting while others are destroyed, on real namespaces/cgroups.
+ *
+ * Regression for "a node pooled boot never gets HELLO and fails after the 10 s boot timeout when the pool is
+ * closed while a boot is in flight" (scheduler notes, 02:15). Root cause (debug notes): WarmPool.close()
+ * awaited `Promise.race([Promise.all(destroying), timer])` in a loop; with nothing being destroyed,
+ * Promise.all([]) is already resolved, so the loop spun in microtasks for its whole 10 s deadline and the
+ * event loop never ran: the boot's "ready"/HELLO stayed unread and its own 10 s timer won afterwards.
+ * The other suspects (fd reuse across sandboxes, fds passed to the wrong init) are pinned down here too.
+ */
+import { closeSync, openSync, readdirSync, readlinkSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { Conflict } from '../../services/common/errors.ts';
+import type { Executor, PooledSandbox } from '../../services/scheduler/executor.ts';
+import { DEFAULT_POOL_CONFIG, WarmPool } from '../../services/scheduler/pool.ts';
+import { liveSandboxes, type Sandbox } from '../../services/sandbox/index.ts';
+import { native } from '../../services/sandbox/native.ts';
+import { useSandboxEnv } from '../helpers/sandbox.ts';
+
+const env = useSandboxEnv('concurrency');
+
+/** Sockets among this process's open fds, as fd number → inode text. */
+function socketFds(): Map<number, string> {
+  const m = new Map<number, string>();
+  for (const f of readdirSync('/proc/self/fd')) {
+    try {
+      const t = readlinkSync(`/proc/self/fd/${f}`);
+      if (t.startsWith('socket:')) m.set(Number(f), t);
+    } catch { /* the fd of the readdir itself */ }
+  }
+  return m;
+}
+
+/** Polls `cond` once per event-loop turn (timers included) until `deadlineMs`. */
+async function until(cond: () => boolean, deadlineMs: number, what: string): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Largest gap between ticks of a 10 ms interval while `fn` runs: how long the event loop was blocked. */
+async function maxLoopLag<T>(fn: () => Promise<T>): Promise<{ value: T; lagMs: number }> {
+  let last = Date.now();
+  let lagMs = 0;
+  const iv = setInterval(() => {
+    const now = Date.now();
+    lagMs = Math.max(lagMs, now - last);
+    last = now;
+  }, 10);
+  try {
+    const value = await fn();
+    lagMs = Math.max(lagMs, Date.now() - last);
+    return { value, lagMs };
+  } finally {
+    clearInterval(iv);
+  }
+}
+
+describe('sandboxes under concurrent create / start / destroy', () => {
+  it('closing a warm pool while a creation is in flight lets that creation finish and returns promptly', async () => {
+    // An executor over real sandboxes: a macrotask gap first (like createPooled's image resolve + the init's
+    // "ready" read), so close() runs while the creation is in flight and nothing is being destroyed yet.
+    const preparing = new Set<Sandbox>();
+    let landed = 0;
+    const exec = {
+      async createPooled(kind: string): Promise<PooledSandbox> {
+        await new Promise((r) => setTimeout(r, 30));
+        const sb = await env.create();
+        preparing.add(sb);
+        try {
+          const p = await sb.start({ layers: [env.fx().base], argv: ['/bin/cat'] });
+          p.stdout.resume();
+          p.stderr.resume();
+        } finally {
+          preparing.delete(sb);
+        }
+        landed++;
+        return { kind, get alive() { return sb.state !== 'destroyed'; }, destroy: () => sb.destroy() } as unknown as PooledSandbox;
+      },
+      async cancelPending() {
+        await Promise.all([...preparing].map((sb) => sb.destroy()));
+      },
+    } as unknown as Executor;
+    const pool = new WarmPool(exec, { ...DEFAULT_POOL_CONFIG, kinds: { k: { min: 1, max: 1 } }, default: { min: 0, max: 0 } });
+    pool.start();
+    await until(() => pool.stats().kinds.k!.creating === 1, 5000, 'the pool to start a creation');
+    const t0 = Date.now();
+    const { lagMs } = await maxLoopLag(() => pool.close());
+    const closeMs = Date.now() - t0;
+    // Before the fix: close() took its full 10 s deadline with the event loop blocked throughout (lag ≈ 10 s).
+    // A creation is ~10–100 ms here; 2 s of slack for a loaded 2-core machine.
+    expect(lagMs).toBeLessThan(2000);
+    expect(closeMs).toBeLessThan(5000);
+    expect(pool.stats().kinds.k!.creating).toBe(0);
+    // the landed creation was destroyed by close(), nothing of this file's node stays alive
+    await until(() => !liveSandboxes().some((s) => s.state !== 'destroyed'), 5000, 'every sandbox to be destroyed');
+    expect(landed + preparing.size).toBeLessThanOrEqual(1);
+  }, 20_000);
+
+  it('start() during destroy() is refused and never writes to the control fd number once it is reused', async () => {
+    const before = socketFds();
+    const sb = await env.create();
+    const ctl = [...socketFds().keys()].filter((fd) => !before.has(fd));
+    expect(ctl).toHaveLength(1);
+    const ctlFd = ctl[0]!;
+    const destroyed = sb.destroy();
+    // libuv closes the fd synchronously: its number is free before destroy() resolves
+    expect(() => readlinkSync(`/proc/self/fd/${ctlFd}`)).toThrow();
+    // Take that number for an unrelated socketpair (fill lower holes first; the kernel hands out the lowest).
+    const fillers: number[] = [];
+    let pair: [number, number] | undefined;
+    try {
+      for (let i = 0; i < 1024 && !pair; i++) {
+        const fd = openSync('/dev/null', 'r');
+        if (fd === ctlFd) {
+          closeSync(fd);
+          pair = native().socketpair();
+        } else fillers.push(fd);
+      }
+      expect(pair?.[0]).toBe(ctlFd);
+      await expect(sb.start({ layers: [env.fx().base], argv: ['/bin/true'] })).rejects.toBeInstanceOf(Conflict);
+      // Whatever start() sent went out synchronously; a sentinel sent after it marks the end of the stream.
+      native().sendFrame(pair![0], Buffer.from('Z'), []);
+      const peer = new Socket({ fd: pair![1], readable: true, writable: false });
+      let got = '';
+      await new Promise<void>((resolve) => peer.on('data', (d) => { got += d.toString('latin1'); if (got.endsWith('Z')) resolve(); }));
+      peer.destroy();
+      expect(got.replace(/\0/g, ' ')).toBe('Z');
+    } finally {
+      if (pair) closeSync(pair[0]);
+      fillers.forEach((fd) => closeSync(fd));
+    }
+    await destroyed;
+  });
+
+  it('each of several sandboxes booting together talks to its own process while others are destroyed mid-start', async () => {
+    const n = 6;
+    const sbs = await Promise.all(Array.from({ length: n }, () => env.create()));
+    const results = await Promise.all(sbs.map(async (sb, i) => {
+      const start = sb.start({
+        layers: [env.fx().base],
+        argv: ['/bin/sh', '-c', 'echo "$ID" >&3; cat <&3 >/dev/null'],
+        env: { ID: `sb-${i}` },
+        wire: true,
+      });
+      // every other sandbox is destroyed while its start() is in flight
+      if (i % 2 === 1) void sb.destroy();
+      try {
+        const p = await start;
+        p.stdout.resume();
+        p.stderr.resume();
+        let said = '';
+        await until(() => {
+          const c = p.wire!.read() as Buffer | null;
+          if (c) said += c.toString();
+          return said.includes('\n') || sb.state === 'destroyed';
+        }, 10_000, `sandbox ${i} to write its id`);
+        return said.trim();
+      } catch (e) {
+        return e instanceof Error ? e.name : String(e);
+      }
+    }));
+    for (let i = 0; i < n; i++) {
+      // a destroyed one may have got as far as starting; it never speaks with another sandbox's voice
+      if (i % 2 === 0) expect(results[i]).toBe(`sb-${i}`);
+      else expect([`sb-${i}`, '', 'Conflict', 'SandboxError']).toContain(results[i]);
+    }
+  }, 30_000);
+});
