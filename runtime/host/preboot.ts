@@ -99,9 +99,12 @@ export async function prepare(sandbox: Sandbox, runtime: RuntimeName, image: Res
     });
     const bootTimeoutMs = opts.bootTimeoutMs ?? 10_000;
     let timer: NodeJS.Timeout | undefined;
+    // A timeout that fires late because the event loop was blocked past it (a long synchronous stretch
+    // elsewhere in the host) must not beat a HELLO that arrived meanwhile: a loop turn runs its timers
+    // before it polls sockets, so the timeout settles in the check phase (setImmediate), after that poll.
     const frame = await Promise.race([
       channel.next(),
-      new Promise<null>((r) => (timer = setTimeout(() => r(null), bootTimeoutMs))),
+      new Promise<null>((r) => (timer = setTimeout(() => setImmediate(() => r(null)), bootTimeoutMs))),
     ]).finally(() => clearTimeout(timer));
     if (!frame) throw new Internal(`${kind} runtime did not boot within ${bootTimeoutMs} ms`, { runtime: kind });
     if (frame.type !== MsgType.HELLO) throw new Internal(`${kind} runtime sent frame type ${frame.type} before HELLO`, { runtime: kind });

@@ -212,7 +212,10 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
     await Promise.race([
       sb.ready,
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(Object.assign(new Error(`no "ready" within ${READY_TIMEOUT_MS} ms`), { errno: -110, syscall: 'read' })), READY_TIMEOUT_MS);
+        // settles in the check phase: a timer that fires late (event loop blocked past it) must not beat a
+        // "ready" the same loop turn's poll is about to read
+        const fail = () => reject(Object.assign(new Error(`no "ready" within ${READY_TIMEOUT_MS} ms`), { errno: -110, syscall: 'read' }));
+        timer = setTimeout(() => setImmediate(fail), READY_TIMEOUT_MS);
         timer.unref();
       }),
     ]);

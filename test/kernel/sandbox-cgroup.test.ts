@@ -129,6 +129,18 @@ describe.each(backends)('cgroup backend conformance: $name', (b) => {
     m.removeNode('n1');
   });
 
+  it('a node dir removed behind the manager\'s back (another process cleaning up) is made again', async () => {
+    const m = b.make();
+    const h1 = m.create('n1', `${id}-a`, { memoryMb: 64, pidsMax: 33, cpuMillis: 250 });
+    await h1.remove();
+    b.make().removeNode('n1'); // another manager (process) removes fnhost/n1; m still has it cached
+    expect(m.list('n1')).toEqual([]);
+    const h2 = m.create('n1', `${id}-b`, { memoryMb: 64, pidsMax: 33, cpuMillis: 250 });
+    expect(m.list('n1')).toEqual([`${id}-b`]);
+    await h2.remove();
+    m.removeNode('n1');
+  });
+
   it('openJoin gives what the spawner needs (v1: `tasks` fds; v2: the directory fd)', async () => {
     const m = b.make();
     const h = m.create('n1', `${id}-j`, { memoryMb: 64, pidsMax: 33, cpuMillis: 250 });

@@ -8,10 +8,10 @@
  * event loop never ran: the boot's "ready"/HELLO stayed unread and its own 10 s timer won afterwards.
  * The other suspects (fd reuse across sandboxes, fds passed to the wrong init) are pinned down here too.
  */
-import { closeSync, openSync, readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readlinkSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { Conflict } from '../../services/common/errors.ts';
+import { Conflict, FnhostError } from '../../services/common/errors.ts';
 import type { Executor, PooledSandbox } from '../../services/scheduler/executor.ts';
 import { DEFAULT_POOL_CONFIG, WarmPool } from '../../services/scheduler/pool.ts';
 import { liveSandboxes, type Sandbox } from '../../services/sandbox/index.ts';
@@ -19,18 +19,6 @@ import { native } from '../../services/sandbox/native.ts';
 import { useSandboxEnv } from '../helpers/sandbox.ts';
 
 const env = useSandboxEnv('concurrency');
-
-/** Sockets among this process's open fds, as fd number → inode text. */
-function socketFds(): Map<number, string> {
-  const m = new Map<number, string>();
-  for (const f of readdirSync('/proc/self/fd')) {
-    try {
-      const t = readlinkSync(`/proc/self/fd/${f}`);
-      if (t.startsWith('socket:')) m.set(Number(f), t);
-    } catch { /* the fd of the readdir itself */ }
-  }
-  return m;
-}
 
 /** Polls `cond` once per event-loop turn (timers included) until `deadlineMs`. */
 async function until(cond: () => boolean, deadlineMs: number, what: string): Promise<void> {
@@ -101,17 +89,17 @@ describe('sandboxes under concurrent create / start / destroy', () => {
   }, 20_000);
 
   it('start() during destroy() is refused and never writes to the control fd number once it is reused', async () => {
-    const before = socketFds();
     const sb = await env.create();
-    const ctl = [...socketFds().keys()].filter((fd) => !before.has(fd));
-    expect(ctl).toHaveLength(1);
-    const ctlFd = ctl[0]!;
+    // the host end of the init's control socketpair (services/sandbox/control.ts)
+    const ctlFd = (sb as unknown as { ch: { fd: number } }).ch.fd;
+    expect(readlinkSync(`/proc/self/fd/${ctlFd}`)).toMatch(/^socket:/);
     const destroyed = sb.destroy();
     // libuv closes the fd synchronously: its number is free before destroy() resolves
     expect(() => readlinkSync(`/proc/self/fd/${ctlFd}`)).toThrow();
     // Take that number for an unrelated socketpair (fill lower holes first; the kernel hands out the lowest).
     const fillers: number[] = [];
     let pair: [number, number] | undefined;
+    let peer: Socket | undefined;
     try {
       for (let i = 0; i < 1024 && !pair; i++) {
         const fd = openSync('/dev/null', 'r');
@@ -124,12 +112,14 @@ describe('sandboxes under concurrent create / start / destroy', () => {
       await expect(sb.start({ layers: [env.fx().base], argv: ['/bin/true'] })).rejects.toBeInstanceOf(Conflict);
       // Whatever start() sent went out synchronously; a sentinel sent after it marks the end of the stream.
       native().sendFrame(pair![0], Buffer.from('Z'), []);
-      const peer = new Socket({ fd: pair![1], readable: true, writable: false });
+      peer = new Socket({ fd: pair![1], readable: true, writable: false });
       let got = '';
-      await new Promise<void>((resolve) => peer.on('data', (d) => { got += d.toString('latin1'); if (got.endsWith('Z')) resolve(); }));
-      peer.destroy();
+      await new Promise<void>((resolve) => peer!.on('data', (d) => { got += d.toString('latin1'); if (got.endsWith('Z')) resolve(); }));
+      // before the fix: "run 2 attach /root ... spawn ..." with the rootfs mount and stdio fds attached
       expect(got.replace(/\0/g, ' ')).toBe('Z');
     } finally {
+      if (peer) peer.destroy();
+      else if (pair) closeSync(pair[1]);
       if (pair) closeSync(pair[0]);
       fillers.forEach((fd) => closeSync(fd));
     }
@@ -160,13 +150,13 @@ describe('sandboxes under concurrent create / start / destroy', () => {
         }, 10_000, `sandbox ${i} to write its id`);
         return said.trim();
       } catch (e) {
-        return e instanceof Error ? e.name : String(e);
+        return e instanceof FnhostError ? 'refused' : String(e);
       }
     }));
     for (let i = 0; i < n; i++) {
       // a destroyed one may have got as far as starting; it never speaks with another sandbox's voice
       if (i % 2 === 0) expect(results[i]).toBe(`sb-${i}`);
-      else expect([`sb-${i}`, '', 'Conflict', 'SandboxError']).toContain(results[i]);
+      else expect([`sb-${i}`, '', 'refused']).toContain(results[i]);
     }
   }, 30_000);
 });
