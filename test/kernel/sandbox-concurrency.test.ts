@@ -10,12 +10,18 @@
  */
 import { closeSync, openSync, readlinkSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { prepare } from '../../runtime/host/index.ts';
 import { Conflict, FnhostError } from '../../services/common/errors.ts';
 import type { Executor, PooledSandbox } from '../../services/scheduler/executor.ts';
 import { DEFAULT_POOL_CONFIG, WarmPool } from '../../services/scheduler/pool.ts';
 import { liveSandboxes, type Sandbox } from '../../services/sandbox/index.ts';
 import { native } from '../../services/sandbox/native.ts';
+import { openImageStore } from '../../services/store/index.ts';
+import type { ResolvedImage } from '../../services/store/types.ts';
 import { useSandboxEnv } from '../helpers/sandbox.ts';
 
 const env = useSandboxEnv('concurrency');
@@ -159,4 +165,43 @@ describe('sandboxes under concurrent create / start / destroy', () => {
       else expect([`sb-${i}`, '', 'refused']).toContain(results[i]);
     }
   }, 30_000);
+});
+
+describe('boot timeouts after the event loop was blocked', () => {
+  let stateDir = '';
+  let nodeImage: ResolvedImage;
+  beforeAll(async () => {
+    stateDir = mkdtempSync(join(tmpdir(), 'fnhost-concurrency-'));
+    nodeImage = await (await openImageStore({ stateDir })).resolve('node');
+  });
+  afterAll(() => rmSync(stateDir, { recursive: true, force: true }));
+
+  it('a boot timeout that fires late does not beat a HELLO that arrived while the loop was blocked', async () => {
+    const sb = await env.create();
+    // Blocks the host's event loop for 3 s right after prepare() armed its 200 ms boot timer (the check phase
+    // after start() resolved): the runtime (node, ~60–500 ms here without warm-up) says HELLO meanwhile.
+    // That is what WarmPool.close()'s 10 s microtask spin did to every boot in flight.
+    const stallMs = 3000;
+    const stalling = new Proxy(sb, {
+      get(target, key) {
+        if (key === 'start') {
+          return async (spec: Parameters<Sandbox['start']>[0]) => {
+            const p = await target.start(spec);
+            setImmediate(() => {
+              const end = Date.now() + stallMs;
+              while (Date.now() < end) { /* the blocked event loop */ }
+            });
+            return p;
+          };
+        }
+        const v = Reflect.get(target, key) as unknown;
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    // Before the fix: the expired timer ran first in the next loop turn → "node runtime did not boot within 200 ms".
+    const pooled = await prepare(stalling, 'node', nodeImage, { bootTimeoutMs: 200, warmUp: false });
+    expect(pooled.prebooted).toBe(true);
+    expect(pooled.hello?.runtime).toBe('node');
+    await pooled.destroy();
+  }, 20_000);
 });
