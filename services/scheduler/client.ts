@@ -36,6 +36,7 @@ import { readLogs, followLogs as follow } from './logs.ts';
 import { Attr, SpanKind, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
 import { fastPush } from './fast-lane.ts';
+import { registerLocalClient } from './local-replies.ts';
 import { defineScripts } from './scripts.ts';
 import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_RETENTION, NODE_STALE_MS, type Retention } from './config.ts';
 
@@ -126,6 +127,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     return subReady;
   }
 
+  // A scheduler in this process hands results over directly (./local-replies.ts); others publish.
+  const unregisterLocal = registerLocalClient(clientId, (id, rec) => settle(id, rec));
   const sweepTimer = setInterval(() => void sweep(1000), 1000);
   sweepTimer.unref();
 
@@ -484,6 +487,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       if (closed) return;
       closed = true;
       clearInterval(sweepTimer);
+      unregisterLocal();
       for (const [id, w] of waiters) {
         clearTimeout(w.timer);
         w.reject(new Unavailable('invocation client closed while waiting', { invocationId: id }));

@@ -188,7 +188,15 @@ export class FastLaneConsumer {
       this.cursor = n ? (this.cursor + 1) % n : 0;
       const all = [this.keys.fastNode(this.nodeId), ...this.orphans, ...rotated];
       const lists = all.filter((l) => (this.perList.get(l) ?? 0) < this.perListMax);
-      p.excluded = new Set(all.filter((l) => !lists.includes(l)));
+      const excluded = new Set(all.filter((l) => !lists.includes(l)));
+      // A list is at its cap and another puller already blocks on the others: wait here for a slot instead.
+      // The job that frees it wakes this puller at once, with no UNBLOCK round trip (see the release below).
+      if (excluded.size > 0 && this.pullers.some((q) => q !== p && q.blocking && q.excluded.size > 0)) {
+        p.excluded = new Set();
+        await this.waitSlot();
+        continue;
+      }
+      p.excluded = excluded;
       if (lists.length === 0) {
         await this.waitSlot();
         continue;
@@ -229,7 +237,8 @@ export class FastLaneConsumer {
             else this.perList.delete(list);
             // One slot came free: one puller is enough to take a job of `list` (unblocking all of them cost
             // ~0.6 extra UNBLOCK + BLMPOP round trips per job at 64 in flight, measured with INFO commandstats).
-            const q = this.pullers.find((x) => x.blocking && x.excluded.has(list)) ?? this.pullers.find((x) => x.excluded.has(list));
+            // A puller waiting for a slot here (woken below) takes it without any UNBLOCK.
+            const q = this.slotWaiters.length > 0 ? undefined : (this.pullers.find((x) => x.blocking && x.excluded.has(list)) ?? this.pullers.find((x) => x.excluded.has(list)));
             if (q) {
               q.excluded.delete(list);
               this.unblock(q);

@@ -30,6 +30,7 @@ import type { Instances, Lease } from './instances.ts';
 import type { LogBuffer } from './log-buffer.ts';
 import type { Retention } from './config.ts';
 import { unpend } from './routing.ts';
+import { localClient } from './local-replies.ts';
 
 export interface JobContext {
   redis: Redis;
@@ -177,10 +178,15 @@ function errJSON(e: FnhostError): StoredRecord['error'] {
 }
 
 async function finish(ctx: JobContext, d: JobData, recKey: string, ttl: number, reply: string | undefined, rec: StoredRecord, lines: LogLine[]): Promise<void> {
-  await Promise.all([
-    setRecord(ctx.redis, recKey, rec, ttl, { replyChannel: isFinal(rec.status) ? reply : undefined }),
+  const final = isFinal(rec.status);
+  // The waiting client lives in this process: no PUBLISH; told directly once the record is written (and
+  // only if this write made it final, as the script's PUBLISH would).
+  const local = final && reply ? localClient(d.replyTo) : undefined;
+  const [written] = await Promise.all([
+    setRecord(ctx.redis, recKey, rec, ttl, { replyChannel: final && !local ? reply : undefined }),
     appendLogs(ctx.redis, ctx.keys, d.fn.tenant, d.fn.name, lines, ctx.logRetention),
   ]);
+  if (local && written) local(d.id, rec);
 }
 
 function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span) {

@@ -1,0 +1,30 @@
+/**
+ * @module scheduler/local-replies
+ * Result hand-over to a waiting client in the same process (`fnhost start` runs the gateway's client and a
+ * scheduler together). The scheduler still writes the final record with the same script (so
+ * `GET /v1/invocations/:id`, the exactly-once view and remote clients are unchanged); it only skips the
+ * PUBLISH on the client's reply channel and, once the write is acknowledged, calls the client directly.
+ * A job from a client in another process finds no entry here and is published as before.
+ *
+ * Why: per sync invocation that saves Redis a PUBLISH and the host a pub/sub read, a JSON.parse of the whole
+ * record and an event-loop wake-up on the subscriber connection (measured with /tmp/perf/tput.mts, see
+ * the perf notes).
+ */
+import type { StoredRecord } from './records.ts';
+
+export type LocalSettle = (id: string, rec: StoredRecord) => void;
+
+const clients = new Map<string, LocalSettle>();
+
+/** Registers a client's result callback under its id; returns the unregister function. */
+export function registerLocalClient(clientId: string, settle: LocalSettle): () => void {
+  clients.set(clientId, settle);
+  return () => {
+    if (clients.get(clientId) === settle) clients.delete(clientId);
+  };
+}
+
+/** The in-process client waiting on `clientId`, if there is one. */
+export function localClient(clientId: string | undefined): LocalSettle | undefined {
+  return clientId === undefined ? undefined : clients.get(clientId);
+}
