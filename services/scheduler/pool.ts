@@ -269,7 +269,11 @@ export class WarmPool {
     if (this.inFlight > 0) await this.exec.cancelPending?.();
     const deadline = Date.now() + 10_000;
     while ((this.inFlight > 0 || this.destroying.size > 0) && Date.now() < deadline) {
-      await Promise.race([Promise.all(this.destroying), new Promise((r) => setTimeout(r, 10))]);
+      // Always wait for a macrotask: with nothing being destroyed, Promise.all([]) is already resolved and a
+      // race on it settles in a microtask, so the loop would spin without ever running the event loop — the
+      // in-flight creation it waits for could never finish (its boot then timed out: debug notes 02:30).
+      const tick = new Promise((r) => setTimeout(r, 10));
+      await (this.destroying.size > 0 ? Promise.race([Promise.all(this.destroying), tick]) : tick);
     }
   }
 }
