@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createSandbox, sandboxUnavailableReason, type Sandbox, type StartSpec } from '../../services/sandbox/index.ts';
+import { cleanupLeftovers, createSandbox, sandboxUnavailableReason, type Sandbox, type StartSpec } from '../../services/sandbox/index.ts';
 import { BASE_IMAGE_NAMES, buildBaseImages, openImageStore, type FsImageStore, type ResolvedImage } from '../../services/store/index.ts';
 import { collect, type Collected } from '../helpers/sandbox.ts';
 import { assertNoLeaks } from '../helpers/leaks.ts';
@@ -29,7 +29,11 @@ beforeAll(async () => {
   // base images from the real base store (infra/build-images.sh); imports and code into a temp state dir
   store = await openImageStore({ stateDir: join(work, 'state'), gcGraceMs: 0 });
 });
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+afterAll(async () => {
+  rmSync(work, { recursive: true, force: true });
+  // the node's own cgroup dir (fnhost/<nodeId>) goes too: nothing of this file is left
+  await cleanupLeftovers(nodeId);
+});
 afterEach(async () => {
   await Promise.all(made.splice(0).map((s) => s.destroy()));
   await assertNoLeaks(nodeId, { paths: [work, store.base.root] });
