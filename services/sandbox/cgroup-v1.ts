@@ -9,30 +9,11 @@
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  CFS_PERIOD_US, MiB, cfsQuotaUs, sleep,
+  CFS_PERIOD_US, MiB, cfsQuotaUs, readInt, readKey, sleep,
   type CgroupFsOptions, type CgroupHandle, type CgroupJoin, type CgroupManager, type Controller,
 } from './cgroup.ts';
 import type { MemoryStats, SandboxLimits } from './types.ts';
 
-function readInt(file: string): number {
-  try {
-    return Number.parseInt(readFileSync(file, 'utf8'), 10) || 0;
-  } catch {
-    return 0;
-  }
-}
-
-function readKey(file: string, key: string): number {
-  try {
-    for (const line of readFileSync(file, 'utf8').split('\n')) {
-      const [k, v] = line.split(/\s+/);
-      if (k === key) return Number.parseInt(v ?? '0', 10) || 0;
-    }
-  } catch {
-    /* missing file: 0 */
-  }
-  return 0;
-}
 
 export function readPids(file: string): number[] {
   let text: string;

@@ -5,31 +5,12 @@
  * enabled down the path through each parent's cgroup.subtree_control. The init is born in the cgroup via
  * clone3(CLONE_INTO_CGROUP) with the directory's fd.
  */
-import { closeSync, constants, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CFS_PERIOD_US, MiB, cfsQuotaUs, type CgroupFsOptions, type CgroupHandle, type CgroupJoin, type CgroupManager, type Controller } from './cgroup.ts';
+import { CFS_PERIOD_US, MiB, cfsQuotaUs, readInt, readKey, type CgroupFsOptions, type CgroupHandle, type CgroupJoin, type CgroupManager, type Controller } from './cgroup.ts';
 import { killLoop, readPids, removeDirs } from './cgroup-v1.ts';
 import type { MemoryStats, SandboxLimits } from './types.ts';
 
-function readInt(file: string): number {
-  try {
-    return Number.parseInt(readFileSync(file, 'utf8'), 10) || 0;
-  } catch {
-    return 0;
-  }
-}
-
-function readKey(file: string, key: string): number {
-  try {
-    for (const line of readFileSync(file, 'utf8').split('\n')) {
-      const [k, v] = line.split(/\s+/);
-      if (k === key) return Number.parseInt(v ?? '0', 10) || 0;
-    }
-  } catch {
-    /* missing: 0 */
-  }
-  return 0;
-}
 
 class V2Handle implements CgroupHandle {
   constructor(

@@ -7,6 +7,7 @@
  *
  * All cgroups of ours live under `fnhost/<nodeId>/<sandboxId>` in each hierarchy.
  */
+import { readFileSync } from 'node:fs';
 import type { MemoryStats, SandboxLimits } from './types.ts';
 
 export type Controller = 'memory' | 'pids' | 'cpu';
@@ -67,6 +68,28 @@ export const CFS_PERIOD_US = 100_000;
 /** v1 cpu.cfs_quota_us / v2 cpu.max quota for `cpuMillis` thousandths of a core; null = unlimited. */
 export function cfsQuotaUs(cpuMillis: number): number | null {
   return cpuMillis > 0 ? Math.round((cpuMillis * CFS_PERIOD_US) / 1000) : null;
+}
+
+/** A cgroup file's integer value; 0 when the file is missing or empty (a controller not mounted). */
+export function readInt(file: string): number {
+  try {
+    return Number.parseInt(readFileSync(file, 'utf8'), 10) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The value of `key` in a flat-keyed cgroup file (memory.events, memory.oom_control); 0 when absent. */
+export function readKey(file: string, key: string): number {
+  try {
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const [k, v] = line.split(/\s+/);
+      if (k === key) return Number.parseInt(v ?? '0', 10) || 0;
+    }
+  } catch {
+    /* missing file: 0 */
+  }
+  return 0;
 }
 
 export async function sleep(ms: number): Promise<void> {
