@@ -8,7 +8,7 @@
  * | GET /v1/tenants | 200 `{tenants: [{name, limits, createdAt}]}` |
  * | GET /v1/tenants/:tenant | 200 `{name, limits, createdAt, keys: [id], functions: n}` |
  * | PATCH /v1/tenants/:tenant `{limits}` | 200 the record; applies to new deploys and invocations (existing functions keep their caps) |
- * | DELETE /v1/tenants/:tenant | 204; its keys, functions, versions and images go too |
+ * | DELETE /v1/tenants/:tenant | 204; its keys, functions, versions, images, invocations and logs go too |
  * | POST /v1/tenants/:tenant/keys | 201 `{keyId, apiKey}` (a further key; rotate = create, then delete the old) |
  * | GET /v1/tenants/:tenant/keys | 200 `{keys: [id]}` |
  * | DELETE /v1/tenants/:tenant/keys/:id | 204 |
@@ -67,6 +67,8 @@ export function tenantRoutes(deps: GatewayDeps): Hono<GatewayEnv> {
   app.delete('/:tenant', async (c) => {
     const t = await mustExist(c.req.param('tenant'));
     await store.deleteTenant(t.name);
+    // Its queues, invocation records, dead letters, logs and idempotency keys go now rather than when they expire.
+    await deps.client.purgeTenant?.(t.name);
     // Imported images are the tenant's too; base images are shared and stay.
     for (const img of await deps.images.listImages(t.name)) {
       if (!img.base) await deps.images.deleteImage(t.name, img.name).catch((e) => deps.logger?.warn({ err: e, tenant: t.name, image: img.name }, 'image not deleted'));

@@ -346,8 +346,12 @@ describe.skipIf(!!skip)('gateway end to end (issue 6)', () => {
   it('deleting a tenant deletes its functions; its key stops working', async () => {
     const k = await t.tenant('shortlived');
     await deploy('f', { handler: 'fns.echo' }, CODE, k);
-    expect((await t.req('POST', '/v1/functions/f/invoke', { key: k, body: '1' })).status).toBe(200);
+    const r = await t.req('POST', '/v1/functions/f/invoke', { key: k, body: '1' });
+    expect(r.status).toBe(200);
+    const id = r.headers.get('x-fnhost-invocation-id')!;
+    expect(await t.host.client.get('shortlived', id)).not.toBeNull();
     expect((await t.req('DELETE', '/v1/tenants/shortlived', { key: t.adminKey })).status).toBe(204);
+    expect(await t.host.client.get('shortlived', id)).toBeNull();
     expect((await t.req('GET', '/v1/functions', { key: k })).status).toBe(401);
     expect((await t.req('GET', '/fn/shortlived/f')).status).toBe(404);
     expect((await j(await t.req('GET', '/v1/tenants', { key: t.adminKey }))).tenants.map((x: { name: string }) => x.name)).not.toContain('shortlived');
