@@ -15,12 +15,12 @@
  */
 import { isUtf8 } from 'node:buffer';
 import type { Span } from '@opentelemetry/api';
-import { FunctionError, Internal, InvalidRequest, ResponseTooLarge } from '../../services/common/errors.ts';
+import { FunctionError, InvalidRequest, ResponseTooLarge } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload } from '../../services/common/model.ts';
 import { Attr, withSpan } from '../../services/common/telemetry.ts';
 import type { ExitStatus, Sandbox, SandboxLimits, SandboxProcess, StartSpec } from '../../services/sandbox/types.ts';
 import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
-import type { Instance, InvokeRequest, InvokeResult } from './instance.ts';
+import { InstanceBase, type InvokeRequest, type InvokeResult } from './instance.ts';
 import { LogCollector, type LogSink } from './logs.ts';
 import { deathError, timeoutError, withLogs } from './outcome.ts';
 import { CODE_DIR, DEFAULT_PATH } from './shims.ts';
@@ -54,45 +54,27 @@ export function execArgv(fn: FunctionVersion, code: CodeLayer | null, image: Res
   return argv;
 }
 
-export class ExecInstance implements Instance {
-  private _alive = true;
-  private _busy = false;
-  private _invocations = 0;
+export class ExecInstance extends InstanceBase {
   private started = false;
   private destroying: Promise<void> | null = null;
   private readonly argv: string[];
   private readonly baseEnv: Record<string, string>;
 
   constructor(
-    readonly fn: FunctionVersion,
-    readonly sandbox: Sandbox,
+    fn: FunctionVersion,
+    sandbox: Sandbox,
     private readonly code: CodeLayer | null,
     private readonly image: ResolvedImage,
     private readonly limits: Partial<SandboxLimits>,
     private readonly opts: ExecOptions,
   ) {
+    super(fn, sandbox);
     this.argv = execArgv(fn, code, image, opts.codeDir);
     this.baseEnv = { PATH: DEFAULT_PATH, HOME: '/tmp', ...image.config.env, ...fn.env };
   }
 
   get alive(): boolean {
     return this._alive && this.sandbox.state !== 'destroyed';
-  }
-  get busy(): boolean {
-    return this._busy;
-  }
-  get invocations(): number {
-    return this._invocations;
-  }
-
-  invoke(req: InvokeRequest): Promise<InvokeResult> {
-    if (!this.alive) return Promise.reject(new Internal('instance is not alive', { sandboxId: this.sandbox.id }));
-    if (this._busy) return Promise.reject(new Internal('instance is busy: one invocation at a time', { sandboxId: this.sandbox.id }));
-    this._busy = true;
-    this._invocations++;
-    return withSpan('run', { [Attr.invocationId]: req.id, [Attr.sandboxId]: this.sandbox.id }, (span) => this.run(req, span)).finally(() => {
-      this._busy = false;
-    });
   }
 
   private async spawn(env: Record<string, string>): Promise<SandboxProcess> {
@@ -108,7 +90,7 @@ export class ExecInstance implements Instance {
     return withSpan('mount', {}, () => this.sandbox.start(spec));
   }
 
-  private async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
+  protected async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
     const t0 = performance.now();
     const deadline = req.deadline ?? Date.now() + this.fn.timeoutMs;
     const logs = new LogCollector({ capBytes: this.opts.logCapBytes, sink: this.opts.sink, tailBytes: STDERR_TAIL_BYTES });

@@ -79,29 +79,24 @@ export function invokeFrame(id: string, deadline: number, payload: InvocationPay
 
 const TIMED_OUT = Symbol('timeout');
 
-/** A node or python instance: the pre-booted shim with the function's handler loaded. */
-export class RuntimeInstance implements Instance {
-  private _alive = true;
+/**
+ * What every instance kind shares: one invocation at a time, the invocation count, the 'run' span.
+ * Subclasses say when they are alive and how one invocation runs.
+ */
+export abstract class InstanceBase implements Instance {
+  protected _alive = true;
   private _busy = false;
   private _invocations = 0;
-  private destroying: Promise<void> | null = null;
 
   constructor(
     readonly fn: FunctionVersion,
     readonly sandbox: Sandbox,
-    private readonly channel: RuntimeChannel,
-    private readonly responseCapBytes: number,
-  ) {
-    // A process that dies between invocations makes the instance dead without anyone asking.
-    void channel.closed.then(() => {
-      this._alive = false;
-      this.destroy().catch(() => {}); // a failed destroy is the sandbox layer's to report; nobody awaits here
-    });
-  }
+  ) {}
 
-  get alive(): boolean {
-    return this._alive && !this.channel.isClosed;
-  }
+  abstract get alive(): boolean;
+  abstract destroy(): Promise<void>;
+  protected abstract run(req: InvokeRequest, span: Span): Promise<InvokeResult>;
+
   get busy(): boolean {
     return this._busy;
   }
@@ -118,8 +113,31 @@ export class RuntimeInstance implements Instance {
       this._busy = false;
     });
   }
+}
 
-  private async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
+/** A node or python instance: the pre-booted shim with the function's handler loaded. */
+export class RuntimeInstance extends InstanceBase {
+  private destroying: Promise<void> | null = null;
+
+  constructor(
+    fn: FunctionVersion,
+    sandbox: Sandbox,
+    private readonly channel: RuntimeChannel,
+    private readonly responseCapBytes: number,
+  ) {
+    super(fn, sandbox);
+    // A process that dies between invocations makes the instance dead without anyone asking.
+    void channel.closed.then(() => {
+      this._alive = false;
+      this.destroy().catch(() => {}); // a failed destroy is the sandbox layer's to report; nobody awaits here
+    });
+  }
+
+  get alive(): boolean {
+    return this._alive && !this.channel.isClosed;
+  }
+
+  protected async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
     const t0 = performance.now();
     const deadline = req.deadline ?? Date.now() + this.fn.timeoutMs;
     const logs = this.channel.logs;
