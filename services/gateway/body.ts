@@ -68,7 +68,13 @@ export async function spoolBody(req: Request, path: string, limit: number, what 
     await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())));
     return n;
   } catch (e) {
-    out.destroy();
+    // createWriteStream opens its file asynchronously: remove the file only once the stream has closed, or an
+    // open still in flight would create it again after the rm (seen as a stray spool file after a 413).
+    await new Promise<void>((res) => {
+      if (out.closed) return res();
+      out.once('close', () => res());
+      out.destroy();
+    });
     await rm(path, { force: true });
     throw e;
   }
