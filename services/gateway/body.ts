@@ -12,6 +12,22 @@ function tooLarge(what: string, limit: number) {
   return new PayloadTooLarge(`${what} is larger than ${limit} bytes`, { limitBytes: limit });
 }
 
+/** The body's chunks, counted; throws PayloadTooLarge (after cancelling the stream) the moment it passes `limit`. */
+async function* cappedChunks(body: ReadableStream<Uint8Array>, limit: number, what: string): AsyncGenerator<Uint8Array> {
+  const reader = body.getReader();
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    n += value.byteLength;
+    if (n > limit) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge(what, limit);
+    }
+    yield value;
+  }
+}
+
 function declaredTooLarge(req: Request, limit: number): boolean {
   const len = req.headers.get('content-length');
   return len !== null && /^[0-9]+$/.test(len) && Number(len) > limit;
@@ -32,15 +48,8 @@ export async function readBody(req: Request, limit: number, what = 'request body
   if (!req.body) return Buffer.alloc(0);
   const chunks: Uint8Array[] = [];
   let n = 0;
-  const reader = req.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
+  for await (const value of cappedChunks(req.body, limit, what)) {
     n += value.byteLength;
-    if (n > limit) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge(what, limit);
-    }
     chunks.push(value);
   }
   return chunks.length === 1 ? Buffer.from(chunks[0]!.buffer, chunks[0]!.byteOffset, chunks[0]!.byteLength) : Buffer.concat(chunks, n);
@@ -53,15 +62,8 @@ export async function spoolBody(req: Request, path: string, limit: number, what 
   let n = 0;
   try {
     if (req.body) {
-      const reader = req.body.getReader();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
+      for await (const value of cappedChunks(req.body, limit, what)) {
         n += value.byteLength;
-        if (n > limit) {
-          await reader.cancel().catch(() => {});
-          throw tooLarge(what, limit);
-        }
         if (!out.write(value)) await new Promise<void>((res, rej) => out.once('drain', res).once('error', rej));
       }
     }
