@@ -76,6 +76,8 @@ export const SpanName = {
   enqueue: 'enqueue',
   queueWait: 'queue wait',
   pickup: 'scheduler pickup',
+  /** a sync call handed by the gateway straight to a scheduler in the same process (no queue) */
+  localDispatch: 'local dispatch',
   poolClaim: 'pool claim',
   warmPick: 'warm pick',
   specialise: 'specialise',
