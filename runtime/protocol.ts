@@ -23,10 +23,18 @@
  *   ← ERROR   {id: null, type: 'FunctionError', message, stack, errorType}        LOAD failed (the shim stays alive)
  *   → INVOKE  {id, kind: 'event', deadline, contentType?}                        body = event bytes
  *   → INVOKE  {id, kind: 'http', deadline, method, path, query, headers}         body = request body
- *   ← RESULT  {id, status, headers, marked?}                                     body = response body
- *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?, marked?}
+ *   ← RESULT  {id, status, headers, marked?, ms?}                                body = response body
+ *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?, marked?, ms?}
+ *   → WAKE    {}                                                              optional, no reply: LOAD follows soon
  *
- * `deadline` is epoch ms (the sandbox shares the host's clock: no time namespace).
+ * WAKE is sent when specialisation begins, before the cgroup caps and the code mount, so that a pooled
+ * runtime that slept in the pool is scheduled and faulted back in (measured ≈0.6 ms from write to the
+ * shim's read here, and ≈0.5 ms more of cold first steps) while the host applies the caps and the init
+ * mounts the code, instead of after. A shim ignores any host frame type it does not know.
+ *
+ * `deadline` is epoch ms (the sandbox shares the host's clock: no time namespace). `ms` is the shim's own
+ * time for the invocation (handler + encoding), without the wire and the host's event loop: the scheduler
+ * tells short functions by it (a host-side measure grows with the host's load).
  *
  * Log boundaries: `logMarker` (LOAD) is a per-instance random prefix; BEGIN = logMarker + "B\x1e",
  * END = logMarker + "E\x1e". While the shim handles LOAD or an INVOKE, the first bytes it lets through on
@@ -50,6 +58,7 @@ export const MsgType = {
   INVOKE: 4,
   RESULT: 5,
   ERROR: 6,
+  WAKE: 7,
 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
 
@@ -88,7 +97,7 @@ export type InvokeMsg =
 export const MARKED_STDOUT = 1;
 export const MARKED_STDERR = 2;
 
-export interface ResultMsg { id: string; status: number; headers: Record<string, string>; marked?: number }
+export interface ResultMsg { id: string; status: number; headers: Record<string, string>; marked?: number; ms?: number }
 export interface ErrorMsg {
   id: string | null;
   type: 'FunctionError' | 'ResponseTooLarge';
@@ -97,6 +106,7 @@ export interface ErrorMsg {
   errorType?: string;
   sizeBytes?: number;
   marked?: number;
+  ms?: number;
 }
 
 /** The typed union of every frame, by direction. */
@@ -107,7 +117,8 @@ export type ShimFrame =
   | { type: typeof MsgType.ERROR; meta: ErrorMsg; body: Buffer };
 export type HostFrame =
   | { type: typeof MsgType.LOAD; meta: LoadMsg; body: Buffer }
-  | { type: typeof MsgType.INVOKE; meta: InvokeMsg; body: Buffer };
+  | { type: typeof MsgType.INVOKE; meta: InvokeMsg; body: Buffer }
+  | { type: typeof MsgType.WAKE; meta: Record<string, never>; body: Buffer };
 export type Frame = ShimFrame | HostFrame;
 
 const EMPTY = Buffer.alloc(0);
@@ -197,7 +208,7 @@ export class FrameDecoder {
 
 function decodeBody(buf: Buffer, off: number, len: number): Frame {
   const type = buf[off + 4]!;
-  if (type < MsgType.HELLO || type > MsgType.ERROR) throw new ProtocolError(`unknown frame type ${type}`);
+  if (type < MsgType.HELLO || type > MsgType.WAKE) throw new ProtocolError(`unknown frame type ${type}`);
   const metaLen = buf.readUInt32BE(off + 5);
   if (metaLen > len - 5) throw new ProtocolError(`meta length ${metaLen} exceeds frame length ${len}`);
   const metaStart = off + HEADER_BYTES;

@@ -20,28 +20,37 @@
  * with PTI, on every cold start). */
 static unsigned long long bounding_left = ~0ULL;
 
-static int drop_bounding_except(unsigned long long keep)
+/* `left`: the caller's record of what is still in its bounding set, updated as capabilities go. */
+static int drop_bounding_except(unsigned long long keep, unsigned long long *left)
 {
 	for (int c = 0; c <= CAP_TRY_MAX; c++) {
-		if ((keep & (1ULL << c)) || !(bounding_left & (1ULL << c)))
+		if ((keep & (1ULL << c)) || !(*left & (1ULL << c)))
 			continue;
 		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
 			if (errno == EINVAL) {
-				bounding_left &= (1ULL << c) - 1;
+				*left &= (1ULL << c) - 1;
 				break;
 			}
 			return fail(errno, "prctl", "", "PR_CAPBSET_DROP %d", c);
 		}
-		bounding_left &= ~(1ULL << c);
+		*left &= ~(1ULL << c);
 	}
 	return 0;
 }
 
+/* Effective = permitted = eff_perm ∩ what we hold now (a host may withhold some from root: this VM has no
+ * CAP_SYS_RESOURCE, and capset refuses to add to the permitted set). Inheritable = none. */
 static int set_caps(unsigned long long eff_perm)
 {
 	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
 	struct __user_cap_data_struct d[2];
 	memset(d, 0, sizeof d);
+	if (eff_perm) {
+		if (sys_capget(&h, d) < 0)
+			return fail(errno, "capget", "", "reading capabilities");
+		eff_perm &= (unsigned long long) d[0].permitted | (unsigned long long) d[1].permitted << 32;
+		memset(d, 0, sizeof d);
+	}
 	d[0].effective = d[0].permitted = (unsigned) (eff_perm & 0xffffffffu);
 	d[1].effective = d[1].permitted = (unsigned) (eff_perm >> 32);
 	if (sys_capset(&h, d) < 0)
@@ -49,17 +58,23 @@ static int set_caps(unsigned long long eff_perm)
 	return 0;
 }
 
+/*
+ * Runs in the function's child, which shares the init's memory (process.c: CLONE_VM|CLONE_VFORK): it works on
+ * a local copy of bounding_left (the init's own bounding set is unchanged), and makes the id changes as raw
+ * system calls, so no libc state (glibc's set*id broadcast to other threads) is involved.
+ */
 int caps_drop_all(uid_t uid, gid_t gid)
 {
-	if (drop_bounding_except(0) < 0)
+	unsigned long long left = bounding_left;
+	if (drop_bounding_except(0, &left) < 0)
 		return -1;
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
 		return fail(errno, "prctl", "", "PR_CAP_AMBIENT_CLEAR_ALL");
-	if (setgroups(0, NULL) < 0)
+	if (syscall(SYS_setgroups, 0, NULL) < 0)
 		return fail(errno, "setgroups", "", "clearing supplementary groups");
-	if (setresgid(gid, gid, gid) < 0)
+	if (syscall(SYS_setresgid, gid, gid, gid) < 0)
 		return fail(errno, "setresgid", "", "gid %u", (unsigned) gid);
-	if (setresuid(uid, uid, uid) < 0)
+	if (syscall(SYS_setresuid, uid, uid, uid) < 0)
 		return fail(errno, "setresuid", "", "uid %u", (unsigned) uid);
 	/* A uid change from 0 to non-0 already cleared permitted/effective (no SECBIT_KEEP_CAPS); clear the
 	 * inheritable set too, explicitly. */
@@ -70,7 +85,21 @@ int caps_init_keep_minimal(void)
 {
 	unsigned long long keep = (1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETGID) |
 				  (1ULL << CAP_SETPCAP);
-	if (drop_bounding_except(keep) < 0)
+	if (drop_bounding_except(keep, &bounding_left) < 0)
+		return -1;
+	return set_caps(keep);
+}
+
+/*
+ * The zygote's set (zygote.c): what its inits need before they reach caps_init_keep_minimal — CAP_SYS_ADMIN
+ * (clone with namespaces, setns, mounts), CAP_NET_ADMIN (lo up in a fresh netns when the pool is empty),
+ * CAP_SYS_RESOURCE (oom_score_adj -1000), and what caps_init_keep_minimal keeps.
+ */
+int caps_zygote_keep(void)
+{
+	unsigned long long keep = (1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETGID) |
+				  (1ULL << CAP_SETPCAP) | (1ULL << CAP_NET_ADMIN) | (1ULL << CAP_SYS_RESOURCE);
+	if (drop_bounding_except(keep, &bounding_left) < 0)
 		return -1;
 	return set_caps(keep);
 }

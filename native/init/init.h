@@ -38,6 +38,7 @@ struct frame {
 	int nfds;
 	int fds_used;        /* cursor for next_fd() */
 };
+int recv_frame(int fd, struct frame *f);
 const char *next_str(struct frame *f);
 int next_int(struct frame *f, long long *out);
 int next_fd(struct frame *f);
@@ -59,16 +60,22 @@ int mnt_move_fd(int fd, const char *target);
 int mnt_move(const char *from, const char *to);
 int mnt_stage(const char *stage);
 int mnt_template(const char *stage, const char *init_path);
+int mnt_zygote(const char *stage);
 
 /* caps.c */
 int caps_drop_all(uid_t uid, gid_t gid);
 int caps_init_keep_minimal(void);
+int caps_zygote_keep(void);
 
 /* seccomp.c */
 int seccomp_install(void);
 
 /* main.c: whether the init's own oom_score_adj -1000 was accepted */
 extern int init_oom_protected;
+
+/* zygote.c: never returns in the zygote; returns 0 in a newborn init (continue as --in-template), or -1
+ * with last_failure set (in the zygote before "ready", or in a newborn init) */
+int zygote_main(const char *stage, int pool_size);
 
 /* process.c */
 struct proc_spec {

@@ -13,7 +13,8 @@
  * (empty), /dev (finished) and /proc (this pid ns). Either it was exec'd in a copy of the host's template
  * namespace (argv[1] = --in-template: only /proc is left to mount) or it builds the stage itself from a copy
  * of the host's tree (argv[1] = an empty host directory; mount.c mnt_stage). With --template <stage> <init>
- * it only builds the template namespace and waits for the host to close the control socket.
+ * it only builds the template namespace and waits for the host to close the control socket. With --zygote
+ * <stage> it becomes the host's sandbox spawner (zygote.c) and its children continue here as --in-template.
  *
  * Ops (targets are paths in the init's root: the stage before "pivot", the sandbox's rootfs after it):
  *   attach <target>                 move_mount the next fd of the frame (a detached read-only overlay the host
@@ -83,36 +84,6 @@ static void reap(void)
 			break;
 		}
 	}
-}
-
-/* Reads exactly len bytes, collecting any fds that arrive; returns 0, or -1 on EOF/error. */
-static int read_full(char *buf, size_t len, struct frame *f)
-{
-	size_t off = 0;
-	while (off < len) {
-		char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-		struct iovec iov = { .iov_base = buf + off, .iov_len = len - off };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
-		ssize_t r = recvmsg(CONTROL_FD, &mh, MSG_CMSG_CLOEXEC);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-				continue;
-			int nfd = (int) ((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-			int *fds = (int *) CMSG_DATA(c);
-			for (int i = 0; i < nfd; i++) {
-				if (f && f->nfds < MAX_FDS)
-					f->fds[f->nfds++] = fds[i];
-				else
-					close(fds[i]);
-			}
-		}
-		off += (size_t) r;
-	}
-	return 0;
 }
 
 static int op_spawn(struct frame *f, long long reqid, pid_t *out)
@@ -281,7 +252,37 @@ int main(int argc, char **argv)
 			fail(errno, "dup2", "/dev/null", "stdio");
 			die_setup();
 		}
-	close(nul);
+	/* open() returns 0-2 when the host's process had closed its stdio; that copy must stay */
+	if (nul > 2)
+		close(nul);
+
+	/* Default dispositions for every signal, once: Node leaves SIGPIPE ignored, and an ignored signal stays
+	 * ignored across execve. With this the function's child needs no sigaction loop (process.c). Nothing is
+	 * delivered to the init itself: all signals stay blocked (SIGCHLD is read through a signalfd), and its
+	 * socket writes use MSG_NOSIGNAL. */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof dfl);
+	dfl.sa_handler = SIG_DFL;
+	for (int sig = 1; sig < NSIG; sig++)
+		sigaction(sig, &dfl, NULL); /* EINVAL for SIGKILL/SIGSTOP and the libc-reserved ones: fine */
+
+	const char *mode = argc > 1 ? argv[1] : "";
+	if (!strcmp(mode, "--zygote")) {
+		/* zygote.c: returns only in a newborn sandbox init, which then goes on exactly like an init exec'd
+		 * with --in-template (its mount namespace is a copy of the zygote's stage). */
+		if (argc < 4) {
+			fail(EINVAL, "execve", "", "usage: fnhost-init --zygote <stage-dir> <netns-pool-size>");
+			die_setup();
+		}
+		if (zygote_main(argv[2], atoi(argv[3])) < 0)
+			die_setup();
+		mode = "--in-template";
+		/* A clone carries the zygote's command line; say what this process is instead (ps, /proc/<pid>/cmdline
+		 * read this memory). argv[1] "--zygote" has room for "--init"; the other arguments are blanked. */
+		for (int i = 1; i < argc; i++)
+			memset(argv[i], 0, strlen(argv[i]));
+		memcpy(argv[1], "--init", 6);
+	}
 
 	/* The addon's child blocked every signal before exec; SIGCHLD is read through a signalfd, the rest stay
 	 * blocked (PID 1 of a pid namespace only gets signals it handles anyway; SIGKILL from the host always works). */
@@ -293,7 +294,6 @@ int main(int argc, char **argv)
 		die_setup();
 	}
 
-	const char *mode = argc > 1 ? argv[1] : "";
 	if (!strcmp(mode, "--template")) {
 		/* Build the template mount namespace (mount.c mnt_template), say so, and wait for the host to have
 		 * opened it (/proc/<pid>/ns/mnt) and closed the control socket. */
@@ -360,17 +360,9 @@ int main(int argc, char **argv)
 			reap();
 		}
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-			unsigned char hdr[4];
 			struct frame f = { 0 };
-			if (read_full((char *) hdr, 4, &f) < 0)
-				_exit(0); /* the host closed the control socket: end the sandbox */
-			f.len = (size_t) hdr[0] | (size_t) hdr[1] << 8 | (size_t) hdr[2] << 16 | (size_t) hdr[3] << 24;
-			if (f.len > MAX_FRAME)
-				_exit(4);
-			f.buf = malloc(f.len + 1);
-			if (!f.buf || read_full(f.buf, f.len, &f) < 0)
-				_exit(0);
-			f.buf[f.len] = 0;
+			if (recv_frame(CONTROL_FD, &f) < 0)
+				_exit(0); /* the host closed the control socket (or sent garbage): end the sandbox */
 			handle_frame(&f);
 			free(f.buf);
 		}

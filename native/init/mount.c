@@ -100,6 +100,14 @@ int mnt_template(const char *stage, const char *init_path)
 	return stage_finish(stage);
 }
 
+/* The zygote's stage (zygote.c): the template's layout without /init (its children never exec). */
+int mnt_zygote(const char *stage)
+{
+	if (stage_common(stage) < 0)
+		return -1;
+	return stage_finish(stage);
+}
+
 int mnt_tmpfs(const char *target, const char *size_bytes, const char *mode)
 {
 	char opts[128];

@@ -1,7 +1,7 @@
 /*
  * ns.c — per-namespace set-up done by the init. The namespaces themselves (pid, mnt, uts, ipc, net) were
- * created by the addon's clone(); the cgroup namespace is unshared by the addon's child after it joined the
- * sandbox's cgroups, so its root is the sandbox's own cgroup.
+ * created by the zygote's clone3 (the netns usually taken from its pool) or the addon's clone(); the cgroup
+ * namespace is unshared after the init joined the sandbox's cgroups, so its root is the sandbox's own cgroup.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +26,12 @@ static int lo_up(void)
 	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) {
 		close(fd);
 		return fail(errno, "ioctl", "lo", "SIOCGIFFLAGS");
+	}
+	/* A pooled namespace (zygote.c) comes with lo up already: skip SIOCSIFFLAGS, which takes rtnl_lock, the
+	 * lock the kernel's asynchronous netns teardown (cleanup_net) of earlier sandboxes holds for a while. */
+	if (ifr.ifr_flags & IFF_UP) {
+		close(fd);
+		return 0;
 	}
 	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
 	if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0) {

@@ -4,12 +4,13 @@
  * Order matters: stdio first (while still root, the fds came from the host), then every privilege is given
  * up (bounding set needs CAP_SETPCAP, so before setuid), chdir as the unprivileged user (so permissions
  * apply), no_new_privs, and the seccomp filter last (it needs no_new_privs and must not block the calls
- * above). An exec failure travels back over a close-on-exec pipe, so the host learns ENOENT/EACCES instead
- * of an exit code 127.
+ * above). An exec failure is reported to the host as the spawn's error (ENOENT/EACCES, not an exit code 127):
+ * the child shares the init's memory and leaves it in last_failure.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,22 +67,36 @@ static int exec_resolved(char **argv, char **envp)
 	return fail(saw_eacces ? EACCES : ENOENT, "execve", file, "%s not found in PATH=%s", file, path);
 }
 
-static void child(const struct proc_spec *s, int errfd)
+/* The child's own stack: it shares the init's memory (CLONE_VM) while the init waits (CLONE_VFORK), so it
+ * must not run on the init's stack. The init starts one process at a time. */
+static char child_stack[64 * 1024] __attribute__((aligned(16)));
+
+struct child_args {
+	const struct proc_spec *spec;
+	/* written by the child before it exits on a failure; read by the init once the child is gone */
+	volatile int failed;
+};
+
+/*
+ * The function's process, from clone to execve. It shares the init's memory but not its files, signal
+ * handlers or credentials: only system calls and stack-local work here, and failures go to last_failure (the
+ * init reads it after the child exited).
+ */
+static int child(void *p)
 {
+	struct child_args *a = p;
+	const struct proc_spec *s = a->spec;
 	sigset_t none;
-	struct sigaction dfl;
 	int fd;
 
-	/* The init blocks SIGCHLD (signalfd) and inherited SIG_IGN for SIGPIPE from Node; exec keeps both. */
+	/* The init blocks every signal, and exec keeps the mask; dispositions are all default already (main.c). */
 	sigemptyset(&none);
-	memset(&dfl, 0, sizeof dfl);
-	dfl.sa_handler = SIG_DFL;
-	for (int sig = 1; sig < NSIG; sig++)
-		sigaction(sig, &dfl, NULL);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 
 	/* The init runs at oom_score_adj -1000 so the OOM killer picks the function; children inherit it and go
-	 * back to 0. Where the init could not lower its own, the function goes to +1000 (see main.c). */
+	 * back to 0. Where the init could not lower its own, the function goes to +1000 (see main.c). The kernel
+	 * does not carry this over to the init although they share memory: a vfork child keeps its own
+	 * (fs/proc/base.c __set_oom_adj skips tasks with vfork_done). */
 	const char *adj = init_oom_protected ? "0" : "1000";
 	fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
 	if (fd < 0 || write(fd, adj, strlen(adj)) != (ssize_t) strlen(adj)) {
@@ -101,7 +116,7 @@ static void child(const struct proc_spec *s, int errfd)
 			goto out;
 		}
 	}
-	/* Everything else (control socket, host fds) must not survive exec; errfd is already close-on-exec. */
+	/* Everything else (control socket, host fds) must not survive exec. */
 	if (sys_close_range((unsigned) s->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
 		fail(errno, "close_range", "", "marking fds close-on-exec");
 		goto out;
@@ -120,43 +135,26 @@ static void child(const struct proc_spec *s, int errfd)
 		goto out;
 	exec_resolved(s->argv, s->envp);
 out:
-	if (write(errfd, &last_failure, sizeof last_failure) < 0) {
-		/* nothing left to tell anyone */
-	}
+	a->failed = 1;
 	_exit(127);
 }
 
 pid_t proc_spawn(const struct proc_spec *s)
 {
-	int ep[2];
+	struct child_args a = { .spec = s, .failed = 0 };
 	pid_t pid;
-	ssize_t r;
-	struct failure f;
 
-	if (pipe2(ep, O_CLOEXEC) < 0)
-		return fail(errno, "pipe2", "", "exec status pipe");
-	pid = fork();
-	if (pid < 0) {
-		close(ep[0]);
-		close(ep[1]);
-		return fail(errno, "fork", "", "starting %s", s->argv[0]);
-	}
-	if (pid == 0) {
-		close(ep[0]);
-		child(s, ep[1]);
-	}
-	close(ep[1]);
-	do
-		r = read(ep[0], &f, sizeof f);
-	while (r < 0 && errno == EINTR);
-	close(ep[0]);
-	if (r == 0)
-		return pid; /* EOF: the exec succeeded and closed the pipe */
-	/* The child failed before exec and is exiting: reap it here so it is never reported as "exited". */
+	/* vfork-style: no copy of the init's page tables, and the init resumes exactly when the child has exec'd
+	 * (or exited on a failure), so the reply to the host can say which. The init's signals are all blocked
+	 * (main.c), so nothing runs on the init's side while the child uses the shared memory. */
+	pid = clone(child, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+	if (pid < 0)
+		return fail(errno, "clone", "", "starting %s", s->argv[0]);
+	if (!a.failed)
+		return pid; /* exec'd */
+	/* The child failed before exec and has exited (its failure is in last_failure, shared memory): reap it
+	 * here so it is never reported as "exited". */
 	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
 		;
-	if (r != (ssize_t) sizeof f)
-		return fail(EIO, "read", "", "short exec status from the child");
-	last_failure = f;
 	return -1;
 }

@@ -55,6 +55,52 @@ int fail_ctx(const char *fmt, ...)
 	return -1;
 }
 
+/* Reads exactly len bytes, collecting any fds that arrive; returns 0, or -1 on EOF/error. */
+static int read_full(int fd, char *buf, size_t len, struct frame *f)
+{
+	size_t off = 0;
+	while (off < len) {
+		char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+		struct iovec iov = { .iov_base = buf + off, .iov_len = len - off };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+		ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			int nfd = (int) ((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			int *fds = (int *) CMSG_DATA(c);
+			for (int i = 0; i < nfd; i++) {
+				if (f && f->nfds < MAX_FDS)
+					f->fds[f->nfds++] = fds[i];
+				else
+					close(fds[i]);
+			}
+		}
+		off += (size_t) r;
+	}
+	return 0;
+}
+
+/* One whole frame from fd: buf is malloc()ed (NUL-terminated past len; the caller frees it), fds collected. */
+int recv_frame(int fd, struct frame *f)
+{
+	unsigned char hdr[4];
+	if (read_full(fd, (char *) hdr, 4, f) < 0)
+		return -1;
+	f->len = (size_t) hdr[0] | (size_t) hdr[1] << 8 | (size_t) hdr[2] << 16 | (size_t) hdr[3] << 24;
+	if (f->len > MAX_FRAME)
+		return -1;
+	f->buf = malloc(f->len + 1);
+	if (!f->buf || read_full(fd, f->buf, f->len, f) < 0)
+		return -1;
+	f->buf[f->len] = 0;
+	return 0;
+}
+
 const char *next_str(struct frame *f)
 {
 	const char *s;

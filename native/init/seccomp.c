@@ -72,11 +72,18 @@ static const int denied_enosys[] = {
 #define RET_ERRNO(e) (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
 #define LOAD(field) (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, field))
 
+/*
+ * Layout: arch check, x32 check, one JEQ per denied syscall jumping forward to a shared RET (cBPF jump offsets
+ * are 8 bits: the lists stay far below 255 entries), the clone flag test, ALLOW, then the shared RETs. One
+ * instruction per syscall instead of a JEQ+RET pair: the kernel converts and JITs the program on every install
+ * (each cold start), and that work is linear in its length (≈60 instructions instead of ≈110).
+ */
 int seccomp_install(void)
 {
 	struct sock_filter f[256];
-	unsigned n = 0;
-	size_t i;
+	const unsigned n_eperm = sizeof denied_eperm / sizeof denied_eperm[0];
+	const unsigned n_enosys = sizeof denied_enosys / sizeof denied_enosys[0];
+	unsigned n = 0, i;
 
 	f[n++] = LOAD(arch);
 	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_NATIVE, 1, 0);
@@ -86,14 +93,14 @@ int seccomp_install(void)
 	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1);
 	f[n++] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
 #endif
-	for (i = 0; i < sizeof denied_eperm / sizeof denied_eperm[0]; i++) {
-		f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned) denied_eperm[i], 0, 1);
-		f[n++] = RET_ERRNO(EPERM);
-	}
-	for (i = 0; i < sizeof denied_enosys / sizeof denied_enosys[0]; i++) {
-		f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned) denied_enosys[i], 0, 1);
-		f[n++] = RET_ERRNO(ENOSYS);
-	}
+	/* Index of the shared RETs: after the lists, the 4 clone instructions and ALLOW. */
+	const unsigned list = n, ret_eperm = list + n_eperm + n_enosys + 4 + 1, ret_enosys = ret_eperm + 1;
+	for (i = 0; i < n_eperm; i++, n++)
+		f[n] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned) denied_eperm[i],
+						     (unsigned char) (ret_eperm - n - 1), 0);
+	for (i = 0; i < n_enosys; i++, n++)
+		f[n] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned) denied_enosys[i],
+						     (unsigned char) (ret_enosys - n - 1), 0);
 	/* clone(flags, ...): flags is the first argument on x86_64 and arm64; the namespace bits are all in
 	 * the low 32 bits, which sit at args[0]'s offset on little-endian machines. */
 	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3);
@@ -101,6 +108,10 @@ int seccomp_install(void)
 	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NS_FLAGS, 0, 1);
 	f[n++] = RET_ERRNO(EPERM);
 	f[n++] = ALLOW;
+	f[n++] = RET_ERRNO(EPERM);  /* ret_eperm */
+	f[n++] = RET_ERRNO(ENOSYS); /* ret_enosys */
+	_Static_assert(sizeof denied_eperm / sizeof denied_eperm[0] + sizeof denied_enosys / sizeof denied_enosys[0] < 240,
+		       "cBPF jump offsets are 8 bits");
 
 	struct sock_fprog prog = { .len = (unsigned short) n, .filter = f };
 	if (sys_seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)

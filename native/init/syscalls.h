@@ -20,6 +20,11 @@ static inline int sys_capset(struct __user_cap_header_struct *h, struct __user_c
 	return (int) syscall(SYS_capset, h, d);
 }
 
+static inline int sys_capget(struct __user_cap_header_struct *h, struct __user_cap_data_struct *d)
+{
+	return (int) syscall(SYS_capget, h, d);
+}
+
 static inline int sys_seccomp(unsigned int op, unsigned int flags, void *args)
 {
 	return (int) syscall(SYS_seccomp, op, flags, args);

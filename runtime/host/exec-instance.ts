@@ -154,11 +154,13 @@ export class ExecInstance extends InstanceBase {
     }
     const body = Buffer.concat(out, outBytes);
     span.setAttribute(Attr.outcome, 'success');
+    const ms = performance.now() - t0;
     return {
       response: { status: 200, headers: { 'content-type': contentTypeOf(body) }, body },
       logs: record.lines,
       truncatedLogs: record.lines.some((l) => l.line.startsWith('[fnhost] log truncated')),
-      durationMs: performance.now() - t0,
+      durationMs: ms,
+      handlerMs: ms,
     };
   }
 

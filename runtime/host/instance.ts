@@ -37,7 +37,13 @@ export interface InvokeResult {
   /** this invocation's log lines (also delivered to the sink as they were attributed). */
   logs: LogLine[];
   truncatedLogs: boolean;
+  /** host-side: from sending the invocation to having its result and logs. */
   durationMs: number;
+  /**
+   * the runtime's own time for the invocation when it says (node / python: protocol.ts `ms`, without the
+   * wire and the host's event loop); exec: the process's run as the host saw it.
+   */
+  handlerMs?: number;
 }
 
 export interface Instance {
@@ -167,7 +173,7 @@ export class RuntimeInstance extends InstanceBase {
         throw withLogs(err, record.lines);
       }
       const record = logs.end();
-      const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0 };
+      const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0, handlerMs: 'ms' in frame.meta ? frame.meta.ms : undefined };
       if (frame.type === MsgType.RESULT && frame.meta.id === req.id) {
         span.setAttribute(Attr.outcome, 'success');
         return { ...result, response: { status: frame.meta.status, headers: frame.meta.headers, body: frame.body } };

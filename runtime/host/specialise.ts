@@ -5,9 +5,11 @@
  *   'specialise'
  *     'cgroup caps'   sandbox.setLimits({memoryMb}) — before any of the function's code runs
  *     'mount'         the code layer appears read-only at /var/task (attach into the running pre-booted
- *                     sandbox; for exec the layer is part of start()'s mounts at the first invocation)
+ *                     sandbox)
  *     'runtime load'  LOAD → the shim imports the module and resolves the handler → READY
  *   ('cgroup caps' and 'mount' run concurrently: they are independent, and both complete before LOAD.)
+ *   exec: nothing runs before the first invocation, whose start() applies the caps and mounts the rootfs
+ *   with the code layer at /var/task (spans 'mount' and 'run' of that invocation): specialise only checks.
  *
  * A pooled sandbox becomes at most one instance. If specialisation fails the sandbox is destroyed (it may
  * hold the function's env and half-imported code) and the error says why: FunctionError with
@@ -16,7 +18,7 @@
  */
 import { Crashed, FunctionError, InvalidRequest, Timeout } from '../../services/common/errors.ts';
 import type { FunctionVersion, LogLine } from '../../services/common/model.ts';
-import { Attr, withSpan } from '../../services/common/telemetry.ts';
+import { Attr, withSpan, type Parent } from '../../services/common/telemetry.ts';
 import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
 import { DEFAULT_RESPONSE_CAP_BYTES, encodeFrame, META_HEADROOM_BYTES, MsgType, type LoadMsg } from '../protocol.ts';
 import { ChannelClosed } from './channel.ts';
@@ -27,6 +29,8 @@ import { deathError, withLogs } from './outcome.ts';
 import { runtimeKind, type Pooled, type PooledInternal } from './preboot.ts';
 import { CODE_DIR } from './shims.ts';
 
+const WAKE_FRAME = encodeFrame(MsgType.WAKE, {});
+
 export interface SpecialiseOptions {
   /** receives every log line of the instance as it is attributed (tagged with its invocation id). */
   onLog?: (line: LogLine) => void;
@@ -34,6 +38,8 @@ export interface SpecialiseOptions {
   logCapBytes?: number;
   /** response size cap (default 6 MiB, Lambda's). */
   responseCapBytes?: number;
+  /** the span 'specialise' hangs under (default: the span running now; pass it when calling after an await). */
+  parent?: Parent;
 }
 
 /**
@@ -66,20 +72,26 @@ export async function specialise(
     [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version,
     [Attr.runtime]: fn.runtime, [Attr.sandboxId]: sb.id, [Attr.memoryMb]: fn.memoryMb,
   };
-  return withSpan('specialise', attrs, async () => {
+  return withSpan('specialise', attrs, async (specSpan) => {
     try {
-      const caps = withSpan('cgroup caps', {}, () => sb.setLimits({ memoryMb: fn.memoryMb }));
+      // A sandbox created with the function's cap already has it (PrepareOptions.memoryMb).
+      const limits = p.memoryMb === fn.memoryMb ? {} : { memoryMb: fn.memoryMb };
       if (kind === 'exec') {
-        await caps;
+        // Nothing of the function runs before its first invocation, whose start() applies these caps
+        // before the first process (setting them here too would write the same cgroup files twice).
         // The process stand-in (process-sandbox.ts) has no mount namespace: it tells us where /var/task is.
         const codeDir = mappedPath(sb, CODE_DIR, code);
-        return new ExecInstance(fn, sb, code, image, { memoryMb: fn.memoryMb }, { sink: opts.onLog, logCapBytes, responseCapBytes, codeDir });
+        return new ExecInstance(fn, sb, code, image, limits, { sink: opts.onLog, logCapBytes, responseCapBytes, codeDir });
       }
       const channel = p.channel!;
+      // The pooled runtime wakes up while the caps and the mount are done (protocol.ts WAKE).
+      channel.send(WAKE_FRAME);
       channel.configure({ sink: opts.onLog, logCapBytes, maxFrameBytes: Math.max(responseCapBytes, DEFAULT_RESPONSE_CAP_BYTES) + META_HEADROOM_BYTES });
-      // The caps (host-side cgroup writes) and the mount (done by the init) are independent; both are in
-      // place before LOAD, i.e. before any of the function's code runs.
+      // The mount (done by the init) and the caps (synchronous host-side cgroup writes) are independent:
+      // the mount request goes out first so that the init works while the host writes the caps. Both are
+      // in place before LOAD, i.e. before any of the function's code runs.
       const mount = withSpan('mount', {}, () => sb.attach(CODE_DIR, [code!.dir]));
+      const caps = withSpan('cgroup caps', {}, () => (limits.memoryMb === undefined ? Promise.resolve() : sb.setLimits(limits)));
       const [capsDone, mountDone] = await Promise.allSettled([caps, mount]);
       if (capsDone.status === 'rejected') throw capsDone.reason;
       if (mountDone.status === 'rejected') throw mountDone.reason;
@@ -108,7 +120,7 @@ export async function specialise(
         }
         if (frame.type !== MsgType.READY) throw new Crashed(`runtime sent frame type ${frame.type} instead of READY`, { phase: 'load' });
         if (frame.meta.loadMs !== undefined) span.setAttribute('fnhost.runtime.load_ms', frame.meta.loadMs);
-      });
+      }, { parent: specSpan });
       return new RuntimeInstance(fn, sb, channel, responseCapBytes);
     } catch (e) {
       await sb.destroy().catch(() => {}); // keep the specialisation failure as the error
@@ -117,7 +129,7 @@ export async function specialise(
       }
       throw e;
     }
-  });
+  }, { parent: opts.parent });
 }
 
 function mappedPath(sb: unknown, path: string, code: CodeLayer | null): string {

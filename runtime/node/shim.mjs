@@ -9,7 +9,7 @@ import { isUtf8 } from 'node:buffer';
 import { pathToFileURL } from 'node:url';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 
-const HELLO = 1, LOAD = 2, READY = 3, INVOKE = 4, RESULT = 5, ERROR = 6;
+const HELLO = 1, LOAD = 2, READY = 3, INVOKE = 4, RESULT = 5, ERROR = 6; // WAKE = 7 (→ shim) needs no handling: its arrival is the point
 const HEADER_BYTES = 9;
 const EMPTY = Buffer.alloc(0);
 
@@ -322,9 +322,11 @@ async function invoke(meta, body) {
     send(ERROR, { id: meta.id, type: 'FunctionError', message: 'no handler loaded', errorType: 'Error' });
     return;
   }
+  const t0 = performance.now();
   openLogs();
   const out = await run(loaded, meta, body);
   out[1].marked = closeLogs();
+  out[1].ms = Math.round((performance.now() - t0) * 1000) / 1000;
   send(out[0], out[1], out[2]);
 }
 

@@ -15,7 +15,7 @@ import time
 import traceback
 import urllib.parse
 
-HELLO, LOAD, READY, INVOKE, RESULT, ERROR = 1, 2, 3, 4, 5, 6
+HELLO, LOAD, READY, INVOKE, RESULT, ERROR = 1, 2, 3, 4, 5, 6  # WAKE = 7 (host → shim) needs no handling: its arrival is the point (protocol.ts)
 _HDR = struct.Struct(">IBI")
 
 wire = socket.socket(fileno=3)
@@ -246,6 +246,7 @@ def invoke(meta, body):
     if loaded is None:
         send(ERROR, {"id": meta["id"], "type": "FunctionError", "message": "no handler loaded", "errorType": "Error"})
         return
+    t0 = time.perf_counter()
     open_logs()
     try:
         event = http_event(meta, body) if meta["kind"] == "http" else decode_event(meta, body)
@@ -265,6 +266,7 @@ def invoke(meta, body):
     except BaseException as e:  # noqa: BLE001
         out = (ERROR, error_meta(meta["id"], e), b"")
     close_logs()
+    out[1]["ms"] = round((time.perf_counter() - t0) * 1000, 3)
     send(*out)
 
 

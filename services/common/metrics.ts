@@ -106,6 +106,8 @@ export class FnhostMetrics {
   private readonly memCapacity: Gauge;
   private readonly queueDepthG: Gauge<'tenant'>;
   private readonly redisErrors: Counter<'component'>;
+  private readonly traceDropped: Counter;
+  private readonly traceFailed: Counter;
   private readonly httpRequests: Counter<'method' | 'route' | 'status'>;
   private readonly httpDuration: Histogram<'method' | 'route'>;
 
@@ -196,6 +198,16 @@ export class FnhostMetrics {
       labelNames: ['component'],
       registers,
     });
+    this.traceDropped = new Counter({
+      name: 'fnhost_trace_spans_dropped_total',
+      help: 'Finished spans dropped because the OTLP export queue was full (collector slow or unreachable).',
+      registers,
+    });
+    this.traceFailed = new Counter({
+      name: 'fnhost_trace_spans_export_failed_total',
+      help: 'Spans lost in failed OTLP exports (non-2xx answer, network error or timeout).',
+      registers,
+    });
     this.httpRequests = new Counter({
       name: 'fnhost_http_requests_total',
       help: 'HTTP requests served by the gateway, by method, route pattern and status code.',
@@ -272,6 +284,16 @@ export class FnhostMetrics {
   /** One error from a Redis connection. `component`: gateway | scheduler | store | client | other. */
   redisError(component: string): void {
     this.redisErrors.inc({ component: REDIS_COMPONENTS.has(component) ? component : 'other' });
+  }
+
+  /** Spans dropped by the OTLP exporter's bounded queue (services/common/trace-export.ts). */
+  traceSpansDropped(n = 1): void {
+    this.traceDropped.inc(n);
+  }
+
+  /** Spans lost in failed OTLP exports. */
+  traceExportFailed(n = 1): void {
+    this.traceFailed.inc(n);
   }
 
   /**

@@ -1,8 +1,18 @@
 /**
  * @module telemetry
- * The thin tracing seam every service uses. Built on @opentelemetry/api only: with no SDK registered
- * (OTEL_EXPORTER_OTLP_ENDPOINT unset, see services/common/tracing-setup.ts) every call is the API's no-op
- * and costs next to nothing. Attribute names and span names live here and nowhere else.
+ * The thin tracing seam every service uses; its types are @opentelemetry/api's (`Span`, `Context`, `SpanKind`).
+ * With tracing off (OTEL_EXPORTER_OTLP_ENDPOINT unset, see services/common/tracing-setup.ts) every call is a
+ * no-op that costs next to nothing. Attribute names and span names live here and nowhere else.
+ *
+ * How a span finds its parent — no AsyncLocalStorage by default. On Node 20 an AsyncLocalStorage context
+ * manager runs promise hooks on every promise of the process (measured: ~20 µs of the host's CPU per warm
+ * invocation before a single span is recorded, about the whole tracing budget). So, in order:
+ *   1. `{ parent }` / the `parent` argument, when given (a Span or a Context);
+ *   2. the span whose callback is running synchronously (withSpan / runInSpan / withRemoteParent set it for the
+ *      synchronous part of their callback: calls made before the callback's first `await` need no plumbing);
+ *   3. only with FNHOST_OTEL_CONTEXT=async (tracing-setup.ts registers ALS then): the async context;
+ *   4. none: a new trace.
+ * So after an `await`, pass the span: `withSpan(name, attrs, fn, { parent: span })`.
  *
  * The trace of one invocation (who creates which span):
  *
@@ -36,6 +46,7 @@ import {
   type Span,
   type SpanContext,
 } from '@opentelemetry/api';
+import { FnSpan, type ParentRef } from './trace-span.ts';
 
 export { SpanKind };
 export type { Attributes, Context, Span };
@@ -88,60 +99,153 @@ export const SpanName = {
   resultDelivery: 'result delivery',
 } as const;
 
-let enabled = false;
+/**
+ * What tracing-setup.ts registers: starts a span (recording, or a non-recording one carrying the sampler's
+ * "no" in its flags) under `parent` (undefined = a new trace).
+ */
+export interface TraceBackend {
+  start(name: string, attrs: Attributes | undefined, kind: SpanKind, parent: ParentRef, startMs?: number): Span;
+}
+
+let backend: TraceBackend | undefined;
+/** true when an AsyncLocalStorage context manager is registered (FNHOST_OTEL_CONTEXT=async) */
+let alsMode = false;
+/**
+ * The span whose callback is running synchronously right now (withSpan / runInSpan / withRemoteParent set it
+ * around the synchronous part of their callback and restore it after). It costs one assignment, needs no async
+ * hooks, and is never wrong: after the first `await` it is simply unset (microtasks run on an empty stack),
+ * so a span created there without `{ parent }` starts a new trace instead of joining a stranger's.
+ */
+let current: Span | undefined;
 let cachedTracer: Tracer | undefined;
 /** What withSpan hands its callback when tracing is off: one shared non-recording span, no allocation. */
-const NOOP_SPAN: Span = otTrace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+export const NOOP_SPAN: Span = otTrace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 /**
- * True once services/common/tracing-setup.ts registered an SDK. Lets hot paths skip building attribute
+ * True once services/common/tracing-setup.ts registered a backend. Lets hot paths skip building attribute
  * objects when nothing records them.
  */
 export function tracingEnabled(): boolean {
-  return enabled;
+  return backend !== undefined;
 }
 
-/** @internal called by tracing-setup.ts only. */
-export function setTracingEnabled(on: boolean): void {
-  enabled = on;
+/** @internal called by tracing-setup.ts only (undefined = off). */
+export function setTracingBackend(b: TraceBackend | undefined, asyncContext = false): void {
+  backend = b;
+  alsMode = b !== undefined && asyncContext;
+  current = undefined;
   // a (re-)registered provider means new tracers; drop the cached one
   cachedTracer = undefined;
 }
 
+/** The API tracer of this process (for code that wants the raw @opentelemetry/api). */
 export function tracer(): Tracer {
   return (cachedTracer ??= otTrace.getTracer(TRACER_NAME));
 }
 
+/**
+ * A parent: the span itself (cheapest: what withSpan hands its callback) or an API context holding one
+ * (`contextFromTraceparent(...)`; a context without a span means "start a new trace").
+ */
+export type Parent = Span | Context;
+
 export interface SpanOptions {
   kind?: SpanKind;
-  /** parent context; default the active one. */
-  parent?: Context;
+  /**
+   * Parent span or context. Default: the span whose callback is running synchronously (see `current`), else
+   * — only with FNHOST_OTEL_CONTEXT=async — the AsyncLocalStorage context, else none (a new trace). After an
+   * `await`, pass it: `withSpan(name, attrs, fn, { parent: span })`.
+   */
+  parent?: Parent;
+}
+
+function isSpan(p: Parent): p is Span {
+  return typeof (p as Span).spanContext === 'function';
+}
+
+/** The span a new span hangs under when no parent is given (undefined: none). */
+export function activeSpan(): Span | undefined {
+  return current ?? (alsMode ? otTrace.getSpan(otContext.active()) : undefined);
+}
+
+function parentOf(p: Parent | undefined): ParentRef {
+  const span = p === undefined ? activeSpan() : isSpan(p) ? p : otTrace.getSpan(p);
+  if (!span) return undefined;
+  // our own spans: handed over as is (ids as numbers, always valid; no hex, no regex on the hot path)
+  if (span instanceof FnSpan) return span;
+  const sc = span.spanContext();
+  return isSpanContextValid(sc) ? sc : undefined;
+}
+
+function parentContextOf(p: Parent | undefined): SpanContext | undefined {
+  const r = parentOf(p);
+  return r instanceof FnSpan ? r.spanContext() : r;
+}
+
+/** Runs `fn` with `span` as the synchronous current span (and, in async-context mode, the ALS context). */
+function enter<T>(span: Span | undefined, fn: () => T, ctx?: Context): T {
+  const prev = current;
+  current = span;
+  try {
+    if (!alsMode) return fn();
+    return otContext.with(ctx ?? (span ? otTrace.setSpan(otContext.active(), span) : ROOT_CONTEXT), fn);
+  } finally {
+    current = prev;
+  }
+}
+
+function asPromise<T>(r: Promise<T> | T): Promise<T> {
+  return r instanceof Promise ? r : Promise.resolve(r);
 }
 
 /**
- * Runs `fn` inside a span named `name` (a child of the active span, or of `opts.parent`); records an
- * exception and sets the error status when `fn` throws, and always ends the span.
+ * Runs `fn` inside a span named `name` (a child of `opts.parent`, or of the span whose callback is running
+ * synchronously); records an exception and sets the error status when `fn` throws, and always ends the span.
+ * Children created inside `fn` AFTER an await need `{ parent: span }`.
  *
  * @example
- * const r = await withSpan('specialise', { [Attr.function]: name }, async (span) => { ... });
+ * const r = await withSpan('specialise', { [Attr.function]: name }, async (span) => {
+ *   await caps();
+ *   await withSpan('runtime load', {}, load, { parent: span });
+ * });
  */
-export async function withSpan<T>(
+export function withSpan<T>(
   name: string,
   attrs: Attributes,
   fn: (span: Span) => Promise<T>,
   opts?: SpanOptions,
 ): Promise<T> {
-  if (!enabled) return fn(NOOP_SPAN);
-  const parent = opts?.parent ?? otContext.active();
-  const span = tracer().startSpan(name, { attributes: attrs, kind: opts?.kind }, parent);
+  if (!backend) {
+    try {
+      return asPromise(fn(NOOP_SPAN));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+  const span = backend.start(name, attrs, opts?.kind ?? SpanKind.INTERNAL, parentOf(opts?.parent));
+  let p: Promise<T>;
+  const prev = current;
+  current = span;
   try {
-    return await otContext.with(otTrace.setSpan(parent, span), fn, undefined, span);
+    p = asPromise(alsMode ? otContext.with(otTrace.setSpan(otContext.active(), span), fn, undefined, span) : fn(span));
   } catch (e) {
     failSpan(span, e);
-    throw e;
-  } finally {
     span.end();
+    return Promise.reject(e);
+  } finally {
+    current = prev;
   }
+  return p.then(
+    (v) => {
+      span.end();
+      return v;
+    },
+    (e) => {
+      failSpan(span, e);
+      span.end();
+      throw e;
+    },
+  );
 }
 
 /**
@@ -160,42 +264,50 @@ export function failSpan(span: Span, e: unknown): void {
 
 /**
  * Starts a span you end yourself (e.g. one spanning callbacks). Pair with `runInSpan` to make it the
- * parent of the work inside.
+ * parent of the work inside, or pass it as `{ parent }`.
  *
  * @example
  * const span = startSpan('scheduler pickup', { [Attr.invocationId]: id }, { kind: SpanKind.CONSUMER, parent });
  * try { await runInSpan(span, () => process(job)); } finally { span.end(); }
  */
 export function startSpan(name: string, attrs?: Attributes, opts?: SpanOptions & { startTime?: number }): Span {
-  return tracer().startSpan(
-    name,
-    { attributes: attrs, kind: opts?.kind, startTime: opts?.startTime },
-    opts?.parent ?? otContext.active(),
-  );
-}
-
-/** Runs `fn` with `span` as the active span (children created inside it hang under it). */
-export function runInSpan<T>(span: Span, fn: () => T): T {
-  return otContext.with(otTrace.setSpan(otContext.active(), span), fn);
+  if (!backend) return NOOP_SPAN;
+  return backend.start(name, attrs, opts?.kind ?? SpanKind.INTERNAL, parentOf(opts?.parent), opts?.startTime);
 }
 
 /**
- * Records a span whose start and end are already known (epoch milliseconds), as a child of the active span.
- * For intervals measured elsewhere: the queue wait (BullMQ's `job.timestamp` → pick-up), or steps timed by
- * the sandbox's init and reported afterwards.
+ * Runs `fn` with `span` as the current span: spans created synchronously inside `fn` (before its first
+ * await) hang under it — e.g. `runInSpan(span, () => instance.invoke(req))` gives the 'run' span its parent.
+ * `undefined` = no current span inside `fn` (what `activeSpan()` returned where it was captured).
  *
  * @example
- * recordSpan(SpanName.queueWait, job.timestamp, Date.now(), { [Attr.tenant]: tenant });
+ * const parent = activeSpan();            // capture before the first await…
+ * const pooled = await pool.take();
+ * return runInSpan(parent, () => exec.specialise(pooled, fn));   // …and hand it on after it
  */
-export function recordSpan(name: string, startMs: number, endMs: number, attrs?: Attributes, parent?: Context): void {
-  if (!enabled) return;
-  const span = tracer().startSpan(name, { attributes: attrs, startTime: startMs }, parent ?? otContext.active());
+export function runInSpan<T>(span: Span | undefined, fn: () => T): T {
+  if (!backend) return fn();
+  return enter(span, fn);
+}
+
+/**
+ * Records a span whose start and end are already known (epoch milliseconds), as a child of `parent` (default
+ * the current span). For intervals measured elsewhere: the queue wait (BullMQ's `job.timestamp` → pick-up),
+ * or steps timed by the sandbox's init and reported afterwards.
+ *
+ * @example
+ * recordSpan(SpanName.queueWait, job.timestamp, Date.now(), { [Attr.tenant]: tenant }, pickupSpan);
+ */
+export function recordSpan(name: string, startMs: number, endMs: number, attrs?: Attributes, parent?: Parent): void {
+  if (!backend) return;
+  const span = backend.start(name, attrs, SpanKind.INTERNAL, parentOf(parent), startMs);
   span.end(Math.max(endMs, startMs));
 }
 
-/** Sets attributes on the active span (no-op when there is none or it is not recording). */
+/** Sets attributes on the current span (no-op when there is none or it is not recording). */
 export function setActiveAttributes(attrs: Attributes): void {
-  const span = otTrace.getActiveSpan();
+  if (!backend) return;
+  const span = activeSpan();
   if (span?.isRecording()) span.setAttributes(attrs);
 }
 
@@ -221,16 +333,30 @@ export function formatTraceparent(sc: SpanContext): string {
 }
 
 /**
- * The `traceparent` of the active span, to carry across the queue in job data; undefined when no span is
- * active (tracing off), so nothing is stored.
+ * The `traceparent` naming `of` (a span or a context; default the current span), to carry across the queue
+ * in job data; undefined when there is none (tracing off), so nothing is stored.
  *
  * @example
- * await withSpan(SpanName.enqueue, attrs, async () => queue.add('invoke', { ...data, traceparent: injectTraceparent() }));
+ * await withSpan(SpanName.enqueue, attrs, async (span) => queue.add('invoke', { ...data, traceparent: injectTraceparent(span) }));
  */
-export function injectTraceparent(ctx: Context = otContext.active()): string | undefined {
-  const sc = otTrace.getSpanContext(ctx);
-  return sc && isSpanContextValid(sc) ? formatTraceparent(sc) : undefined;
+export function injectTraceparent(of?: Parent): string | undefined {
+  if (!backend) return undefined;
+  const r = parentOf(of);
+  if (!(r instanceof FnSpan)) return r ? formatTraceparent(r) : undefined;
+  const tp = formatTraceparent(r.spanContext());
+  localSpans.set(tp, r);
+  if (localSpans.size > LOCAL_SPANS_MAX) localSpans.delete(localSpans.keys().next().value!);
+  return tp;
 }
+
+/**
+ * The spans whose traceparent was handed out lately, by that traceparent: when it comes back in this same
+ * process (the gateway hands a call to the co-located scheduler; a job picked up by the node that queued it),
+ * `withRemoteParent` takes the span itself instead of parsing and re-validating the string. Bounded, oldest
+ * out first; 256 ≫ the invocations in flight between an inject and its pick-up on one node.
+ */
+const localSpans = new Map<string, FnSpan>();
+const LOCAL_SPANS_MAX = 256;
 
 /**
  * A context whose parent is the remote span named by `traceparent` (on top of `base`, default the root
@@ -243,19 +369,25 @@ export function contextFromTraceparent(traceparent: string | undefined | null, b
 }
 
 /**
- * Runs `fn` with the remote parent named by `traceparent` as the active context (the scheduler side of the
- * queue hop). Spans created inside become children of the gateway's `enqueue` span.
+ * Runs `fn` with the remote parent named by `traceparent` as the current parent (the scheduler side of the
+ * queue hop): spans created synchronously inside `fn` become children of the gateway's `enqueue` span. A
+ * missing or malformed value makes them roots of a new trace, never children of whatever ran before.
  *
  * @example
  * worker = new Worker(q, (job) => withRemoteParent(job.data.traceparent, () => handle(job)), opts);
  */
 export function withRemoteParent<T>(traceparent: string | undefined | null, fn: () => T): T {
-  if (!enabled) return fn();
-  return otContext.with(contextFromTraceparent(traceparent), fn);
+  if (!backend) return fn();
+  const local = traceparent ? localSpans.get(traceparent) : undefined;
+  if (local) return enter(local, fn);
+  const sc = parseTraceparent(traceparent);
+  const span = sc ? otTrace.wrapSpanContext(sc) : undefined;
+  return enter(span, fn, alsMode ? (sc ? otTrace.setSpanContext(ROOT_CONTEXT, sc) : ROOT_CONTEXT) : undefined);
 }
 
-/** trace_id / span_id of the active span, for log lines; empty when there is none. */
+/** trace_id / span_id of the current span, for log lines; empty when there is none. */
 export function activeTraceIds(): { trace_id?: string; span_id?: string } {
-  const sc = otTrace.getSpanContext(otContext.active());
-  return sc && isSpanContextValid(sc) ? { trace_id: sc.traceId, span_id: sc.spanId } : {};
+  if (!backend) return {};
+  const sc = parentContextOf(undefined);
+  return sc ? { trace_id: sc.traceId, span_id: sc.spanId } : {};
 }

@@ -1,14 +1,28 @@
 /**
  * @module tracing-setup
- * Registers the OpenTelemetry SDK for this process, only when the standard OTLP env vars ask for it:
- * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`).
- * Otherwise nothing is loaded and services/common/telemetry.ts stays on the API's no-ops.
+ * Turns tracing on for this process, only when the standard OTLP env vars ask for it:
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`), unless
+ * `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Otherwise nothing is registered and
+ * services/common/telemetry.ts stays on its no-ops (no SDK, no AsyncLocalStorage, no timers).
  *
- * Pipeline: BasicTracerProvider (sampler from OTEL_TRACES_SAMPLER, default parentbased_always_on) →
- * BatchSpanProcessor (OTEL_BSP_* env) → OTLPTraceExporter (OTLP/HTTP, JSON body; headers, timeout and
- * compression from the OTEL_EXPORTER_OTLP_* env; on the event loop, or on a worker thread with
- * FNHOST_OTEL_EXPORT_THREAD=1). Context travels through an AsyncLocalStorage context
- * manager (below) and W3C `traceparent` (telemetry.ts helpers; also registered as the global propagator).
+ * Pipeline (all in-process, on the event loop):
+ *   telemetry.ts → sampler (OTEL_TRACES_SAMPLER[_ARG], default parentbased_always_on)
+ *     → FnSpan (trace-span.ts: implements @opentelemetry/api's Span)
+ *     → on end(): encoded at once into the current OTLP batch (otlp-encode.ts; http/protobuf by default,
+ *       http/json when OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL says so)
+ *     → POSTed on a kept-alive connection per OTEL_BSP_* batching, bounded queue, drops counted
+ *       (trace-export.ts; headers, timeout, gzip from OTEL_EXPORTER_OTLP_[TRACES_]*).
+ *
+ * Why not the stock SDK (BasicTracerProvider + BatchSpanProcessor + OTLPTraceExporter): measured on this
+ * 2-core box it cost ~88 µs of host CPU per warm invocation (7 spans) plus ~38 µs in the collector decoding
+ * OTLP JSON — the gateway bench lost ~30 % throughput. The budget once the untraced path is at ~4,000 rps is
+ * ≈ 20–25 µs per invocation all in. @opentelemetry/api stays the interface: spans are API `Span`s, the
+ * process's global TracerProvider is registered (so any library using the API lands in the same pipeline),
+ * W3C `traceparent` is the propagation format, and an SDK `SpanExporter` can still be plugged in (`exporter`).
+ *
+ * Context: explicit parents by default (see telemetry.ts). `FNHOST_OTEL_CONTEXT=async` also registers an
+ * AsyncLocalStorage context manager, for code that relies on implicit propagation across awaits (costs the
+ * promise hooks on every promise of the process).
  *
  * Call once per process from the composition root (`fnhost start`, a scheduler node), before serving;
  * repeated calls return the same handle. `shutdown()` flushes what is buffered.
@@ -19,113 +33,33 @@
  * await tracing.shutdown();
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { Worker } from 'node:worker_threads';
-import { context, propagation, trace, diag, ROOT_CONTEXT, type Attributes, type Context, type ContextManager } from '@opentelemetry/api';
+import {
+  context,
+  diag,
+  propagation,
+  trace,
+  ROOT_CONTEXT,
+  SpanKind,
+  TraceFlags,
+  type Context,
+  type ContextManager,
+  type Span,
+  type SpanContext,
+  type SpanOptions,
+  type Tracer,
+  type TracerProvider,
+} from '@opentelemetry/api';
 import type { ExportResult } from '@opentelemetry/core';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
-import { setTracingEnabled, TRACER_NAME } from './telemetry.ts';
-
-/** A finished span in the compact form the export thread rebuilds (layout documented in otlp-export-worker.mjs). */
-type WireSpan = unknown[];
-
-function toWire(s: ReadableSpan): WireSpan {
-  const ctx = s.spanContext();
-  const p = s.parentSpanContext;
-  return [
-    ctx.traceId,
-    ctx.spanId,
-    ctx.traceFlags,
-    p?.spanId ?? '',
-    p?.isRemote ?? false,
-    s.name,
-    s.kind,
-    s.startTime,
-    s.endTime,
-    s.attributes,
-    s.droppedAttributesCount,
-    s.status.code,
-    s.status.message,
-    s.events.length ? s.events : 0,
-    s.links.length ? s.links.map((l) => ({ ...l, context: { ...l.context, traceState: undefined } })) : 0,
-    s.droppedEventsCount,
-    s.droppedLinksCount,
-  ];
-}
-
-/**
- * A SpanExporter that hands batches to a worker thread running the stock OTLPTraceExporter (opt-in, see
- * `TracingOptions.exportThread`). OTLP JSON serialisation costs ~7 µs per span; the hand-off (structured clone)
- * ~3.5 µs on the event loop. Exports are acknowledged by the thread, so the BatchSpanProcessor's back-pressure
- * still holds.
- */
-export class ThreadSpanExporter implements SpanExporter {
-  private readonly worker: Worker;
-  private nextId = 1;
-  private readonly pending = new Map<number, (r: { code: number; error?: string }) => void>();
-  private closed = false;
-
-  constructor(resource: Attributes) {
-    this.worker = new Worker(new URL('./otlp-export-worker.mjs', import.meta.url), {
-      workerData: { resource, scope: { name: TRACER_NAME } },
-      // the worker is plain JS: no loader needed, and none inherited (tsx / vitest hooks would only slow it)
-      execArgv: [],
-      stdout: false,
-      stderr: false,
-    });
-    this.worker.on('message', (m: { id: number; code: number; error?: string }) => {
-      const done = this.pending.get(m.id);
-      this.pending.delete(m.id);
-      done?.(m);
-      if (this.pending.size === 0) this.worker.unref();
-    });
-    this.worker.on('error', (e) => {
-      diag.error('fnhost: OTLP export thread failed', e);
-      this.failAll(String(e));
-    });
-    this.worker.on('exit', () => this.failAll('export thread exited'));
-    this.worker.unref();
-  }
-
-  private failAll(error: string): void {
-    this.closed = true;
-    for (const done of this.pending.values()) done({ code: 1, error });
-    this.pending.clear();
-  }
-
-  private call(msg: Record<string, unknown>): Promise<{ code: number; error?: string }> {
-    if (this.closed) return Promise.resolve({ code: 1, error: 'export thread closed' });
-    const id = this.nextId++;
-    return new Promise((resolve) => {
-      this.pending.set(id, resolve);
-      // keep the process alive while an export is in flight (shutdown waits for it anyway)
-      this.worker.ref();
-      this.worker.postMessage({ ...msg, id });
-    });
-  }
-
-  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
-    const wire = new Array<WireSpan>(spans.length);
-    for (let i = 0; i < spans.length; i++) wire[i] = toWire(spans[i]);
-    this.call({ op: 'export', spans: wire }).then((r) =>
-      resultCallback(r.code === 0 ? { code: 0 } : { code: 1, error: new Error(r.error ?? 'export failed') }),
-    );
-  }
-
-  async forceFlush(): Promise<void> {
-    await this.call({ op: 'flush' });
-  }
-
-  async shutdown(): Promise<void> {
-    if (this.closed) return;
-    await this.call({ op: 'shutdown' });
-    this.closed = true;
-    await this.worker.terminate();
-  }
-}
+import { metrics } from './metrics.ts';
+import { contextFromTraceparent, formatTraceparent, setTracingBackend, TRACER_NAME, type TraceBackend } from './telemetry.ts';
+import { OtlpHttpExporter, otlpConfigFromEnv, type ExportStats } from './trace-export.ts';
+import { FnSpan, TraceIdWords, newSpanId, newTraceIdWords, nowMs, samplerFromEnv, type ParentRef, type Sampler, type SpanSink } from './trace-span.ts';
 
 /**
  * The smallest ContextManager on AsyncLocalStorage (what @opentelemetry/context-async-hooks'
  * AsyncLocalStorageContextManager does, minus EventEmitter patching, which no fnhost code relies on).
+ * Registered only with FNHOST_OTEL_CONTEXT=async.
  */
 export class AlsContextManager implements ContextManager {
   private readonly als = new AsyncLocalStorage<Context>();
@@ -163,22 +97,116 @@ export class AlsContextManager implements ContextManager {
   }
 }
 
+/** Spans → an SDK SpanExporter (tests: InMemorySpanExporter), batched like the BatchSpanProcessor. */
+class SdkExporterSink implements SpanSink {
+  private batch: FnSpan[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight: Promise<void>[] = [];
+
+  constructor(
+    private readonly exporter: SpanExporter,
+    private readonly delayMs: number,
+  ) {}
+
+  onEnd(span: FnSpan): void {
+    this.batch.push(span);
+    if (this.batch.length >= 512) this.flushBatch();
+    else if (!this.timer) {
+      this.timer = setTimeout(() => this.flushBatch(), this.delayMs);
+      this.timer.unref();
+    }
+  }
+
+  private flushBatch(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (!this.batch.length) return;
+    const spans = this.batch as unknown as ReadableSpan[];
+    this.batch = [];
+    const p = new Promise<void>((resolve) => this.exporter.export(spans, (_r: ExportResult) => resolve()));
+    this.inFlight.push(p);
+    void p.then(() => (this.inFlight = this.inFlight.filter((x) => x !== p)));
+  }
+
+  async forceFlush(): Promise<void> {
+    this.flushBatch();
+    await Promise.all(this.inFlight);
+    await this.exporter.forceFlush?.();
+  }
+
+  async shutdown(): Promise<void> {
+    await this.forceFlush();
+    await this.exporter.shutdown();
+  }
+}
+
+/** Starts spans: the sampler's decision, then a recording FnSpan or a non-recording carrier of the decision. */
+class Backend implements TraceBackend {
+  constructor(
+    private readonly sink: SpanSink,
+    private readonly sampler: Sampler,
+  ) {}
+
+  start(name: string, attrs: SpanOptions['attributes'], kind: SpanKind, parent: ParentRef, startMs?: number): Span {
+    let tid: TraceIdWords;
+    let parentSampled: boolean | undefined;
+    if (parent instanceof FnSpan) {
+      tid = parent.tid;
+      parentSampled = true;
+    } else if (parent) {
+      tid = TraceIdWords.fromHex(parent.traceId);
+      parentSampled = (parent.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED;
+    } else {
+      tid = newTraceIdWords();
+    }
+    if (!this.sampler.sample(tid, parentSampled)) {
+      // not recorded, but its context (sampled=0) still propagates, so downstream parent-based samplers agree
+      return trace.wrapSpanContext({ traceId: tid.hex, spanId: newSpanId(), traceFlags: TraceFlags.NONE });
+    }
+    return new FnSpan(this.sink, name, kind, tid, parent, attrs, startMs ?? nowMs());
+  }
+}
+
+function msOf(t: SpanOptions['startTime']): number | undefined {
+  if (t === undefined) return undefined;
+  if (typeof t === 'number') return t < performance.timeOrigin / 2 ? performance.timeOrigin + t : t;
+  if (t instanceof Date) return t.getTime();
+  return t[0] * 1e3 + t[1] / 1e6;
+}
+
+/** The API-facing tracer (third-party code calling trace.getTracer(...)); fnhost's own code goes through telemetry.ts. */
+class ApiTracer implements Tracer {
+  constructor(private readonly backend: Backend) {}
+
+  startSpan(name: string, options: SpanOptions = {}, ctx: Context = context.active()): Span {
+    const ps = options.root ? undefined : trace.getSpan(ctx);
+    const parent = ps instanceof FnSpan ? ps : ps && trace.isSpanContextValid(ps.spanContext()) ? ps.spanContext() : undefined;
+    const span = this.backend.start(name, options.attributes, options.kind ?? SpanKind.INTERNAL, parent, msOf(options.startTime));
+    if (options.links?.length) span.addLinks(options.links);
+    return span;
+  }
+
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, ...rest: unknown[]): ReturnType<F> {
+    const fn = rest[rest.length - 1] as F;
+    const opts = (rest.length > 1 ? rest[0] : undefined) as SpanOptions | undefined;
+    const ctx = (rest.length > 2 ? rest[1] : undefined) as Context | undefined;
+    const span = this.startSpan(name, opts, ctx ?? context.active());
+    return context.with(trace.setSpan(ctx ?? context.active(), span), () => fn(span)) as ReturnType<F>;
+  }
+}
+
 export interface TracingOptions {
   /** `service.name` of the resource (OTEL_SERVICE_NAME wins when set). Default 'fnhost'. */
   serviceName?: string;
   /** environment to read (default process.env). */
   env?: NodeJS.ProcessEnv;
-  /** use this exporter instead of OTLP/HTTP (tests: InMemorySpanExporter); enables tracing regardless of env. */
+  /** use this SDK exporter instead of OTLP/HTTP (tests: InMemorySpanExporter); enables tracing regardless of env. */
   exporter?: SpanExporter;
-  /** BatchSpanProcessor's delay between exports, ms (default OTEL_BSP_SCHEDULE_DELAY or the SDK's 5000). */
+  /** delay between exports, ms (default OTEL_BSP_SCHEDULE_DELAY or 5000). */
   scheduledDelayMillis?: number;
-  /**
-   * Serialise and send spans on a worker thread (default false; FNHOST_OTEL_EXPORT_THREAD=1 turns it on).
-   * Measured on the 2-core bench machine under c32 load: handing spans to a thread (structured clone, then the
-   * same serialisation there) costs more CPU in total than serialising on the event loop, and with every core
-   * busy that total is what limits throughput. On a host with idle cores the thread takes ~7 µs/span off the
-   * event loop.
-   */
+  /** 'explicit' (default; FNHOST_OTEL_CONTEXT) or 'async': also register an AsyncLocalStorage context manager. */
+  context?: 'explicit' | 'async';
+  /** @deprecated ignored: the export thread is gone (encoding a span now costs ~1 µs on the event loop). */
   exportThread?: boolean;
 }
 
@@ -189,30 +217,31 @@ export interface TracingHandle {
   forceFlush(): Promise<void>;
   /** flushes, stops exporting and unregisters the globals (a later initTracing registers afresh). */
   shutdown(): Promise<void>;
+  /** OTLP export counters (all zero with a plugged-in SDK exporter or when disabled). */
+  stats(): ExportStats;
 }
 
 let current: Promise<TracingHandle> | undefined;
-
-/** BatchSpanProcessor queue when OTEL_BSP_MAX_QUEUE_SIZE is unset (see where it is used). */
-const DEFAULT_MAX_QUEUE_SIZE = 8192;
 
 /** True when the env asks for OTLP trace export (and OTEL_SDK_DISABLED is not "true"). */
 export function tracingRequested(env: NodeJS.ProcessEnv = process.env): boolean {
   if ((env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true') return false;
   if ((env.OTEL_TRACES_EXPORTER ?? '').trim().toLowerCase() === 'none') return false;
-  return Boolean(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || env.OTEL_EXPORTER_OTLP_ENDPOINT);
+  return Boolean((env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? '').trim() || (env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '').trim());
 }
 
 /**
- * Registers the SDK when the env (or `opts.exporter`) asks for it; otherwise returns a disabled handle at
+ * Registers tracing when the env (or `opts.exporter`) asks for it; otherwise returns a disabled handle at
  * the cost of one env lookup. Idempotent: a second call returns the first call's handle.
  */
 export function initTracing(opts: TracingOptions = {}): Promise<TracingHandle> {
-  current ??= register(opts);
+  current ??= Promise.resolve(register(opts));
   return current;
 }
 
-async function register(opts: TracingOptions): Promise<TracingHandle> {
+const ZERO_STATS: ExportStats = { exported: 0, dropped: 0, failed: 0, requests: 0 };
+
+function register(opts: TracingOptions): TracingHandle {
   const env = opts.env ?? process.env;
   if (!opts.exporter && !tracingRequested(env)) {
     return {
@@ -221,57 +250,58 @@ async function register(opts: TracingOptions): Promise<TracingHandle> {
       shutdown: async () => {
         current = undefined;
       },
+      stats: () => ({ ...ZERO_STATS }),
     };
   }
-  // Loaded lazily: a host without tracing never pays for parsing the SDK and the exporter.
-  const [{ BasicTracerProvider, BatchSpanProcessor }, { resourceFromAttributes }, { W3CTraceContextPropagator }] = await Promise.all([
-    import('@opentelemetry/sdk-trace-base'),
-    import('@opentelemetry/resources'),
-    import('@opentelemetry/core'),
-  ]);
-  const resource = resourceFromAttributes({
-    'service.name': env.OTEL_SERVICE_NAME || opts.serviceName || 'fnhost',
-    'process.pid': process.pid,
-  });
-  let exporter = opts.exporter;
-  if (!exporter) {
-    if (opts.exportThread ?? env.FNHOST_OTEL_EXPORT_THREAD === '1') {
-      exporter = new ThreadSpanExporter(resource.attributes);
-    } else {
-      const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
-      // No url: the exporter resolves OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT itself,
-      // exactly as the spec says (signal path appended only to the generic one).
-      exporter = new OTLPTraceExporter();
-    }
+  const resource = { 'service.name': env.OTEL_SERVICE_NAME || opts.serviceName || 'fnhost', 'process.pid': process.pid };
+  let sink: SpanSink & { forceFlush(): Promise<void>; shutdown(): Promise<void> };
+  let otlp: OtlpHttpExporter | undefined;
+  if (opts.exporter) {
+    sink = new SdkExporterSink(opts.exporter, opts.scheduledDelayMillis ?? (Number(env.OTEL_BSP_SCHEDULE_DELAY) || 5000));
+  } else {
+    const cfg = otlpConfigFromEnv(env, resource, TRACER_NAME);
+    if (opts.scheduledDelayMillis !== undefined) cfg.scheduledDelayMillis = opts.scheduledDelayMillis;
+    otlp = new OtlpHttpExporter(cfg, {
+      onDropped: (n) => metrics.traceSpansDropped(n),
+      onFailed: (n) => metrics.traceExportFailed(n),
+    });
+    sink = otlp;
   }
-  const processor = new BatchSpanProcessor(exporter, {
-    scheduledDelayMillis: opts.scheduledDelayMillis,
-    // The SDK exports one batch at a time and drops spans once its queue is full. At ~1,000 warm invocations/s
-    // × 8 spans its default 2,048 fills in ~250 ms — less than one export round trip on a saturated 2-core host
-    // (the c32 bench lost ~20 % of spans, i.e. broken traces). 8,192 ≈ 1 s of spans at that rate, ~8 MB.
-    maxQueueSize: env.OTEL_BSP_MAX_QUEUE_SIZE ? undefined : DEFAULT_MAX_QUEUE_SIZE,
-  });
-  const provider = new BasicTracerProvider({ resource, spanProcessors: [processor] });
-  const cm = new AlsContextManager();
-  if (!context.setGlobalContextManager(cm)) diag.warn('fnhost: a context manager was already registered');
+  const backend = new Backend(sink, samplerFromEnv(env));
+  const asyncContext = (opts.context ?? env.FNHOST_OTEL_CONTEXT) === 'async';
+  if (asyncContext && !context.setGlobalContextManager(new AlsContextManager())) diag.warn('fnhost: a context manager was already registered');
+  const apiTracer = new ApiTracer(backend);
+  const provider: TracerProvider = { getTracer: () => apiTracer };
   trace.setGlobalTracerProvider(provider);
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  setTracingEnabled(true);
+  // a W3C propagator on the API, for libraries that inject/extract through it (fnhost's code uses telemetry.ts)
+  propagation.setGlobalPropagator({
+    inject(ctx, carrier, setter) {
+      const sc = trace.getSpanContext(ctx);
+      if (sc && trace.isSpanContextValid(sc)) setter.set(carrier, 'traceparent', formatTraceparent(sc));
+    },
+    extract(ctx, carrier, getter) {
+      const v = getter.get(carrier, 'traceparent');
+      return contextFromTraceparent(Array.isArray(v) ? v[0] : v, ctx);
+    },
+    fields: () => ['traceparent'],
+  });
+  setTracingBackend(backend, asyncContext);
 
   return {
     enabled: true,
-    forceFlush: () => provider.forceFlush(),
+    forceFlush: () => sink.forceFlush(),
     shutdown: async () => {
-      setTracingEnabled(false);
+      setTracingBackend(undefined);
       try {
-        await provider.shutdown();
+        await sink.shutdown();
       } finally {
         trace.disable();
-        context.disable();
+        if (asyncContext) context.disable();
         propagation.disable();
         current = undefined;
       }
     },
+    stats: () => (otlp ? { ...otlp.stats } : { ...ZERO_STATS }),
   };
 }
 

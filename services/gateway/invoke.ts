@@ -11,7 +11,8 @@
 import type { Context, Hono } from 'hono';
 import { InvalidRequest } from '../common/errors.ts';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
-import { Attr, injectTraceparent, setActiveAttributes } from '../common/telemetry.ts';
+import { Attr, injectTraceparent } from '../common/telemetry.ts';
+import { requestSpan } from './middleware/tracing.ts';
 import type { InvokeRequest, SyncResult } from '../scheduler/types.ts';
 import type { Admission } from './admission.ts';
 import { readBody } from './body.ts';
@@ -26,9 +27,11 @@ import { validateIdempotencyKey } from './validate.ts';
  * caller's own header passed through so a trace stays joined across nodes that do trace.
  */
 export function invokeRequest(c: Context, fn: FunctionVersion, payload: InvocationPayload, mode: InvocationMode): InvokeRequest {
-  setActiveAttributes({ [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.mode]: mode });
+  // after the handler's awaits there is no implicit current span (services/common/telemetry.ts): name it
+  const span = requestSpan(c);
+  if (span.isRecording()) span.setAttributes({ [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.mode]: mode });
   const req: InvokeRequest = { fn, payload, mode };
-  const tp = injectTraceparent() ?? c.req.header('traceparent');
+  const tp = injectTraceparent(span) ?? c.req.header('traceparent');
   if (tp) req.traceparent = tp;
   return req;
 }
@@ -41,7 +44,8 @@ export async function invokeSync(c: Context, deps: { client: GatewayDeps['client
   const release = await deps.admission.admit(fn);
   try {
     const r = await deps.client.invoke(invokeRequest(c, fn, payload, mode));
-    if (r.record.start) setActiveAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
+    const span = requestSpan(c);
+    if (r.record.start && span.isRecording()) span.setAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
     return r;
   } finally {
     release();
@@ -75,7 +79,7 @@ export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps & { admi
       const req = invokeRequest(c, fn, payload, 'async');
       if (idempotencyKey) req.idempotencyKey = idempotencyKey;
       const r = await client.enqueue(req);
-      setActiveAttributes({ [Attr.invocationId]: r.invocationId });
+      requestSpan(c).setAttribute(Attr.invocationId, r.invocationId);
       return c.json({ invocationId: r.invocationId, duplicate: r.duplicate }, 202, { 'x-fnhost-invocation-id': r.invocationId });
     }
 

@@ -12,6 +12,7 @@
  * | FNHOST_BASE_DIR | --base-dir | /var/lib/fnhost/base (base images, built by infra/setup.sh) |
  * | FNHOST_NODE_ID | --node-id | the host name (must be unique among schedulers sharing a Redis) |
  * | FNHOST_SCHEDULER | --scheduler | on; `off` makes a gateway-only node (schedulers run elsewhere on the same Redis) |
+ * | FNHOST_LOCAL_DISPATCH | --local-dispatch | on: sync calls this host's scheduler can place at once skip the queue (services/scheduler/local-dispatch.ts); `off`: every call through Redis |
  */
 import { InvalidRequest } from '../common/errors.ts';
 
@@ -25,6 +26,8 @@ export interface HostConfig {
   nodeId?: string;
   /** false: this host runs no scheduler (a gateway-only node). */
   scheduler: boolean;
+  /** false: sync calls always take the queue, even when this host's scheduler could run them at once. */
+  localDispatch: boolean;
 }
 
 export const DEFAULT_PORT = 8080;
@@ -39,6 +42,7 @@ const FLAG_ENV: Record<string, string> = {
   'base-dir': 'FNHOST_BASE_DIR',
   'node-id': 'FNHOST_NODE_ID',
   scheduler: 'FNHOST_SCHEDULER',
+  'local-dispatch': 'FNHOST_LOCAL_DISPATCH',
 };
 
 /** The flags `fnhost start` accepts (each takes a value). */
@@ -46,7 +50,7 @@ export const HOST_FLAGS = Object.keys(FLAG_ENV);
 
 /**
  * @example
- * hostConfig({ PORT: '9000' }, { 'state-dir': '/tmp/s' });   // { port: 9000, host: '0.0.0.0', stateDir: '/tmp/s', scheduler: true }
+ * hostConfig({ PORT: '9000' }, { 'state-dir': '/tmp/s' });   // { port: 9000, host: '0.0.0.0', stateDir: '/tmp/s', scheduler: true, localDispatch: true }
  */
 export function hostConfig(env: NodeJS.ProcessEnv, flags: Record<string, string | undefined> = {}): HostConfig {
   const get = (flag: string) => {
@@ -57,7 +61,12 @@ export function hostConfig(env: NodeJS.ProcessEnv, flags: Record<string, string 
   if (!/^[0-9]{1,5}$/.test(portText) || Number(portText) > 65535) throw new InvalidRequest(`PORT ${JSON.stringify(portText)} is not a port number`, { field: 'port' });
   const sched = (get('scheduler') ?? 'on').toLowerCase();
   if (!['on', 'off', '1', '0', 'true', 'false'].includes(sched)) throw new InvalidRequest('FNHOST_SCHEDULER must be on or off', { field: 'scheduler' });
-  const cfg: HostConfig = { port: Number(portText), host: get('host') ?? '0.0.0.0', stateDir: get('state-dir') ?? DEFAULT_STATE_DIR, scheduler: ['on', '1', 'true'].includes(sched) };
+  const local = (get('local-dispatch') ?? 'on').toLowerCase();
+  if (!['on', 'off', '1', '0', 'true', 'false'].includes(local)) throw new InvalidRequest('FNHOST_LOCAL_DISPATCH must be on or off', { field: 'local-dispatch' });
+  const cfg: HostConfig = {
+    port: Number(portText), host: get('host') ?? '0.0.0.0', stateDir: get('state-dir') ?? DEFAULT_STATE_DIR,
+    scheduler: ['on', '1', 'true'].includes(sched), localDispatch: ['on', '1', 'true'].includes(local),
+  };
   const redisUrl = get('redis-url');
   if (redisUrl) cfg.redisUrl = redisUrl;
   const adminKey = get('admin-key');

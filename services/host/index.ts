@@ -132,7 +132,8 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
       await scheduler.start();
       undo('scheduler', () => scheduler!.close());
     }
-    const client = createInvocationClient({ redis, ...opts.client });
+    // The scheduler of this process takes the sync calls it can place at once without the queue (./local-dispatch.ts).
+    const client = createInvocationClient({ redis, localDispatch: cfg.localDispatch, ...opts.client });
     undo('client', () => client.close());
 
     const adminKey = await loadAdminKey(cfg.stateDir, cfg.adminKey);

@@ -123,6 +123,11 @@ export class ControlChannel {
     });
   }
 
+  /** Lets the process exit while this channel is open (the zygote's; sandboxes keep theirs referenced). */
+  unref(): void {
+    this.sock.unref();
+  }
+
   get isClosed(): boolean {
     return this.closedFlag;
   }

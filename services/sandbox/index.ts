@@ -24,6 +24,7 @@ import { INIT_PATH, PROBE_PATH, native } from './native.ts';
 import { NEWROOT, SandboxImpl, ensureRunDir } from './sandbox.ts';
 import type { CreateOptions, Sandbox, SandboxLimits } from './types.ts';
 import { DEFAULT_LIMITS, MIN_LIMITS, validateLimits, validateNodeId } from './validate.ts';
+import { Zygote, type PendingInit } from './zygote.ts';
 
 export type * from './types.ts';
 export { SandboxError } from './errors.ts';
@@ -110,14 +111,85 @@ let template: Promise<number> | undefined;
 let templateFd = -1;
 let templateDisabled = false;
 
-/** fds this module keeps open for the whole process (the template namespace), for fd-leak checks. */
-export function moduleFds(): number[] {
-  return templateFd >= 0 ? [templateFd] : [];
+let zygote: Zygote | undefined;
+let zygoteStarting: Promise<Zygote | undefined> | undefined;
+/** $FNHOST_ZYGOTE=0 (or setZygoteForTests(false)) makes every init an exec in a copy of the template (A/B). */
+let zygoteDisabled = process.env.FNHOST_ZYGOTE === '0';
+/** Zygote start-ups or spawns that failed in a row; past MAX_ZYGOTE_FAILURES this process stops trying. */
+let zygoteFailures = 0;
+const MAX_ZYGOTE_FAILURES = 3;
+/**
+ * Network namespaces the zygote keeps ready ($FNHOST_NETNS_POOL, default 4). A sequential create loop uses
+ * one per ≈2-3 ms and one is made in ≈0.5 ms of idle CPU, so a few cover it; a burst beyond them falls back
+ * to CLONE_NEWNET. Each idle one holds a few hundred KiB of kernel memory (struct net, lo, per-netns tables).
+ */
+let netnsPool = poolSize(process.env.FNHOST_NETNS_POOL);
+
+function poolSize(v: string | undefined): number {
+  const n = Number(v ?? 4);
+  // 64: the zygote's own cap (native/init/zygote.c); anything unparsable means the default
+  return Number.isInteger(n) && n >= 0 ? Math.min(n, 64) : 4;
 }
 
-/** For tests only: create sandboxes without the template namespace (the fallback path). */
+/** fds this module keeps open for the whole process (template namespace, zygote socket), for fd-leak checks. */
+export function moduleFds(): number[] {
+  const fds = templateFd >= 0 ? [templateFd] : [];
+  if (zygote && !zygote.isClosed) fds.push(zygote.fd);
+  return fds;
+}
+
+/** For tests only: create sandboxes without the template namespace nor the zygote (the fallback path). */
 export function setTemplateNamespaceForTests(enabled: boolean): void {
   templateDisabled = !enabled;
+}
+
+/** For tests and A/B benchmarks: spawn inits through the zygote (default) or by exec in a template copy. */
+export function setZygoteForTests(enabled: boolean): void {
+  zygoteDisabled = !enabled;
+}
+
+/** For tests and A/B benchmarks: the netns pool size of zygotes started from now on (0 = none). */
+export function setNetnsPoolForTests(size: number): void {
+  const n = poolSize(String(size));
+  if (netnsPool !== n) stopZygote();
+  netnsPool = n;
+}
+
+/** The zygote's pid while it runs (diagnostics, tests), else null. */
+export function zygotePid(): number | null {
+  return zygote && !zygote.isClosed ? zygote.pid : null;
+}
+
+/** The running zygote, started on first use; undefined when disabled or failing (callers fall back). */
+async function getZygote(): Promise<Zygote | undefined> {
+  if (zygoteDisabled || templateDisabled || zygoteFailures >= MAX_ZYGOTE_FAILURES) return undefined;
+  if (zygote && !zygote.isClosed) return zygote;
+  zygoteStarting ??= (async () => {
+    try {
+      ensureRunDir();
+      zygote = await Zygote.start(INIT_PATH, NEWROOT, netnsPool);
+      return zygote;
+    } catch {
+      zygoteFailures++;
+      zygote = undefined;
+      return undefined;
+    } finally {
+      zygoteStarting = undefined;
+    }
+  })();
+  return zygoteStarting;
+}
+
+/** A spawn through `z` failed: count it (this create falls back to an exec'd init); a dead zygote is dropped. */
+function zygoteFailed(z: Zygote): void {
+  zygoteFailures++;
+  if (z.isClosed && zygote === z) zygote = undefined;
+}
+
+/** Stops the zygote (host shutdown; the next createSandbox starts a new one). */
+function stopZygote(): void {
+  zygote?.close();
+  zygote = undefined;
 }
 
 /**
@@ -152,15 +224,15 @@ function templateNs(): Promise<number> {
 }
 
 /**
- * Does once what every sandbox shares (run dirs, the template mount namespace) so the first createSandbox
- * does not pay for it. Optional; call at host start-up.
+ * Does once what every sandbox shares (run dirs, the zygote — or, without it, the template mount namespace)
+ * so the first createSandbox does not pay for it. Optional; call at host start-up.
  *
  * @example
  * await warmUp();
  */
 export async function warmUp(): Promise<void> {
   assertCanSandbox();
-  await templateNs();
+  if (!(await getZygote())) await templateNs();
 }
 
 /**
@@ -177,35 +249,76 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   ensureRunDir();
   usedNodes.add(node);
   const id = `sb-${randomBytes(6).toString('hex')}`;
+  // 1. the zygote: a clone of it becomes the init (no exec, pooled netns); 2. exec of the init in a copy of
+  // the template mount namespace; 3. exec in a copy of the host's (it stages and detaches itself).
+  const z = await getZygote();
+  // cgroup v1 cannot place a task at birth anyway: the zygote clones while the cgroups are made.
+  let pending: PendingInit | undefined;
+  if (z && cgroups().kind === 'v1') {
+    try {
+      pending = z.spawnLate();
+    } catch {
+      zygoteFailed(z);
+    }
+  }
   let cg;
   try {
     cg = cgroups().create(node, id, limits);
   } catch (e) {
+    pending?.abort();
     throw fromNodeError(`creating the cgroup of sandbox ${id}`, e);
   }
-  let spawned;
-  const tmpl = templateDisabled ? -1 : await templateNs();
+  let spawned: { pid: number; fd: number } | undefined;
+  let ch: ControlChannel | undefined;
   try {
-    const join = cg.openJoin();
-    try {
-      spawned = tmpl >= 0
-        ? native().spawnInit('/init', ['--in-template'], cloneFlags(true), join.procsFds, join.dirFd, tmpl)
-        : native().spawnInit(INIT_PATH, [NEWROOT], cloneFlags(false), join.procsFds, join.dirFd);
-    } finally {
-      closeJoin(join);
+    if (z && !z.isClosed) {
+      const join = cg.openJoin();
+      try {
+        if (pending) pending.join(join);
+        else pending = z.spawn(join);
+      } catch {
+        pending?.abort();
+        pending = undefined;
+        zygoteFailed(z);
+      } finally {
+        closeJoin(join);
+      }
+    }
+    if (pending) {
+      // read the new init's messages from now on, while the zygote answers
+      ch = new ControlChannel(pending.fd);
+      try {
+        spawned = { pid: await pending.pid, fd: pending.fd };
+        zygoteFailures = 0;
+      } catch {
+        ch.close();
+        ch = undefined;
+        zygoteFailed(z!);
+      }
+    }
+    if (!spawned) {
+      const tmpl = templateDisabled ? -1 : await templateNs();
+      const join = cg.openJoin();
+      try {
+        spawned = tmpl >= 0
+          ? native().spawnInit('/init', ['--in-template'], cloneFlags(true), join.procsFds, join.dirFd, tmpl)
+          : native().spawnInit(INIT_PATH, [NEWROOT], cloneFlags(false), join.procsFds, join.dirFd);
+      } finally {
+        closeJoin(join);
+      }
+      ch = new ControlChannel(spawned.fd);
     }
   } catch (e) {
     await cg.remove().catch(() => {});
     throw fromNodeError(`starting the init of sandbox ${id}`, e);
   }
-  const ch = new ControlChannel(spawned.fd);
   let mntNs = -1;
   try {
     mntNs = openSync(`/proc/${spawned.pid}/ns/mnt`, 'r');
   } catch {
     /* only an optimisation (sandbox.ts reapInit) */
   }
-  const sb = new SandboxImpl(id, spawned.pid, ch, cg, limits, (s) => live.delete(s.id), mntNs);
+  const sb = new SandboxImpl(id, spawned.pid, ch!, cg, limits, (s) => live.delete(s.id), mntNs);
   live.set(id, sb);
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -263,4 +376,5 @@ export function liveSandboxes(): Sandbox[] {
 export async function destroyAll(): Promise<void> {
   await Promise.all([...live.values()].map((s) => s.destroy().catch(() => {})));
   for (const node of usedNodes) cgroups().removeNode(node);
+  stopZygote();
 }

@@ -30,13 +30,15 @@ import type { InvocationClient, InvokeRequest, InvocationRecord, SyncResult, Log
 import type { LogLine } from '../common/model.ts';
 import { InvalidRequest, NotFound, Timeout, Unavailable, Conflict, TooManyRequests, errorFromJSON, type FnhostError } from '../common/errors.ts';
 import { createKeys, type Keys } from './keys.ts';
-import { encodePayload, type JobData } from './job.ts';
+import { encodePayload, type FastJob, type JobData } from './job.ts';
+import { FN_STASH_TTL_S, FnStash, fnRefOf } from './fn-refs.ts';
 import { fromStored, getRecord, isFinal, parseReply, queueRecord, setRecord, type StoredRecord } from './records.ts';
 import { readLogs, followLogs as follow } from './logs.ts';
 import { Attr, SpanKind, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
 import { fastPush } from './fast-lane.ts';
 import { registerLocalClient } from './local-replies.ts';
+import { localDispatcher, localKey } from './local-dispatch.ts';
 import { defineScripts } from './scripts.ts';
 import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_RETENTION, NODE_STALE_MS, type Retention } from './config.ts';
 
@@ -67,6 +69,12 @@ export interface InvocationClientOptions {
    * async ones, without retries). Async always uses BullMQ.
    */
   syncLane?: 'fast' | 'bullmq';
+  /**
+   * Hand sync/http calls to a scheduler running in this same process on the same Redis and prefix, when it
+   * can place them at once (./local-dispatch.ts); otherwise, and for async, the queue. Default false: a
+   * client measures or tests the queue unless asked (`fnhost start` turns it on).
+   */
+  localDispatch?: boolean;
 }
 
 interface Waiter {
@@ -109,8 +117,23 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   /** tenants this client has announced to the schedulers: fast lane ("T"), BullMQ queue ("bull:T") */
   const announced = new Set<string>();
   const waiters = new Map<string, Waiter>();
+  const fnStash = new FnStash();
   const depthCache = new Map<string, { at: number; n: number }>();
   let closed = false;
+  const localDispatch = opts.localDispatch ?? false;
+  const localQueues = localKey(redis, keys.prefix);
+  /**
+   * Calls dispatched in-process, from hand-over until Redis acknowledged their final record: `get()` answers
+   * from here meanwhile (the record is written behind the response, on the scheduler's connection).
+   */
+  const localCalls = new Map<string, { tenant: string; record: InvocationRecord; written?: Promise<unknown> }>();
+
+  /** Log lines of calls answered in-process may still be on their way to Redis: wait for those of `tenant`. */
+  async function localWritesOf(tenant: string): Promise<void> {
+    const pending: Promise<unknown>[] = [];
+    for (const e of localCalls.values()) if (e.tenant === tenant && e.written) pending.push(e.written);
+    if (pending.length) await Promise.allSettled(pending);
+  }
 
   let sub: Redis | undefined;
   let subReady: Promise<void> | undefined;
@@ -128,7 +151,18 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   }
 
   // A scheduler in this process hands results over directly (./local-replies.ts); others publish.
-  const unregisterLocal = registerLocalClient(clientId, (id, rec) => settle(id, rec));
+  const unregisterLocal = registerLocalClient(clientId, (id, rec, written) => {
+    const w = waiters.get(id);
+    if (!w) return;
+    // get() answers from memory until Redis has the record (it may go out in the scheduler's next batch)
+    const entry = { tenant: w.tenant, record: rec, written };
+    localCalls.set(id, entry);
+    const forget = () => {
+      if (localCalls.get(id) === entry) localCalls.delete(id);
+    };
+    written.then(forget, forget);
+    settleRecord(id, rec);
+  });
   const sweepTimer = setInterval(() => void sweep(1000), 1000);
   sweepTimer.unref();
 
@@ -152,13 +186,16 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   }
 
   function settle(id: string, rec: StoredRecord) {
+    if (waiters.has(id) && isFinal(rec.status)) settleRecord(id, fromStored(rec));
+  }
+
+  function settleRecord(id: string, record: InvocationRecord) {
     const w = waiters.get(id);
-    if (!w || !isFinal(rec.status)) return;
+    if (!w || !isFinal(record.status)) return;
     waiters.delete(id);
     clearTimeout(w.timer);
-    const record = fromStored(rec);
-    if (rec.status === 'succeeded' && record.response) w.resolve({ record, response: record.response });
-    else w.reject(errorFromJSON({ ...(rec.error ?? { type: 'Internal', message: 'invocation failed without an error' }), invocationId: id, start: rec.start }));
+    if (record.status === 'succeeded' && record.response) w.resolve({ record, response: record.response });
+    else w.reject(errorFromJSON({ ...(record.error ?? { type: 'Internal', message: 'invocation failed without an error' }), invocationId: id, start: record.start }));
   }
 
   function queue(name: string): Queue {
@@ -292,26 +329,61 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     // Rejected early (close() while the push is in flight)? Then it is handled here and re-thrown to the caller below.
     result.catch(() => {});
     const attrs = { [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
+    // The job names its function version by reference (./fn-refs.ts); the record itself goes inline (and into
+    // the stash) once per refresh period.
+    const fnr = fnRefOf(fn);
+    const inline = fnStash.due(fnr, now);
     try {
       await withRemoteParent(req.traceparent, () =>
         withSpan(SpanName.enqueue, attrs, async () => {
           data.traceparent = injectTraceparent() ?? req.traceparent;
-          // Sent back to back on one connection: ioredis keeps the order, so the body is there before the job.
+          const job: FastJob = { ...data, fn: inline ? fn : undefined, fnr };
+          // Sent back to back on one connection: ioredis keeps the order, so the body and the stashed
+          // function version are there before the job.
           const pre: Promise<unknown>[] = [];
           if (stash) pre.push(redis.set(keys.payload(id), stash, 'EX', ret.recordS));
+          if (inline) pre.push(redis.set(keys.fnVersion(fnr), JSON.stringify(fn), 'EX', FN_STASH_TTL_S));
           if (!announced.has(fn.tenant)) pre.push(redis.multi().sadd(keys.tenants(), fn.tenant).publish(keys.tenants(), fn.tenant).exec());
           const pushed = fastPush(redis, keys, data, JSON.stringify(rec), {
             recordTtlS: ret.recordS, listTtlMs: data.deadline - now + 60_000, routing, maxPending: routedPendingMax, staleMs: NODE_STALE_MS,
+            jobJson: JSON.stringify(job),
           });
           await redisCall(() => Promise.all([...pre, pushed]));
           announced.add(fn.tenant);
         }, { kind: SpanKind.PRODUCER }),
       );
     } catch (e) {
+      if (inline) fnStash.forget(fnr);
       unwait(id);
       throw e;
     }
     return result;
+  }
+
+  /** A sync/http call run by the scheduler of this process (./local-dispatch.ts), or undefined: take the queue. */
+  function invokeLocal(req: InvokeRequest): Promise<SyncResult> | undefined {
+    const d = localDispatcher(localQueues);
+    if (!d) return undefined;
+    const fn = req.fn;
+    const id = randomUUID();
+    const now = Date.now();
+    const run = d.tryDispatch({ id, mode: req.mode === 'http' ? 'http' : 'sync', fn, payload: req.payload, createdAt: now, deadline: now + maxQueueWaitMs + fn.timeoutMs, traceparent: req.traceparent });
+    if (!run) return undefined;
+    const entry: { tenant: string; record: InvocationRecord; written?: Promise<unknown> } = {
+      tenant: fn.tenant,
+      record: { id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: req.mode, status: 'running', attempts: 1, createdAt: now, startedAt: now },
+    };
+    localCalls.set(id, entry);
+    return run.then((out) => {
+      entry.record = out.record;
+      entry.written = out.written;
+      const forget = () => {
+        if (localCalls.get(id) === entry) localCalls.delete(id);
+      };
+      out.written.then(forget, forget);
+      if (out.error) throw errorFromJSON({ ...out.error, invocationId: id, start: out.record.start });
+      return { record: out.record, response: out.record.response! };
+    });
   }
 
   /** The 'enqueue' span (a child of the caller's traceparent); the job carries the span's own traceparent. */
@@ -339,6 +411,10 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
 
     async invoke(req) {
       validate(req, 'sync');
+      if (localDispatch) {
+        const local = invokeLocal(req);
+        if (local) return local;
+      }
       await redisCall(async () => {
         await subscribe();
         await checkDepth(req.fn.tenant);
@@ -387,6 +463,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     },
 
     async get(tenant, invocationId) {
+      const local = localCalls.get(invocationId);
+      if (local && local.tenant === tenant) return local.record;
       const rec = await redisCall(() => getRecord(redis, keys.record(tenant, invocationId)));
       return rec ? fromStored(rec) : null;
     },
@@ -433,7 +511,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       return { invocationId };
     },
 
-    logs(tenant, q: LogQuery): Promise<LogLine[]> {
+    async logs(tenant, q: LogQuery): Promise<LogLine[]> {
+      await localWritesOf(tenant);
       return redisCall(() => readLogs(redis, keys, tenant, q));
     },
 
@@ -447,6 +526,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
 
     async purgeTenant(tenant) {
       if (typeof tenant !== 'string' || !tenant) throw new InvalidRequest('tenant is required', { field: 'tenant' });
+      await localWritesOf(tenant); // records of calls answered in-process may still be on their way
       await redisCall(async () => {
         await redis.multi().srem(keys.tenants(), tenant).srem(keys.tenantsBull(), tenant).del(keys.fastTenant(tenant)).exec();
         announced.delete(tenant);
@@ -455,7 +535,10 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         // SCAN patterns: each tenant-scoped key prefix with glob characters escaped, then '*'
         const glob = (prefix: string) => `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`;
         const recordPrefix = keys.record(tenant, 'x').slice(0, -1);
-        const prefixes = [recordPrefix, keys.idempotency(tenant, 'x').slice(0, -1), keys.logs(tenant, 'x').slice(0, -1), keys.warm(tenant, 'x', 0).slice(0, -3)];
+        const prefixes = [
+          recordPrefix, keys.idempotency(tenant, 'x').slice(0, -1), keys.logs(tenant, 'x').slice(0, -1), keys.warm(tenant, 'x', 0).slice(0, -3),
+          keys.fnVersion(`${encodeURIComponent(tenant)}:`),
+        ];
         const payloadKeys: string[] = [];
         for (const prefix of prefixes) {
           let cursor = '0';

@@ -38,6 +38,11 @@ export interface InstanceHandle {
   /** sandbox id, for traces and tests ("same instance"). */
   readonly id: string;
   readonly alive: boolean;
+  /**
+   * the runtime's own time of the last invocation that returned (success or typed error), ms, when the
+   * backend can tell: the scheduler keeps short functions on a few hot instances by it (./instances.ts).
+   */
+  readonly lastRunMs?: number;
   invoke(req: ExecRequest): Promise<ExecResult>;
   destroy(): Promise<void>;
 }

@@ -26,7 +26,7 @@
  */
 import type { Redis } from 'ioredis';
 import type { Keys } from './keys.ts';
-import type { JobData } from './job.ts';
+import type { FastJob, JobData } from './job.ts';
 
 /**
  * KEYS[1] warm hash, KEYS[2] nodes zset, KEYS[3] tenant list, KEYS[4] record hash
@@ -67,12 +67,16 @@ export function defineFastLaneScript(redis: Redis): void {
   if (typeof (redis as WithPush).fnhostFastPush !== 'function') redis.defineCommand('fnhostFastPush', { numberOfKeys: 4, lua: PUSH_LUA });
 }
 
+/**
+ * Writes the queued record, routes and pushes one job. `opts.jobJson`: the job as it travels when the caller
+ * serialised it itself (e.g. without `fn`, see ./fn-refs.ts); default JSON.stringify(data).
+ */
 export function fastPush(
   redis: Redis,
   keys: Keys,
   data: JobData,
   recJson: string,
-  opts: { recordTtlS: number; listTtlMs: number; routing: boolean; maxPending: number; staleMs: number },
+  opts: { recordTtlS: number; listTtlMs: number; routing: boolean; maxPending: number; staleMs: number; jobJson?: string },
 ): Promise<string> {
   defineFastLaneScript(redis);
   const r = redis as WithPush;
@@ -80,7 +84,7 @@ export function fastPush(
   const now = Date.now();
   return r.fnhostFastPush(
     keys.warm(fn.tenant, fn.name, fn.version), keys.nodes(), keys.fastTenant(fn.tenant), keys.record(fn.tenant, data.id),
-    now, now - opts.staleMs, opts.maxPending, keys.prefix, JSON.stringify(data), recJson, opts.recordTtlS, opts.listTtlMs, opts.routing ? '1' : '',
+    now, now - opts.staleMs, opts.maxPending, keys.prefix, opts.jobJson ?? JSON.stringify(data), recJson, opts.recordTtlS, opts.listTtlMs, opts.routing ? '1' : '',
   );
 }
 
@@ -110,6 +114,8 @@ interface Puller {
 export class FastLaneConsumer {
   private readonly pullers: Puller[];
   private tenants: string[] = [];
+  /** the tenants' list keys (computed when the tenant set changes, not per BLMPOP) */
+  private tenantKeys: string[] = [];
   private orphans: string[] = [];
   private cursor = 0;
   private inFlight = 0;
@@ -125,7 +131,7 @@ export class FastLaneConsumer {
     private readonly keys: Keys,
     private readonly nodeId: string,
     private readonly concurrency: number,
-    private readonly handle: (d: JobData, list: string) => Promise<void>,
+    private readonly handle: (d: FastJob, list: string) => Promise<void>,
     private readonly onError: (e: unknown) => void = () => {},
   ) {
     this.pullers = Array.from({ length: Math.max(1, Math.min(PULLERS, concurrency)) }, () => ({ conn: redis.duplicate(), excluded: new Set<string>(), calls: 0, blocking: false }));
@@ -155,7 +161,10 @@ export class FastLaneConsumer {
     const next = [...new Set(tenants)].sort();
     const changed = next.length !== this.tenants.length || next.some((t, i) => t !== this.tenants[i]);
     this.tenants = next;
-    if (changed) for (const p of this.pullers) this.unblock(p);
+    if (changed) {
+      this.tenantKeys = next.map((t) => this.keys.fastTenant(t));
+      for (const p of this.pullers) this.unblock(p);
+    }
   }
 
   /** Lists of dead nodes to take over (see the module header). */
@@ -182,7 +191,7 @@ export class FastLaneConsumer {
         await this.waitSlot();
         continue;
       }
-      const tk = this.tenants.map((t) => this.keys.fastTenant(t));
+      const tk = this.tenantKeys;
       const n = tk.length;
       const rotated = n ? [...tk.slice(this.cursor % n), ...tk.slice(0, this.cursor % n)] : [];
       this.cursor = n ? (this.cursor + 1) % n : 0;
@@ -219,9 +228,9 @@ export class FastLaneConsumer {
       if (!res) continue;
       const [list, items] = res;
       for (const item of items) {
-        let d: JobData;
+        let d: FastJob;
         try {
-          d = JSON.parse(item) as JobData;
+          d = JSON.parse(item) as FastJob;
         } catch (e) {
           this.onError(e);
           continue;

@@ -8,12 +8,14 @@
  * reads it. `deadline` is when the waiting caller gives up (sync/http) — a job picked up after it is dropped
  * as `Timeout` without running; async jobs have no caller deadline (each attempt gets `fn.timeoutMs`).
  */
+import { isUtf8 } from 'node:buffer';
 import type { FunctionVersion, InvocationMode, InvocationPayload, InvocationResponse } from '../common/model.ts';
 
 /** Bodies up to this size travel inline in the job (16 KiB: a typical JSON event; above it a GET is cheaper than copying through BullMQ's scripts). */
 export const INLINE_BODY_MAX = 16 * 1024;
 
-export type WireBody = { b64: string } | { ref: string; size: number };
+/** `utf8`: a body that is valid UTF-8 travels as a JSON string (no base64 pass either way, and shorter). */
+export type WireBody = { b64: string } | { utf8: string } | { ref: string; size: number };
 
 export type WirePayload =
   | { kind: 'event'; body: WireBody; contentType?: string }
@@ -35,6 +37,12 @@ export interface JobData {
   routed?: boolean;
 }
 
+/**
+ * A fast-lane job as it travels (./fast-lane.ts): `fn` may be left out, `fnr` then names it (./fn-refs.ts).
+ * The scheduler puts `fn` back before processing.
+ */
+export type FastJob = Omit<JobData, 'fn'> & { fn?: FunctionVersion; fnr?: string };
+
 export interface WireResponse {
   status: number;
   headers: Record<string, string>;
@@ -49,6 +57,8 @@ export function encodePayload(p: InvocationPayload, refKey: string): { wire: Wir
   if (body.length > INLINE_BODY_MAX) {
     wb = { ref: refKey, size: body.length };
     stash = body;
+  } else if (isUtf8(body)) {
+    wb = { utf8: body.toString('utf8') };
   } else {
     wb = { b64: body.toString('base64') };
   }
@@ -59,7 +69,8 @@ export function encodePayload(p: InvocationPayload, refKey: string): { wire: Wir
 /** Decodes a payload; `fetchRef` reads a stashed body (null when it expired). */
 export async function decodePayload(w: WirePayload, fetchRef: (key: string) => Promise<Buffer | null>): Promise<InvocationPayload> {
   let body: Buffer;
-  if ('b64' in w.body) body = Buffer.from(w.body.b64, 'base64');
+  if ('utf8' in w.body) body = Buffer.from(w.body.utf8, 'utf8');
+  else if ('b64' in w.body) body = Buffer.from(w.body.b64, 'base64');
   else {
     const b = await fetchRef(w.body.ref);
     if (!b) throw new Error(`payload ${w.body.ref} expired`);

@@ -25,6 +25,7 @@
  * | `P:fast:T` | LIST of sync/http job JSON of tenant T (fast lane, ./fast-lane.ts) | client LPUSH, scheduler BLMPOP | TTL ≥ the last job's deadline |
  * | `P:fastn:N` | LIST of sync/http jobs routed to node N | client, scheduler N (other nodes once N's heartbeat is stale) | as above |
  * | `P:fastnodes` | SET of node ids that have (had) a routed list | scheduler | members removed by their node on graceful stop |
+ * | `P:fnv:T:<hash>` | STRING FunctionVersion JSON by content hash, for fast-lane jobs that carry only the reference (./fn-refs.ts) | client | 24 h, refreshed while in use |
  *
  * Names inside keys are URI-encoded: tenant and function names are validated by the gateway, but a ':' in a
  * name must never be able to reach into another tenant's keys, and BullMQ refuses ':' in queue names.
@@ -56,6 +57,8 @@ export interface Keys {
   fastTenant(tenant: string): string;
   fastNode(nodeId: string): string;
   fastNodes(): string;
+  /** a function version by content reference (./fn-refs.ts; the reference starts with the encoded tenant) */
+  fnVersion(ref: string): string;
   /** the tenant a queue name belongs to, or null for a node queue. */
   tenantOfQueue(queueName: string): string | null;
 }
@@ -84,6 +87,8 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     fastTenant: (t) => `${P}:fast:${enc(t)}`,
     fastNode: (n) => `${P}:fastn:${n}`,
     fastNodes: () => `${P}:fastnodes`,
+    // the reference is `<encoded tenant>:<base64url hash>` (./fn-refs.ts): safe in a key as it is
+    fnVersion: (r) => `${P}:fnv:${r}`,
     tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
   };
 }

@@ -19,18 +19,21 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
 import { FnhostError, Internal, Timeout } from '../common/errors.ts';
-import { Attr, SpanKind, SpanName, recordSpan, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
+import { Attr, SpanKind, SpanName, recordSpan, runInSpan, startSpan, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
 import type { Keys } from './keys.ts';
 import { decodePayload, encodeResponse, type JobData } from './job.ts';
-import { getRecord, isFinal, setRecord, type StoredRecord } from './records.ts';
+import { getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
 import { appendLogs, type LogRetention } from './logs.ts';
 import type { Instances, Lease } from './instances.ts';
 import type { LogBuffer } from './log-buffer.ts';
 import type { Retention } from './config.ts';
 import { unpend } from './routing.ts';
 import { localClient } from './local-replies.ts';
+import type { LocalCall, LocalOutcome } from './local-dispatch.ts';
+import type { RecordBatch } from './record-batch.ts';
+import type { InvocationRecord } from './types.ts';
 
 export interface JobContext {
   redis: Redis;
@@ -42,6 +45,8 @@ export interface JobContext {
   logs: LogBuffer;
   metrics?: FnhostMetrics;
   log: Logger;
+  /** batched final-record writes of in-process calls (./record-batch.ts); without it each is written at once */
+  records?: RecordBatch;
 }
 
 /** Errors after which the instance is never reused (DESIGN.md, issue 5). */
@@ -54,7 +59,7 @@ function typed(e: unknown): FnhostError {
   return new Internal('scheduler fault while running the invocation', { cause: String((e as Error)?.message ?? e) }, { cause: e });
 }
 
-function baseRecord(d: JobData, attempts: number): StoredRecord {
+function baseRecord(d: JobData, attempts: number): InvocationRecord {
   return { id: d.id, tenant: d.fn.tenant, function: d.fn.name, version: d.fn.version, mode: d.mode, status: 'running', attempts, createdAt: d.createdAt };
 }
 
@@ -115,30 +120,33 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
   }
   if (d.deadline > 0 && pickedAt > d.deadline) {
     const err = new Timeout('the invocation waited in the queue past its deadline and was not run', { timeoutMs: fn.timeoutMs, queuedMs: pickedAt - d.createdAt });
-    await finish(ctx, d, recKey, ttl, reply, { ...baseRecord(d, attempt), status: 'failed', finishedAt: Date.now(), error: errJSON(err) }, []);
+    await finish(ctx, d, job, recKey, ttl, reply, { ...baseRecord(d, attempt), status: 'failed', finishedAt: Date.now(), error: errJSON(err) }, []);
     observe(ctx, fn, 'none', err.type, pickedAt, span);
     return;
   }
   // Not awaited: ioredis keeps command order on one connection, so this lands before the final write.
   // Sync/http records skip 'running': their caller is waiting for the final record anyway, and one Lua call
   // less per invocation is ~5% of the fast lane's throughput (measured with test/bench/scheduler.ts).
-  if (d.mode === 'async') void setRecord(redis, recKey, { ...baseRecord(d, attempt), startedAt: pickedAt }, ttl).catch(() => {});
+  if (d.mode === 'async') void setRecord(redis, recKey, toStored({ ...baseRecord(d, attempt), startedAt: pickedAt }), ttl).catch(() => {});
 
   let lease: Lease | undefined;
   let start: 'cold' | 'warm' | 'none' = 'none';
   try {
     const payload = await decodePayload(d.payload, (k) => redis.getBuffer(k));
     const t0 = Date.now();
-    lease = await ctx.instances.acquire(fn, d.deadline);
+    // Spans find their parent without AsyncLocalStorage (services/common/telemetry.ts): what runs synchronously
+    // inside runInSpan (a cold start's specialisation begins so) hangs under the pickup span; later ones get it passed.
+    lease = await runInSpan(span, () => ctx.instances.acquire(fn, d.deadline));
     start = lease.start;
     span.setAttribute(Attr.start, start);
-    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, { [Attr.start]: start });
+    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, { [Attr.start]: start }, span);
     if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
     ctx.logs.begin(d.id);
     const runStart = Date.now();
     let res;
     try {
-      res = await lease.instance.handle!.invoke({ id: d.id, payload, deadline: runStart + fn.timeoutMs });
+      const handle = lease.instance.handle!;
+      res = await runInSpan(span, () => handle.invoke({ id: d.id, payload, deadline: runStart + fn.timeoutMs }));
     } catch (e) {
       const err = typed(e);
       ctx.instances.release(lease.instance, FATAL.has(err.type));
@@ -148,22 +156,22 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
     ctx.instances.release(lease.instance, false);
     lease = undefined;
     const now = Date.now();
-    const rec: StoredRecord = {
+    const rec: InvocationRecord = {
       ...baseRecord(d, attempt), status: 'succeeded', start, startedAt: pickedAt, finishedAt: now,
-      durationMs: res.durationMs ?? now - runStart, response: encodeResponse(res.response),
+      durationMs: res.durationMs ?? now - runStart, response: res.response,
     };
-    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, recKey, ttl, reply, rec, ctx.logs.take(d.id)));
+    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, job, recKey, ttl, reply, rec, ctx.logs.take(d.id)), { parent: span });
     observe(ctx, fn, start, 'success', pickedAt, span);
   } catch (e) {
     const err = typed(e);
     const logs = ctx.logs.take(d.id);
     const lastAttempt = attempt >= job.maxAttempts;
     const retry = d.mode === 'async' && !lastAttempt && !NOT_RETRYABLE.has(err.type);
-    const rec: StoredRecord = {
+    const rec: InvocationRecord = {
       ...baseRecord(d, attempt), status: retry ? 'queued' : 'failed', start: start === 'none' ? undefined : start,
       startedAt: pickedAt, finishedAt: retry ? undefined : Date.now(), error: errJSON(err),
     };
-    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, recKey, ttl, reply, rec, logs));
+    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, job, recKey, ttl, reply, rec, logs), { parent: span });
     observe(ctx, fn, start, err.type, pickedAt, span);
     if (d.mode === 'async') {
       // BullMQ's own retry/dead-letter machinery takes it from here.
@@ -177,20 +185,124 @@ function errJSON(e: FnhostError): StoredRecord['error'] {
   return e.toJSON().error;
 }
 
-async function finish(ctx: JobContext, d: JobData, recKey: string, ttl: number, reply: string | undefined, rec: StoredRecord, lines: LogLine[]): Promise<void> {
+async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string, ttl: number, reply: string | undefined, rec: InvocationRecord, lines: LogLine[]): Promise<void> {
   const final = isFinal(rec.status);
-  // The waiting client lives in this process: no PUBLISH; told directly once the record is written (and
-  // only if this write made it final, as the script's PUBLISH would).
+  // The waiting client lives in this process (./local-replies.ts): no PUBLISH.
   const local = final && reply ? localClient(d.replyTo) : undefined;
+  if (local && ctx.records && !job.restarted && job.maxAttempts === 1) {
+    // A sync job is delivered once (fast lane: popped atomically; BullMQ lane: one attempt, and a restarted
+    // one was filtered above): the client is told now and the record goes out with the next batch — checked,
+    // so it never replaces a final record. The client answers get() from memory until the batch is acked.
+    local(d.id, rec, ctx.records.add(rec, lines, true));
+    return;
+  }
   const [written] = await Promise.all([
-    setRecord(ctx.redis, recKey, rec, ttl, { replyChannel: final && !local ? reply : undefined }),
+    setRecord(ctx.redis, recKey, toStored(rec), ttl, { replyChannel: final && !local ? reply : undefined }),
     appendLogs(ctx.redis, ctx.keys, d.fn.tenant, d.fn.name, lines, ctx.logRetention),
   ]);
-  if (local && written) local(d.id, rec);
+  // Told only if this write made the record final, as the script's PUBLISH would.
+  if (local && written) local(d.id, rec, Promise.resolve());
 }
 
 function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span) {
   span.setAttribute(Attr.outcome, outcome);
   if (outcome !== 'success') span.setAttribute(Attr.errorType, outcome);
   ctx.metrics?.invocation({ tenant: fn.tenant, function: fn.name, start, outcome, durationMs: Date.now() - pickedAt });
+}
+
+/**
+ * A sync/http call handed over in-process by a co-located client (./local-dispatch.ts), already placed:
+ * `placed` resolves with the lease (at once for a warm instance; after specialisation for a cold start,
+ * which the caller starts inside the 'local dispatch' span so that 'specialise' hangs under it).
+ * The trace: 'local dispatch' (under the caller's span) → 'warm pick' | 'pool claim' (+ 'specialise') →
+ * 'run' → 'result delivery'. Never rejects: a failure is the outcome's `error`.
+ */
+export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | Promise<Lease> | undefined): Promise<LocalOutcome> | undefined {
+  const fn = call.fn;
+  const attrs = {
+    [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
+    [Attr.mode]: call.mode, [Attr.attempt]: 1, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
+  };
+  const t0 = Date.now();
+  let placed: Lease | Promise<Lease> | undefined;
+  // withSpan runs its callback synchronously up to the first await: the placement is decided and reserved in
+  // this tick, inside the span (so a cold start's 'specialise' hangs under 'local dispatch').
+  const run = withRemoteParent(call.traceparent, () =>
+    withSpan(SpanName.localDispatch, attrs, (span) => {
+      placed = place();
+      return placed ? runPlaced(ctx, call, placed, t0, span) : Promise.resolve(undefined);
+    }),
+  );
+  if (!placed) return undefined;
+  return run as Promise<LocalOutcome>;
+}
+
+async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promise<Lease>, t0: number, span: Span): Promise<LocalOutcome> {
+  const fn = call.fn;
+  const pickedAt = call.createdAt;
+  ctx.metrics?.queueWait(fn.tenant, 0);
+  const base: InvocationRecord = { id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'running', attempts: 1, createdAt: call.createdAt };
+  let start: 'cold' | 'warm' | 'none' = 'none';
+  let lease: Lease | undefined;
+  try {
+    lease = placed instanceof Promise ? await placed : placed;
+    start = lease.start;
+    ctx.logs.begin(call.id);
+    span.setAttribute(Attr.start, start);
+    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, { [Attr.start]: start }, span);
+    if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
+    const runStart = Date.now();
+    let res;
+    try {
+      const req = { id: call.id, payload: call.payload, deadline: runStart + fn.timeoutMs };
+      const handle = lease.instance.handle!;
+      res = await runInSpan(span, () => handle.invoke(req));
+    } catch (e) {
+      const err = typed(e);
+      ctx.instances.release(lease.instance, FATAL.has(err.type));
+      lease = undefined;
+      throw err;
+    }
+    ctx.instances.release(lease.instance, false);
+    lease = undefined;
+    const now = Date.now();
+    const record: InvocationRecord = {
+      ...base, status: 'succeeded', start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
+    };
+    const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
+    observe(ctx, fn, start, 'success', pickedAt, span);
+    return { record, written };
+  } catch (e) {
+    const err = typed(e);
+    const error = errJSON(err)!;
+    const record: InvocationRecord = { ...base, status: 'failed', start: start === 'none' ? undefined : start, startedAt: pickedAt, finishedAt: Date.now(), error };
+    const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
+    observe(ctx, fn, start, err.type, pickedAt, span);
+    return { record, error, written };
+  }
+}
+
+/**
+ * 'result delivery' on the local path: the caller is answered in-process right away; the final record and
+ * the logs go to Redis behind it (one pipelined write, not awaited here).
+ */
+function inSpan<T>(name: string, parent: Span, f: () => T): T {
+  if (!tracingEnabled()) return f();
+  const span = startSpan(name, {}, { parent });
+  try {
+    return runInSpan(span, f);
+  } finally {
+    span.end();
+  }
+}
+
+function writeLocal(ctx: JobContext, record: InvocationRecord, lines: LogLine[]): Promise<unknown> {
+  const w = ctx.records
+    ? ctx.records.add(record, lines)
+    : Promise.all([
+        setRecord(ctx.redis, ctx.keys.record(record.tenant, record.id), toStored(record), ctx.retention.recordS),
+        appendLogs(ctx.redis, ctx.keys, record.tenant, record.function, lines, ctx.logRetention),
+      ]);
+  w.catch((e) => ctx.log.warn({ invocationId: record.id, err: String((e as Error)?.message ?? e) }, 'local dispatch: writing the final record failed'));
+  return w;
 }

@@ -30,12 +30,15 @@ import { DEFAULT_POOL_CONFIG, WarmPool, type PoolConfig } from './pool.ts';
 import { Instances, fnKey, type InstancesConfig } from './instances.ts';
 import { LogBuffer } from './log-buffer.ts';
 import { appendLogs, DEFAULT_LOG_RETENTION, type LogRetention } from './logs.ts';
-import { processJob, processInvocation, type JobContext } from './process-job.ts';
+import { processJob, processInvocation, runLocal, type JobContext } from './process-job.ts';
+import { localKey, registerLocalDispatcher, type LocalDispatcher, type LocalOutcome } from './local-dispatch.ts';
 import { FastLaneConsumer } from './fast-lane.ts';
+import { RecordBatch } from './record-batch.ts';
 import { defineScripts } from './scripts.ts';
 import { advertiseWarm } from './routing.ts';
 import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retention } from './config.ts';
-import type { JobData } from './job.ts';
+import type { FastJob, JobData } from './job.ts';
+import { FnCache } from './fn-refs.ts';
 
 export interface SchedulerOptions {
   redis?: Redis;
@@ -137,12 +140,65 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     onLog: (fn, line) => logs.add(fn, line),
   });
 
-  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log };
+  const records = new RecordBatch(redis, keys, retention.recordS, logRetention);
+  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log, records };
+
+  /** true while this node is the only live node on this Redis (refreshed with the tenant scan, every 2 s) */
+  let soleNode = false;
+  /** calls handed over in-process (./local-dispatch.ts) and still running: close() waits for them */
+  const localRuns = new Set<Promise<LocalOutcome>>();
+  /**
+   * Whether a cold start may run here without the queue (./local-dispatch.ts): only while this is the sole
+   * live node on this Redis — then the queue would bring the call to this node anyway; with other nodes,
+   * routing may know a warm instance elsewhere, or another node a ready pooled sandbox.
+   */
+  function coldAllowed(): boolean {
+    return soleNode;
+  }
+
+  const dispatcher: LocalDispatcher = {
+    tryDispatch(call) {
+      if (closing || !started) return undefined;
+      const hint = instances.canPlaceNow(call.fn);
+      if (!hint || (hint === 'cold' && !coldAllowed())) return undefined;
+      const run = runLocal(ctx, call, () => instances.acquireNow(call.fn, hint === 'cold', call.deadline));
+      if (!run) return undefined;
+      localRuns.add(run);
+      const done = () => void localRuns.delete(run);
+      run.then(done, done);
+      return run;
+    },
+  };
+  let unregisterLocal: (() => void) | undefined;
+  let started = false;
   const workers = new Map<string, Worker>();
   const knownTenants = new Set<string>();
+  const fnCache = new FnCache();
+  /**
+   * A fast-lane job's function version: inline (then cached), cached, or read from its stash (./fn-refs.ts).
+   * A reference gone from Redis too (only if Redis lost data: stashes live 24 h and are refreshed every
+   * 10 min while in use) cannot be run; the job is dropped with a warning and its caller gets Timeout.
+   */
+  function handleFast(d: FastJob, list: string): Promise<void> {
+    const attempt = { queueName: list, timestamp: d.createdAt, attempt: 1, maxAttempts: 1, restarted: false };
+    if (d.fn) {
+      if (d.fnr) fnCache.put(d.fnr, d.fn);
+      return processInvocation(ctx, d as JobData, attempt);
+    }
+    const cached = d.fnr ? fnCache.get(d.fnr) : undefined;
+    if (cached) {
+      d.fn = cached;
+      return processInvocation(ctx, d as JobData, attempt);
+    }
+    return (d.fnr ? fnCache.load(redis, keys, d.fnr) : Promise.resolve(null)).then((fn) => {
+      if (!fn) throw new Error(`function version ${d.fnr} of invocation ${d.id} is gone from Redis`);
+      d.fn = fn;
+      return processInvocation(ctx, d as JobData, attempt);
+    });
+  }
   const fast = new FastLaneConsumer(
     redis, keys, nodeId, opts.nodeConcurrency ?? 64,
-    (d, list) => processInvocation(ctx, d, { queueName: list, timestamp: d.createdAt, attempt: 1, maxAttempts: 1, restarted: false }),
+    handleFast,
     (e) => log.warn({ err: String((e as Error)?.message ?? e) }, 'fast lane error'),
   );
   /** a tenant on the fast lane (its list joins the BLMPOP rotation) */
@@ -232,6 +288,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     for (const t of bull) bullTenants.add(t);
     await reapIdleWorkers(bull);
     const live = new Set(fresh);
+    soleNode = fresh.every((n) => n === nodeId);
     fast.setOrphans(fastNodes.filter((n) => n !== nodeId && !live.has(n) && NODE_ID_RE.test(n)).map((n) => keys.fastNode(n)));
   }
 
@@ -287,6 +344,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await discoverTenants();
       await fast.start();
       workerFor(keys.nodeQueue(nodeId), opts.nodeConcurrency ?? 64);
+      started = true;
+      unregisterLocal = registerLocalDispatcher(localKey(redis, keys.prefix), dispatcher);
       timers = [
         setInterval(() => void heartbeat().catch(() => {}), HEARTBEAT_MS),
         setInterval(() => void discoverTenants().catch(() => {}), 2000), // covers a missed pub/sub announcement
@@ -321,6 +380,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     async close(graceMs = 30_000) {
       if (closing) return;
       closing = true;
+      unregisterLocal?.();
       const closeStart = Date.now();
       for (const t of timers) clearInterval(t);
       offCollector?.();
@@ -338,7 +398,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       // ("Connection is closed" from its INFO probe): let them finish initialising first.
       await Promise.all([...workers.values()].map((w) => w.waitUntilReady().catch(() => {})));
       // Workers stop fetching and wait for their active jobs (which may be waiting locally for capacity).
-      const closingWorkers = Promise.all([fast.close(), ...[...workers.values()].map((w) => w.close())]);
+      const closingWorkers = Promise.all([fast.close(), ...[...workers.values()].map((w) => w.close()), Promise.all([...localRuns])]);
       const timedOut = await Promise.race([closingWorkers.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
       if (timedOut) {
         // Jobs still running are left to BullMQ's stalled-job check: their locks lapse and another node retries them.
@@ -351,6 +411,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await pool.close();
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: pool destroyed');
       await logs.flushStray();
+      await records.close();
       await exec.close?.();
       // Nothing of ours is live now: this removes the node's (empty) cgroup directories as well.
       await exec.cleanupLeftovers?.(nodeId).catch((e) => log.warn({ err: String(e?.message ?? e) }, 'final clean-up failed'));

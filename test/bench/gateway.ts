@@ -4,7 +4,8 @@
  *
  *   {"ours": {"warm_c1": {rps, p50_ms, p99_ms}, "warm_c32": {...}, "cold_node": {median_ms, p90_ms, n},
  *    "cold_exec": {...}}, "bare_hono": {"c1": {...}, "c32": {...}}, "ratio_c32",
- *    "ours_traced": {"warm_c32": {rps, p50_ms, p99_ms, spans_exported}}}
+ *    "ours_traced": {"warm_c32": {rps, p50_ms, p99_ms, spans_exported}, "untraced_warm_c32": {...},
+ *                    "traced_drop_pct", "rounds"}}
  *
  * - ours: `fnhost start` as a child process (embedded redis-server, scheduler, native sandboxes), a node
  *   hello-world deployed; warm = POST /v1/functions/hello/invoke with a tenant key and a small JSON body.
@@ -14,8 +15,10 @@
  *   Before c32, rounds of 32 parallel calls until all are warm: 32 connections need 32 warm instances.
  * - cold_*: a new function per sample (deploy, then the first sync invoke, timed at the client), the pool
  *   given BENCH_COLD_GAP_MS (default 300) to refill between samples; n = BENCH_COLD_N (default 30).
- * - ours_traced (issue 7): a second host with tracing on, exporting OTLP/HTTP to a receiver on loopback
- *   (test/helpers/otlp-sink.ts), same warm_c32 load. BENCH_GATEWAY_TRACED=0 leaves it out.
+ * - ours_traced (issue 7): a fresh untraced host and a host with tracing on (OTLP/HTTP to a collector process
+ *   on loopback, test/helpers/otlp-sink.ts), same warm_c32 load, measured alternately BENCH_TRACED_ROUNDS
+ *   (default 3) times each; medians: warm_c32 (traced, + spans_exported), untraced_warm_c32, traced_drop_pct.
+ *   BENCH_GATEWAY_TRACED=0 leaves it out.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -26,7 +29,7 @@ import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { tarGz } from '../../services/cli/pack.ts';
 import { findLeftovers } from '../helpers/leaks.ts';
-import { startOtlpSink, type OtlpSink } from '../helpers/otlp-sink.ts';
+import { startOtlpSinkProcess } from '../helpers/otlp-sink.ts';
 
 /** The part of autocannon's API used here (the package ships no types). */
 interface AutocannonResult {
@@ -41,6 +44,8 @@ const WARMUP_S = 2;
 const COLD_N = Number(process.env.BENCH_COLD_N ?? 30);
 const COLD_GAP_MS = Number(process.env.BENCH_COLD_GAP_MS ?? 300);
 const TRACED = process.env.BENCH_GATEWAY_TRACED !== '0';
+/** untraced/traced measurement pairs for ours_traced (alternating order), medians reported */
+const TRACED_ROUNDS = Math.max(1, Number(process.env.BENCH_TRACED_ROUNDS ?? 3));
 const BODY = JSON.stringify({ hello: 'world' });
 const ROOT = process.cwd();
 
@@ -272,21 +277,43 @@ async function main() {
     out.ratio_c32 = r3(warm_c32.rps / bare_c32.rps);
 
     if (TRACED) {
+      // Tracing overhead, paired: a fresh untraced host and a traced one, prepared alike, measured alternately
+      // (A B B A …) so drift of the shared machine hits both; medians reported. The collector is its own process
+      // on loopback (a real collector would be), decoding the OTLP/HTTP protobuf it gets (count-only walk).
       await ours.child.stop();
-      log('traced host: OTLP/HTTP to a receiver on loopback');
-      const sink: OtlpSink = await startOtlpSink({ keep: false });
+      log('tracing overhead: untraced vs traced host, alternating; OTLP/HTTP to a collector process on loopback');
+      const sink = await startOtlpSinkProcess();
       cleanup.push(() => sink.close());
-      const traced = await startOurs('traced', sink.env);
-      cleanup.push(async () => {
-        await traced.child.stop();
-        reportLeftovers(traced);
-        rmSync(traced.stateDir, { recursive: true, force: true });
-      });
-      await deploy(traced, 'hello', { runtime: 'node' }, NODE_CODE);
-      await prime(traced, 'hello', 32);
-      const t32 = await measure(`${traced.url}/v1/functions/hello/invoke`, 32, { authorization: `Bearer ${traced.key}` });
-      await sink.waitFor(1, 10_000);
-      out.ours_traced = { warm_c32: { ...t32, spans_exported: sink.spanCount } };
+      const hosts: OurHost[] = [];
+      for (const [name, env] of [['untraced', {}], ['traced', sink.env]] as const) {
+        const h = await startOurs(name, env);
+        hosts.push(h);
+        cleanup.push(async () => {
+          await h.child.stop();
+          reportLeftovers(h);
+          rmSync(h.stateDir, { recursive: true, force: true });
+        });
+        await deploy(h, 'hello', { runtime: 'node' }, NODE_CODE);
+        await prime(h, 'hello', 32);
+      }
+      const runs: Load[][] = [[], []];
+      for (let i = 0; i < TRACED_ROUNDS; i++) {
+        for (const k of i % 2 ? [1, 0] : [0, 1]) {
+          const h = hosts[k]!;
+          const r = await measure(`${h.url}/v1/functions/hello/invoke`, 32, { authorization: `Bearer ${h.key}` });
+          log(`  round ${i + 1} ${k ? 'traced  ' : 'untraced'} ${JSON.stringify(r)}`);
+          runs[k]!.push(r);
+        }
+      }
+      const st = await sink.waitFor(1, 10_000);
+      const med = (rs: Load[]): Load => [...rs].sort((a, b) => a.rps - b.rps)[Math.floor((rs.length - 1) / 2)]!;
+      const [plain, traced] = [med(runs[0]!), med(runs[1]!)];
+      out.ours_traced = {
+        warm_c32: { ...traced, spans_exported: st.spanCount },
+        untraced_warm_c32: plain,
+        traced_drop_pct: r3(100 * (1 - traced.rps / plain.rps)),
+        rounds: TRACED_ROUNDS,
+      };
       log(`  ${JSON.stringify(out.ours_traced)}`);
     }
   } finally {

@@ -1,8 +1,12 @@
 /**
  * A real OTLP/HTTP trace receiver on loopback for tests and benchmarks: accepts `POST /v1/traces` with the
- * OTLP JSON encoding (what @opentelemetry/exporter-trace-otlp-http sends; gzip or not), decodes every span
- * and answers like a collector (`200 {}`). Protobuf bodies are refused with 415, so a misconfigured exporter
- * shows up as missing spans plus a counted rejection rather than silently.
+ * OTLP protobuf encoding (`application/x-protobuf`, the OTLP default) or OTLP JSON (`application/json`), gzip
+ * or not, decodes every span and answers like a collector (`200`). Other content types are refused with 415,
+ * a body that does not decode with 400, so a misconfigured exporter shows up as a counted rejection.
+ *
+ * With `keep: false` (benchmarks) a protobuf body is only walked to count its spans (tags and lengths, no
+ * strings or objects built): a collector's decode cost must not be charged to the host being measured when
+ * both share the bench machine's two cores — but it is still a real parse that rejects a malformed body.
  *
  * @example
  * const sink = await startOtlpSink();
@@ -145,6 +149,246 @@ function countSpans(body: unknown): number {
   return n;
 }
 
+// ---- OTLP protobuf (opentelemetry-proto trace/v1/trace.proto, common/v1/common.proto) ----
+
+class PbReader {
+  pos = 0;
+  constructor(
+    readonly buf: Buffer,
+    readonly end = buf.length,
+  ) {}
+  varint(): number {
+    let r = 0;
+    let mul = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.end) throw new Error('protobuf: truncated varint');
+      const b = this.buf[this.pos++];
+      r += (b & 0x7f) * mul;
+      if (b < 0x80) return r;
+      mul *= 128;
+    }
+    throw new Error('protobuf: varint too long');
+  }
+  /** int64 varint, two's complement (a negative takes 10 bytes: decoded with BigInt) */
+  int64(): number {
+    const start = this.pos;
+    const v = this.varint();
+    if (this.pos - start < 10) return v;
+    let big = 0n;
+    for (let i = 9; i >= 0; i--) big = (big << 7n) | BigInt(this.buf[start + i] & 0x7f);
+    return Number(BigInt.asIntN(64, big));
+  }
+  fixed64(): bigint {
+    if (this.pos + 8 > this.end) throw new Error('protobuf: truncated fixed64');
+    const v = this.buf.readBigUInt64LE(this.pos);
+    this.pos += 8;
+    return v;
+  }
+  double(): number {
+    if (this.pos + 8 > this.end) throw new Error('protobuf: truncated double');
+    const v = this.buf.readDoubleLE(this.pos);
+    this.pos += 8;
+    return v;
+  }
+  /** a length-delimited field: returns a reader over it and moves past it */
+  sub(): PbReader {
+    const len = this.varint();
+    if (this.pos + len > this.end) throw new Error('protobuf: length past the end');
+    const r = new PbReader(this.buf, this.pos + len);
+    r.pos = this.pos;
+    this.pos += len;
+    return r;
+  }
+  bytes(): Buffer {
+    const r = this.sub();
+    return this.buf.subarray(r.pos, r.end);
+  }
+  string(): string {
+    return this.bytes().toString('utf8');
+  }
+  skip(wireType: number): void {
+    if (wireType === 0) this.varint();
+    else if (wireType === 1) this.pos += 8;
+    else if (wireType === 2) this.sub();
+    else if (wireType === 5) this.pos += 4;
+    else throw new Error(`protobuf: unsupported wire type ${wireType}`);
+    if (this.pos > this.end) throw new Error('protobuf: truncated field');
+  }
+  *fields(): Generator<[number, number]> {
+    while (this.pos < this.end) {
+      const tag = this.varint();
+      yield [tag >>> 3, tag & 7];
+    }
+  }
+}
+
+function pbAnyValue(r: PbReader): unknown {
+  let v: unknown;
+  for (const [f, w] of r.fields()) {
+    if (f === 1 && w === 2) v = r.string();
+    else if (f === 2 && w === 0) v = r.varint() !== 0;
+    else if (f === 3 && w === 0) v = r.int64();
+    else if (f === 4 && w === 1) v = r.double();
+    else if (f === 5 && w === 2) {
+      const arr: unknown[] = [];
+      const a = r.sub();
+      for (const [af, aw] of a.fields()) {
+        if (af === 1 && aw === 2) arr.push(pbAnyValue(a.sub()));
+        else a.skip(aw);
+      }
+      v = arr;
+    } else if (f === 7 && w === 2) v = r.bytes().toString('base64');
+    else r.skip(w);
+  }
+  return v;
+}
+
+function pbKeyValue(r: PbReader, into: Record<string, unknown>): void {
+  let key = '';
+  let value: unknown;
+  for (const [f, w] of r.fields()) {
+    if (f === 1 && w === 2) key = r.string();
+    else if (f === 2 && w === 2) value = pbAnyValue(r.sub());
+    else r.skip(w);
+  }
+  into[key] = value;
+}
+
+function pbSpan(r: PbReader, service: string | undefined): DecodedSpan {
+  const s: DecodedSpan = { traceId: '', spanId: '', name: '', kind: 0, startNs: 0n, endNs: 0n, attributes: {}, status: { code: 0 }, service, events: [] };
+  for (const [f, w] of r.fields()) {
+    if (f === 1 && w === 2) s.traceId = r.bytes().toString('hex');
+    else if (f === 2 && w === 2) s.spanId = r.bytes().toString('hex');
+    else if (f === 4 && w === 2) {
+      const p = r.bytes().toString('hex');
+      if (p) s.parentSpanId = p;
+    } else if (f === 5 && w === 2) s.name = r.string();
+    else if (f === 6 && w === 0) s.kind = r.varint();
+    else if (f === 7 && w === 1) s.startNs = r.fixed64();
+    else if (f === 8 && w === 1) s.endNs = r.fixed64();
+    else if (f === 9 && w === 2) pbKeyValue(r.sub(), s.attributes);
+    else if (f === 11 && w === 2) {
+      const e = r.sub();
+      const ev = { name: '', attributes: {} as Record<string, unknown> };
+      for (const [ef, ew] of e.fields()) {
+        if (ef === 2 && ew === 2) ev.name = e.string();
+        else if (ef === 3 && ew === 2) pbKeyValue(e.sub(), ev.attributes);
+        else e.skip(ew);
+      }
+      s.events.push(ev);
+    } else if (f === 15 && w === 2) {
+      const st = r.sub();
+      for (const [sf, sw] of st.fields()) {
+        if (sf === 2 && sw === 2) s.status.message = st.string();
+        else if (sf === 3 && sw === 0) s.status.code = st.varint();
+        else st.skip(sw);
+      }
+    } else r.skip(w);
+  }
+  return s;
+}
+
+/**
+ * Walks an ExportTraceServiceRequest: `onSpan` gets a reader over each Span message and the resource's
+ * service.name (decoded only when `wantService`).
+ */
+function pbWalk(body: Buffer, onSpan: (r: PbReader, service: string | undefined) => void, wantService: boolean): void {
+  const top = new PbReader(body);
+  for (const [f, w] of top.fields()) {
+    if (f !== 1 || w !== 2) {
+      top.skip(w);
+      continue;
+    }
+    const rs = top.sub();
+    let service: string | undefined;
+    for (const [rf, rw] of rs.fields()) {
+      if (rf === 1 && rw === 2 && wantService) {
+        const res = rs.sub();
+        const attrs: Record<string, unknown> = {};
+        for (const [af, aw] of res.fields()) {
+          if (af === 1 && aw === 2) pbKeyValue(res.sub(), attrs);
+          else res.skip(aw);
+        }
+        service = attrs['service.name'] as string | undefined;
+      } else if (rf === 2 && rw === 2) {
+        const ss = rs.sub();
+        for (const [sf, sw] of ss.fields()) {
+          if (sf === 2 && sw === 2) onSpan(ss.sub(), service);
+          else ss.skip(sw);
+        }
+      } else rs.skip(rw);
+    }
+  }
+}
+
+/** Decodes one OTLP protobuf ExportTraceServiceRequest into flat spans. Throws on a body that is not one. */
+export function decodeOtlpProto(body: Buffer): DecodedSpan[] {
+  const out: DecodedSpan[] = [];
+  pbWalk(body, (r, service) => out.push(pbSpan(r, service)), true);
+  return out;
+}
+
+/**
+ * Counts the spans of an OTLP protobuf body without decoding them (benchmarks): one flat loop over tags and
+ * lengths, nothing allocated. Throws on a truncated or malformed body, as a decoder would.
+ */
+export function countOtlpProto(b: Buffer): number {
+  let pos = 0;
+  const varint = (): number => {
+    let r = 0;
+    let mul = 1;
+    for (let i = 0; i < 10; i++) {
+      if (pos >= b.length) throw new Error('protobuf: truncated varint');
+      const x = b[pos++];
+      r += (x & 0x7f) * mul;
+      if (x < 0x80) return r;
+      mul *= 128;
+    }
+    throw new Error('protobuf: varint too long');
+  };
+  const skip = (tag: number, end: number) => {
+    const w = tag & 7;
+    if (w === 0) varint();
+    else if (w === 1) pos += 8;
+    else if (w === 2) {
+      const len = varint();
+      pos += len;
+    }
+    else if (w === 5) pos += 4;
+    else throw new Error(`protobuf: unsupported wire type ${w}`);
+    if (pos > end) throw new Error('protobuf: field past the end of its message');
+  };
+  const LEN1 = (1 << 3) | 2;
+  const LEN2 = (2 << 3) | 2;
+  let n = 0;
+  while (pos < b.length) {
+    const t = varint();
+    if (t !== LEN1) {
+      skip(t, b.length);
+      continue;
+    }
+    const rsLen = varint();
+    const rsEnd = pos + rsLen;
+    if (rsEnd > b.length) throw new Error('protobuf: ResourceSpans past the end');
+    while (pos < rsEnd) {
+      const rt = varint();
+      if (rt !== LEN2) {
+        skip(rt, rsEnd);
+        continue;
+      }
+      const ssLen = varint();
+      const ssEnd = pos + ssLen;
+      if (ssEnd > rsEnd) throw new Error('protobuf: ScopeSpans past the end');
+      while (pos < ssEnd) {
+        const st = varint();
+        if (st === LEN2) n++;
+        skip(st, ssEnd);
+      }
+    }
+  }
+  return n;
+}
+
 async function readBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
@@ -171,21 +415,32 @@ export async function startOtlpSink(opts: OtlpSinkOptions = {}): Promise<OtlpSin
     readBody(req).then(
       (body) => {
         const type = (req.headers['content-type'] ?? '').toLowerCase();
-        if (!type.startsWith('application/json')) {
+        const proto = type.startsWith('application/x-protobuf');
+        if (!proto && !type.startsWith('application/json')) {
           rejected++;
-          res.writeHead(415, { 'content-type': 'application/json' }).end('{"message":"only OTLP JSON is decoded here"}');
+          res.writeHead(415, { 'content-type': 'application/json' }).end('{"message":"OTLP protobuf or JSON only"}');
           return;
         }
         let n: number;
         try {
-          const parsed = JSON.parse(body.toString('utf8')) as unknown;
-          if (keep) {
-            const spans = decodeOtlpJson(parsed);
-            for (const s of spans) store.push(s);
-            n = spans.length;
+          if (proto) {
+            if (keep) {
+              const spans = decodeOtlpProto(body);
+              for (const s of spans) store.push(s);
+              n = spans.length;
+            } else {
+              n = countOtlpProto(body);
+            }
           } else {
-            // counting only (benchmarks): parse like a collector must, skip building DecodedSpan objects
-            n = countSpans(parsed);
+            const parsed = JSON.parse(body.toString('utf8')) as unknown;
+            if (keep) {
+              const spans = decodeOtlpJson(parsed);
+              for (const s of spans) store.push(s);
+              n = spans.length;
+            } else {
+              // counting only (benchmarks): parse like a collector must, skip building DecodedSpan objects
+              n = countSpans(parsed);
+            }
           }
         } catch (e) {
           rejected++;
@@ -194,7 +449,9 @@ export async function startOtlpSink(opts: OtlpSinkOptions = {}): Promise<OtlpSin
         }
         requests++;
         spanCount += n;
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+        // an empty ExportTraceServiceResponse in the request's encoding
+        if (proto) res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': 0 }).end();
+        else res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
       },
       () => {
         rejected++;
@@ -212,7 +469,7 @@ export async function startOtlpSink(opts: OtlpSinkOptions = {}): Promise<OtlpSin
 
   return {
     url,
-    env: { OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' },
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: url },
     spans: () => store.slice(),
     traces: () => {
       const m = new Map<string, DecodedSpan[]>();
@@ -311,7 +568,7 @@ export async function startOtlpSinkProcess(): Promise<OtlpSinkProcess> {
   return {
     url,
     pid: child.pid!,
-    env: { OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' },
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: url },
     stats,
     async waitFor(n, timeoutMs = 10_000) {
       const deadline = Date.now() + timeoutMs;

@@ -67,12 +67,16 @@ function fnVersion(style: Style, b: Behaviour, over: Partial<FunctionVersion> = 
   };
 }
 
-async function instance(style: Style, b: Behaviour, opts: { fn?: Partial<FunctionVersion>; code?: CodeLayer; onLog?: (l: LogLine) => void; logCapBytes?: number } = {}): Promise<Instance> {
+async function instance(
+  style: Style,
+  b: Behaviour,
+  opts: { fn?: Partial<FunctionVersion>; code?: CodeLayer; onLog?: (l: LogLine) => void; logCapBytes?: number; pooledMemoryMb?: number } = {},
+): Promise<Instance> {
   const image = images.get(style.image);
   if (!image) throw new Error(`image ${style.image} is not available on backend ${be.name}`);
   const sb = await be.createSandbox();
   sandboxes.push(sb);
-  const pooled = await prepare(sb, style.runtime, image);
+  const pooled = await prepare(sb, style.runtime, image, { memoryMb: opts.pooledMemoryMb });
   const inst = await specialise(pooled, fnVersion(style, b, opts.fn), opts.code ?? codeLayer(style.fixture), image, {
     onLog: opts.onLog, logCapBytes: opts.logCapBytes,
   });
@@ -105,9 +109,12 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
 describe.each(STYLES)('runtime $name', (style) => {
   it('echoes a JSON event', async () => {
     const inst = await instance(style, 'echo');
-    const { response } = await inst.invoke({ id: id(), payload: event('{"a":1,"b":[true,null,"x"]}', 'application/json') });
+    const { response, handlerMs, durationMs } = await inst.invoke({ id: id(), payload: event('{"a":1,"b":[true,null,"x"]}', 'application/json') });
     expect(response.status).toBe(200);
     expect(JSON.parse(response.body.toString())).toEqual({ a: 1, b: [true, null, 'x'] });
+    // the runtime's own time (the scheduler's hot set goes by it): at most what the host saw end to end
+    expect(handlerMs).toBeGreaterThanOrEqual(0);
+    expect(handlerMs).toBeLessThanOrEqual(durationMs);
   });
 
   it('round-trips a binary body byte-exact', async () => {
@@ -181,7 +188,8 @@ describe.each(STYLES)('runtime $name', (style) => {
     if (!be.enforcesMemory) t.skip(`backend ${be.name} has no memory cgroup (real sandboxes not available yet)`);
     // A cgroup at its cap reclaims the runtime's own file-backed pages before the OOM killer fires; on a
     // busy 2-core host that can take seconds, so the deadline here is far away (this case is about the word).
-    const inst = await instance(style, 'oom', { fn: { memoryMb: 64, timeoutMs: 25_000 } });
+    // created with the default 128 MiB, said so to prepare() as the scheduler does: the 64 MiB cap is still applied
+    const inst = await instance(style, 'oom', { fn: { memoryMb: 64, timeoutMs: 25_000 }, pooledMemoryMb: 128 });
     const err = await rejection(inst.invoke({ id: id(), payload: event('{}') }));
     expect(err).toBeInstanceOf(OutOfMemory);
     expect(err.details.limitMb).toBe(64);

@@ -221,6 +221,8 @@ describe.skipIf(!root || !existsSync(`${unified}/cgroup.procs`))('clone3(CLONE_I
     ));
     try {
       const sb = await env.create();
+      // through the zygote (native/init/zygote.c: clone3 with CLONE_INTO_CGROUP), not the exec fallback
+      expect(readFileSync(`/proc/${sb.initPid}/cmdline`, 'utf8').split('\0')[1]).toBe('--init');
       const cg = readFileSync(`/proc/${sb.initPid}/cgroup`, 'utf8');
       expect(cg).toContain(`0::/fnhost/${env.nodeId}/${sb.id}`);
       expect(cg).toContain(`memory:/fnhost/${env.nodeId}/${sb.id}`);

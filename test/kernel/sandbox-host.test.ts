@@ -3,7 +3,7 @@
  * of an earlier run's leftovers (cgroups with live processes under our node prefix only).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -36,21 +36,24 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
       const fx = makeRootfs();
       const sb = await m.createSandbox({ nodeId: '${node}' });
       const p = await sb.start({ layers: [fx.base], argv: ['/bin/probe', 'sleep', '100000'] });
-      console.log(JSON.stringify({ init: sb.initPid, fn: p.pid, dir: fx.dir }));
+      console.log(JSON.stringify({ init: sb.initPid, fn: p.pid, dir: fx.dir, zygote: m.zygotePid() }));
       setInterval(() => {}, 1000);
     })`;
     const child = spawn(process.execPath, ['--import', 'tsx', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
     const line = await new Promise<string>((res) => child.stdout!.once('data', (d) => res(String(d))));
-    const { init, fn, dir } = JSON.parse(line) as { init: number; fn: number; dir: string };
+    const { init, fn, dir, zygote } = JSON.parse(line) as { init: number; fn: number; dir: string; zygote: number };
     expect(existsSync(`/proc/${fn}`)).toBe(true);
+    // the host's spawner and its netns maker (native/init/zygote.c) must not outlive the host either
+    const maker = Number(readFileSync(`/proc/${zygote}/task/${zygote}/children`, 'utf8').trim());
+    expect(maker).toBeGreaterThan(0);
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGKILL');
     await exited;
     // PR_SET_PDEATHSIG on the init, and the pid namespace dies with its init
     const deadline = Date.now() + 5000;
-    while ((existsSync(`/proc/${init}`) || existsSync(`/proc/${fn}`)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    expect(existsSync(`/proc/${fn}`)).toBe(false);
-    expect(existsSync(`/proc/${init}`)).toBe(false);
+    const gone = [init, fn, zygote, maker];
+    while (gone.some((p) => existsSync(`/proc/${p}`)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    for (const p of gone) expect(existsSync(`/proc/${p}`), `pid ${p}`).toBe(false);
     expect(existsSync(`/sys/fs/cgroup/memory/fnhost/${node}`)).toBe(true); // the crashed host could not remove it
     expect((await cleanupLeftovers(node)).sandboxes).toBe(1);
     expect(existsSync(`/sys/fs/cgroup/memory/fnhost/${node}`)).toBe(false);

@@ -29,11 +29,11 @@ afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
 
 describe('host config', () => {
   it('env, then flags over env, with defaults', () => {
-    expect(hostConfig({})).toEqual({ port: 8080, host: '0.0.0.0', stateDir: '/var/lib/fnhost/state', scheduler: true });
-    const c = hostConfig({ PORT: '9000', HOST: '127.0.0.1', REDIS_URL: 'redis://r:6379', FNHOST_STATE_DIR: '/s', FNHOST_SCHEDULER: 'on' }, { port: '9001', scheduler: 'off' });
-    expect(c).toEqual({ port: 9001, host: '127.0.0.1', stateDir: '/s', redisUrl: 'redis://r:6379', scheduler: false });
+    expect(hostConfig({})).toEqual({ port: 8080, host: '0.0.0.0', stateDir: '/var/lib/fnhost/state', scheduler: true, localDispatch: true });
+    const c = hostConfig({ PORT: '9000', HOST: '127.0.0.1', REDIS_URL: 'redis://r:6379', FNHOST_STATE_DIR: '/s', FNHOST_SCHEDULER: 'on', FNHOST_LOCAL_DISPATCH: 'on' }, { port: '9001', scheduler: 'off', 'local-dispatch': 'off' });
+    expect(c).toEqual({ port: 9001, host: '127.0.0.1', stateDir: '/s', redisUrl: 'redis://r:6379', scheduler: false, localDispatch: false });
   });
-  it.each([['PORT', 'http'], ['PORT', '70000'], ['FNHOST_ADMIN_KEY', 'short'], ['FNHOST_ADMIN_KEY', 'has a space in it!!'], ['FNHOST_SCHEDULER', 'maybe']])('refuses %s=%s', (k, v) => {
+  it.each([['PORT', 'http'], ['PORT', '70000'], ['FNHOST_ADMIN_KEY', 'short'], ['FNHOST_ADMIN_KEY', 'has a space in it!!'], ['FNHOST_SCHEDULER', 'maybe'], ['FNHOST_LOCAL_DISPATCH', 'sometimes']])('refuses %s=%s', (k, v) => {
     expect(() => hostConfig({ [k]: v })).toThrow();
   });
 });

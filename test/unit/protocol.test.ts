@@ -25,6 +25,13 @@ describe('encodeFrame', () => {
     expect(d!.body.length).toBe(0);
   });
 
+  it('WAKE is an empty control frame the codec knows', () => {
+    const f = encodeFrame(MsgType.WAKE, {});
+    const [d] = new FrameDecoder(1 << 20).push(f);
+    expect(d).toMatchObject({ type: MsgType.WAKE, meta: {} });
+    expect(d!.body.length).toBe(0);
+  });
+
   it('sends an INVOKE body raw, never inside the JSON', () => {
     const body = randomBytes(1000);
     const f = invokeFrame('i1', 123, { kind: 'http', method: 'POST', path: '/x', query: 'a=1', headers: { h: 'v' }, body });

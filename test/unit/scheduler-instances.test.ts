@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { WarmPool, DEFAULT_POOL_CONFIG, type PoolConfig } from '../../services/scheduler/pool.ts';
-import { Instances, type InstancesConfig } from '../../services/scheduler/instances.ts';
+import { Instances, type InstancesConfig, type Lease } from '../../services/scheduler/instances.ts';
 import { FairQueue } from '../../services/scheduler/fair-queue.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 
@@ -235,7 +235,262 @@ describe('instances', () => {
   });
 });
 
+describe('placement without waiting (co-located dispatch)', () => {
+  it('tryAcquireNow: only a free warm instance, reserved synchronously; never a cold start', async () => {
+    const { inst, exec } = setup();
+    const fn = fnv();
+    expect(inst.tryAcquireNow(fn)).toBeUndefined();
+    expect(inst.list().length).toBe(0);
+    const a = await inst.acquire(fn);
+    expect(inst.tryAcquireNow(fn)).toBeUndefined(); // its only instance is busy (concurrency 1)
+    inst.release(a.instance);
+    const b = inst.tryAcquireNow(fn)!;
+    expect(b).toMatchObject({ start: 'warm', waitedMs: 0 });
+    expect(b.instance).toBe(a.instance);
+    expect(b.instance.inFlight).toBe(1);
+    expect(inst.tryAcquireNow(fn)).toBeUndefined();
+    inst.release(b.instance);
+    expect(exec.specialised).toBe(1);
+  });
+
+  it('acquireNow: a warm Lease at once, or a cold start reserved before the first await', async () => {
+    const { inst } = setup({ capacityMb: 256 });
+    const fn = fnv({ memoryMb: 128 });
+    const p = inst.acquireNow(fn);
+    expect(p).toBeInstanceOf(Promise);
+    expect(inst.admittedMb).toBe(128); // reserved synchronously
+    expect(inst.canPlaceNow(fn)).toBe('cold');
+    const a = await (p as Promise<Lease>);
+    expect(a.start).toBe('cold');
+    inst.release(a.instance);
+    expect(inst.canPlaceNow(fn)).toBe('warm');
+    const b = inst.acquireNow(fn);
+    expect(b).not.toBeInstanceOf(Promise);
+    expect((b as Lease).instance).toBe(a.instance);
+    inst.release((b as Lease).instance);
+  });
+
+  it('acquireNow: undefined where acquire would wait (memory full of busy instances, at the instance cap), nothing reserved', async () => {
+    const { inst } = setup({ capacityMb: 256 });
+    const a = await inst.acquire(fnv({ name: 'a', memoryMb: 128 }));
+    const b = await inst.acquire(fnv({ name: 'b', memoryMb: 128 }));
+    const c = fnv({ name: 'c', memoryMb: 128 });
+    expect(inst.canPlaceNow(c)).toBeUndefined();
+    expect(inst.acquireNow(c)).toBeUndefined();
+    expect(inst.admittedMb).toBe(256);
+    inst.release(b.instance); // idle now: evictable for c
+    expect(inst.canPlaceNow(c)).toBe('cold');
+    expect(b.instance.state).toBe('live'); // the check evicted nothing
+    const capped = fnv({ name: 'a', memoryMb: 128, maxInstances: 1 });
+    expect(inst.acquireNow(capped)).toBeUndefined(); // a's one instance is busy and it may not have two
+    const lc = await (inst.acquireNow(c) as Promise<Lease>);
+    expect(b.instance.state).toBe('dead'); // evicted (LRU idle) to make room, as acquire() would
+    expect(inst.admittedMb).toBe(256);
+    inst.release(lc.instance);
+    inst.release(a.instance);
+  });
+
+  it('acquireNow never overtakes invocations waiting here, and never throws', async () => {
+    const { inst } = setup();
+    const fn = fnv({ maxInstances: 1 });
+    const a = await inst.acquire(fn);
+    const waiter = inst.acquire(fn);
+    inst.release(a.instance);
+    // the waiter was handed the instance in release(): nothing free for a newcomer
+    expect(inst.tryAcquireNow(fn)).toBeUndefined();
+    const w = await waiter;
+    expect(w.instance).toBe(a.instance);
+    const w2 = inst.acquire(fn); // waits for w
+    expect(inst.waiting()).toBe(1);
+    expect(inst.acquireNow(fnv({ name: 'other' }))).toBeUndefined(); // no cold start past a waiter either
+    expect(inst.acquireNow(fnv({ memoryMb: 1 << 20 }))).toBeUndefined(); // above capacity: the queue path reports it
+    inst.release(w.instance);
+    inst.release((await w2).instance);
+    await inst.close(0);
+    expect(inst.acquireNow(fn)).toBeUndefined();
+    expect(inst.canPlaceNow(fn)).toBeUndefined();
+  });
+
+  it('a failed cold start from acquireNow rejects typed and frees its reservation', async () => {
+    const { inst, exec } = setup();
+    exec.failCreate = true;
+    const p = inst.acquireNow(fnv({ runtime: 'python' }));
+    await expect(p).rejects.toThrow('create failed');
+    expect(inst.admittedMb).toBe(0);
+    expect(inst.list().length).toBe(0);
+    exec.failCreate = false;
+  });
+});
+
+describe('waiting', () => {
+  it('waiters of one function are served FIFO as its instances free up', async () => {
+    const { inst } = setup();
+    const fn = fnv({ maxInstances: 2 });
+    const [a, b] = await Promise.all([inst.acquire(fn), inst.acquire(fn)]);
+    const order: number[] = [];
+    // each waiter gives its instance back on the next turn of the event loop, as a short invocation would
+    const ws = Array.from({ length: 6 }, (_, k) =>
+      inst.acquire(fn).then((l) => {
+        order.push(k);
+        setImmediate(() => inst.release(l.instance));
+        return l;
+      }),
+    );
+    expect(inst.waiting()).toBe(6);
+    inst.release(a.instance);
+    inst.release(b.instance);
+    const got = await Promise.all(ws);
+    expect(order).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(got.every((l) => l.start === 'warm')).toBe(true);
+    expect(inst.list().length).toBe(2);
+    await until(() => inst.list().every((i) => i.inFlight === 0));
+  });
+
+  it("a freed instance is not simply handed on within the function while another tenant waits for memory", async () => {
+    const { inst } = setup({ capacityMb: 256 });
+    const a = fnv({ tenant: 'A', memoryMb: 128 });
+    const b = fnv({ tenant: 'B', memoryMb: 128 });
+    const held = [await inst.acquire(a), await inst.acquire(a)];
+    const aWaiters = Array.from({ length: 3 }, () => inst.acquire(a));
+    let bServed = false;
+    const bWaiter = inst.acquire(b).then((l) => ((bServed = true), l));
+    // A is served on its turn, then B's turn comes: A's idle instance is evicted to make room for B
+    for (const l of held) {
+      inst.release(l.instance);
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(bServed).toBe(true);
+    const lb = await bWaiter;
+    expect(lb.start).toBe('cold');
+    inst.release(lb.instance);
+    for (const w of aWaiters) inst.release((await w).instance);
+  });
+
+  it('expiry: each waiter gets its own limit (deadline → Timeout, maxWaitMs → TooManyRequests) from one timer', async () => {
+    const { inst } = setup({ maxWaitMs: 300 });
+    const fn = fnv({ maxInstances: 1 });
+    const a = await inst.acquire(fn);
+    const t0 = Date.now();
+    const late = inst.acquire(fn).catch((e) => ({ e, at: Date.now() - t0 }));
+    const soon = inst.acquire(fn, Date.now() + 40).catch((e) => ({ e, at: Date.now() - t0 }));
+    const r1 = (await soon) as { e: { type: string }; at: number };
+    expect(r1.e.type).toBe('Timeout');
+    expect(r1.at).toBeLessThan(250);
+    expect(inst.waiting()).toBe(1);
+    const r2 = (await late) as { e: { type: string }; at: number };
+    expect(r2.e.type).toBe('TooManyRequests');
+    expect(r2.at).toBeGreaterThanOrEqual(290);
+    expect(inst.waiting()).toBe(0);
+    inst.release(a.instance);
+    // an expired waiter is never served: the instance stays free
+    expect(inst.tryAcquireNow(fn)).toBeDefined();
+  });
+});
+
+describe('hot set of a short function', () => {
+  const quick = { kind: 'event' as const, body: Buffer.from('{}') };
+  /** one call as the scheduler makes it: acquire → invoke → release */
+  async function call(inst: Instances, fn: ReturnType<typeof fnv>, payload = quick) {
+    const l = await inst.acquire(fn);
+    try {
+      return await l.instance.handle!.invoke({ id: 'x', payload, deadline: Date.now() + 5000 });
+    } finally {
+      inst.release(l.instance);
+    }
+  }
+  function hotSetup(over: Partial<InstancesConfig> = {}) {
+    const s = setup({ hotInstances: 2, ...over });
+    s.exec.reportRunMs = true;
+    return s;
+  }
+
+  it('a short function runs on at most hotInstances at once; the others wait and are served in order', async () => {
+    const { inst } = hotSetup();
+    const fn = fnv({ maxInstances: 8 });
+    // 8 instances exist (8 at once before the function is known to be short), then ≥ 16 short calls
+    await Promise.all(Array.from({ length: 8 }, () => call(inst, fn)));
+    expect(inst.list().length).toBe(8);
+    for (let k = 0; k < 20; k++) await call(inst, fn);
+    const leases = await Promise.all([inst.acquire(fn), inst.acquire(fn)]);
+    const order: number[] = [];
+    const waiting = Array.from({ length: 4 }, (_, k) => inst.acquire(fn).then((l) => (order.push(k), l)));
+    await new Promise((r) => setTimeout(r, 2));
+    expect(inst.waiting()).toBe(4); // 6 idle instances, yet only 2 busy
+    expect(inst.list().filter((i) => i.inFlight > 0).length).toBe(2);
+    expect(inst.canPlaceNow(fn)).toBe('warm'); // served by the hot set shortly: worth dispatching here
+    expect(inst.tryAcquireNow(fn)).toBeUndefined();
+    const viaNow = inst.acquireNow(fn);
+    expect(viaNow).toBeInstanceOf(Promise); // joins the FIFO behind the 4
+    for (const l of leases) inst.release(l.instance);
+    await new Promise((r) => setImmediate(r));
+    expect(order).toEqual([0, 1]); // two slots freed: handed to the two oldest
+    // (the other two follow once these have run for HOT_STUCK_MS, or when they are released)
+    const served = await Promise.all(waiting);
+    expect(served.slice(0, 2).map((l) => l.instance).sort((a, b) => a.seq - b.seq)).toEqual(leases.map((l) => l.instance).sort((a, b) => a.seq - b.seq));
+    for (const l of [...served, await (viaNow as Promise<Lease>)]) inst.release(l.instance);
+    expect(inst.waiting()).toBe(0);
+    expect(inst.list().length).toBe(8); // no cold start while the hot set served
+  });
+
+  it('a call that runs long stops counting: a waiter gets another instance within ~HOT_STUCK_MS', async () => {
+    const { inst } = hotSetup();
+    const fn = fnv({ maxInstances: 4 });
+    await Promise.all(Array.from({ length: 4 }, () => call(inst, fn)));
+    for (let k = 0; k < 20; k++) await call(inst, fn);
+    const slow = { kind: 'event' as const, body: Buffer.from('{"sleep":300}') };
+    const long = [call(inst, fn, slow), call(inst, fn, slow)];
+    const t0 = Date.now();
+    await call(inst, fn); // not stuck behind the two 300 ms calls
+    expect(Date.now() - t0).toBeLessThan(200);
+    await Promise.all(long);
+  });
+
+  it('a function that is not short uses every instance it may have', async () => {
+    const { inst } = hotSetup();
+    const fn = fnv({ maxInstances: 6 });
+    const slowish = { kind: 'event' as const, body: Buffer.from('{"sleep":5}') };
+    for (let k = 0; k < 20; k++) await call(inst, fn, slowish);
+    const leases = await Promise.all(Array.from({ length: 6 }, () => inst.acquire(fn)));
+    expect(new Set(leases.map((l) => l.instance)).size).toBe(6);
+    expect(inst.waiting()).toBe(0);
+    for (const l of leases) inst.release(l.instance);
+  });
+
+  it('hotInstances 0 turns it off', async () => {
+    const { inst } = hotSetup({ hotInstances: 0 });
+    const fn = fnv({ maxInstances: 4 });
+    for (let k = 0; k < 20; k++) await call(inst, fn);
+    const leases = await Promise.all(Array.from({ length: 4 }, () => inst.acquire(fn)));
+    expect(new Set(leases.map((l) => l.instance)).size).toBe(4);
+    for (const l of leases) inst.release(l.instance);
+  });
+});
+
 describe('fair queue', () => {
+  it('a function whose oldest waiter cannot be served does not block the tenant\'s other functions', () => {
+    const q = new FairQueue<string>();
+    const served: string[] = [];
+    let attempts = 0;
+    const free = new Set<string>();
+    const mk = (group: string, tag: string) => ({
+      tenant: 'A',
+      group,
+      attempt: () => (attempts++, free.has(group) ? (free.delete(group), tag) : undefined),
+      resolve: (v: string) => served.push(v),
+      reject: () => served.push('!' + tag),
+    });
+    for (let i = 0; i < 50; i++) q.push(mk('x', `x${i}`));
+    q.push(mk('y', 'y0'));
+    expect(q.countGroup('A', 'x')).toBe(50);
+    free.add('y');
+    q.pump();
+    expect(served).toEqual(['y0']);
+    expect(attempts).toBeLessThanOrEqual(4); // x's head once per round, not each of its 50
+    expect(q.shiftGroup('A', 'x')).toMatchObject({ group: 'x' });
+    expect(q.countGroup('A', 'x')).toBe(49);
+    expect(q.size).toBe(49);
+  });
+
   it('serves tenants round-robin, FIFO within a tenant', () => {
     const q = new FairQueue<number>();
     const served: string[] = [];

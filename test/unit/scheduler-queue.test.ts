@@ -10,6 +10,7 @@ import { redisUrl } from '../helpers/redis.ts';
 import { Queue } from 'bullmq';
 import { bullConnection, createInvocationClient } from '../../services/scheduler/client.ts';
 import { fastPush } from '../../services/scheduler/fast-lane.ts';
+import { fnRefOf } from '../../services/scheduler/fn-refs.ts';
 import { createKeys } from '../../services/scheduler/keys.ts';
 import { routeTo, unpend } from '../../services/scheduler/routing.ts';
 import { createScheduler, type Scheduler } from '../../services/scheduler/scheduler.ts';
@@ -167,6 +168,36 @@ describe('sync invocations through BullMQ', () => {
     } finally {
       await bull.close();
     }
+  });
+});
+
+describe('fast-lane jobs name their function version by reference', () => {
+  it('the record is stashed once and cached; a node that never saw it reads the stash; other content, other ref', async () => {
+    const e = await env();
+    const fn = e.fn();
+    const ref = fnRefOf(fn);
+    expect(fnRefOf({ ...fn })).toBe(ref); // content, not identity
+    expect(fnRefOf({ ...fn, memoryMb: 256 })).not.toBe(ref);
+    expect(fnRefOf({ ...fn, env: { A: '1' } })).not.toBe(ref);
+    await e.client.invoke({ fn, payload: ev({}), mode: 'sync' });
+    const stashKey = `${e.prefix}:fnv:${ref}`;
+    expect(JSON.parse((await redis.get(stashKey))!)).toEqual(fn);
+    expect(await redis.ttl(stashKey)).toBeGreaterThan(3600);
+    // a job with the reference only, for a version this node has never seen inline: read from the stash
+    const other = e.fn({ name: 'by-ref', env: { BIG: 'x'.repeat(4096) } });
+    const oref = fnRefOf(other);
+    await redis.set(`${e.prefix}:fnv:${oref}`, JSON.stringify(other), 'EX', 600);
+    const id = randomUUID();
+    const now = Date.now();
+    const data = { id, mode: 'sync' as const, fn: other, payload: { kind: 'event' as const, body: { utf8: '{"x":1}' } }, createdAt: now, deadline: now + 10_000 };
+    const rec = JSON.stringify({ id, tenant: other.tenant, function: other.name, version: 1, mode: 'sync', status: 'queued', attempts: 0, createdAt: now });
+    const jobJson = JSON.stringify({ ...data, fn: undefined, fnr: oref });
+    expect(jobJson.length).toBeLessThan(400); // the 4 KiB env stays out of the job
+    await fastPush(redis, createKeys(e.prefix), data, rec, { recordTtlS: 60, listTtlMs: 60_000, routing: false, maxPending: 64, staleMs: 3000, jobJson });
+    const done = await until(() => e.client.get(other.tenant, id), (r) => r?.status === 'succeeded');
+    expect(done!.function).toBe('by-ref');
+    expect(Buffer.from(JSON.parse(done!.response!.body.toString()).echo, 'base64').toString()).toBe('{"x":1}');
+    expect(e.exec.specialised).toBe(2);
   });
 });
 

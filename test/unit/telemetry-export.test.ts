@@ -1,8 +1,15 @@
+import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
+import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SpanKind } from '@opentelemetry/api';
-import { Attr, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../../services/common/telemetry.ts';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { Attr, SpanName, injectTraceparent, recordSpan, withRemoteParent, withSpan } from '../../services/common/telemetry.ts';
 import { initTracing, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
-import { startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
+import { FnSpan, TraceIdWords, samplerFromEnv } from '../../services/common/trace-span.ts';
+import { ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
+import { createMetrics } from '../../services/common/metrics.ts';
+import { countOtlpProto, decodeOtlpProto, startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
+import { parsePromText } from '../helpers/prom-text.ts';
 
 describe('tracingRequested (standard OTEL_* env)', () => {
   it.each([
@@ -17,18 +24,18 @@ describe('tracingRequested (standard OTEL_* env)', () => {
   });
 });
 
-// The real exporter (OTLP/HTTP, JSON) configured only through env, against a real receiver on loopback.
+// The real exporter configured only through env, against a real receiver on loopback, in both OTLP encodings.
 describe.each([
-  ['on the event loop (default)', '0'],
-  ['on a worker thread (FNHOST_OTEL_EXPORT_THREAD=1)', '1'],
-])('OTLP/HTTP export to a loopback receiver, %s', (_, thread) => {
+  ['http/protobuf (default)', ''],
+  ['http/json', 'http/json'],
+])('OTLP/HTTP export to a loopback receiver, %s', (_, protocol) => {
   let sink: OtlpSink;
   let handle: TracingHandle;
   const saved = { ...process.env };
 
   beforeAll(async () => {
     sink = await startOtlpSink();
-    Object.assign(process.env, sink.env, { OTEL_SERVICE_NAME: 'fnhost-test', OTEL_BSP_SCHEDULE_DELAY: '50', FNHOST_OTEL_EXPORT_THREAD: thread });
+    Object.assign(process.env, sink.env, { OTEL_SERVICE_NAME: 'fnhost-test', OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_EXPORTER_OTLP_PROTOCOL: protocol });
     handle = await initTracing();
   });
   afterAll(async () => {
@@ -60,6 +67,27 @@ describe.each([
     expect(http.service).toBe('fnhost-test');
     for (const s of [http, enq]) expect(s.endNs).toBeGreaterThanOrEqual(s.startNs);
     expect(sink.rejected).toBe(0);
+  });
+
+  it('encodes every attribute type, events, status and long or non-ASCII strings faithfully', async () => {
+    const long = 'x'.repeat(300) + 'é✓';
+    const many: Record<string, number> = {};
+    for (let i = 0; i < 400; i++) many[`k.${i}`] = i; // a span body > 16 KiB: 3-byte length prefixes
+    await withSpan('types', { s: 'ünïcode ✓', i: 42, neg: -7, d: 1.5, b: true, arr: ['a', 'b'], nums: [1, 2], long, ...many }, async (span) => {
+      span.setAttribute(Attr.peakMemoryBytes, 2 ** 40);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: 'bad ✗' });
+      span.addEvent('ev', { why: 'because' });
+    });
+    recordSpan('timed', 1_700_000_000_123.25, 1_700_000_000_125.5); // exactly representable as doubles
+    const spans = await sink.waitFor((all) => all.some((x) => x.name === 'types') && all.some((x) => x.name === 'timed'), 10_000);
+    const t = spans.find((x) => x.name === 'types')!;
+    expect(t.attributes).toMatchObject({ s: 'ünïcode ✓', i: 42, neg: -7, d: 1.5, b: true, arr: ['a', 'b'], nums: [1, 2], long, 'k.399': 399, [Attr.peakMemoryBytes]: 2 ** 40 });
+    expect(Object.keys(t.attributes)).toHaveLength(8 + 400 + 1);
+    expect(t.status).toEqual({ code: 2, message: 'bad ✗' });
+    expect(t.events).toEqual([{ name: 'ev', attributes: { why: 'because' } }]);
+    const timed = spans.find((x) => x.name === 'timed')!;
+    expect(timed.startNs).toBe(1_700_000_000_123_250_000n);
+    expect(timed.endNs).toBe(1_700_000_000_125_500_000n);
   });
 
   it('shutdown flushes spans still buffered', async () => {
@@ -99,11 +127,139 @@ describe('sampling from the standard env (OTEL_TRACES_SAMPLER)', () => {
   });
 });
 
-describe('the OTLP sink as its own process (benchmarks)', () => {
-  it('counts spans posted to it, refuses protobuf, and exits on close', async () => {
+describe('sampler from OTEL_TRACES_SAMPLER', () => {
+  const ids = Array.from({ length: 4000 }, () => TraceIdWords.fromHex(randomBytes(16).toString('hex')));
+  it.each([
+    [{}, 1, true, false],
+    [{ OTEL_TRACES_SAMPLER: 'always_on' }, 1, true, true],
+    [{ OTEL_TRACES_SAMPLER: 'always_off' }, 0, false, false],
+    [{ OTEL_TRACES_SAMPLER: 'parentbased_always_off' }, 0, true, false],
+    [{ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.25' }, 0.25, true, false],
+    [{ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' }, 0, false, false],
+    [{ OTEL_TRACES_SAMPLER: 'no-such-sampler' }, 1, true, false],
+  ])('%j: root ratio %s, follows a sampled parent %s, an unsampled one %s', (env, ratio, withSampled, withUnsampled) => {
+    const s = samplerFromEnv(env);
+    const kept = ids.filter((id) => s.sample(id, undefined)).length / ids.length;
+    expect(Math.abs(kept - ratio)).toBeLessThan(0.05);
+    expect(s.sample(ids[0]!, true)).toBe(withSampled);
+    expect(s.sample(ids[0]!, false)).toBe(withUnsampled);
+  });
+});
+
+describe('OTLP export under pressure and configuration', () => {
+  const saved = { ...process.env };
+  afterAll(() => {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+  });
+
+  it('sends OTEL_EXPORTER_OTLP_HEADERS, honours the traces endpoint and gzip', async () => {
+    const seen: { url?: string; headers: IncomingHttpHeaders; spans: number }[] = [];
+    const srv = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const raw = Buffer.concat(chunks);
+        const body = req.headers['content-encoding'] === 'gzip' ? gunzipSync(raw) : raw;
+        seen.push({ url: req.url, headers: req.headers, spans: countOtlpProto(body) });
+        res.writeHead(200).end();
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const port = (srv.address() as { port: number }).port;
+    const handle = await initTracing({
+      env: {
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1', // the traces endpoint wins
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${port}/custom/path`,
+        OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=s%20ecret,x-other=1',
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-other=2',
+        OTEL_EXPORTER_OTLP_COMPRESSION: 'gzip',
+      },
+    });
+    try {
+      await withSpan('h', {}, async () => {});
+      await handle.forceFlush();
+    } finally {
+      await handle.shutdown();
+      srv.close();
+    }
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatchObject({ url: '/custom/path', spans: 1 });
+    expect(seen[0].headers).toMatchObject({ 'x-api-key': 's ecret', 'x-other': '2', 'content-type': 'application/x-protobuf', 'content-encoding': 'gzip' });
+  });
+
+  it('a collector that does not answer: the queue stays bounded, drops are counted (stats and /metrics)', async () => {
+    let hold = true;
+    const hung: import('node:http').ServerResponse[] = [];
+    const srv = createServer((req, res) => {
+      req.resume();
+      if (hold) hung.push(res);
+      else res.writeHead(200).end();
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const port = (srv.address() as { port: number }).port;
+    const { metrics } = await import('../../services/common/metrics.ts');
+    const droppedBefore = parsePromText(await metrics.text()).value('fnhost_trace_spans_dropped_total', {}) ?? 0;
+    const handle = await initTracing({
+      env: { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`, OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' },
+    });
+    try {
+      for (let i = 0; i < 1000; i++) await withSpan('x', { i }, async () => {});
+      const st = handle.stats();
+      // 4 exports of 10 in flight + 6 sealed batches queued = 100 held; the other 900 dropped
+      expect(st.dropped).toBe(900);
+      expect(st.requests).toBe(4);
+      expect(parsePromText(await metrics.text()).value('fnhost_trace_spans_dropped_total', {})).toBe(droppedBefore + 900);
+      hold = false;
+      for (const r of hung.splice(0)) r.writeHead(200).end();
+      await handle.forceFlush();
+      expect(handle.stats()).toMatchObject({ exported: 100, dropped: 900, failed: 0, requests: 10 });
+    } finally {
+      hold = false;
+      for (const r of hung.splice(0)) r.writeHead(200).end();
+      await handle.shutdown();
+      srv.closeAllConnections();
+      srv.close();
+    }
+  });
+
+  it('an unreachable collector: exports fail and are counted, spans never pile up', async () => {
+    // a port nobody listens on: bind one, then close it
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const handle = await initTracing({ env: { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '5' } });
+    try {
+      for (let i = 0; i < 20; i++) await withSpan('lost', {}, async () => {});
+      await handle.forceFlush();
+      expect(handle.stats()).toMatchObject({ exported: 0, failed: 20, dropped: 0 });
+    } finally {
+      await handle.shutdown();
+    }
+  });
+});
+
+describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
+  function encoded(n: number): Buffer {
+    const w = new ProtoWriter();
+    const sink = { onEnd: (s: FnSpan) => protoSpan(w, s) };
+    for (let i = 0; i < n; i++) new FnSpan(sink, `s${i}`, SpanKind.INTERNAL, TraceIdWords.fromHex('ab'.repeat(16)), undefined, { i }, Date.now()).end();
+    const spans = Buffer.from(w.bytes());
+    return Buffer.concat([protoBatchHeader({ 'service.name': 'x' }, 'fnhost', spans.length), spans]);
+  }
+
+  it('decodes and counts protobuf bodies; a truncated body is an error, not a count', () => {
+    const body = encoded(3);
+    expect(countOtlpProto(body)).toBe(3);
+    expect(decodeOtlpProto(body).map((s) => [s.name, s.service, s.attributes.i])).toEqual([['s0', 'x', 0], ['s1', 'x', 1], ['s2', 'x', 2]]);
+    expect(() => countOtlpProto(body.subarray(0, body.length - 5))).toThrow(/protobuf/);
+  });
+
+  it('as its own process: counts spans posted to it (protobuf and JSON), refuses other types and garbage, exits on close', async () => {
     const sink = await startOtlpSinkProcess();
     try {
-      const body = {
+      const json = {
         resourceSpans: [
           {
             resource: { attributes: [{ key: 'service.name', value: { stringValue: 'x' } }] },
@@ -111,14 +267,35 @@ describe('the OTLP sink as its own process (benchmarks)', () => {
           },
         ],
       };
-      const ok = await fetch(`${sink.url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-      expect(ok.status).toBe(200);
-      const proto = await fetch(`${sink.url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: new Uint8Array([10, 0]) });
-      expect(proto.status).toBe(415);
-      expect(await sink.waitFor(3, 5000)).toEqual({ spanCount: 3, requests: 1, rejected: 1 });
+      const post = (type: string, body: string | Uint8Array) => fetch(`${sink.url}/v1/traces`, { method: 'POST', headers: { 'content-type': type }, body });
+      expect((await post('application/json', JSON.stringify(json))).status).toBe(200);
+      expect((await post('application/x-protobuf', encoded(4))).status).toBe(200);
+      expect((await post('text/plain', 'hi')).status).toBe(415);
+      expect((await post('application/x-protobuf', new Uint8Array([10, 50, 1]))).status).toBe(400);
+      expect(await sink.waitFor(7, 5000)).toEqual({ spanCount: 7, requests: 2, rejected: 2 });
     } finally {
       await sink.close();
     }
     await expect(fetch(`${sink.url}/v1/traces`, { method: 'POST', body: '{}' })).rejects.toThrow();
+  });
+});
+
+describe('FNHOST_OTEL_CONTEXT=async (AsyncLocalStorage registered)', () => {
+  it('children find their parent across awaits without being passed it', async () => {
+    const { InMemorySpanExporter } = await import('@opentelemetry/sdk-trace-base');
+    const exporter = new InMemorySpanExporter();
+    const handle = await initTracing({ exporter, context: 'async' });
+    try {
+      await withSpan('outer', {}, async () => {
+        await new Promise((r) => setTimeout(r, 1));
+        await withSpan('inner', {}, async () => {});
+      });
+      await handle.forceFlush();
+      const spans = exporter.getFinishedSpans();
+      const outer = spans.find((s) => s.name === 'outer')!;
+      expect(spans.find((s) => s.name === 'inner')!.parentSpanContext?.spanId).toBe(outer.spanContext().spanId);
+    } finally {
+      await handle.shutdown();
+    }
   });
 });

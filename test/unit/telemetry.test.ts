@@ -116,9 +116,8 @@ describe('with tracing on', () => {
     expect(await initTracing({ env: {} })).toBe(handle);
   });
 
-  it('nests withSpan children under the active span, across awaits', async () => {
+  it('nests children created synchronously inside a withSpan callback under it', async () => {
     await withSpan('outer', { [Attr.tenant]: 'acme' }, async () => {
-      await new Promise((r) => setTimeout(r, 1));
       await withSpan('inner', {}, async () => {});
     });
     const spans = await finished();
@@ -128,6 +127,59 @@ describe('with tracing on', () => {
     expect(inner.spanContext().traceId).toBe(outer.spanContext().traceId);
     expect(outer.attributes[Attr.tenant]).toBe('acme');
     expect(outer.parentSpanContext).toBeUndefined();
+  });
+
+  it('after an await the parent is passed explicitly; without it a span starts a new trace, never a stranger\'s', async () => {
+    await withSpan('outer', {}, async (span) => {
+      await new Promise((r) => setTimeout(r, 1));
+      await withSpan('explicit', {}, async () => {}, { parent: span });
+      recordSpan('recorded', Date.now() - 1, Date.now(), {}, span);
+      await withSpan('orphan', {}, async () => {});
+    });
+    const spans = await finished();
+    const outer = byName(spans, 'outer');
+    expect(byName(spans, 'explicit').parentSpanContext?.spanId).toBe(outer.spanContext().spanId);
+    expect(byName(spans, 'recorded').parentSpanContext?.spanId).toBe(outer.spanContext().spanId);
+    expect(byName(spans, 'orphan').parentSpanContext).toBeUndefined();
+    expect(byName(spans, 'orphan').spanContext().traceId).not.toBe(outer.spanContext().traceId);
+  });
+
+  it('interleaved invocations keep their own trees (the synchronous current span never leaks across awaits)', async () => {
+    const one = (tag: string) =>
+      withSpan(`root-${tag}`, {}, async (root) => {
+        for (let i = 0; i < 3; i++) {
+          await new Promise((r) => setImmediate(r));
+          await withSpan(`child-${tag}`, {}, async (c) => {
+            await null;
+            await runInSpan(c, () => withSpan(`leaf-${tag}`, {}, async () => {}));
+          }, { parent: root });
+        }
+      });
+    await Promise.all(['a', 'b', 'c'].map(one));
+    const spans = await finished();
+    for (const tag of ['a', 'b', 'c']) {
+      const root = byName(spans, `root-${tag}`);
+      const children = spans.filter((s) => s.name === `child-${tag}`);
+      const leaves = spans.filter((s) => s.name === `leaf-${tag}`);
+      expect(children).toHaveLength(3);
+      expect(leaves).toHaveLength(3);
+      for (const c of children) expect(c.parentSpanContext?.spanId).toBe(root.spanContext().spanId);
+      const childIds = new Set(children.map((c) => c.spanContext().spanId));
+      for (const l of leaves) expect(childIds.has(l.parentSpanContext!.spanId)).toBe(true);
+      for (const s of [...children, ...leaves]) expect(s.spanContext().traceId).toBe(root.spanContext().traceId);
+    }
+  });
+
+  it('attributes set after creation join the creation-time ones; the caller\'s object is not modified', async () => {
+    const given = { [Attr.tenant]: 'acme', [Attr.memoryMb]: 128 };
+    await withSpan('attrs', given, async (span) => {
+      span.setAttribute(Attr.start, 'warm');
+      span.setAttributes({ [Attr.outcome]: 'success', [Attr.memoryMb]: 256 });
+      span.setAttribute(Attr.start, 'cold');
+    });
+    const s = byName(await finished(), 'attrs');
+    expect(s.attributes).toEqual({ [Attr.tenant]: 'acme', [Attr.memoryMb]: 256, [Attr.start]: 'cold', [Attr.outcome]: 'success' });
+    expect(given).toEqual({ [Attr.tenant]: 'acme', [Attr.memoryMb]: 128 });
   });
 
   it('records a typed error: status, exception event and fnhost.error.type', async () => {

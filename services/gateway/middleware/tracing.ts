@@ -6,14 +6,17 @@
  *
  * With tracing off (no OTLP endpoint) it only times the request for the metrics.
  *
+ * Handlers reach the span with `requestSpan(c)` — after an await there is no implicit "active span" (no
+ * AsyncLocalStorage, see services/common/telemetry.ts), so pass it on: `injectTraceparent(requestSpan(c))`.
+ *
  * @example
  * app.use('*', tracing());
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import { routePath } from 'hono/route';
-import { context as otContext, trace as otTrace, SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { metrics as defaultMetrics, type FnhostMetrics } from '../../common/metrics.ts';
-import { Attr, SpanName, contextFromTraceparent, failSpan, tracer, tracingEnabled } from '../../common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanName, contextFromTraceparent, failSpan, runInSpan, startSpan, tracingEnabled, type Span } from '../../common/telemetry.ts';
 import type { GatewayObservability } from '../context.ts';
 
 export interface TracingMiddlewareOptions {
@@ -43,28 +46,42 @@ export function tracing(opts: TracingMiddlewareOptions = {}): MiddlewareHandler 
       return;
     }
     // A caller's traceparent becomes our parent; without one (or a malformed one) the request starts a trace.
-    const parent = contextFromTraceparent(c.req.header('traceparent'));
-    const span = tracer().startSpan(
+    const span = startSpan(
       SpanName.httpRequest,
-      { kind: SpanKind.SERVER, attributes: { [Attr.httpMethod]: c.req.method, [Attr.urlPath]: c.req.path } },
-      parent,
+      { [Attr.httpMethod]: c.req.method, [Attr.urlPath]: c.req.path },
+      { kind: SpanKind.SERVER, parent: contextFromTraceparent(c.req.header('traceparent')) },
     );
+    (c as unknown as Record<symbol, Span>)[REQUEST_SPAN] = span;
     try {
-      await otContext.with(otTrace.setSpan(parent, span), next);
+      await runInSpan(span, next);
     } catch (e) {
       failSpan(span, e);
       throw e;
     } finally {
       const route = routeOf(c);
       const status = c.res.status;
-      span.setAttribute(Attr.httpRoute, route);
-      span.setAttribute(Attr.httpStatus, status);
+      span.setAttributes({ [Attr.httpRoute]: route, [Attr.httpStatus]: status });
       // OTel HTTP semconv: for server spans only 5xx is an error (4xx is the client's).
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
       m?.httpRequest(c.req.method, route, status, performance.now() - t0);
     }
   };
+}
+
+const REQUEST_SPAN = Symbol('fnhost.httpRequestSpan');
+
+/**
+ * The `http request` span of this request (a non-recording span when tracing is off or the middleware is not
+ * mounted): the parent for what the handler does after an await, and where request-level attributes go.
+ *
+ * @example
+ * const span = requestSpan(c);
+ * span.setAttributes({ [Attr.tenant]: fn.tenant, [Attr.function]: fn.name });
+ * req.traceparent = injectTraceparent(span) ?? c.req.header('traceparent');
+ */
+export function requestSpan(c: Context): Span {
+  return (c as unknown as Record<symbol, Span | undefined>)[REQUEST_SPAN] ?? NOOP_SPAN;
 }
 
 /**

@@ -1,0 +1,255 @@
+/**
+ * @module trace-export
+ * The span pipeline behind services/common/tracing-setup.ts: each sampled span is encoded into the current
+ * batch the moment it ends (otlp-encode.ts), and a batch is POSTed to the collector (OTLP/HTTP, kept-alive
+ * connection) when it holds `maxExportBatchSize` spans or `scheduledDelayMillis` after its first span — the
+ * BatchSpanProcessor's contract (OTEL_BSP_*), without keeping span objects alive in between.
+ *
+ * Bounded: at most `maxQueueSize` spans wait (encoded, not yet acknowledged by the collector); past that new
+ * spans are dropped and counted (`stats().dropped`, and fnhost_trace_spans_dropped_total) rather than growing the
+ * heap when the collector is slow or gone. A failed export is counted and not retried (the next batch is
+ * already being built; a retry would only add load to a struggling collector).
+ */
+import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import { gzip } from 'node:zlib';
+import { diag, type Attributes } from '@opentelemetry/api';
+import { ProtoWriter, jsonBatch, jsonSpan, protoBatchHeader, protoSpan } from './otlp-encode.ts';
+import type { FnSpan, SpanSink } from './trace-span.ts';
+
+export interface OtlpHttpConfig {
+  /** full traces URL, e.g. http://127.0.0.1:4318/v1/traces */
+  url: string;
+  protocol: 'http/protobuf' | 'http/json';
+  headers: Record<string, string>;
+  timeoutMs: number;
+  gzip: boolean;
+  resource: Attributes;
+  scopeName: string;
+  maxQueueSize: number;
+  maxExportBatchSize: number;
+  scheduledDelayMillis: number;
+  /** concurrent export requests (a kept-alive connection each) */
+  maxConcurrentExports: number;
+}
+
+export interface ExportStats {
+  /** spans handed to the collector and acknowledged (2xx) */
+  exported: number;
+  /** spans dropped because the queue was full */
+  dropped: number;
+  /** spans lost in failed exports (non-2xx, network error, timeout) */
+  failed: number;
+  /** export requests sent */
+  requests: number;
+}
+
+/** Callbacks for the process's metrics (tracing-setup.ts wires them to metrics.ts). */
+export interface ExportHooks {
+  onDropped?(n: number): void;
+  onFailed?(n: number): void;
+}
+
+/** Reads the standard OTLP exporter env (OTEL_EXPORTER_OTLP_[TRACES_]*, OTEL_BSP_*). */
+export function otlpConfigFromEnv(env: NodeJS.ProcessEnv, resource: Attributes, scopeName: string): OtlpHttpConfig {
+  const pick = (k: string) => (env[`OTEL_EXPORTER_OTLP_TRACES_${k}`] ?? '').trim() || (env[`OTEL_EXPORTER_OTLP_${k}`] ?? '').trim();
+  const tracesUrl = (env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? '').trim();
+  // The signal path is appended to the generic endpoint only (spec: "Endpoint URLs for OTLP/HTTP").
+  const url = tracesUrl || `${(env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '').trim().replace(/\/+$/, '')}/v1/traces`;
+  const protocol = pick('PROTOCOL') === 'http/json' ? 'http/json' : 'http/protobuf';
+  if (pick('PROTOCOL') && pick('PROTOCOL') !== protocol) diag.warn(`fnhost: OTLP protocol ${pick('PROTOCOL')} is not supported here; using http/protobuf`);
+  const headers: Record<string, string> = {};
+  // "key1=value1,key2=value2", values URL-encoded (spec: OTEL_EXPORTER_OTLP_HEADERS); signal-specific ones win
+  for (const raw of [env.OTEL_EXPORTER_OTLP_HEADERS, env.OTEL_EXPORTER_OTLP_TRACES_HEADERS]) {
+    for (const part of (raw ?? '').split(',')) {
+      const i = part.indexOf('=');
+      if (i <= 0) continue;
+      try {
+        headers[decodeURIComponent(part.slice(0, i).trim()).toLowerCase()] = decodeURIComponent(part.slice(i + 1).trim());
+      } catch {
+        diag.warn('fnhost: ignoring a malformed OTLP header entry');
+      }
+    }
+  }
+  const num = (v: string | undefined, dflt: number) => {
+    const n = Number(v);
+    return v !== undefined && v.trim() !== '' && Number.isFinite(n) && n > 0 ? n : dflt;
+  };
+  const maxQueueSize = num(env.OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE_SIZE);
+  return {
+    url,
+    protocol,
+    headers,
+    // spec defaults: 10 s timeout, batch 512, delay 5000 ms
+    timeoutMs: num(pick('TIMEOUT') || undefined, 10_000),
+    gzip: pick('COMPRESSION') === 'gzip',
+    resource,
+    scopeName,
+    maxQueueSize,
+    maxExportBatchSize: Math.min(num(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), maxQueueSize),
+    scheduledDelayMillis: num(env.OTEL_BSP_SCHEDULE_DELAY, 5000),
+    maxConcurrentExports: DEFAULT_CONCURRENT_EXPORTS,
+  };
+}
+
+/**
+ * Spans waiting for the collector, at most (OTEL_BSP_MAX_QUEUE_SIZE when set). The SDK's 2,048 filled in
+ * ~250 ms at ~1,000 warm invocations/s × 8 spans on the c32 bench (last session: ~20 % of spans dropped);
+ * 8,192 ≈ 1 s of spans at that rate. Encoded, a span is ~250 bytes: ≤ 2 MB held.
+ */
+const DEFAULT_MAX_QUEUE_SIZE = 8192;
+/**
+ * Exports in flight at once. One at a time (the SDK's way) stalls the pipeline for a whole round trip per
+ * batch; 4 keeps a loopback collector busy at ~30,000 spans/s (≈ 60 batches/s) without a connection storm.
+ */
+const DEFAULT_CONCURRENT_EXPORTS = 4;
+
+/** OTLP/HTTP exporter: a `SpanSink` that batches encoded spans and sends them. */
+export class OtlpHttpExporter implements SpanSink {
+  private readonly cfg: OtlpHttpConfig;
+  private readonly hooks: ExportHooks;
+  private proto: ProtoWriter | undefined;
+  private json: string[] = [];
+  /** spans in the batch being built */
+  private count = 0;
+  /** spans sealed into batches that are queued or in flight */
+  private pendingSpans = 0;
+  private readonly queue: { body: Buffer | string | Buffer[]; spans: number; writer?: ProtoWriter }[] = [];
+  /** batch writers back from finished requests, reused (a 64–256 KiB buffer each) */
+  private readonly spare: ProtoWriter[] = [];
+  private inFlight = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly agent: HttpAgent;
+  private readonly isHttps: boolean;
+  private readonly idleWaiters: (() => void)[] = [];
+  private shut = false;
+  readonly stats: ExportStats = { exported: 0, dropped: 0, failed: 0, requests: 0 };
+  private warned = false;
+
+  constructor(cfg: OtlpHttpConfig, hooks: ExportHooks = {}) {
+    this.cfg = cfg;
+    this.hooks = hooks;
+    this.isHttps = cfg.url.startsWith('https:');
+    const opts = { keepAlive: true, maxSockets: cfg.maxConcurrentExports };
+    this.agent = this.isHttps ? new HttpsAgent(opts) : new HttpAgent(opts);
+    if (cfg.protocol === 'http/protobuf') this.proto = new ProtoWriter();
+  }
+
+  onEnd(span: FnSpan): void {
+    if (this.shut || this.count + this.pendingSpans >= this.cfg.maxQueueSize) {
+      this.stats.dropped++;
+      this.hooks.onDropped?.(1);
+      return;
+    }
+    if (this.proto) protoSpan(this.proto, span);
+    else this.json.push(jsonSpan(span));
+    if (++this.count >= this.cfg.maxExportBatchSize) this.seal();
+    else if (this.count === 1) {
+      this.timer = setTimeout(() => this.seal(), this.cfg.scheduledDelayMillis);
+      this.timer.unref();
+    }
+  }
+
+  /** closes the batch being built and queues it for sending */
+  private seal(): void {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.count === 0) return;
+    let body: Buffer | string | Buffer[];
+    let writer: ProtoWriter | undefined;
+    if (this.proto) {
+      // header + the writer's own bytes, no copy: the writer goes with the request and comes back to
+      // `spare` when the request is done (a socket may still read from it until then)
+      writer = this.proto;
+      const spans = writer.bytes();
+      body = [protoBatchHeader(this.cfg.resource, this.cfg.scopeName, spans.length), spans];
+      this.proto = this.spare.pop() ?? new ProtoWriter();
+    } else {
+      body = jsonBatch(this.cfg.resource, this.cfg.scopeName, this.json);
+      this.json = [];
+    }
+    this.queue.push({ body, spans: this.count, writer });
+    this.pendingSpans += this.count;
+    this.count = 0;
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.inFlight < this.cfg.maxConcurrentExports && this.queue.length) {
+      const b = this.queue.shift()!;
+      this.inFlight++;
+      this.send(b.body, b.spans, b.writer);
+    }
+    if (this.inFlight === 0 && this.queue.length === 0 && this.count === 0) {
+      for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private send(body: Buffer | string | Buffer[], spans: number, writer: ProtoWriter | undefined): void {
+    const done = (ok: boolean, why?: string) => {
+      this.inFlight--;
+      if (writer && this.spare.length < this.cfg.maxConcurrentExports) {
+        writer.pos = 0;
+        this.spare.push(writer);
+      }
+      this.pendingSpans -= spans;
+      if (ok) this.stats.exported += spans;
+      else {
+        this.stats.failed += spans;
+        this.hooks.onFailed?.(spans);
+        if (!this.warned) {
+          this.warned = true;
+          diag.warn(`fnhost: OTLP export to ${this.cfg.url} failed (${why}); further failures are only counted`);
+        }
+      }
+      this.pump();
+    };
+    const post = (payload: Buffer | string | Buffer[], encoding?: string) => {
+      this.stats.requests++;
+      const headers: Record<string, string | number> = {
+        ...this.cfg.headers,
+        'content-type': this.cfg.protocol === 'http/json' ? 'application/json' : 'application/x-protobuf',
+        'content-length':
+          typeof payload === 'string' ? Buffer.byteLength(payload) : Array.isArray(payload) ? payload[0]!.length + payload[1]!.length : payload.length,
+      };
+      if (encoding) headers['content-encoding'] = encoding;
+      let settled = false;
+      const finish = (ok: boolean, why?: string) => {
+        if (settled) return;
+        settled = true;
+        done(ok, why);
+      };
+      const req = (this.isHttps ? httpsRequest : httpRequest)(this.cfg.url, { method: 'POST', agent: this.agent, headers, timeout: this.cfg.timeoutMs }, (res: IncomingMessage) => {
+        res.resume();
+        res.on('end', () => finish((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300, `HTTP ${res.statusCode}`));
+        res.on('error', (e) => finish(false, e.message));
+      });
+      req.on('timeout', () => req.destroy(new Error(`timed out after ${this.cfg.timeoutMs} ms`)));
+      req.on('error', (e) => finish(false, e.message));
+      if (Array.isArray(payload)) {
+        req.write(payload[0]);
+        req.end(payload[1]);
+      } else req.end(payload);
+    };
+    if (this.cfg.gzip) {
+      gzip(Array.isArray(body) ? Buffer.concat(body) : body, (err, z) => (err ? done(false, err.message) : post(z, 'gzip')));
+    } else {
+      post(body);
+    }
+  }
+
+  /** sends what is buffered and resolves once every export in flight has finished */
+  forceFlush(): Promise<void> {
+    this.seal();
+    if (this.inFlight === 0 && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  async shutdown(): Promise<void> {
+    await this.forceFlush();
+    this.shut = true;
+    this.agent.destroy();
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * @module sandbox/zygote
+ * The host's side of the zygote (native/init/zygote.c): a small static helper, started once per host process,
+ * whose clones become sandbox inits — no exec of the init per sandbox, a pre-made network namespace from its
+ * pool instead of a fresh CLONE_NEWNET on the hot path. Each init is born a child of THIS process
+ * (CLONE_PARENT), so it is reaped, killed and watched exactly like one spawned by the addon's spawnInit.
+ *
+ * The zygote speaks the init's control protocol (control.ts): `run <reqid> spawn <njoin> <hasdir> <late>`
+ * with fds, answered by `ok <reqid> <pid>` / `error <reqid> ...`. Requests are asynchronous: the host makes
+ * the cgroups and wraps the new init's socket while the zygote clones.
+ *
+ * @example
+ * const z = await Zygote.start(INIT_PATH, NEWROOT, 4);  // ≈ a few ms, once
+ * const init = z.spawnLate();                            // the clone starts now
+ * init.join(cgroup.openJoin());                          // v1: its first frame; it joins before anything else
+ * const ch = new ControlChannel(init.fd);
+ * const pid = await init.pid;                            // host pid of the new init (our child)
+ * z.close();
+ */
+import { closeSync } from 'node:fs';
+import type { CgroupJoin } from './cgroup.ts';
+import { ControlChannel, encodeFrame } from './control.ts';
+import { errnoName } from './errors.ts';
+import { native } from './native.ts';
+
+/** Building the stage takes ≈1-3 ms; a loaded machine can take far longer, but not this long. */
+const READY_TIMEOUT_MS = 5_000;
+/** A spawn is one clone3 (≈0.1 ms); past this the zygote is stuck: it is closed and creates fall back. */
+const SPAWN_TIMEOUT_MS = 5_000;
+const EPIPE = 32;
+const ETIMEDOUT = 110;
+
+function errnoError(message: string, errno: number, syscall: string, path = ''): Error {
+  return Object.assign(new Error(message), { code: errnoName(errno), errno: -errno, syscall, ...(path ? { path } : {}) });
+}
+
+/** A spawn in flight. */
+export interface PendingInit {
+  /** host end of the new init's control socket (AF_UNIX stream, close-on-exec): the caller owns it at once. */
+  readonly fd: number;
+  /** the init's host pid; rejects with Node's errno shape when no child was made (the caller closes `fd`). */
+  readonly pid: Promise<number>;
+  /** spawnLate only: sends the cgroup `tasks` fds as the child's first frame (the caller closes its copies). */
+  join(j: CgroupJoin): void;
+  /** the cgroups could not be made (call before wrapping `fd`): ends the child (EOF instead of its join frame)
+   * and reaps it. */
+  abort(): void;
+}
+
+export class Zygote {
+  private closed = false;
+
+  private constructor(readonly pid: number, readonly fd: number, private readonly ch: ControlChannel) {}
+
+  /**
+   * Starts the zygote (its own private mount namespace; `stage` is an empty host directory) with up to
+   * `netnsPool` network namespaces made ahead (0: every init gets a fresh CLONE_NEWNET). Rejects on failure.
+   */
+  static async start(initPath: string, stage: string, netnsPool: number): Promise<Zygote> {
+    const n = native();
+    const sp = n.spawnInit(initPath, ['--zygote', stage, String(netnsPool)], n.constants.CLONE_NEWNS, [], -1);
+    const ch = new ControlChannel(sp.fd);
+    // The zygote must not keep the host process alive on its own (it dies with the host anyway: PDEATHSIG).
+    ch.unref();
+    const z = new Zygote(sp.pid, sp.fd, ch);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        ch.ready,
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(errnoError('zygote: no "ready"', ETIMEDOUT, 'read')), READY_TIMEOUT_MS);
+        }),
+      ]);
+    } catch (e) {
+      z.close();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+    return z;
+  }
+
+  get isClosed(): boolean {
+    return this.closed || this.ch.isClosed;
+  }
+
+  /**
+   * A new sandbox init: fresh pid/mnt/uts/ipc namespaces, a never-used network namespace, joined to the
+   * cgroups of `join` (v1 `tasks` fds, or the v2 dir fd: CLONE_INTO_CGROUP) before it runs anything, its own
+   * cgroup namespace. The fds of `join` are in flight when this returns: the caller may close its copies.
+   */
+  spawn(join: CgroupJoin): PendingInit {
+    const fds = [...join.procsFds, ...(join.dirFd >= 0 ? [join.dirFd] : [])];
+    return this.request([String(join.procsFds.length), join.dirFd >= 0 ? '1' : '0', '0'], fds);
+  }
+
+  /**
+   * cgroup v1 only: the clone starts now and the caller makes the sandbox's cgroups meanwhile, then calls
+   * `join()` (or `abort()`); the child joins them before anything of the sandbox runs (v1 cannot place a task
+   * in a cgroup at birth anyway).
+   */
+  spawnLate(): PendingInit {
+    return this.request(['0', '0', '1'], []);
+  }
+
+  private request(args: string[], fds: number[]): PendingInit {
+    if (this.isClosed) throw errnoError('zygote is closed', EPIPE, 'sendmsg');
+    const n = native();
+    const [mine, theirs] = n.socketpair();
+    let reply;
+    try {
+      // the kernel holds its own reference to `theirs` once it is in flight
+      reply = this.ch.request(['spawn', ...args], [theirs, ...fds]).reply;
+    } finally {
+      closeSync(theirs);
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const pid = Promise.race([
+      reply.then((r) => {
+        if (r.ok && r.pid > 0) return r.pid;
+        if (r.ok) throw errnoError('zygote: no pid in its answer', 71 /* EPROTO */, 'read');
+        if (r.errno === EPIPE) this.close(); // it is gone
+        throw errnoError(`zygote: ${r.message}`, r.errno, r.syscall, r.path);
+      }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          this.close(); // stuck: later answers would come too late to matter
+          reject(errnoError('zygote: no answer', ETIMEDOUT, 'read'));
+        }, SPAWN_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]).finally(() => clearTimeout(timer));
+    pid.catch(() => {}); // observed by the caller; never an unhandled rejection
+    return {
+      fd: mine,
+      pid,
+      join: (j: CgroupJoin) => native().sendFrame(mine, encodeFrame(['join']), j.procsFds),
+      abort: () => {
+        try { closeSync(mine); } catch { /* the caller's channel closed it already */ }
+        // The child exits at EOF; it is our child (CLONE_PARENT): reap it.
+        pid.then((p) => native().waitpidAsync(p)).catch(() => {});
+      },
+    };
+  }
+
+  /** Closes the socket: the zygote exits (and its netns maker with it, releasing the pooled namespaces). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ch.close();
+    // SIGKILL too: a stuck zygote must not stay; it holds nothing a sandbox needs (inits are our children).
+    try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
+    native().waitpidAsync(this.pid).catch(() => {});
+  }
+}
