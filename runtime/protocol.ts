@@ -23,8 +23,8 @@
  *   ← ERROR   {id: null, type: 'FunctionError', message, stack, errorType}        LOAD failed (the shim stays alive)
  *   → INVOKE  {id, kind: 'event', deadline, contentType?}                        body = event bytes
  *   → INVOKE  {id, kind: 'http', deadline, method, path, query, headers}         body = request body
- *   ← RESULT  {id, status, headers, marked?, ms?}                                body = response body
- *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?, marked?, ms?}
+ *   ← RESULT  {id, status, headers, marked?, ms?, slept?}                        body = response body
+ *   ← ERROR   {id, type: 'FunctionError'|'ResponseTooLarge', message, stack?, errorType?, sizeBytes?, marked?, ms?, slept?}
  *   → WAKE    {}                                                              optional, no reply: LOAD follows soon
  *
  * WAKE is sent when specialisation begins, before the cgroup caps and the code mount, so that a pooled
@@ -34,7 +34,10 @@
  *
  * `deadline` is epoch ms (the sandbox shares the host's clock: no time namespace). `ms` is the shim's own
  * time for the invocation (handler + encoding), without the wire and the host's event loop: the scheduler
- * tells short functions by it (a host-side measure grows with the host's load).
+ * tells short functions by it (a host-side measure grows with the host's load). `slept`, on a sample of the
+ * invocations (every 8th: reading it costs a getrusage, ~2.5 µs, twice), says whether the runtime blocked
+ * during it (a voluntary context switch: waiting for I/O or a timer), as opposed to only computing or being
+ * preempted — a call that is short because it computes little vs one that waits a little.
  *
  * Log boundaries: `logMarker` (LOAD) is a per-instance random prefix; BEGIN = logMarker + "B\x1e",
  * END = logMarker + "E\x1e". While the shim handles LOAD or an INVOKE, the first bytes it lets through on
@@ -97,7 +100,7 @@ export type InvokeMsg =
 export const MARKED_STDOUT = 1;
 export const MARKED_STDERR = 2;
 
-export interface ResultMsg { id: string; status: number; headers: Record<string, string>; marked?: number; ms?: number }
+export interface ResultMsg { id: string; status: number; headers: Record<string, string>; marked?: number; ms?: number; slept?: boolean }
 export interface ErrorMsg {
   id: string | null;
   type: 'FunctionError' | 'ResponseTooLarge';
@@ -107,6 +110,7 @@ export interface ErrorMsg {
   sizeBytes?: number;
   marked?: number;
   ms?: number;
+  slept?: boolean;
 }
 
 /** The typed union of every frame, by direction. */

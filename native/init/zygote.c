@@ -23,10 +23,8 @@
  * reference left (the kernel's cleanup_net then frees it, asynchronously, as for any netns).
  *
  * Host → zygote frames (the init's control protocol, proto.c, with one op):
- *   "run <reqid> spawn <njoin> <has-cgroup-dir> <late>" with fds [control socket end, njoin v1 `tasks` fds,
- *   (v2 dir fd)]. late=1 (v1 only; njoin=0): the host creates the cgroups while the clone runs and sends
- *   "join" with the `tasks` fds as the first frame on the child's control socket; the child joins them
- *   before anything else of the sandbox happens (v1 cannot place a task at birth anyway).
+ *   "run <reqid> spawn <njoin> <has-cgroup-dir>" with fds [control socket end, njoin v1 `tasks` fds,
+ *   (v2 dir fd)].
  * Zygote → host: "ready" once, then per spawn "ok <reqid> <host pid>" or "error <reqid> <errno> <syscall> <path> <msg>".
  * Errors of the child itself (joining the cgroups, setns, ...) go to the host on the child's own control
  * socket, as any init set-up error ("error 0 ...", native/ERRORS.md).
@@ -206,30 +204,17 @@ static void reply_error(long long reqid)
  * In the newborn child: become the sandbox's init. Its own control socket goes to fd 3 first (replacing the
  * zygote's), so every later failure reaches the host the usual way. Returns 0, or -1 with last_failure set.
  */
-static int child_setup(int ctrl, const int *join, int njoin, int late, int netns)
+static int child_setup(int ctrl, const int *join, int njoin, int netns)
 {
-	struct frame jf = { 0 };
 	if (dup2(ctrl, CONTROL_FD) < 0)
 		_exit(2); /* no control socket: nobody to tell; the host sees EOF */
 	if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0)
 		return fail(errno, "fcntl", "", "control socket");
-	if (late) {
-		/* The host made the cgroups while this clone ran; their `tasks` fds come first on the control socket.
-		 * EOF: the host gave up on this sandbox. */
-		if (recv_frame(CONTROL_FD, &jf) < 0)
-			_exit(0);
-		const char *verb = next_str(&jf);
-		if (!verb || strcmp(verb, "join") || jf.nfds < 1)
-			return fail(EINVAL, "read", "", "expected the cgroup join frame");
-		join = jf.fds;
-		njoin = jf.nfds;
-	}
 	/* v1 has no CLONE_INTO_CGROUP: join each controller's cgroup before anything of the sandbox runs
 	 * ("0" = this task; `tasks`, not cgroup.procs: see native/addon/addon.cc ChildMain). */
 	for (int i = 0; i < njoin; i++)
 		if (write(join[i], "0", 1) != 1)
 			return fail(errno, "write", "tasks", "joining the sandbox's cgroup");
-	free(jf.buf);
 	if (netns >= 0 && setns(netns, CLONE_NEWNET) < 0)
 		return fail(errno, "setns", "net", "entering the pooled network namespace");
 	/* After joining, so the new cgroup namespace's root is the sandbox's own cgroup. */
@@ -266,15 +251,14 @@ static void close_frame_fds(struct frame *f)
  */
 static int handle_spawn(struct frame *f)
 {
-	long long reqid = -1, njoin, hasdir, late;
+	long long reqid = -1, njoin, hasdir;
 	const char *verb = next_str(f), *op;
 	int ctrl, dirfd = -1, join[8];
 
 	memset(&last_failure, 0, sizeof last_failure);
 	if (!verb || strcmp(verb, "run") || next_int(f, &reqid) < 0 || !(op = next_str(f)) || strcmp(op, "spawn") ||
-	    next_int(f, &njoin) < 0 ||
-	    next_int(f, &hasdir) < 0 || next_int(f, &late) < 0 || njoin < 0 || njoin > 6 ||
-	    f->nfds != 1 + njoin + (hasdir ? 1 : 0) || (late && (njoin || hasdir))) {
+	    next_int(f, &njoin) < 0 || next_int(f, &hasdir) < 0 || njoin < 0 || njoin > 6 ||
+	    f->nfds != 1 + njoin + (hasdir ? 1 : 0)) {
 		fail(EINVAL, "read", "", "malformed spawn frame");
 		close_frame_fds(f);
 		reply_error(reqid);
@@ -304,7 +288,7 @@ static int handle_spawn(struct frame *f)
 	 * is stale in the child (raw clone), which only matters to raise()/pthread calls the init never makes. */
 	long pid = syscall(SYS_clone3, &ca, sizeof ca);
 	if (pid == 0) {
-		if (child_setup(ctrl, join, (int) njoin, (int) late, netns) < 0)
+		if (child_setup(ctrl, join, (int) njoin, netns) < 0)
 			return -1;
 		free(f->buf);
 		return 0;

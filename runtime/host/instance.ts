@@ -44,6 +44,8 @@ export interface InvokeResult {
    * wire and the host's event loop); exec: the process's run as the host saw it.
    */
   handlerMs?: number;
+  /** whether the runtime blocked during the invocation (I/O, timers), on the invocations it samples (protocol.ts `slept`). */
+  handlerSlept?: boolean;
 }
 
 export interface Instance {
@@ -173,7 +175,7 @@ export class RuntimeInstance extends InstanceBase {
         throw withLogs(err, record.lines);
       }
       const record = logs.end();
-      const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0, handlerMs: 'ms' in frame.meta ? frame.meta.ms : undefined };
+      const result = { logs: record.lines, truncatedLogs: record.lines.some(isTruncation), durationMs: performance.now() - t0, handlerMs: 'ms' in frame.meta ? frame.meta.ms : undefined, handlerSlept: 'slept' in frame.meta ? frame.meta.slept : undefined };
       if (frame.type === MsgType.RESULT && frame.meta.id === req.id) {
         span.setAttribute(Attr.outcome, 'success');
         return { ...result, response: { status: frame.meta.status, headers: frame.meta.headers, body: frame.body } };

@@ -3,9 +3,11 @@
  * The host's own structured logs (pino): JSON lines, human-readable when stderr is a terminal.
  * Level from FNHOST_LOG_LEVEL (default "info"; tests set "silent" unless debugging).
  *
- * Every line logged while a span is active carries `trace_id` and `span_id` (a pino mixin reads the active
- * OpenTelemetry context; nothing is added when tracing is off). Per-invocation loggers from
- * `invocationLogger` add the invocation's ids, so a line can be joined with its trace and its function logs.
+ * Every line logged while a span is current carries `trace_id` and `span_id` (a pino mixin reads telemetry.ts's
+ * current span: synchronously inside a withSpan / runInSpan callback — there is no AsyncLocalStorage, so after
+ * an await only loggers bound with `invocationLogger` keep the ids; nothing is added when tracing is off).
+ * Per-invocation loggers from `invocationLogger` add the invocation's ids, so a line can be joined with its
+ * trace and its function logs.
  */
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { activeTraceIds, tracingEnabled } from './telemetry.ts';

@@ -341,27 +341,50 @@ function protoLink(w: ProtoWriter, l: Link): void {
   w.end(m);
 }
 
+/**
+ * [tag 5, length, name bytes, tag 6, kind] per span name and kind: a handful of names (SpanName), encoded once.
+ * Capped so names from other code cannot grow it forever.
+ */
+const NAME_CACHE = new Map<string, Uint8Array[]>();
+const NAME_CACHE_MAX = 256;
+
+function nameAndKind(name: string, kind: number): Uint8Array {
+  let byKind = NAME_CACHE.get(name);
+  const hit = byKind?.[kind];
+  if (hit) return hit;
+  const t = new ProtoWriter(name.length * 3 + 16);
+  t.tag(5, LEN);
+  t.string(name);
+  // OTLP SpanKind = API SpanKind + 1 (0 is UNSPECIFIED in the proto)
+  t.tag(6, VARINT);
+  t.varint(kind + 1);
+  const bytes = Uint8Array.from(t.bytes());
+  if (!byKind && NAME_CACHE.size < NAME_CACHE_MAX) NAME_CACHE.set(name, (byKind = []));
+  if (byKind) byKind[kind] = bytes;
+  return bytes;
+}
+
 /** Appends one `Span` (as field 2 of ScopeSpans) to `w`. */
 export function protoSpan(w: ProtoWriter, s: FnSpan): void {
-  w.tag(2, LEN);
-  const m = w.begin();
+  // The fixed head in one go (one capacity check): ScopeSpans.spans tag, a length byte reserved (`end` below
+  // widens it), trace id (field 1), span id (2), parent span id (4) — tags are single bytes: field < 16.
+  w.ensure(2 + 18 + 10 + 10);
+  w.buf[w.pos++] = (2 << 3) | LEN;
+  const m = w.pos++;
   const t = s.tid;
-  w.tag(1, LEN);
+  w.buf[w.pos++] = (1 << 3) | LEN;
   w.idWords(t.a, t.b, t.c, t.d);
-  w.tag(2, LEN);
+  w.buf[w.pos++] = (2 << 3) | LEN;
   w.idWords(s.hi, s.lo);
   if (s.hasParent) {
-    w.tag(4, LEN);
+    w.buf[w.pos++] = (4 << 3) | LEN;
     w.idWords(s.phi, s.plo);
   }
-  w.tag(5, LEN);
-  w.string(s.name);
-  // OTLP SpanKind = API SpanKind + 1 (0 is UNSPECIFIED in the proto)
-  w.tag(6, VARINT);
-  w.varint(s.kind + 1);
-  w.tag(7, I64);
+  w.raw(nameAndKind(s.name, s.kind));
+  w.ensure(18);
+  w.buf[w.pos++] = (7 << 3) | I64;
   w.fixed64Ms(s.startMs);
-  w.tag(8, I64);
+  w.buf[w.pos++] = (8 << 3) | I64;
   w.fixed64Ms(s.endMs);
   protoAttributes(w, 9, s.base);
   protoExtra(w, s.extra);

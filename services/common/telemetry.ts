@@ -46,7 +46,7 @@ import {
   type Span,
   type SpanContext,
 } from '@opentelemetry/api';
-import { FnSpan, type ParentRef } from './trace-span.ts';
+import { FnSpan, UnsampledSpan, type ParentRef } from './trace-span.ts';
 
 export { SpanKind };
 export type { Attributes, Context, Span };
@@ -172,14 +172,14 @@ function parentOf(p: Parent | undefined): ParentRef {
   const span = p === undefined ? activeSpan() : isSpan(p) ? p : otTrace.getSpan(p);
   if (!span) return undefined;
   // our own spans: handed over as is (ids as numbers, always valid; no hex, no regex on the hot path)
-  if (span instanceof FnSpan) return span;
+  if (span instanceof FnSpan || span instanceof UnsampledSpan) return span;
   const sc = span.spanContext();
   return isSpanContextValid(sc) ? sc : undefined;
 }
 
 function parentContextOf(p: Parent | undefined): SpanContext | undefined {
   const r = parentOf(p);
-  return r instanceof FnSpan ? r.spanContext() : r;
+  return r instanceof FnSpan || r instanceof UnsampledSpan ? r.spanContext() : r;
 }
 
 /** Runs `fn` with `span` as the synchronous current span (and, in async-context mode, the ALS context). */
@@ -342,10 +342,16 @@ export function formatTraceparent(sc: SpanContext): string {
 export function injectTraceparent(of?: Parent): string | undefined {
   if (!backend) return undefined;
   const r = parentOf(of);
+  if (r instanceof UnsampledSpan) return formatTraceparent(r.spanContext());
   if (!(r instanceof FnSpan)) return r ? formatTraceparent(r) : undefined;
-  const tp = formatTraceparent(r.spanContext());
-  localSpans.set(tp, r);
-  if (localSpans.size > LOCAL_SPANS_MAX) localSpans.delete(localSpans.keys().next().value!);
+  const tp = r.traceparent();
+  if (!localSpans.has(tp)) {
+    const old = localRing[localNext];
+    if (old !== undefined) localSpans.delete(old);
+    localRing[localNext] = tp;
+    localNext = (localNext + 1) % LOCAL_SPANS_MAX;
+    localSpans.set(tp, r);
+  }
   return tp;
 }
 
@@ -357,6 +363,9 @@ export function injectTraceparent(of?: Parent): string | undefined {
  */
 const localSpans = new Map<string, FnSpan>();
 const LOCAL_SPANS_MAX = 256;
+/** insertion order of `localSpans` (a ring: the oldest is replaced, no iterator per insert) */
+const localRing: (string | undefined)[] = new Array(LOCAL_SPANS_MAX);
+let localNext = 0;
 
 /**
  * A context whose parent is the remote span named by `traceparent` (on top of `base`, default the root

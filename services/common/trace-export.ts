@@ -99,8 +99,9 @@ export function otlpConfigFromEnv(env: NodeJS.ProcessEnv, resource: Attributes, 
  */
 const DEFAULT_MAX_QUEUE_SIZE = 8192;
 /**
- * Exports in flight at once. One at a time (the SDK's way) stalls the pipeline for a whole round trip per
- * batch; 4 keeps a loopback collector busy at ~30,000 spans/s (≈ 60 batches/s) without a connection storm.
+ * Exports in flight at once (a kept-alive connection each). One at a time (the SDK's way) makes every batch wait
+ * for the previous round trip: at 4,000 invocations/s × 5–7 spans ≈ 40–55 batches of 512 per second, a collector
+ * answering slower than ~20 ms would back the queue up into drops. 4 absorbs that without a connection storm.
  */
 const DEFAULT_CONCURRENT_EXPORTS = 4;
 
@@ -114,7 +115,9 @@ export class OtlpHttpExporter implements SpanSink {
   private count = 0;
   /** spans sealed into batches that are queued or in flight */
   private pendingSpans = 0;
-  private readonly queue: { body: Buffer | string | Buffer[]; spans: number; writer?: ProtoWriter }[] = [];
+  private readonly queue: { body: Buffer | string; spans: number; writer?: ProtoWriter }[] = [];
+  /** bytes kept free at the front of each batch writer for the request header (resource + scope + lengths) */
+  private readonly reserve: number;
   /** batch writers back from finished requests, reused (a 64–256 KiB buffer each) */
   private readonly spare: ProtoWriter[] = [];
   private inFlight = 0;
@@ -132,7 +135,15 @@ export class OtlpHttpExporter implements SpanSink {
     this.isHttps = cfg.url.startsWith('https:');
     const opts = { keepAlive: true, maxSockets: cfg.maxConcurrentExports };
     this.agent = this.isHttps ? new HttpsAgent(opts) : new HttpAgent(opts);
-    if (cfg.protocol === 'http/protobuf') this.proto = new ProtoWriter();
+    // the header's size: the fixed resource and scope, plus at most 3 tags and 3 five-byte lengths
+    this.reserve = protoBatchHeader(cfg.resource, cfg.scopeName, 0).length + 16;
+    if (cfg.protocol === 'http/protobuf') this.proto = this.newWriter();
+  }
+
+  private newWriter(): ProtoWriter {
+    const w = new ProtoWriter();
+    w.pos = this.reserve;
+    return w;
   }
 
   onEnd(span: FnSpan): void {
@@ -157,15 +168,18 @@ export class OtlpHttpExporter implements SpanSink {
       this.timer = undefined;
     }
     if (this.count === 0) return;
-    let body: Buffer | string | Buffer[];
+    let body: Buffer | string;
     let writer: ProtoWriter | undefined;
     if (this.proto) {
-      // header + the writer's own bytes, no copy: the writer goes with the request and comes back to
-      // `spare` when the request is done (a socket may still read from it until then)
+      // The header goes into the room left in front of the spans: one buffer, one socket write, no copy of
+      // the spans. The writer goes with the request and comes back to `spare` when it is done (the socket may
+      // read from it until then).
       writer = this.proto;
-      const spans = writer.bytes();
-      body = [protoBatchHeader(this.cfg.resource, this.cfg.scopeName, spans.length), spans];
-      this.proto = this.spare.pop() ?? new ProtoWriter();
+      const header = protoBatchHeader(this.cfg.resource, this.cfg.scopeName, writer.pos - this.reserve);
+      const start = this.reserve - header.length;
+      header.copy(writer.buf, start);
+      body = writer.buf.subarray(start, writer.pos);
+      this.proto = this.spare.pop() ?? this.newWriter();
     } else {
       body = jsonBatch(this.cfg.resource, this.cfg.scopeName, this.json);
       this.json = [];
@@ -187,11 +201,11 @@ export class OtlpHttpExporter implements SpanSink {
     }
   }
 
-  private send(body: Buffer | string | Buffer[], spans: number, writer: ProtoWriter | undefined): void {
+  private send(body: Buffer | string, spans: number, writer: ProtoWriter | undefined): void {
     const done = (ok: boolean, why?: string) => {
       this.inFlight--;
       if (writer && this.spare.length < this.cfg.maxConcurrentExports) {
-        writer.pos = 0;
+        writer.pos = this.reserve;
         this.spare.push(writer);
       }
       this.pendingSpans -= spans;
@@ -206,13 +220,12 @@ export class OtlpHttpExporter implements SpanSink {
       }
       this.pump();
     };
-    const post = (payload: Buffer | string | Buffer[], encoding?: string) => {
+    const post = (payload: Buffer | string, encoding?: string) => {
       this.stats.requests++;
       const headers: Record<string, string | number> = {
         ...this.cfg.headers,
         'content-type': this.cfg.protocol === 'http/json' ? 'application/json' : 'application/x-protobuf',
-        'content-length':
-          typeof payload === 'string' ? Buffer.byteLength(payload) : Array.isArray(payload) ? payload[0]!.length + payload[1]!.length : payload.length,
+        'content-length': typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length,
       };
       if (encoding) headers['content-encoding'] = encoding;
       let settled = false;
@@ -228,13 +241,10 @@ export class OtlpHttpExporter implements SpanSink {
       });
       req.on('timeout', () => req.destroy(new Error(`timed out after ${this.cfg.timeoutMs} ms`)));
       req.on('error', (e) => finish(false, e.message));
-      if (Array.isArray(payload)) {
-        req.write(payload[0]);
-        req.end(payload[1]);
-      } else req.end(payload);
+      req.end(payload);
     };
     if (this.cfg.gzip) {
-      gzip(Array.isArray(body) ? Buffer.concat(body) : body, (err, z) => (err ? done(false, err.message) : post(z, 'gzip')));
+      gzip(body, (err, z) => (err ? done(false, err.message) : post(z, 'gzip')));
     } else {
       post(body);
     }

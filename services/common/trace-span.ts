@@ -66,6 +66,18 @@ export class TraceIdWords {
   }
 }
 
+/** scratch for FnSpan.traceparent(): "00-" + 32 + "-" + 16 + "-01" */
+const TP_BUF = Buffer.from('00-00000000000000000000000000000000-0000000000000000-01', 'latin1');
+const HEX_CHARS = Buffer.from('0123456789abcdef', 'latin1');
+
+/** 8 lowercase hex characters of a 32-bit word into `b` at `off` */
+function hexInto(b: Buffer, off: number, n: number): void {
+  for (let i = 7; i >= 0; i--) {
+    b[off + i] = HEX_CHARS[n & 0xf]!;
+    n >>>= 4;
+  }
+}
+
 export function hex8(n: number): string {
   return (n >>> 0).toString(16).padStart(8, '0');
 }
@@ -132,7 +144,56 @@ const EMPTY: Attributes = Object.freeze({}) as Attributes;
 const UNSET_STATUS: SpanStatus = Object.freeze({ code: SpanStatusCode.UNSET });
 
 /** What a span hangs under: one of our spans (ids as words, no hex) or a span context from elsewhere. */
-export type ParentRef = FnSpan | SpanContext | undefined;
+export type ParentRef = FnSpan | UnsampledSpan | SpanContext | undefined;
+
+/**
+ * A span the sampler said no to: records nothing, but carries its ids (as words: no hex unless someone asks)
+ * and sampled=0, so children and traceparents downstream keep the decision. Costs one small object.
+ */
+export class UnsampledSpan implements Span {
+  readonly hi: number;
+  readonly lo: number;
+  private sc: SpanContext | undefined;
+  constructor(readonly tid: TraceIdWords) {
+    let hi: number;
+    let lo: number;
+    do {
+      hi = randomWord();
+      lo = randomWord();
+    } while (hi === 0 && lo === 0);
+    this.hi = hi;
+    this.lo = lo;
+  }
+  spanContext(): SpanContext {
+    return (this.sc ??= { traceId: this.tid.hex, spanId: hex8(this.hi) + hex8(this.lo), traceFlags: TraceFlags.NONE });
+  }
+  setAttribute(): this {
+    return this;
+  }
+  setAttributes(): this {
+    return this;
+  }
+  addEvent(): this {
+    return this;
+  }
+  addLink(): this {
+    return this;
+  }
+  addLinks(): this {
+    return this;
+  }
+  setStatus(): this {
+    return this;
+  }
+  updateName(): this {
+    return this;
+  }
+  end(): void {}
+  isRecording(): boolean {
+    return false;
+  }
+  recordException(): void {}
+}
 
 /** A recording span. Created by the tracer (tracing-setup.ts) only when the sampler says so. */
 export class FnSpan implements Span {
@@ -182,7 +243,7 @@ export class FnSpan implements Span {
     } while (hi === 0 && lo === 0);
     this.hi = hi;
     this.lo = lo;
-    if (parent instanceof FnSpan) {
+    if (parent instanceof FnSpan || parent instanceof UnsampledSpan) {
       this.phi = parent.hi;
       this.plo = parent.lo;
       this.parentRemote = false;
@@ -215,7 +276,28 @@ export class FnSpan implements Span {
 
   /** the same object every time (callers must not mutate it, as with the SDK's); hex built on first call */
   spanContext(): SpanContext {
-    return (this.sc ??= { traceId: this.tid.hex, spanId: this.spanId, traceFlags: this.traceFlags });
+    if (!this.sc) {
+      const tp = this.traceparent();
+      // substrings of the traceparent: V8 slices, no copies
+      this.sc = { traceId: tp.slice(3, 35), spanId: tp.slice(36, 52), traceFlags: this.traceFlags };
+    }
+    return this.sc;
+  }
+
+  private tp: string | undefined;
+
+  /** W3C `traceparent` of this span (version 00, sampled), built once: 55 characters in one native call */
+  traceparent(): string {
+    if (this.tp) return this.tp;
+    const b = TP_BUF;
+    const t = this.tid;
+    hexInto(b, 3, t.a);
+    hexInto(b, 11, t.b);
+    hexInto(b, 19, t.c);
+    hexInto(b, 27, t.d);
+    hexInto(b, 36, this.hi);
+    hexInto(b, 44, this.lo);
+    return (this.tp = b.toString('latin1', 0, 55));
   }
 
   setAttribute(key: string, value: AttributeValue): this {

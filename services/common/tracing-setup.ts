@@ -54,7 +54,7 @@ import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { metrics } from './metrics.ts';
 import { contextFromTraceparent, formatTraceparent, setTracingBackend, TRACER_NAME, type TraceBackend } from './telemetry.ts';
 import { OtlpHttpExporter, otlpConfigFromEnv, type ExportStats } from './trace-export.ts';
-import { FnSpan, TraceIdWords, newSpanId, newTraceIdWords, nowMs, samplerFromEnv, type ParentRef, type Sampler, type SpanSink } from './trace-span.ts';
+import { FnSpan, TraceIdWords, UnsampledSpan, newTraceIdWords, nowMs, samplerFromEnv, type ParentRef, type Sampler, type SpanSink } from './trace-span.ts';
 
 /**
  * The smallest ContextManager on AsyncLocalStorage (what @opentelemetry/context-async-hooks'
@@ -153,16 +153,17 @@ class Backend implements TraceBackend {
     if (parent instanceof FnSpan) {
       tid = parent.tid;
       parentSampled = true;
+    } else if (parent instanceof UnsampledSpan) {
+      tid = parent.tid;
+      parentSampled = false;
     } else if (parent) {
       tid = TraceIdWords.fromHex(parent.traceId);
       parentSampled = (parent.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED;
     } else {
       tid = newTraceIdWords();
     }
-    if (!this.sampler.sample(tid, parentSampled)) {
-      // not recorded, but its context (sampled=0) still propagates, so downstream parent-based samplers agree
-      return trace.wrapSpanContext({ traceId: tid.hex, spanId: newSpanId(), traceFlags: TraceFlags.NONE });
-    }
+    // not recorded, but its context (sampled=0) still propagates, so downstream parent-based samplers agree
+    if (!this.sampler.sample(tid, parentSampled)) return new UnsampledSpan(tid);
     return new FnSpan(this.sink, name, kind, tid, parent, attrs, startMs ?? nowMs());
   }
 }
@@ -180,7 +181,7 @@ class ApiTracer implements Tracer {
 
   startSpan(name: string, options: SpanOptions = {}, ctx: Context = context.active()): Span {
     const ps = options.root ? undefined : trace.getSpan(ctx);
-    const parent = ps instanceof FnSpan ? ps : ps && trace.isSpanContextValid(ps.spanContext()) ? ps.spanContext() : undefined;
+    const parent = ps instanceof FnSpan || ps instanceof UnsampledSpan ? ps : ps && trace.isSpanContextValid(ps.spanContext()) ? ps.spanContext() : undefined;
     const span = this.backend.start(name, options.attributes, options.kind ?? SpanKind.INTERNAL, parent, msOf(options.startTime));
     if (options.links?.length) span.addLinks(options.links);
     return span;
@@ -206,8 +207,6 @@ export interface TracingOptions {
   scheduledDelayMillis?: number;
   /** 'explicit' (default; FNHOST_OTEL_CONTEXT) or 'async': also register an AsyncLocalStorage context manager. */
   context?: 'explicit' | 'async';
-  /** @deprecated ignored: the export thread is gone (encoding a span now costs ~1 µs on the event loop). */
-  exportThread?: boolean;
 }
 
 export interface TracingHandle {

@@ -164,6 +164,7 @@ export function zygotePid(): number | null {
 async function getZygote(): Promise<Zygote | undefined> {
   if (zygoteDisabled || templateDisabled || zygoteFailures >= MAX_ZYGOTE_FAILURES) return undefined;
   if (zygote && !zygote.isClosed) return zygote;
+  zygote?.close(); // it died on its own: reap it
   zygoteStarting ??= (async () => {
     try {
       ensureRunDir();
@@ -252,48 +253,36 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   // 1. the zygote: a clone of it becomes the init (no exec, pooled netns); 2. exec of the init in a copy of
   // the template mount namespace; 3. exec in a copy of the host's (it stages and detaches itself).
   const z = await getZygote();
-  // cgroup v1 cannot place a task at birth anyway: the zygote clones while the cgroups are made.
-  let pending: PendingInit | undefined;
-  if (z && cgroups().kind === 'v1') {
-    try {
-      pending = z.spawnLate();
-    } catch {
-      zygoteFailed(z);
-    }
-  }
   let cg;
   try {
     cg = cgroups().create(node, id, limits);
   } catch (e) {
-    pending?.abort();
     throw fromNodeError(`creating the cgroup of sandbox ${id}`, e);
   }
   let spawned: { pid: number; fd: number } | undefined;
   let ch: ControlChannel | undefined;
   try {
     if (z && !z.isClosed) {
+      let pending: PendingInit | undefined;
       const join = cg.openJoin();
       try {
-        if (pending) pending.join(join);
-        else pending = z.spawn(join);
+        pending = z.spawn(join);
       } catch {
-        pending?.abort();
-        pending = undefined;
         zygoteFailed(z);
       } finally {
-        closeJoin(join);
+        closeJoin(join); // in flight to the zygote: the kernel holds its own references
       }
-    }
-    if (pending) {
-      // read the new init's messages from now on, while the zygote answers
-      ch = new ControlChannel(pending.fd);
-      try {
-        spawned = { pid: await pending.pid, fd: pending.fd };
-        zygoteFailures = 0;
-      } catch {
-        ch.close();
-        ch = undefined;
-        zygoteFailed(z!);
+      if (pending) {
+        // read the new init's messages from now on, while the zygote answers
+        ch = new ControlChannel(pending.fd);
+        try {
+          spawned = { pid: await pending.pid, fd: pending.fd };
+          zygoteFailures = 0;
+        } catch {
+          ch.close();
+          ch = undefined;
+          zygoteFailed(z);
+        }
       }
     }
     if (!spawned) {

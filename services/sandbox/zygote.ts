@@ -5,21 +5,20 @@
  * pool instead of a fresh CLONE_NEWNET on the hot path. Each init is born a child of THIS process
  * (CLONE_PARENT), so it is reaped, killed and watched exactly like one spawned by the addon's spawnInit.
  *
- * The zygote speaks the init's control protocol (control.ts): `run <reqid> spawn <njoin> <hasdir> <late>`
- * with fds, answered by `ok <reqid> <pid>` / `error <reqid> ...`. Requests are asynchronous: the host makes
- * the cgroups and wraps the new init's socket while the zygote clones.
+ * The zygote speaks the init's control protocol (control.ts): `run <reqid> spawn <njoin> <hasdir>` with fds,
+ * answered by `ok <reqid> <pid>` / `error <reqid> ...`. Requests are asynchronous: the host wraps the new
+ * init's socket while the zygote clones, and reads both answers from its event loop.
  *
  * @example
  * const z = await Zygote.start(INIT_PATH, NEWROOT, 4);  // ≈ a few ms, once
- * const init = z.spawnLate();                            // the clone starts now
- * init.join(cgroup.openJoin());                          // v1: its first frame; it joins before anything else
+ * const init = z.spawn(cgroup.openJoin());               // the clone starts now
  * const ch = new ControlChannel(init.fd);
  * const pid = await init.pid;                            // host pid of the new init (our child)
  * z.close();
  */
 import { closeSync } from 'node:fs';
 import type { CgroupJoin } from './cgroup.ts';
-import { ControlChannel, encodeFrame } from './control.ts';
+import { ControlChannel } from './control.ts';
 import { errnoName } from './errors.ts';
 import { native } from './native.ts';
 
@@ -40,11 +39,6 @@ export interface PendingInit {
   readonly fd: number;
   /** the init's host pid; rejects with Node's errno shape when no child was made (the caller closes `fd`). */
   readonly pid: Promise<number>;
-  /** spawnLate only: sends the cgroup `tasks` fds as the child's first frame (the caller closes its copies). */
-  join(j: CgroupJoin): void;
-  /** the cgroups could not be made (call before wrapping `fd`): ends the child (EOF instead of its join frame)
-   * and reaps it. */
-  abort(): void;
 }
 
 export class Zygote {
@@ -91,16 +85,7 @@ export class Zygote {
    */
   spawn(join: CgroupJoin): PendingInit {
     const fds = [...join.procsFds, ...(join.dirFd >= 0 ? [join.dirFd] : [])];
-    return this.request([String(join.procsFds.length), join.dirFd >= 0 ? '1' : '0', '0'], fds);
-  }
-
-  /**
-   * cgroup v1 only: the clone starts now and the caller makes the sandbox's cgroups meanwhile, then calls
-   * `join()` (or `abort()`); the child joins them before anything of the sandbox runs (v1 cannot place a task
-   * in a cgroup at birth anyway).
-   */
-  spawnLate(): PendingInit {
-    return this.request(['0', '0', '1'], []);
+    return this.request([String(join.procsFds.length), join.dirFd >= 0 ? '1' : '0'], fds);
   }
 
   private request(args: string[], fds: number[]): PendingInit {
@@ -131,16 +116,7 @@ export class Zygote {
       }),
     ]).finally(() => clearTimeout(timer));
     pid.catch(() => {}); // observed by the caller; never an unhandled rejection
-    return {
-      fd: mine,
-      pid,
-      join: (j: CgroupJoin) => native().sendFrame(mine, encodeFrame(['join']), j.procsFds),
-      abort: () => {
-        try { closeSync(mine); } catch { /* the caller's channel closed it already */ }
-        // The child exits at EOF; it is our child (CLONE_PARENT): reap it.
-        pid.then((p) => native().waitpidAsync(p)).catch(() => {});
-      },
-    };
+    return { fd: mine, pid };
   }
 
   /** Closes the socket: the zygote exits (and its netns maker with it, releasing the pooled namespaces). */

@@ -39,10 +39,12 @@ export interface InstanceHandle {
   readonly id: string;
   readonly alive: boolean;
   /**
-   * the runtime's own time of the last invocation that returned (success or typed error), ms, when the
-   * backend can tell: the scheduler keeps short functions on a few hot instances by it (./instances.ts).
+   * the runtime's own time of the last invocation, ms, when it returned a result and the backend can tell
+   * (undefined otherwise): the scheduler keeps short functions on a few hot instances by it (./instances.ts).
    */
   readonly lastRunMs?: number;
+  /** with lastRunMs, when the runtime sampled it: whether that invocation blocked (I/O, timers) rather than only computed. */
+  readonly lastRunSlept?: boolean;
   invoke(req: ExecRequest): Promise<ExecResult>;
   destroy(): Promise<void>;
 }

@@ -7,8 +7,8 @@
  *
  * Within a tenant, waiters are grouped (by function version in ./instances.ts): one FIFO per group, and
  * waiters of a group are interchangeable for `attempt()` — if the group's oldest cannot be served, none of
- * it can, so a pump costs one attempt per group, not one per waiter (with 48 invocations of one function
- * waiting for its 16 instances, the per-waiter scan made every release try all 48). Groups are offered
+ * it can, so a pump costs one attempt per group, not one per waiter (48 invocations of one function
+ * waiting for its 16 instances would otherwise be 48 attempts per release). Groups are offered
  * oldest head first, so a tenant stays FIFO across its functions as far as capacity allows.
  *
  * Removal (a waiter's time is up) is lazy: the waiter is marked and skipped when it reaches its FIFO's head.

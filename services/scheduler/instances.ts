@@ -7,26 +7,29 @@
  *   1. retire live instances of older versions of the same function (a changed memory cap or code is a new
  *      version; DESIGN.md: the next invocation uses it, the old instances go — busy ones when they finish);
  *   2. a warm instance of the same version with a free slot (`fn.concurrency`), most recently used first so
- *      that surplus instances age out;
+ *      that surplus instances age out — unless the function's hot set is busy (below) → wait;
  *   3. if the function is at `maxInstances` on this node → wait;
  *   4. memory admission: the sum of the caps of live (and starting) instances never exceeds `capacityMb`;
  *      idle instances are evicted least-recently-used first to make room; if that is not enough → wait;
  *   5. cold start: a pooled sandbox of the function's kind (or one created now), specialised.
  * Waiting is bounded (`maxWaitMs`, `maxWaitersPerFunction`); past either the caller gets TooManyRequests.
  *
- * Hot set: a short function (most of its recent calls took the runtime less than `shortRunMs` by its own
- * clock, `InstanceHandle.lastRunMs` — a median, not a mean: on a loaded machine a few preempted calls
- * take a whole time slice and would make the mean useless) runs on at most `hotInstances` instances at
- * once, even below its `maxInstances`; further
- * calls wait in its FIFO and get the next instance that frees up (handed over in `release()`). Measured
- * here with 64 calls in flight of a node echo function: 16 busy instances cost 140–190 µs of runtime CPU
- * per call, 4 cost 55–70 µs (a process that runs again at once has warm caches and needs no wake-up), and
- * served 1.5–2× the calls per second. A call held longer than `HOT_STUCK_MS` — or than `HOT_STUCK_HOLDS`
- * times the function's usual hold (placement to release, as the host sees it: it grows with the host's
- * load, and on a loaded 2-core machine reached tens of ms for a 0.1 ms call) — stops counting while no call
- * of the function has returned for as long, so a function whose calls turn long gets its other instances
- * back within that time, before the share shows it; a host that was merely descheduled (every call looks
- * old, but results are arriving) keeps its hot set.
+ * Hot set: a short function runs on at most `hotInstances` instances at once, even below its `maxInstances`;
+ * further calls wait in its FIFO and get the next instance that frees up (handed over in `release()`).
+ * Measured here with 64 calls in flight of a node echo function: 16 busy instances cost 140–190 µs of
+ * runtime CPU per call, 4 cost 55–70 µs (a process that runs again at once has warm caches and needs no
+ * wake-up), and served 1.5–2× the calls per second.
+ *   - short: at least a quarter of its recent calls took the runtime less than `shortRunMs` by its own clock
+ *     (`InstanceHandle.lastRunMs`) — a low quantile, not a mean: on a loaded machine preempted calls take
+ *     whole time slices (with 16 busy runtimes on 2 cores under other load, most calls did) — and most of
+ *     its sampled calls did not block (`lastRunSlept`): a call that waits for I/O a little is served better
+ *     by more instances at once, while one that only computes a little gains nothing from them;
+ *   - a call held longer than `stuck` = max(`HOT_STUCK_MS`, `HOT_STUCK_HOLDS` × the usual hold of the
+ *     function's fast calls — placement to release as the host sees it, which grows with the host's load:
+ *     tens of ms for a 0.1 ms call on a loaded 2-core machine) stops counting, so the long calls of a mostly
+ *     short function do not hold its waiters back; while other calls of the function keep returning, only
+ *     past `HOT_STUCK_MOVING` × stuck (a host that was merely descheduled sees every call as old while the
+ *     results are arriving: it keeps its hot set).
  * A function whose cap alone is above the node's capacity gets LimitExceeded at once.
  *
  * Invariant kept by construction: `admittedMb` (sum over instances in state starting|live|retiring) ≤ capacityMb.
@@ -35,8 +38,8 @@
  * pool's max per kind × their idle size (~120 KiB bare, tens of MiB with a pre-booted runtime) — which is
  * why the default capacity is half the machine, not all of it.
  */
-import type { FunctionVersion, LogLine, StartKind } from '../common/model.ts';
 import { availableParallelism } from 'node:os';
+import type { FunctionVersion, LogLine, StartKind } from '../common/model.ts';
 import { LimitExceeded, TooManyRequests, Timeout } from '../common/errors.ts';
 import { activeSpan, runInSpan, type Span } from '../common/telemetry.ts';
 import type { Executor, InstanceHandle } from './executor.ts';
@@ -54,26 +57,36 @@ export interface InstancesConfig {
   maxWaitersPerFunction: number;
   /** instances a short function keeps busy at once (default 2 per core; 0 = no hot set). See the module header. */
   hotInstances?: number;
-  /** a function most of whose calls take less than this (runtime's own time, ms) is short (default 2). */
+  /** a function a quarter of whose calls take less than this (runtime's own time, ms) is short (default 2). */
   shortRunMs?: number;
 }
 
 /** 2 busy instances per core: measured best with 2–8 (55–85 µs of runtime CPU per call) vs 16 (140–190 µs). */
 const DEFAULT_HOT_PER_CORE = 2;
 const DEFAULT_SHORT_RUN_MS = 2;
-/** a call of a short function held longer than this (and than HOT_STUCK_HOLDS usual holds) no longer counts against the hot set */
+/** share of recent calls under shortRunMs that makes a function short (see the module header) */
+const SHORT_SHARE = 0.25;
+/**
+ * `stuck` (module header): 10 ms ≈ 100 calls' worth of a 0.1 ms function, far past a fast call's hold on a
+ * quiet host (~0.3 ms); the multiples of the usual hold keep it well past the hold on a loaded one.
+ */
 const HOT_STUCK_MS = 10;
 const HOT_STUCK_HOLDS = 8;
+const HOT_STUCK_MOVING = 4;
 /** calls seen before a function can count as short (a new function is never held back) */
 const MIN_SAMPLES = 16;
 /** weight of the newest call in the running shares and averages (≈ the last 10–20 calls count) */
 const EWMA_ALPHA = 0.1;
+/** the same for `slept`, which runtimes report on every 8th call */
+const SLEEP_ALPHA = 0.3;
 
 interface RunStats {
   /** running share of calls that took the runtime less than shortRunMs */
   fastShare: number;
+  /** running share of the sampled calls during which the runtime blocked */
+  sleepShare: number;
   samples: number;
-  /** placement to release, host-side */
+  /** placement to release, host-side, of the fast calls */
   holdMs: number;
   /** performance.now() of the latest release */
   lastRelease: number;
@@ -211,7 +224,7 @@ export class Instances {
   private isShort(key: string, fn: FunctionVersion): boolean {
     if (this.hot <= 0 || this.slotsOf(fn) !== 1) return false;
     const st = this.runStats.get(key);
-    return st !== undefined && st.samples >= MIN_SAMPLES && st.fastShare >= 0.5;
+    return st !== undefined && st.samples >= MIN_SAMPLES && st.fastShare >= SHORT_SHARE && st.sleepShare < 0.5;
   }
 
   private slotsOf(fn: FunctionVersion): number {
@@ -303,10 +316,12 @@ export class Instances {
       const hold = now - inst.busySince;
       const fast = ms < this.shortRunMs ? 1 : 0;
       const st = this.runStats.get(inst.key);
-      if (!st) this.runStats.set(inst.key, { fastShare: fast, samples: 1, holdMs: hold, lastRelease: now });
+      const slept = inst.handle?.lastRunSlept;
+      if (!st) this.runStats.set(inst.key, { fastShare: fast, sleepShare: slept ? 1 : 0, samples: 1, holdMs: hold, lastRelease: now });
       else {
+        if (slept !== undefined) st.sleepShare += SLEEP_ALPHA * ((slept ? 1 : 0) - st.sleepShare);
         st.fastShare += EWMA_ALPHA * (fast - st.fastShare);
-        st.holdMs += EWMA_ALPHA * (hold - st.holdMs);
+        if (fast) st.holdMs += EWMA_ALPHA * (hold - st.holdMs);
         st.samples++;
         st.lastRelease = now;
       }
@@ -314,11 +329,17 @@ export class Instances {
     if (fatal || !inst.handle?.alive) this.destroy(inst, 'fatal');
     else if (inst.state === 'retiring' && inst.inFlight === 0) this.destroy(inst, 'retired');
     else if (inst.state === 'live') {
+      this.hooks.onWarm?.(inst.fn, inst.lastUsed + this.cfg.keepAliveMs);
       // Only this function version waits: hand the freed slot straight to its oldest waiter (no round of
       // attempts). With anyone else waiting the pump decides: an idle instance may be evicted to make room
-      // for another tenant's waiter, whose turn it may be.
-      this.hooks.onWarm?.(inst.fn, inst.lastUsed + this.cfg.keepAliveMs);
-      if (this.waiters.size > 0 && !this.closed && this.waiters.countGroup(inst.fn.tenant, inst.key) === this.waiters.size) {
+      // for another tenant's waiter, whose turn it may be. Not while the function's hot set is full without
+      // this instance (it grew past it while calls looked stuck): the instance then stays idle and ages out.
+      if (
+        this.waiters.size > 0 &&
+        !this.closed &&
+        this.waiters.countGroup(inst.fn.tenant, inst.key) === this.waiters.size &&
+        !this.findWarm(inst.fn, inst.key).hotFull
+      ) {
         const w = this.waiters.shiftGroup(inst.fn.tenant, inst.key) as FnWaiter | undefined;
         if (w) {
           inst.inFlight++;
@@ -339,8 +360,8 @@ export class Instances {
 
   /**
    * Waits in the fair queue. One FIFO per function version, no timer per waiter: one timer armed for the
-   * earliest expiry sweeps the expired (a per-waiter promise + 30 s timer cost measurable host CPU at 64
-   * invocations in flight over 16 instances, where most invocations wait here).
+   * earliest expiry sweeps the expired (with a function's hot set busy most invocations wait here, so the
+   * waiting path is on the hot path).
    */
   private wait(fn: FunctionVersion, deadline: number): Promise<Placement> {
     const key = fnKey(fn);
@@ -405,9 +426,10 @@ export class Instances {
       for (const i of set) {
         if (i.state === 'starting' || i.state === 'live') {
           count++;
-          if (short && i.inFlight > 0 && (moving || now - i.busySince < stuck)) {
+          const held = now - i.busySince;
+          if (short && i.inFlight > 0 && (held < stuck || (moving && held < HOT_STUCK_MOVING * stuck))) {
             hotBusy++;
-            coolAt = Math.min(coolAt, Math.max(i.busySince, moving ? st!.lastRelease : 0) + stuck);
+            coolAt = Math.min(coolAt, held < stuck ? i.busySince + stuck : Math.min(i.busySince + HOT_STUCK_MOVING * stuck, st!.lastRelease + stuck));
           }
         }
         if (i.state === 'live' && i.inFlight < slots && i.handle?.alive !== false) {
@@ -515,7 +537,12 @@ export class Instances {
     this.hooks.onSpecialised?.(inst.fn, Date.now() - t0);
     if (inst.state === 'starting') {
       inst.state = 'live';
-      this.hooks.onWarm?.(inst.fn, Date.now() + this.cfg.keepAliveMs);
+      // After the caller's first invocation is on its way (the rest of this tick): the advertisement is a
+      // Redis write the cold start need not wait behind.
+      const fn = inst.fn;
+      setImmediate(() => {
+        if (inst.state === 'live') this.hooks.onWarm?.(fn, Date.now() + this.cfg.keepAliveMs);
+      });
     }
     if (this.closed) {
       // shut down while specialising: the caller still gets to run on it; release() will destroy it

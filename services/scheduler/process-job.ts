@@ -49,6 +49,8 @@ export interface JobContext {
   records?: RecordBatch;
 }
 
+const NO_ATTRS = Object.freeze({});
+
 /** Errors after which the instance is never reused (DESIGN.md, issue 5). */
 const FATAL = new Set(['Timeout', 'OutOfMemory', 'Crashed']);
 /** Async failures that another attempt cannot fix. */
@@ -211,18 +213,22 @@ function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 
 }
 
 /**
- * A sync/http call handed over in-process by a co-located client (./local-dispatch.ts), already placed:
- * `placed` resolves with the lease (at once for a warm instance; after specialisation for a cold start,
- * which the caller starts inside the 'local dispatch' span so that 'specialise' hangs under it).
+ * A sync/http call handed over in-process by a co-located client (./local-dispatch.ts). `place` decides and
+ * reserves synchronously (Instances.acquireNow): a lease at once for a warm instance, a promise of one for a
+ * cold start (begun inside the 'local dispatch' span, so 'specialise' hangs under it), or undefined — then
+ * nothing ran and the caller takes the queue.
  * The trace: 'local dispatch' (under the caller's span) → 'warm pick' | 'pool claim' (+ 'specialise') →
  * 'run' → 'result delivery'. Never rejects: a failure is the outcome's `error`.
  */
 export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | Promise<Lease> | undefined): Promise<LocalOutcome> | undefined {
   const fn = call.fn;
-  const attrs = {
-    [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
-    [Attr.mode]: call.mode, [Attr.attempt]: 1, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
-  };
+  // built only when something records it: this path runs thousands of times a second
+  const attrs = tracingEnabled()
+    ? {
+        [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
+        [Attr.mode]: call.mode, [Attr.attempt]: 1, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
+      }
+    : NO_ATTRS;
   const t0 = Date.now();
   let placed: Lease | Promise<Lease> | undefined;
   // withSpan runs its callback synchronously up to the first await: the placement is decided and reserved in

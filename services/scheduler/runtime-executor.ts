@@ -167,6 +167,7 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
         const inst = await specialise(inner, fn, code, image, { ...opts.specialise, onLog, parent });
         const id = inner.sandbox.id;
         let lastRunMs: number | undefined;
+        let lastRunSlept: boolean | undefined;
         return {
           id,
           get alive() {
@@ -175,10 +176,15 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
           get lastRunMs() {
             return lastRunMs;
           },
+          get lastRunSlept() {
+            return lastRunSlept;
+          },
           async invoke(req) {
             lastRunMs = undefined;
+            lastRunSlept = undefined;
             const r = await inst.invoke(req);
             lastRunMs = r.handlerMs;
+            lastRunSlept = r.handlerSlept;
             return { response: r.response, durationMs: r.durationMs };
           },
           async destroy() {

@@ -4,6 +4,8 @@
  * this node's own queue), the warm pool, the instance table with memory admission, result delivery, logs,
  * heartbeats and warm-routing advertisements. Two lanes feed one processor (./process-job.ts): the fast lane
  * (./fast-lane.ts, sync/http) and BullMQ workers (async; per tenant queue, created when a tenant first uses one).
+ * A third way in needs no queue: a client in the same process hands over the sync calls this node can place
+ * at once (./local-dispatch.ts; the scheduler registers itself there on start and waits for those calls on close).
  *
  * Several scheduler processes (one or many machines) may share one Redis; they share nothing in memory.
  * Each needs its own `nodeId` (it names its queue, heartbeat, advertisements and the sandbox/cgroup prefix

@@ -9,15 +9,16 @@
  *   harness as runc/crun/bwrap below).
  * - ours.pooled: start + exited + destroy of a sandbox created beforehand (the pool's cold-start path).
  * - ours.full: createSandbox + start + exited + destroy.
- * - ours.full_with_1g_heap: `full` while this process holds 1 GiB of live V8 heap (the addon never forks
- *   the heap: clone(CLONE_VM|CLONE_VFORK) straight into exec of the init).
+ * - ours.full_with_1g_heap: `full` while this process holds 1 GiB of live V8 heap (Node's heap is never
+ *   forked: sandbox inits are clones of the small zygote, native/init/zygote.c, which itself was started by
+ *   clone(CLONE_VM|CLONE_VFORK) straight into exec).
  * - runc / crun: `<tool> run --bundle B <id>` (create+start+wait+delete), read-only root, pid/net/ipc/uts/mnt
  *   namespaces, memory+pids limits like ours. crun 1.8 refuses this host's hybrid cgroup layout, so its
  *   series runs in a private mount namespace with /sys/fs/cgroup/unified unmounted (issue 2).
  * - bwrap: `bwrap --ro-bind R / --proc /proc --dev /dev --unshare-all /bin/true`.
  *
- * floor and ours.* run in interleaved rounds (--rounds, default 4) so that drift of this shared machine hits
- * them alike; the 1 GiB heap is allocated before and dropped after each round's heap series.
+ * Every entry runs in interleaved rounds (--rounds, default 4: a quarter of n each) so that drift of this
+ * shared machine hits them alike; the 1 GiB heap is allocated before and dropped after each round's heap series.
  *
  * Usage: npm run bench:sandbox [-- --n 200] [-- --rounds 4]   (env BENCH_N works too)
  */
@@ -76,19 +77,13 @@ if (process.argv.includes('--series')) {
   process.exit(0);
 }
 
-function external(name: string, argv: string[], n: number, opts: { privateNsUmount?: string } = {}): Entry {
-  const tool = which(argv[0]!);
-  if (!tool) return { error: `${argv[0]} is not installed (bash infra/setup.sh --bench installs it)` };
-  log(`${name}: ${n} runs`);
-  try {
-    if (!opts.privateNsUmount) return stats(series([tool, ...argv.slice(1)], n));
-    const r = spawnSync('unshare', ['-m', '--propagation', 'private', '--', process.execPath, '--import', 'tsx', process.argv[1]!,
-      '--series', JSON.stringify({ argv: [tool, ...argv.slice(1)], n, umount: opts.privateNsUmount })], { encoding: 'utf8', maxBuffer: 1 << 24 });
-    if (r.status !== 0) throw new Error(String(r.stderr).trim().split('\n').slice(-3).join(' '));
-    return stats(JSON.parse(r.stdout) as number[]);
-  } catch (e) {
-    return { error: (e as Error).message };
-  }
+/** One series of an external tool, n runs (+3 warm-up); throws with the tool's error. */
+function externalTimes(argv: string[], n: number, privateNsUmount?: string): number[] {
+  if (!privateNsUmount) return series(argv, n);
+  const r = spawnSync('unshare', ['-m', '--propagation', 'private', '--', process.execPath, '--import', 'tsx', process.argv[1]!,
+    '--series', JSON.stringify({ argv, n, umount: privateNsUmount })], { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (r.status !== 0) throw new Error(String(r.stderr).trim().split('\n').slice(-3).join(' '));
+  return JSON.parse(r.stdout) as number[];
 }
 
 function ociBundle(dir: string, rootfs: string): string {
@@ -184,7 +179,10 @@ async function main(): Promise<void> {
   const busybox = join(fx.base, 'bin/busybox');
   setFlagsFromString('--expose_gc');
   const gc = runInNewContext('gc') as () => void;
-  const t = { floor: [] as number[], pooled: [] as number[], full: [] as number[], heap: [] as number[] };
+  const t = {
+    floor: [] as number[], pooled: [] as number[], full: [] as number[], heap: [] as number[],
+    runc: [] as number[], crun: [] as number[], bwrap: [] as number[],
+  };
   const err: Partial<Record<keyof typeof t, string>> = {};
   const collectInto = async (k: keyof typeof t, f: () => Promise<Entry | number[]>) => {
     if (err[k]) return;
@@ -195,6 +193,18 @@ async function main(): Promise<void> {
       err[k] = (e as Error).message;
     }
   };
+  const bundle = ociBundle(bundles, fx.base);
+  const tools: Array<{ key: 'runc' | 'crun' | 'bwrap'; argv: string[]; privateNsUmount?: string }> = [
+    { key: 'runc', argv: ['runc', 'run', '--bundle', bundle, `fnhost-bench-runc-${process.pid}`] },
+    // crun 1.8 refuses this host's hybrid cgroup layout: its series runs where cgroup2 is unmounted (issue 2)
+    { key: 'crun', argv: ['crun', 'run', '--bundle', bundle, `fnhost-bench-crun-${process.pid}`], privateNsUmount: '/sys/fs/cgroup/unified' },
+    { key: 'bwrap', argv: ['bwrap', '--ro-bind', fx.base, '/', '--proc', '/proc', '--dev', '/dev', '--unshare-all', '/bin/true'] },
+  ];
+  for (const tool of tools) {
+    const path = which(tool.argv[0]!);
+    if (path) tool.argv[0] = path;
+    else err[tool.key] = `${tool.argv[0]} is not installed (bash infra/setup.sh --bench installs it)`;
+  }
   try {
     await warmUp();
     for (let r = 0; r < rounds; r++) {
@@ -214,16 +224,18 @@ async function main(): Promise<void> {
       heap = undefined;
       gc(); // and let the freeing settle before the next round's series
       await new Promise((res) => setTimeout(res, SETTLE_MS));
+      // the other runtimes in the same rounds, so that load from other jobs on this shared machine hits
+      // every entry alike (a series of each tool back to back at the end was at the mercy of that moment)
+      for (const tool of tools) {
+        log(`round ${r + 1}/${rounds}: ${tool.key} (${per} runs)`);
+        await collectInto(tool.key, async () => externalTimes(tool.argv, per, tool.privateNsUmount));
+      }
     }
     const entry = (k: keyof typeof t): Entry => (err[k] ? { error: err[k]! } : stats(t[k]));
-    const bundle = ociBundle(bundles, fx.base);
-    const runc = external('runc', ['runc', 'run', '--bundle', bundle, `fnhost-bench-runc-${process.pid}`], n);
-    const crun = external('crun', ['crun', 'run', '--bundle', bundle, `fnhost-bench-crun-${process.pid}`], n, { privateNsUmount: '/sys/fs/cgroup/unified' });
-    const bwrap = external('bwrap', ['bwrap', '--ro-bind', fx.base, '/', '--proc', '/proc', '--dev', '/dev', '--unshare-all', '/bin/true'], n);
     process.stdout.write(`${JSON.stringify({
       floor: entry('floor'),
       ours: { pooled: entry('pooled'), full: entry('full'), full_with_1g_heap: entry('heap') },
-      runc, crun, bwrap,
+      runc: entry('runc'), crun: entry('crun'), bwrap: entry('bwrap'),
     })}\n`);
   } finally {
     await cleanupLeftovers(nodeId).catch(() => {});

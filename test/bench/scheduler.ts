@@ -12,6 +12,11 @@
  *   idle_sandbox_kib      memory charged to a pooled exec sandbox's cgroup (kernel + init; no runtime booted),
  *                         mean over those 200; sandboxes_per_gib = 1 GiB / that
  *
+ * Every call crosses the queue: the client is created without `localDispatch` (services/scheduler/local-dispatch.ts),
+ * so each one is pushed to Redis and popped by the scheduler's BLMPOP. Since client and scheduler share this process
+ * (as in `fnhost start`), the result is handed over in-process and the final record follows in the scheduler's
+ * next write batch (services/scheduler/record-batch.ts), exactly as for the gateway's queued calls.
+ *
  * Needs root, the native build and the base images (npm run setup). Starts its own redis-server.
  */
 import { spawn, execFileSync } from 'node:child_process';
@@ -124,7 +129,7 @@ async function main() {
       metrics: createMetrics({ defaultMetrics: false }), logger: createLogger('bench', 'warn'),
     });
     await sched.start();
-    const client = createInvocationClient({ redisUrl });
+    const client = createInvocationClient({ redisUrl, localDispatch: false }); // through the queue, always (see the header)
     const fn = (over: Partial<FunctionVersion>): FunctionVersion => ({
       tenant: 'bench', name: 'f', version: 1, runtime: 'node', handler: 'echo.handler', codeDigest: nodeCode,
       memoryMb: 128, timeoutMs: 10_000, env: {}, concurrency: 1, public: false, createdAt: new Date().toISOString(), ...over,

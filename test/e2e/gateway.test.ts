@@ -89,6 +89,10 @@ describe.skipIf(!!skip)('gateway end to end (issue 6)', () => {
     const r2 = await invoke('echo', [1, 2, 3]);
     expect(await j(r2)).toEqual([1, 2, 3]);
     expect(r2.headers.get('x-fnhost-start')).toBe('warm');
+    // the host ran both in-process (local dispatch): the record is readable the moment the answer is out
+    const got = await t.req('GET', `/v1/invocations/${r2.headers.get('x-fnhost-invocation-id')}`, { key });
+    expect(got.status).toBe(200);
+    expect(await j(got)).toMatchObject({ status: 'succeeded', start: 'warm', result: [1, 2, 3], attempts: 1, mode: 'sync' });
 
     await deploy('ctx', { handler: 'fns.ctx', memoryMb: 128 });
     const v2 = await deploy('ctx', { handler: 'fns.ctx', memoryMb: 192 });

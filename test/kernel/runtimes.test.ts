@@ -109,12 +109,14 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
 describe.each(STYLES)('runtime $name', (style) => {
   it('echoes a JSON event', async () => {
     const inst = await instance(style, 'echo');
-    const { response, handlerMs, durationMs } = await inst.invoke({ id: id(), payload: event('{"a":1,"b":[true,null,"x"]}', 'application/json') });
+    const { response, handlerMs, durationMs, handlerSlept } = await inst.invoke({ id: id(), payload: event('{"a":1,"b":[true,null,"x"]}', 'application/json') });
     expect(response.status).toBe(200);
     expect(JSON.parse(response.body.toString())).toEqual({ a: 1, b: [true, null, 'x'] });
     // the runtime's own time (the scheduler's hot set goes by it): at most what the host saw end to end
     expect(handlerMs).toBeGreaterThanOrEqual(0);
     expect(handlerMs).toBeLessThanOrEqual(durationMs);
+    // node / python sample whether the call blocked, starting with an instance's first invocation
+    expect(typeof handlerSlept).toBe(style.exec ? 'undefined' : 'boolean');
   });
 
   it('round-trips a binary body byte-exact', async () => {

@@ -5,7 +5,7 @@
  * zygote's open; and the host falls back cleanly when the zygote is gone.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, openSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { setNetnsPoolForTests, zygotePid, type Sandbox } from '../../services/sandbox/index.ts';
 import { collect, useSandboxEnv } from '../helpers/sandbox.ts';
@@ -141,5 +141,10 @@ describe.skipIf(process.getuid?.() !== 0)('netns pool and zygote (needs root: sk
     const q = await after.start({ layers: [env.fx().base], argv: ['/bin/true'] });
     q.stdin.end();
     expect((await q.exited).code).toBe(0);
+    // the dead zygote was reaped (it was this process's child), and a new one runs
+    const reaped = Date.now() + 3000;
+    while (Date.now() < reaped && existsSync(`/proc/${z}`)) await new Promise((r) => setTimeout(r, 5));
+    expect(existsSync(`/proc/${z}`)).toBe(false);
+    expect(zygotePid()).not.toBe(z);
   });
 });

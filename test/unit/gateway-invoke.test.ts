@@ -12,6 +12,7 @@ import { createGateway } from '../../services/gateway/app.ts';
 import { splitEndpointUrl } from '../../services/gateway/endpoint.ts';
 import { parseSince } from '../../services/gateway/logs.ts';
 import { renderResult } from '../../services/gateway/invocations.ts';
+import { responseHeaders } from '../../services/gateway/invoke.ts';
 import { generateKey, hashKey } from '../../services/store/keys.ts';
 import { createMetadataStore } from '../../services/store/metadata.ts';
 import { createHarness, deployForm, ScriptedClient, DirImageStore, type Harness } from './gateway-harness.ts';
@@ -385,5 +386,23 @@ describe('tenant isolation (invocation routes)', () => {
       expect((await h.req(m, p, { key: otherKey })).status, `${m} ${p}`).toBe(404);
     }
     expect(h.client.calls).toHaveLength(0);
+  });
+});
+
+describe('sync answer headers', () => {
+  const result = (headers: Record<string, string>) => ({
+    record: { id: 'i1', tenant: 't', function: 'f', version: 1, mode: 'sync' as const, status: 'succeeded' as const, start: 'warm' as const, attempts: 1, createdAt: 0, durationMs: 1.23456 },
+    response: { status: 200, headers, body: Buffer.from('x') },
+  });
+  it('a plain object: lower-cased names, repeats joined, X-Fnhost-* set, length/encoding left to the server', () => {
+    const h = responseHeaders(result({ 'Content-Type': 'application/json', 'X-A': '1', 'x-a': '2', 'Content-Length': '99', 'transfer-encoding': 'chunked', 'x-fnhost-start': 'cold' }));
+    expect(h).toEqual({ 'content-type': 'application/json', 'x-a': '1, 2', 'x-fnhost-invocation-id': 'i1', 'x-fnhost-start': 'warm', 'x-fnhost-duration-ms': '1.235' });
+  });
+  it('falls back to Headers (which refuses the same values as before) when a name or value is not writable as is', () => {
+    const h = responseHeaders(result({ x: 'a\u0001b', ok: 'y' }));
+    expect(h).toBeInstanceOf(Headers);
+    expect((h as Headers).get('x-fnhost-start')).toBe('warm');
+    expect(() => responseHeaders(result({ 'bad name': 'v' }))).toThrow();
+    expect(() => responseHeaders(result({ x: 'a\r\nb' }))).toThrow();
   });
 });

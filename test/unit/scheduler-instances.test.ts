@@ -445,11 +445,45 @@ describe('hot set of a short function', () => {
     await Promise.all(long);
   });
 
+  it('after growing past its hot set (calls that looked stuck), it shrinks back: freed extra instances are not handed on', async () => {
+    const { inst } = hotSetup();
+    const fn = fnv({ maxInstances: 4 });
+    await Promise.all(Array.from({ length: 4 }, () => call(inst, fn)));
+    for (let k = 0; k < 20; k++) await call(inst, fn);
+    const [a, b] = await Promise.all([inst.acquire(fn), inst.acquire(fn)]);
+    // a and b are held past HOT_STUCK_MS with nothing returning: two waiters get the other two instances
+    const [c, d] = await Promise.all([inst.acquire(fn), inst.acquire(fn)]);
+    expect(new Set([a, b, c, d].map((l) => l.instance)).size).toBe(4);
+    const later = [inst.acquire(fn), inst.acquire(fn)];
+    expect(inst.waiting()).toBe(2);
+    inst.release(a.instance);
+    inst.release(b.instance);
+    // c and d are the hot set now: a and b stay idle, the waiters wait for c and d
+    expect(inst.waiting()).toBe(2);
+    expect(a.instance.inFlight + b.instance.inFlight).toBe(0);
+    inst.release(c.instance);
+    inst.release(d.instance);
+    const served = await Promise.all(later);
+    expect(served.map((l) => l.instance).sort((x, y) => x.seq - y.seq)).toEqual([c.instance, d.instance].sort((x, y) => x.seq - y.seq));
+    for (const l of served) inst.release(l.instance);
+  });
+
   it('a function that is not short uses every instance it may have', async () => {
     const { inst } = hotSetup();
     const fn = fnv({ maxInstances: 6 });
     const slowish = { kind: 'event' as const, body: Buffer.from('{"sleep":5}') };
     for (let k = 0; k < 20; k++) await call(inst, fn, slowish);
+    const leases = await Promise.all(Array.from({ length: 6 }, () => inst.acquire(fn)));
+    expect(new Set(leases.map((l) => l.instance)).size).toBe(6);
+    expect(inst.waiting()).toBe(0);
+    for (const l of leases) inst.release(l.instance);
+  });
+
+  it('a function whose short calls wait (I/O) rather than compute is not held to the hot set', async () => {
+    const { inst } = hotSetup();
+    const fn = fnv({ maxInstances: 6 });
+    const waits = { kind: 'event' as const, body: Buffer.from('{"sleep":1}') }; // ≈1 ms, under shortRunMs, blocked
+    for (let k = 0; k < 20; k++) await call(inst, fn, waits);
     const leases = await Promise.all(Array.from({ length: 6 }, () => inst.acquire(fn)));
     expect(new Set(leases.map((l) => l.instance)).size).toBe(6);
     expect(inst.waiting()).toBe(0);
@@ -489,6 +523,52 @@ describe('fair queue', () => {
     expect(q.shiftGroup('A', 'x')).toMatchObject({ group: 'x' });
     expect(q.countGroup('A', 'x')).toBe(49);
     expect(q.size).toBe(49);
+  });
+
+  it('random pushes, removals, hand-overs and pumps: every waiter settles once, FIFO within its group, sizes add up', () => {
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+    const q = new FairQueue<number>();
+    const settled = new Map<number, string>();
+    const pending: Array<{ id: number; w: Parameters<typeof q.push>[0] }> = [];
+    const servedOrder = new Map<string, number[]>();
+    let free = 0;
+    let next = 0;
+    for (let step = 0; step < 5000; step++) {
+      const op = rnd(10);
+      if (op < 5) {
+        const id = next++;
+        const tenant = `t${rnd(3)}`;
+        const group = `g${rnd(3)}`;
+        const w = {
+          tenant,
+          group,
+          attempt: () => (free > 0 ? (free--, id) : undefined),
+          resolve: (v: number) => {
+            expect(settled.has(v)).toBe(false);
+            settled.set(v, 'served');
+            const k = `${tenant}/${group}`;
+            servedOrder.set(k, [...(servedOrder.get(k) ?? []), v]);
+          },
+          reject: () => settled.set(id, 'rejected'),
+        };
+        q.push(w);
+        pending.push({ id, w });
+      } else if (op < 7 && pending.length) {
+        const [p] = pending.splice(rnd(pending.length), 1);
+        if (q.remove(p!.w)) settled.set(p!.id, 'removed');
+      } else if (op < 8 && pending.length) {
+        const p = pending[rnd(pending.length)]!;
+        const w = q.shiftGroup(p.w.tenant, p.w.group!);
+        if (w) w.resolve(pending.find((x) => x.w === w)!.id); // the caller hands over capacity of its own
+      } else {
+        free += rnd(4);
+        q.pump();
+      }
+      const waiting = pending.filter((p) => !settled.has(p.id)).length;
+      expect(q.size).toBe(waiting);
+    }
+    for (const ids of servedOrder.values()) expect(ids).toEqual([...ids].sort((a, b) => a - b));
   });
 
   it('serves tenants round-robin, FIFO within a tenant', () => {

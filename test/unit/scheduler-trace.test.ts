@@ -20,7 +20,7 @@ import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 const exporter = new InMemorySpanExporter();
 let tracing: TracingHandle;
 beforeAll(async () => {
-  tracing = await initTracing({ exporter, scheduledDelayMillis: 10, exportThread: false });
+  tracing = await initTracing({ exporter, scheduledDelayMillis: 10 });
 });
 afterAll(async () => {
   await tracing.shutdown();

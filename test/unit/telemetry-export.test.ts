@@ -249,6 +249,37 @@ describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
     return Buffer.concat([protoBatchHeader({ 'service.name': 'x' }, 'fnhost', spans.length), spans]);
   }
 
+  it('our protobuf encoding decodes exactly like the OpenTelemetry SDK\'s own serializer output for the same spans', async () => {
+    const { ProtobufTraceSerializer } = (await import('@opentelemetry/otlp-transformer')) as unknown as {
+      ProtobufTraceSerializer: { serializeRequest(spans: unknown[]): Uint8Array };
+    };
+    const { resourceFromAttributes } = await import('@opentelemetry/resources');
+    const spans: FnSpan[] = [];
+    const w = new ProtoWriter();
+    const sink = { onEnd: (s: FnSpan) => (spans.push(s), protoSpan(w, s)) };
+    const tid = TraceIdWords.fromHex('0af7651916cd43dd8448eb211c80319c');
+    const root = new FnSpan(sink, 'http request', SpanKind.SERVER, tid, { traceId: tid.hex, spanId: 'b7ad6b7169203331', traceFlags: 1, isRemote: true }, { s: 'ü', i: -3, d: 2.5, b: false, a: ['x', 'y'] }, 1_700_000_000_000.5);
+    const child = new FnSpan(sink, 'run', SpanKind.INTERNAL, tid, root, {}, 1_700_000_000_001);
+    child.setAttribute(Attr.outcome, 'FunctionError');
+    child.recordException(new Error('boom'), 1_700_000_000_002);
+    child.setStatus({ code: SpanStatusCode.ERROR, message: 'boom' });
+    child.addLink({ context: { traceId: 'ab'.repeat(16), spanId: 'cd'.repeat(8), traceFlags: 1 }, attributes: { why: 'retry' } });
+    child.end(1_700_000_000_003.25);
+    root.end(1_700_000_000_004);
+    const resource = resourceFromAttributes({ 'service.name': 'x' });
+    const ours = Buffer.concat([protoBatchHeader({ 'service.name': 'x' }, 'fnhost', w.pos), w.bytes()]);
+    const sdkSpans = spans.map((s) => ({
+      name: s.name, kind: s.kind, spanContext: () => s.spanContext(), parentSpanContext: s.parentSpanContext, startTime: s.startTime, endTime: s.endTime,
+      attributes: s.attributes, status: s.status, events: s.events, links: s.links, droppedAttributesCount: 0, droppedEventsCount: 0,
+      droppedLinksCount: 0, resource, instrumentationScope: { name: 'fnhost' }, duration: s.duration, ended: true,
+    }));
+    const theirs = Buffer.from(ProtobufTraceSerializer.serializeRequest(sdkSpans));
+    const norm = (b: Buffer) => decodeOtlpProto(b).map((s) => ({ ...s, startNs: String(s.startNs), endNs: String(s.endNs) }));
+    expect(norm(ours)).toEqual(norm(theirs));
+    expect(norm(ours).map((s) => s.name)).toEqual(['run', 'http request']);
+    expect(norm(ours)[0]).toMatchObject({ parentSpanId: root.spanContext().spanId, status: { code: 2, message: 'boom' }, startNs: '1700000000001000000' });
+  });
+
   it('decodes and counts protobuf bodies; a truncated body is an error, not a count', () => {
     const body = encoded(3);
     expect(countOtlpProto(body)).toBe(3);

@@ -22,7 +22,7 @@ import { initTracing, type TracingHandle } from '../../services/common/tracing-s
 import { createLogger, invocationLogger } from '../../services/common/log.ts';
 import { OutOfMemory } from '../../services/common/errors.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
-import { tracing } from '../../services/gateway/middleware/tracing.ts';
+import { requestSpan, tracing } from '../../services/gateway/middleware/tracing.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
@@ -170,6 +170,25 @@ describe('with tracing on', () => {
     }
   });
 
+  it('a traceparent handed out here and coming back in this process finds its span (no parse), as a local parent', async () => {
+    let tp: string | undefined;
+    await withSpan('producer', {}, async (span) => {
+      tp = injectTraceparent(span);
+    });
+    expect(tp).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    await withRemoteParent(tp, () => withSpan('consumer', {}, async () => {}));
+    // a copy of the string (as after JSON through Redis) is found too
+    await withRemoteParent(JSON.parse(JSON.stringify(tp)), () => withSpan('consumer2', {}, async () => {}));
+    const spans = await finished();
+    const producer = byName(spans, 'producer');
+    expect(tp).toBe(`00-${producer.spanContext().traceId}-${producer.spanContext().spanId}-01`);
+    for (const n of ['consumer', 'consumer2']) {
+      const c = byName(spans, n);
+      expect(c.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
+      expect(c.spanContext().traceId).toBe(producer.spanContext().traceId);
+    }
+  });
+
   it('attributes set after creation join the creation-time ones; the caller\'s object is not modified', async () => {
     const given = { [Attr.tenant]: 'acme', [Attr.memoryMb]: 128 };
     await withSpan('attrs', given, async (span) => {
@@ -256,6 +275,12 @@ describe('with tracing on', () => {
         const tp = await withSpan(SpanName.enqueue, {}, async () => injectTraceparent());
         return c.json({ tp });
       });
+      // after an await there is no implicit current span: the handler reaches it through requestSpan(c)
+      a.post('/late', async (c) => {
+        await new Promise((r) => setTimeout(r, 1));
+        requestSpan(c).setAttributes({ [Attr.tenant]: 'acme' });
+        return c.json({ tp: injectTraceparent(requestSpan(c)), implicit: injectTraceparent() ?? null });
+      });
       a.get('/boom', () => {
         throw new Error('handler failed');
       });
@@ -284,6 +309,20 @@ describe('with tracing on', () => {
       });
       const p = parsePromText(await m.text());
       expect(p.value('fnhost_http_requests_total', { method: 'POST', route: '/v1/functions/:name/invoke', status: '200' })).toBe(1);
+    });
+
+    it('requestSpan(c) reaches the request span after an await (no implicit context there)', async () => {
+      const { a } = app();
+      const res = await a.request('/late', { method: 'POST', headers: { traceparent: TP } });
+      const body = (await res.json()) as { tp: string; implicit: string | null };
+      const http = byName(await finished(), SpanName.httpRequest);
+      expect(body.tp).toBe(`00-${TRACE}-${http.spanContext().spanId}-01`);
+      expect(body.implicit).toBeNull();
+      expect(http.attributes[Attr.tenant]).toBe('acme');
+      // without the middleware mounted: the shared non-recording span, never a crash
+      const bare = new Hono();
+      bare.get('/', (c) => c.text(String(requestSpan(c).isRecording())));
+      expect(await (await bare.request('/')).text()).toBe('false');
     });
 
     it('without a traceparent the request is a root; 5xx marks the span as error; unmatched routes stay bounded', async () => {
