@@ -77,11 +77,13 @@ export class ExecInstance extends InstanceBase {
     return this._alive && this.sandbox.state !== 'destroyed';
   }
 
-  private async spawn(env: Record<string, string>): Promise<SandboxProcess> {
+  /** `stdin` is the invocation body: the sandbox writes it into the pipe with the spawn request, so the
+   * process reads it without waiting for a host round trip after the init's answer. */
+  private async spawn(env: Record<string, string>, stdin: Buffer): Promise<SandboxProcess> {
     const cwd = this.code ? this.opts.codeDir : this.image.config.workingDir || '/';
-    if (this.started) return this.sandbox.exec({ argv: this.argv, env, cwd });
+    if (this.started) return this.sandbox.exec({ argv: this.argv, env, cwd, stdin });
     const spec: StartSpec = {
-      argv: this.argv, env, cwd,
+      argv: this.argv, env, cwd, stdin,
       layers: this.image.layers,
       mounts: this.code ? [{ target: CODE_DIR, layers: [this.code.dir] }] : [],
       limits: this.limits,
@@ -97,7 +99,7 @@ export class ExecInstance extends InstanceBase {
     logs.begin(req.id);
     let proc: SandboxProcess;
     try {
-      proc = await this.spawn({ ...this.baseEnv, ...contextEnv(this.fn, req, deadline) });
+      proc = await this.spawn({ ...this.baseEnv, ...contextEnv(this.fn, req, deadline) }, req.payload.body);
     } catch (e) {
       // The sandbox refuses argv it cannot find in the rootfs (InvalidRequest, field argv): that is the
       // function's own mistake (a wrong handler path), reported as its error. A failed start destroys the sandbox.
@@ -106,6 +108,12 @@ export class ExecInstance extends InstanceBase {
       throw e;
     }
     logs.attach(proc.stderr, 'stderr');
+    if (!proc.stdin.writableEnded) {
+      // A Sandbox that does not take ProcessSpec.stdin (the process stand-in): the body goes in now.
+      // A process that never reads stdin makes the write fail with EPIPE: not the function's error.
+      proc.stdin.on('error', () => {});
+      proc.stdin.end(req.payload.body);
+    }
     const out: Buffer[] = [];
     let outBytes = 0;
     let tooLarge = false;
@@ -121,9 +129,6 @@ export class ExecInstance extends InstanceBase {
       proc.stdout.once('close', r);
       proc.stdout.once('error', () => r());
     });
-    // A process that never reads stdin makes the write fail with EPIPE: not the function's error.
-    proc.stdin.on('error', () => {});
-    proc.stdin.end(req.payload.body);
 
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<null>((r) => (timer = setTimeout(() => r(null), Math.max(0, deadline - Date.now()))));

@@ -28,8 +28,9 @@ import { validateIdempotencyKey } from './validate.ts';
  */
 export function invokeRequest(c: Context, fn: FunctionVersion, payload: InvocationPayload, mode: InvocationMode): InvokeRequest {
   // after the handler's awaits there is no implicit current span (services/common/telemetry.ts): name it
+  // Tenant, function, version, mode and start kind are not repeated here: the span under this one that does
+  // the work ('local dispatch' / 'scheduler pickup') carries them, and every byte is exported per invocation.
   const span = requestSpan(c);
-  if (span.isRecording()) span.setAttributes({ [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.mode]: mode });
   const req: InvokeRequest = { fn, payload, mode };
   const tp = injectTraceparent(span) ?? c.req.header('traceparent');
   if (tp) req.traceparent = tp;
@@ -45,7 +46,7 @@ export async function invokeSync(c: Context, deps: { client: GatewayDeps['client
   try {
     const r = await deps.client.invoke(invokeRequest(c, fn, payload, mode));
     const span = requestSpan(c);
-    if (r.record.start && span.isRecording()) span.setAttributes({ [Attr.invocationId]: r.record.id, [Attr.start]: r.record.start });
+    if (span.isRecording()) span.setAttribute(Attr.invocationId, r.record.id);
     return r;
   } finally {
     release();

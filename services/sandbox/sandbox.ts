@@ -4,7 +4,7 @@
  * `Sandbox` contract of types.ts; created by createSandbox() in index.ts.
  */
 import { close, closeSync, readFileSync } from 'node:fs';
-import { Socket } from 'node:net';
+import { Socket, type SocketConstructorOpts } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { Conflict, InvalidRequest } from '../common/errors.ts';
@@ -292,11 +292,21 @@ export class SandboxImpl implements Sandbox {
     // The host ends are wrapped while the init works on the frame (mounts, pivot, exec): ≈30 µs of JS per
     // stream that would otherwise come after its reply, on the cold-start path.
     const sIn = new Socket({ fd: hostFds[0]!, readable: false, writable: true });
-    const sOut = new Socket({ fd: hostFds[1]!, readable: true, writable: false });
-    const sErr = new Socket({ fd: hostFds[2]!, readable: true, writable: false });
-    const sWire = p.wire ? new Socket({ fd: hostFds[3]!, readable: true, writable: true }) : null;
     // A process that exits without reading its stdin must not crash the host with EPIPE.
     sIn.on('error', () => {});
+    // The body goes into the pipe now, in the tick that sent the spawn request: libuv writes what fits
+    // (uv_try_write, the pipe's capacity: 64 KiB unless fs.pipe-user-pages-soft is exhausted) at once, long
+    // before the init has cloned and exec'd the process (≥ 0.1 ms), so the process reads its body without a
+    // host round trip; the rest is written as it reads, then the write end closes (EOF). Writing before the
+    // request instead would delay the init's work by the ≈30 µs of wrapping the fd.
+    if (p.stdin) sIn.end(p.stdin);
+    // Output is not read until the caller reads it (net.Socket's manualStart: no read(0) at construction).
+    // With its stdin already written, a short process can exit before "ok" is processed: a stream read from
+    // here would see EOF and emit 'end' before the caller had a listener, and the caller would wait forever.
+    const quiet = { readable: true, writable: false, manualStart: true } as SocketConstructorOpts;
+    const sOut = new Socket({ fd: hostFds[1]!, ...quiet });
+    const sErr = new Socket({ fd: hostFds[2]!, ...quiet });
+    const sWire = p.wire ? new Socket({ fd: hostFds[3]!, readable: true, writable: true }) : null;
     const r = await reply;
     if (!r.ok) {
       this.procs.delete(id);

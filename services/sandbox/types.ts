@@ -52,6 +52,15 @@ export interface ProcessSpec {
   gid?: number;
   /** when true the process gets fd 3: a stream socket whose other end is `SandboxProcess.wire`. */
   wire?: boolean;
+  /**
+   * The process's whole stdin. As much as the pipe holds (64 KiB by default) is written before the process
+   * can run, so a process that reads stdin at once finds it without waiting for the host; the rest follows
+   * as it reads, then stdin is closed (EOF). `SandboxProcess.stdin` is then already ended. An empty buffer
+   * gives an immediate EOF. Without it, the caller writes `SandboxProcess.stdin` itself.
+   * @example
+   * const p = await sb.exec({ argv: ['/bin/cat'], stdin: Buffer.from('hello') });
+   */
+  stdin?: Uint8Array;
 }
 
 export interface StartSpec extends ProcessSpec {

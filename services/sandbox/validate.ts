@@ -98,6 +98,7 @@ export interface NormalProcess {
   uid: number;
   gid: number;
   wire: boolean;
+  stdin: Uint8Array | undefined;
 }
 
 export function validateProcess(p: ProcessSpec): NormalProcess {
@@ -121,7 +122,8 @@ export function validateProcess(p: ProcessSpec): NormalProcess {
   }
   const bytes = p.argv.reduce((n, a) => n + a.length + 1, 0) + env.reduce((n, e) => n + e.length + 1, 0);
   if (bytes > MAX_PROCESS_BYTES) bad('argv', `argv and env take ${bytes} bytes; at most ${MAX_PROCESS_BYTES}`);
-  return { argv: [...p.argv], env, cwd, uid, gid, wire: p.wire === true };
+  if (p.stdin !== undefined && !(p.stdin instanceof Uint8Array)) bad('stdin', 'stdin must be a Buffer or Uint8Array');
+  return { argv: [...p.argv], env, cwd, uid, gid, wire: p.wire === true, stdin: p.stdin };
 }
 
 /** A read-only overlay mounted at `target` inside the sandbox. */

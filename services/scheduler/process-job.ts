@@ -141,7 +141,7 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
     lease = await runInSpan(span, () => ctx.instances.acquire(fn, d.deadline));
     start = lease.start;
     span.setAttribute(Attr.start, start);
-    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, { [Attr.start]: start }, span);
+    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
     if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
     ctx.logs.begin(d.id);
     const runStart = Date.now();
@@ -255,7 +255,7 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
     start = lease.start;
     ctx.logs.begin(call.id);
     span.setAttribute(Attr.start, start);
-    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, { [Attr.start]: start }, span);
+    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
     if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
     const runStart = Date.now();
     let res;

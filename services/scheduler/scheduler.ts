@@ -57,6 +57,10 @@ export interface SchedulerOptions {
   maxWaitMs?: number;
   /** default 1,000 */
   maxWaitersPerFunction?: number;
+  /** instances a short function keeps busy at once (default 2 per core; 0 = no hot set): ./instances.ts "Hot set". */
+  hotInstances?: number;
+  /** a function a quarter of whose calls take the runtime less than this many ms is short (default 2). */
+  shortRunMs?: number;
   pool?: Partial<PoolConfig>;
   /** jobs one tenant may have picked up on this node at once (default 64 — enough to keep 2 cores busy with ~1 ms invocations). */
   tenantConcurrency?: number;
@@ -120,6 +124,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     keepAliveMs: opts.keepAliveMs ?? 5 * 60_000,
     maxWaitMs: opts.maxWaitMs ?? 30_000,
     maxWaitersPerFunction: opts.maxWaitersPerFunction ?? 1000,
+    hotInstances: opts.hotInstances,
+    shortRunMs: opts.shortRunMs,
   };
 
   // Warm advertisements, throttled: re-advertise only when the stored expiry is more than half a keep-alive old.

@@ -186,7 +186,9 @@ describe('observability end to end (issue 7)', () => {
       // the caller's traceparent is honoured: same trace, its span is our root's parent
       expect(http.parentSpanId).toBe(t.spanId);
       expect(http.kind).toBe(SERVER);
-      expect(http.attributes).toMatchObject({ [Attr.httpRoute]: invokeRoute, [Attr.httpStatus]: 200 });
+      expect(http.attributes).toMatchObject({ [Attr.httpRoute]: invokeRoute, [Attr.httpStatus]: 200, [Attr.invocationId]: invocationId });
+      // the invocation's attributes live on 'local dispatch' only (exported bytes per invocation)
+      for (const k of [Attr.tenant, Attr.function, Attr.version, Attr.mode, Attr.start]) expect(http.attributes[k], k).toBeUndefined();
       // no queue crossed: no enqueue / queue wait / scheduler pickup spans
       for (const n of [SpanName.enqueue, SpanName.queueWait, SpanName.pickup]) expect(spans.some((s) => s.name === n), n).toBe(false);
       expect(local.parentSpanId).toBe(http.spanId);
