@@ -27,6 +27,7 @@ import { decodePayload, encodeResponse, type JobData } from './job.ts';
 import { getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
 import { appendLogs, type LogRetention } from './logs.ts';
 import type { Instances, Lease } from './instances.ts';
+import type { ExecRequest, ExecResult } from './executor.ts';
 import type { LogBuffer } from './log-buffer.ts';
 import type { Retention } from './config.ts';
 import { unpend } from './routing.ts';
@@ -145,18 +146,7 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
     if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
     ctx.logs.begin(d.id);
     const runStart = Date.now();
-    let res;
-    try {
-      const handle = lease.instance.handle!;
-      res = await runInSpan(span, () => handle.invoke({ id: d.id, payload, deadline: runStart + fn.timeoutMs }));
-    } catch (e) {
-      const err = typed(e);
-      ctx.instances.release(lease.instance, FATAL.has(err.type));
-      lease = undefined;
-      throw err;
-    }
-    ctx.instances.release(lease.instance, false);
-    lease = undefined;
+    const res = await runOnLease(ctx, lease, span, { id: d.id, payload, deadline: runStart + fn.timeoutMs });
     const now = Date.now();
     const rec: InvocationRecord = {
       ...baseRecord(d, attempt), status: 'succeeded', start, startedAt: pickedAt, finishedAt: now,
@@ -181,6 +171,24 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
       throw err;
     }
   }
+}
+
+/**
+ * Runs one call on a leased instance (the 'run' span is opened under `span` by the runtime) and gives the
+ * instance back exactly once: never to be reused after a fatal error (FATAL). Errors come back typed.
+ */
+async function runOnLease(ctx: JobContext, lease: Lease, span: Span, req: ExecRequest): Promise<ExecResult> {
+  const handle = lease.instance.handle!;
+  let res;
+  try {
+    res = await runInSpan(span, () => handle.invoke(req));
+  } catch (e) {
+    const err = typed(e);
+    ctx.instances.release(lease.instance, FATAL.has(err.type));
+    throw err;
+  }
+  ctx.instances.release(lease.instance, false);
+  return res;
 }
 
 function errJSON(e: FnhostError): StoredRecord['error'] {
@@ -258,19 +266,7 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
     recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
     if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
     const runStart = Date.now();
-    let res;
-    try {
-      const req = { id: call.id, payload: call.payload, deadline: runStart + fn.timeoutMs };
-      const handle = lease.instance.handle!;
-      res = await runInSpan(span, () => handle.invoke(req));
-    } catch (e) {
-      const err = typed(e);
-      ctx.instances.release(lease.instance, FATAL.has(err.type));
-      lease = undefined;
-      throw err;
-    }
-    ctx.instances.release(lease.instance, false);
-    lease = undefined;
+    const res = await runOnLease(ctx, lease, span, { id: call.id, payload: call.payload, deadline: runStart + fn.timeoutMs });
     const now = Date.now();
     const record: InvocationRecord = {
       ...base, status: 'succeeded', start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
