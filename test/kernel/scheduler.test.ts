@@ -22,6 +22,7 @@ import { createLogger } from '../../services/common/log.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { ImageStore } from '../../services/store/types.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
+import { until as untilHelper } from '../helpers/until.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const FNS = join(ROOT, 'test/fixtures/scheduler/fns');
@@ -128,15 +129,8 @@ function fnOf(e: Env, over: Partial<FunctionVersion> & { code: keyof typeof dige
 const ev = (o: unknown) => ({ kind: 'event' as const, body: Buffer.from(JSON.stringify(o)) });
 const body = (r: { response: { body: Buffer } }) => JSON.parse(r.response.body.toString());
 
-async function until<T>(f: () => Promise<T> | T, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`condition not met in time (last: ${JSON.stringify(v)})`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+/** the kernel tests' deadline: real sandboxes on a loaded machine */
+const until = <T>(f: () => Promise<T> | T, ok: (v: T) => boolean, ms = 10_000) => untilHelper(f, ok, ms, 25);
 
 describe('scheduler on real sandboxes', () => {
   it('cold then warm on the same instance (node and exec); the pool refills after use', async (t) => {

@@ -18,6 +18,7 @@ import { FnhostError } from '../../services/common/errors.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
+import { until } from '../helpers/until.ts';
 
 const silent = createLogger('test', 'silent');
 let redis: Redis;
@@ -27,16 +28,6 @@ beforeAll(() => {
 afterAll(async () => {
   await redis.quit();
 });
-
-async function until<T>(f: () => Promise<T> | T, ok: (v: T) => boolean, ms = 5000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`condition not met in time (last: ${JSON.stringify(v)})`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
