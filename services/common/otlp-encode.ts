@@ -436,18 +436,19 @@ export function protoBatchHeader(resource: Attributes, scopeName: string, spansB
   const scopeSpansLen = 1 + vlen(scopeMsg.length) + scopeMsg.length + spansBytes;
   const resourceSpansLen = 1 + vlen(resourceMsg.length) + resourceMsg.length + 1 + vlen(scopeSpansLen) + scopeSpansLen;
   const h = new ProtoWriter(64 + resourceMsg.length + scopeMsg.length);
+  /** a finished sub-message as a length-delimited field */
+  const embed = (field: number, msg: Buffer) => {
+    h.tag(field, LEN);
+    h.varint(msg.length);
+    h.ensure(msg.length);
+    h.pos += msg.copy(h.buf, h.pos);
+  };
   h.tag(1, LEN);
   h.varint(resourceSpansLen);
-  h.tag(1, LEN);
-  h.varint(resourceMsg.length);
-  h.ensure(resourceMsg.length);
-  h.pos += resourceMsg.copy(h.buf, h.pos);
+  embed(1, resourceMsg);
   h.tag(2, LEN);
   h.varint(scopeSpansLen);
-  h.tag(1, LEN);
-  h.varint(scopeMsg.length);
-  h.ensure(scopeMsg.length);
-  h.pos += scopeMsg.copy(h.buf, h.pos);
+  embed(1, scopeMsg);
   return Buffer.from(h.bytes());
 }
 
