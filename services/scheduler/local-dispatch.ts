@@ -29,6 +29,7 @@
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
 import type { ErrorJSON, InvocationRecord } from './types.ts';
+import { ProcessRegistry } from './process-registry.ts';
 
 /** One sync/http call handed over in-process. */
 export interface LocalCall {
@@ -62,7 +63,7 @@ export interface LocalDispatcher {
   tryDispatch(call: LocalCall): Promise<LocalOutcome> | undefined;
 }
 
-const dispatchers = new Map<string, LocalDispatcher>();
+const dispatchers = new ProcessRegistry<LocalDispatcher>();
 
 /**
  * The identity of the queues a connection reaches: server address (TCP host:port or unix socket path),
@@ -77,10 +78,7 @@ export function localKey(redis: Redis, prefix: string): string {
 
 /** Registers a scheduler's dispatcher; returns the unregister function. */
 export function registerLocalDispatcher(key: string, d: LocalDispatcher): () => void {
-  dispatchers.set(key, d);
-  return () => {
-    if (dispatchers.get(key) === d) dispatchers.delete(key);
-  };
+  return dispatchers.register(key, d);
 }
 
 /** The scheduler in this process serving `key`, if there is one. */

@@ -12,6 +12,7 @@
  * the perf notes).
  */
 import type { InvocationRecord } from './types.ts';
+import { ProcessRegistry } from './process-registry.ts';
 
 /**
  * `rec` is final, its response as bytes (no base64 round trip in-process); `written` settles once Redis has
@@ -20,17 +21,14 @@ import type { InvocationRecord } from './types.ts';
  */
 export type LocalSettle = (id: string, rec: InvocationRecord, written: Promise<unknown>) => void;
 
-const clients = new Map<string, LocalSettle>();
+const clients = new ProcessRegistry<LocalSettle>();
 
 /** Registers a client's result callback under its id; returns the unregister function. */
 export function registerLocalClient(clientId: string, settle: LocalSettle): () => void {
-  clients.set(clientId, settle);
-  return () => {
-    if (clients.get(clientId) === settle) clients.delete(clientId);
-  };
+  return clients.register(clientId, settle);
 }
 
 /** The in-process client waiting on `clientId`, if there is one. */
 export function localClient(clientId: string | undefined): LocalSettle | undefined {
-  return clientId === undefined ? undefined : clients.get(clientId);
+  return clients.get(clientId);
 }
