@@ -1,7 +1,7 @@
 /*
  * caps.c — privileges. The function's process ends with no capability in any set (bounding and ambient
  * included), an unprivileged uid/gid and no supplementary groups. The init keeps only what later requests
- * need (attach: CAP_SYS_ADMIN for move_mount; spawning: CAP_SETUID/SETGID/SETPCAP).
+ * need (attach: CAP_SYS_ADMIN for move_mount; spawning: CAP_SETUID/SETGID/SETPCAP; until start, CAP_SYS_CHROOT).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -81,24 +81,38 @@ int caps_drop_all(uid_t uid, gid_t gid)
 	return set_caps(0);
 }
 
+/* What a started init keeps: attach (CAP_SYS_ADMIN) and spawning (CAP_SETUID/SETGID/SETPCAP). */
+#define INIT_STARTED_CAPS ((1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETGID) | (1ULL << CAP_SETPCAP))
+
+/* Before start it also needs CAP_SYS_CHROOT, once, to enter the rootfs (mount.c mnt_enter). */
 int caps_init_keep_minimal(void)
 {
-	unsigned long long keep = (1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETGID) |
-				  (1ULL << CAP_SETPCAP);
+	unsigned long long keep = INIT_STARTED_CAPS | (1ULL << CAP_SYS_CHROOT);
 	if (drop_bounding_except(keep, &bounding_left) < 0)
 		return -1;
 	return set_caps(keep);
 }
 
+/* Once inside the rootfs: CAP_SYS_CHROOT goes (bounding, effective, permitted). */
+int caps_init_started(void)
+{
+	if (!(bounding_left & (1ULL << CAP_SYS_CHROOT)))
+		return 0;
+	if (drop_bounding_except(INIT_STARTED_CAPS, &bounding_left) < 0)
+		return -1;
+	return set_caps(INIT_STARTED_CAPS);
+}
+
 /*
  * The zygote's set (zygote.c): what its inits need before they reach caps_init_keep_minimal — CAP_SYS_ADMIN
  * (clone with namespaces, setns, mounts), CAP_NET_ADMIN (lo up in a fresh netns when the pool is empty),
- * CAP_SYS_RESOURCE (oom_score_adj -1000), and what caps_init_keep_minimal keeps.
+ * CAP_SYS_RESOURCE (oom_score_adj -1000), and what caps_init_keep_minimal keeps (CAP_SYS_CHROOT included).
  */
 int caps_zygote_keep(void)
 {
 	unsigned long long keep = (1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETGID) |
-				  (1ULL << CAP_SETPCAP) | (1ULL << CAP_NET_ADMIN) | (1ULL << CAP_SYS_RESOURCE);
+				  (1ULL << CAP_SETPCAP) | (1ULL << CAP_NET_ADMIN) | (1ULL << CAP_SYS_RESOURCE) |
+				  (1ULL << CAP_SYS_CHROOT);
 	if (drop_bounding_except(keep, &bounding_left) < 0)
 		return -1;
 	return set_caps(keep);

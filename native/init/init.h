@@ -53,9 +53,12 @@ int ns_sethostname(const char *name);
 
 /* mount.c */
 int mnt_tmpfs(const char *target, const char *size_bytes, const char *mode);
+int mnt_tmp_premake(void);
+int mnt_tmp(const char *size_bytes, const char *target);
 int mnt_proc(const char *target);
 int mnt_dev(const char *target);
 int mnt_pivot(const char *new_root);
+int mnt_enter(const char *new_root);
 int mnt_move_fd(int fd, const char *target);
 int mnt_move(const char *from, const char *to);
 int mnt_stage(const char *stage);
@@ -65,9 +68,11 @@ int mnt_zygote(const char *stage);
 /* caps.c */
 int caps_drop_all(uid_t uid, gid_t gid);
 int caps_init_keep_minimal(void);
+int caps_init_started(void);
 int caps_zygote_keep(void);
 
-/* seccomp.c */
+/* seccomp.c: seccomp_prepare builds the filter program once (before any spawn; install calls it too) */
+void seccomp_prepare(void);
 int seccomp_install(void);
 
 /* main.c: whether the init's own oom_score_adj -1000 was accepted */

@@ -71,49 +71,123 @@ static const int denied_enosys[] = {
 #define ALLOW (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
 #define RET_ERRNO(e) (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
 #define LOAD(field) (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, field))
+#define JUMP(op, k, jt, jf) (struct sock_filter) BPF_JUMP(BPF_JMP | (op) | BPF_K, (k), (jt), (jf))
+
+/* What a listed syscall number leads to; the index of the shared tail instruction that does it. */
+enum verdict { V_EPERM, V_ENOSYS, V_CLONE, V_ALLOW, NVERDICT };
+
+struct entry {
+	unsigned nr;
+	enum verdict v;
+};
+
+/* Leaves of the search tree hold up to this many numbers, tested one JEQ each. */
+#define LEAF 3
+
+struct prog {
+	struct sock_filter *f;
+	unsigned n;
+	/* JEQs/JAs that jump to a tail instruction not yet placed: patched once the tail's index is known */
+	struct { unsigned at; enum verdict v; int ja; } fix[256];
+	unsigned nfix;
+};
 
 /*
- * Layout: arch check, x32 check, one JEQ per denied syscall jumping forward to a shared RET (cBPF jump offsets
- * are 8 bits: the lists stay far below 255 entries), the clone flag test, ALLOW, then the shared RETs. One
- * instruction per syscall instead of a JEQ+RET pair: the kernel converts and JITs the program on every install
- * (each cold start), and that work is linear in its length (≈60 instructions instead of ≈110).
+ * Emits a binary search over entries [lo, hi) (sorted by nr): JGE splits down to leaves of ≤ LEAF JEQs; every
+ * path ends in a jump to the tail (verdict of the matched number, or ALLOW when none matched). Why a tree
+ * and not one JEQ per number: on every install the kernel evaluates the filter once per syscall number and
+ * architecture to build its allow-cache (kernel/seccomp.c seccomp_cache_prepare: ~460 numbers × the
+ * instructions on each path), and that emulation, linear in the path length, was most of the ≈75 µs an
+ * install cost on each cold start; a tree makes every path ≈ log2(entries) + LEAF instructions long.
  */
-int seccomp_install(void)
+static void emit_tree(struct prog *p, const struct entry *e, unsigned lo, unsigned hi)
 {
-	struct sock_filter f[256];
+	if (hi - lo <= LEAF) {
+		for (unsigned i = lo; i < hi; i++) {
+			p->fix[p->nfix++] = (typeof(p->fix[0])) { p->n, e[i].v, 0 };
+			p->f[p->n++] = JUMP(BPF_JEQ, e[i].nr, 0, 0);
+		}
+		p->fix[p->nfix++] = (typeof(p->fix[0])) { p->n, V_ALLOW, 1 };
+		p->f[p->n++] = (struct sock_filter) BPF_STMT(BPF_JMP | BPF_JA, 0);
+		return;
+	}
+	unsigned mid = lo + (hi - lo) / 2, at = p->n++;
+	emit_tree(p, e, lo, mid);
+	/* nr >= e[mid].nr: skip the left half (its length fits 8 bits: the whole program is < 256) */
+	p->f[at] = JUMP(BPF_JGE, e[mid].nr, (unsigned char) (p->n - at - 1), 0);
+	emit_tree(p, e, mid, hi);
+}
+
+/* The program, built once (seccomp_prepare) in the zygote or init: every process it starts inherits it. */
+static struct sock_filter filter[256];
+static unsigned short filter_len;
+
+/*
+ * Layout: arch check, x32 check, the search tree over the listed numbers, then the shared tail: the clone flag
+ * test, ALLOW, RET EPERM, RET ENOSYS.
+ */
+void seccomp_prepare(void)
+{
+	struct entry e[128];
 	const unsigned n_eperm = sizeof denied_eperm / sizeof denied_eperm[0];
 	const unsigned n_enosys = sizeof denied_enosys / sizeof denied_enosys[0];
-	unsigned n = 0, i;
+	unsigned ne = 0, i;
+	struct prog p = { .f = filter };
 
-	f[n++] = LOAD(arch);
-	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_NATIVE, 1, 0);
-	f[n++] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
-	f[n++] = LOAD(nr);
+	if (filter_len)
+		return;
+	_Static_assert(sizeof denied_eperm / sizeof denied_eperm[0] + sizeof denied_enosys / sizeof denied_enosys[0] + 1 < 100,
+		       "the tree (≈2 instructions per entry) and its tail must stay below 256 instructions: cBPF jump offsets are 8 bits");
+
+	for (i = 0; i < n_eperm; i++)
+		e[ne++] = (struct entry) { (unsigned) denied_eperm[i], V_EPERM };
+	for (i = 0; i < n_enosys; i++)
+		e[ne++] = (struct entry) { (unsigned) denied_enosys[i], V_ENOSYS };
+	e[ne++] = (struct entry) { SYS_clone, V_CLONE };
+	/* insertion sort: a few dozen entries, and no libc allocation (this may run in a vfork-style child) */
+	for (i = 1; i < ne; i++)
+		for (unsigned j = i; j > 0 && e[j - 1].nr > e[j].nr; j--) {
+			struct entry t = e[j];
+			e[j] = e[j - 1];
+			e[j - 1] = t;
+		}
+
+	p.f[p.n++] = LOAD(arch);
+	p.f[p.n++] = JUMP(BPF_JEQ, AUDIT_ARCH_NATIVE, 1, 0);
+	p.f[p.n++] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+	p.f[p.n++] = LOAD(nr);
 #ifdef X32_SYSCALL_BIT
-	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1);
-	f[n++] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+	p.f[p.n++] = JUMP(BPF_JGE, X32_SYSCALL_BIT, 0, 1);
+	p.f[p.n++] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
 #endif
-	/* Index of the shared RETs: after the lists, the 4 clone instructions and ALLOW. */
-	const unsigned list = n, ret_eperm = list + n_eperm + n_enosys + 4 + 1, ret_enosys = ret_eperm + 1;
-	for (i = 0; i < n_eperm; i++, n++)
-		f[n] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned) denied_eperm[i],
-						     (unsigned char) (ret_eperm - n - 1), 0);
-	for (i = 0; i < n_enosys; i++, n++)
-		f[n] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned) denied_enosys[i],
-						     (unsigned char) (ret_enosys - n - 1), 0);
+	emit_tree(&p, e, 0, ne);
+
+	unsigned tail[NVERDICT];
 	/* clone(flags, ...): flags is the first argument on x86_64 and arm64; the namespace bits are all in
 	 * the low 32 bits, which sit at args[0]'s offset on little-endian machines. */
-	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3);
-	f[n++] = LOAD(args[0]);
-	f[n++] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NS_FLAGS, 0, 1);
-	f[n++] = RET_ERRNO(EPERM);
-	f[n++] = ALLOW;
-	f[n++] = RET_ERRNO(EPERM);  /* ret_eperm */
-	f[n++] = RET_ERRNO(ENOSYS); /* ret_enosys */
-	_Static_assert(sizeof denied_eperm / sizeof denied_eperm[0] + sizeof denied_enosys / sizeof denied_enosys[0] < 240,
-		       "cBPF jump offsets are 8 bits");
+	tail[V_CLONE] = p.n;
+	p.f[p.n++] = LOAD(args[0]);
+	p.f[p.n++] = JUMP(BPF_JSET, CLONE_NS_FLAGS, 1, 0);
+	tail[V_ALLOW] = p.n;
+	p.f[p.n++] = ALLOW;
+	tail[V_EPERM] = p.n;
+	p.f[p.n++] = RET_ERRNO(EPERM);
+	tail[V_ENOSYS] = p.n;
+	p.f[p.n++] = RET_ERRNO(ENOSYS);
+	for (i = 0; i < p.nfix; i++) {
+		unsigned at = p.fix[i].at, off = tail[p.fix[i].v] - at - 1;
+		if (p.fix[i].ja)
+			p.f[at].k = off;
+		else
+			p.f[at].jt = (unsigned char) off;
+	}
+	filter_len = (unsigned short) p.n;
+}
 
-	struct sock_fprog prog = { .len = (unsigned short) n, .filter = f };
+int seccomp_install(void)
+{
+	seccomp_prepare();
+	struct sock_fprog prog = { .len = filter_len, .filter = filter };
 	if (sys_seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
 		return fail(errno, "seccomp", "", "installing the seccomp filter");
 	return 0;

@@ -5,8 +5,9 @@
  * exit is a FunctionError carrying stderr's tail.
  *
  * The first invocation starts the sandbox (rootfs = image layers + the code layer at /var/task, read-only)
- * with its process as the first process; later ones `exec` into the same started sandbox. No process of
- * ours runs in between, so an imported image needs nothing but its own entrypoint.
+ * with its process as the first process, unless specialisation got a pre-started one (ExecOptions.started);
+ * later ones `exec` into the same started sandbox. No process of ours runs in between, so an imported image
+ * needs nothing but its own entrypoint.
  *
  * Context reaches the process as environment variables (CGI names for HTTP requests):
  *   FNHOST_INVOCATION_ID, FNHOST_FUNCTION_NAME, FNHOST_FUNCTION_VERSION, FNHOST_MEMORY_MB, FNHOST_DEADLINE_MS,
@@ -34,6 +35,13 @@ export interface ExecOptions {
   responseCapBytes: number;
   /** host path of /var/task as the process sees it (differs only for the process stand-in). */
   codeDir: string;
+  /** the sandbox is started already (pre-started rootfs, caps set): every call is an exec. */
+  started?: boolean;
+  /**
+   * with `started`: the code layer's attach, requested but maybe not done yet. The first call's spawn is sent
+   * right behind it and the call waits for both; a failed attach fails that call and destroys the instance.
+   */
+  mounted?: Promise<void>;
 }
 
 /**
@@ -56,6 +64,8 @@ export function execArgv(fn: FunctionVersion, code: CodeLayer | null, image: Res
 
 export class ExecInstance extends InstanceBase {
   private started = false;
+  /** ExecOptions.mounted until the first call has waited for it */
+  private mounted: Promise<void> | null;
   private destroying: Promise<void> | null = null;
   private readonly argv: string[];
   private readonly baseEnv: Record<string, string>;
@@ -69,6 +79,8 @@ export class ExecInstance extends InstanceBase {
     private readonly opts: ExecOptions,
   ) {
     super(fn, sandbox);
+    this.started = opts.started === true;
+    this.mounted = opts.mounted ?? null;
     this.argv = execArgv(fn, code, image, opts.codeDir);
     this.baseEnv = { PATH: DEFAULT_PATH, HOME: '/tmp', ...image.config.env, ...fn.env };
   }
@@ -81,7 +93,28 @@ export class ExecInstance extends InstanceBase {
    * process reads it without waiting for a host round trip after the init's answer. */
   private async spawn(env: Record<string, string>, stdin: Buffer): Promise<SandboxProcess> {
     const cwd = this.code ? this.opts.codeDir : this.image.config.workingDir || '/';
-    if (this.started) return this.sandbox.exec({ argv: this.argv, env, cwd, stdin });
+    if (this.started) {
+      const mounted = this.mounted;
+      if (!mounted) return this.sandbox.exec({ argv: this.argv, env, cwd, stdin });
+      this.mounted = null;
+      // Sent now, behind the attach. A sandbox that checks argv against the mounts it has confirmed refuses
+      // a path in the code (InvalidRequest, nothing started) until the attach's answer is in: then again.
+      const first = this.sandbox.exec({ argv: this.argv, env, cwd, stdin });
+      first.catch(() => {});
+      try {
+        await mounted;
+      } catch (e) {
+        this._alive = false;
+        await this.destroy().catch(() => {});
+        throw e;
+      }
+      try {
+        return await first;
+      } catch (e) {
+        if (e instanceof InvalidRequest && e.details.field === 'argv') return this.sandbox.exec({ argv: this.argv, env, cwd, stdin });
+        throw e;
+      }
+    }
     const spec: StartSpec = {
       argv: this.argv, env, cwd, stdin,
       layers: this.image.layers,
@@ -142,8 +175,11 @@ export class ExecInstance extends InstanceBase {
       throw withLogs(err, record.lines);
     }
     if (status.peakMemoryBytes > 0) span.setAttribute(Attr.peakMemoryBytes, status.peakMemoryBytes);
-    // The pipes close when the process (and anything it forked that held them) is gone.
-    await Promise.race([Promise.all([stdoutDone, logs.drained()]), new Promise((r) => setTimeout(r, 500))]);
+    // The pipes close when the process (and anything it forked that held them) is gone. A background child that
+    // kept them open gets 500 ms; the timer goes with the call (one per call would otherwise linger for 500 ms).
+    let drainTimer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all([stdoutDone, logs.drained()]), new Promise((r) => (drainTimer = setTimeout(r, 500)))]);
+    clearTimeout(drainTimer);
     const record = logs.end();
     const stderrTail = logs.tail('stderr');
     if (status.oomKilled || status.signal) {

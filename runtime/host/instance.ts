@@ -158,7 +158,10 @@ export class RuntimeInstance extends InstanceBase {
       try {
         frame = await Promise.race([this.channel.next(), timedOut]);
         if (frame !== TIMED_OUT && frame.type !== MsgType.HELLO && frame.type !== MsgType.READY) {
-          if ((await Promise.race([logs.settled(frame.meta.marked ?? 3), timedOut])) === TIMED_OUT) frame = TIMED_OUT;
+          const marked = frame.meta.marked ?? 3;
+          // A quiet call (nothing written: no markers to wait for) is settled already: no race, no extra turn.
+          if (marked === 0) void logs.settled(0);
+          else if ((await Promise.race([logs.settled(marked), timedOut])) === TIMED_OUT) frame = TIMED_OUT;
         }
       } catch (e) {
         if (e instanceof ChannelClosed) {

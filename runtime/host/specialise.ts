@@ -8,8 +8,12 @@
  *                     sandbox)
  *     'runtime load'  LOAD → the shim imports the module and resolves the handler → READY
  *   ('cgroup caps' and 'mount' run concurrently: they are independent, and both complete before LOAD.)
- *   exec: nothing runs before the first invocation, whose start() applies the caps and mounts the rootfs
- *   with the code layer at /var/task (spans 'mount' and 'run' of that invocation): specialise only checks.
+ *   exec, pre-started (busybox rootfs already mounted, preboot.ts): 'cgroup caps' (done before the instance is
+ *   returned) and 'mount' (the code layer attached at /var/task; requested here, its answer awaited by the first
+ *   invocation, whose spawn request follows it at once); the first invocation only spawns the process.
+ *   exec, not pre-started (image:<name>): nothing runs before the first invocation, whose start() applies the
+ *   caps and mounts the rootfs with the code layer at /var/task (spans 'mount' and 'run' of that invocation):
+ *   specialise only checks.
  *
  * A pooled sandbox becomes at most one instance. If specialisation fails the sandbox is destroyed (it may
  * hold the function's env and half-imported code) and the error says why: FunctionError with
@@ -64,6 +68,10 @@ export async function specialise(
   if (p.taken) throw new InvalidRequest('this pooled sandbox was already specialised', { sandboxId: p.sandbox.id });
   if (kind !== 'exec' && !code) throw new InvalidRequest(`a ${kind} function needs a code layer`, { field: 'codeDigest' });
   if (!p.alive) throw new Crashed('the pooled sandbox is no longer alive', { sandboxId: p.sandbox.id, phase: 'pool' });
+  // A pre-started sandbox's rootfs is its pool image's: a function on another image cannot run in it.
+  if (p.prestarted && image.digest !== p.image.digest) {
+    throw new InvalidRequest(`this pooled sandbox runs image ${p.image.ref}, not ${image.ref}`, { field: 'runtime', sandboxId: p.sandbox.id });
+  }
   p.taken = true;
   const logCapBytes = opts.logCapBytes ?? DEFAULT_LOG_CAP_BYTES;
   const responseCapBytes = opts.responseCapBytes ?? DEFAULT_RESPONSE_CAP_BYTES;
@@ -76,6 +84,21 @@ export async function specialise(
     try {
       // A sandbox created with the function's cap already has it (PrepareOptions.memoryMb).
       const limits = p.memoryMb === fn.memoryMb ? {} : { memoryMb: fn.memoryMb };
+      if (kind === 'exec' && p.prestarted) {
+        // The caps are in place before the instance exists, i.e. before any of the function's processes. The
+        // code mount is requested now and not awaited here: the first invocation sends its spawn right behind
+        // it (the init handles requests in order) and waits for both (ExecOptions.mounted).
+        const mount = code ? withSpan('mount', {}, () => sb.attach(CODE_DIR, [code.dir])) : Promise.resolve();
+        mount.catch(() => {}); // awaited by the first invocation; a failure there destroys the instance
+        try {
+          await withSpan('cgroup caps', {}, () => (limits.memoryMb === undefined ? Promise.resolve() : sb.setLimits(limits)));
+        } catch (e) {
+          await mount.catch(() => {}); // the sandbox is destroyed below: let the attach settle first
+          throw e;
+        }
+        const codeDir = mappedPath(sb, CODE_DIR, code);
+        return new ExecInstance(fn, sb, code, image, {}, { sink: opts.onLog, logCapBytes, responseCapBytes, codeDir, started: true, mounted: mount });
+      }
       if (kind === 'exec') {
         // Nothing of the function runs before its first invocation, whose start() applies these caps
         // before the first process (setting them here too would write the same cgroup files twice).

@@ -63,14 +63,14 @@ const COMMANDS: Record<string, Options> = {
   tenants: { 'max-memory': { type: 'string' }, 'max-concurrency': { type: 'string' }, 'max-functions': { type: 'string' } },
   images: { force: { type: 'boolean' } },
   login: { admin: { type: 'boolean' } },
-  start: Object.fromEntries(HOST_FLAGS.map((f) => [f, { type: 'string' }])) as Options,
+  start: Object.fromEntries([...HOST_FLAGS, 'nice'].map((f) => [f, { type: 'string' }])) as Options,
 };
 
 const USAGE = `usage: fnhost <command> [options]
 
 host
   start [--port 8080] [--host 0.0.0.0] [--state-dir DIR] [--redis-url URL] [--admin-key KEY]
-        [--node-id ID] [--base-dir DIR] [--scheduler on|off]
+        [--node-id ID] [--base-dir DIR] [--scheduler on|off] [--nice=-10|off]
                                     run the host (gateway + scheduler + embedded Redis); needs root
   images build [--force]            build the base images (busybox, node, python)
 

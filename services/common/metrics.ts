@@ -17,6 +17,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { ERROR_STATUS } from './errors.ts';
+import { SeriesCounter, SeriesHistogram, type CounterSeries, type HistogramSeries } from './metric-series.ts';
 
 /** 'success' or a typed error word of services/common/errors.ts; anything else is recorded as 'Internal'. */
 export type Outcome = 'success' | keyof typeof ERROR_STATUS;
@@ -81,6 +82,36 @@ class LabelCap {
 
 type Collector = () => SchedulerSnapshot | Promise<SchedulerSnapshot>;
 
+/** The series one invocation observation lands in (resolved once per raw label set, see `invocation`). */
+interface InvocationSeries {
+  count: CounterSeries;
+  duration: HistogramSeries | undefined;
+  /** OutOfMemory / Timeout also count in their own counter */
+  extra: CounterSeries | undefined;
+}
+interface HttpSeries {
+  count: CounterSeries;
+  duration: HistogramSeries;
+}
+
+/**
+ * Raw label sets remembered per hot metric. Past it the cache starts over (the series themselves stay: only
+ * the lookup is redone), so callers sending ever-new names cannot grow it without bound.
+ */
+const MAX_CACHED = 10_000;
+/** a registry reset marks every series stale: the counter's flag stands for its entry (all reset together) */
+const isStale = (s: HistogramSeries) => s.stale;
+const isStaleEntry = (e: { count: CounterSeries }) => e.count.stale;
+
+function cached<T>(m: Map<string, T>, key: string, stale: (v: T) => boolean, make: () => T): T {
+  const hit = m.get(key);
+  if (hit !== undefined && !stale(hit)) return hit;
+  if (m.size >= MAX_CACHED) m.clear();
+  const v = make();
+  m.set(key, v);
+  return v;
+}
+
 /**
  * One registry with every fnhost metric. Services use the process-wide `metrics` below; tests create their
  * own with `createMetrics()` to assert exact deltas without interference.
@@ -93,9 +124,9 @@ export class FnhostMetrics {
   private readonly kinds: LabelCap;
   private readonly collectors = new Set<Collector>();
 
-  private readonly invocations: Counter<'tenant' | 'function' | 'outcome' | 'start'>;
-  private readonly duration: Histogram<'tenant' | 'function' | 'start'>;
-  private readonly queueWaitH: Histogram<'tenant'>;
+  private readonly invocations: SeriesCounter;
+  private readonly duration: SeriesHistogram;
+  private readonly queueWaitH: SeriesHistogram;
   private readonly specialiseH: Histogram<'runtime'>;
   private readonly oomKills: Counter<'tenant' | 'function'>;
   private readonly timeouts: Counter<'tenant' | 'function'>;
@@ -108,8 +139,11 @@ export class FnhostMetrics {
   private readonly redisErrors: Counter<'component'>;
   private readonly traceDropped: Counter;
   private readonly traceFailed: Counter;
-  private readonly httpRequests: Counter<'method' | 'route' | 'status'>;
-  private readonly httpDuration: Histogram<'method' | 'route'>;
+  private readonly httpRequests: SeriesCounter;
+  private readonly httpDuration: SeriesHistogram;
+  private readonly invocationCache = new Map<string, InvocationSeries>();
+  private readonly queueWaitCache = new Map<string, HistogramSeries>();
+  private readonly httpCache = new Map<string, HttpSeries>();
 
   constructor(opts: MetricsOptions = {}) {
     const registers = [this.registry];
@@ -119,20 +153,20 @@ export class FnhostMetrics {
     this.kinds = new LabelCap(Math.min(max, 64));
     this.contentType = this.registry.contentType;
 
-    this.invocations = new Counter({
+    this.invocations = new SeriesCounter({
       name: 'fnhost_invocations_total',
       help: 'Invocation attempts run by this node, by function, outcome (success or error type) and start kind.',
       labelNames: ['tenant', 'function', 'outcome', 'start'],
       registers,
     });
-    this.duration = new Histogram({
+    this.duration = new SeriesHistogram({
       name: 'fnhost_invocation_duration_seconds',
       help: 'Invocation time from scheduler pick-up to result, by function and start kind.',
       labelNames: ['tenant', 'function', 'start'],
       buckets: DURATION_BUCKETS,
       registers,
     });
-    this.queueWaitH = new Histogram({
+    this.queueWaitH = new SeriesHistogram({
       name: 'fnhost_queue_wait_seconds',
       help: 'Time an invocation spent queued before a scheduler picked it up.',
       labelNames: ['tenant'],
@@ -208,13 +242,13 @@ export class FnhostMetrics {
       help: 'Spans lost in failed OTLP exports (non-2xx answer, network error or timeout).',
       registers,
     });
-    this.httpRequests = new Counter({
+    this.httpRequests = new SeriesCounter({
       name: 'fnhost_http_requests_total',
       help: 'HTTP requests served by the gateway, by method, route pattern and status code.',
       labelNames: ['method', 'route', 'status'],
       registers,
     });
-    this.httpDuration = new Histogram({
+    this.httpDuration = new SeriesHistogram({
       name: 'fnhost_http_request_duration_seconds',
       help: 'Gateway HTTP request time, by method and route pattern.',
       labelNames: ['method', 'route'],
@@ -233,19 +267,28 @@ export class FnhostMetrics {
    * metrics.invocation({ tenant: 'acme', function: 'resize', start: 'cold', outcome: 'OutOfMemory', durationMs: 830 });
    */
   invocation(o: InvocationObservation): void {
+    const s = cached(this.invocationCache, `${o.tenant}\0${o.function}\0${o.outcome}\0${o.start}`, isStaleEntry, () => this.invocationSeries(o));
+    s.count.inc();
+    s.duration?.observe(Math.max(0, o.durationMs) / 1000);
+    s.extra?.inc();
+  }
+
+  private invocationSeries(o: InvocationObservation): InvocationSeries {
     const tenant = this.tenants.get(o.tenant);
     const fn = this.functions.get(`${o.tenant}/${o.function}`) === OTHER_LABEL ? OTHER_LABEL : o.function;
     const outcome = OUTCOMES.has(o.outcome) ? o.outcome : 'Internal';
     const start = STARTS.has(o.start) ? o.start : 'none';
-    this.invocations.inc({ tenant, function: fn, outcome, start });
-    if (start !== 'none') this.duration.observe({ tenant, function: fn, start }, Math.max(0, o.durationMs) / 1000);
-    if (outcome === 'OutOfMemory') this.oomKills.inc({ tenant, function: fn });
-    else if (outcome === 'Timeout') this.timeouts.inc({ tenant, function: fn });
+    const extraCounter = outcome === 'OutOfMemory' ? this.oomKills : outcome === 'Timeout' ? this.timeouts : undefined;
+    return {
+      count: this.invocations.series({ tenant, function: fn, outcome, start }),
+      duration: start !== 'none' ? this.duration.series({ tenant, function: fn, start }) : undefined,
+      extra: extraCounter ? counterSeries(extraCounter, { tenant, function: fn }) : undefined,
+    };
   }
 
   /** Time from enqueue (BullMQ `job.timestamp`) to pick-up. */
   queueWait(tenant: string, ms: number): void {
-    this.queueWaitH.observe({ tenant: this.tenants.get(tenant) }, Math.max(0, ms) / 1000);
+    cached(this.queueWaitCache, tenant, isStale, () => this.queueWaitH.series({ tenant: this.tenants.get(tenant) })).observe(Math.max(0, ms) / 1000);
   }
 
   /** One cold-start specialisation (all steps together), by runtime name ('node' | 'python' | 'exec' | 'image'). */
@@ -311,9 +354,12 @@ export class FnhostMetrics {
 
   /** One HTTP request served (called by services/gateway/middleware/tracing.ts). `route` is the matched pattern, never the raw path. */
   httpRequest(method: string, route: string, status: number, ms: number): void {
-    const m = HTTP_METHODS.has(method) ? method : 'OTHER';
-    this.httpRequests.inc({ method: m, route, status: String(status) });
-    this.httpDuration.observe({ method: m, route }, Math.max(0, ms) / 1000);
+    const s = cached(this.httpCache, `${method} ${status} ${route}`, isStaleEntry, () => {
+      const m = HTTP_METHODS.has(method) ? method : 'OTHER';
+      return { count: this.httpRequests.series({ method: m, route, status: String(status) }), duration: this.httpDuration.series({ method: m, route }) };
+    });
+    s.count.inc();
+    s.duration.observe(Math.max(0, ms) / 1000);
   }
 
   /**
@@ -380,6 +426,14 @@ export class FnhostMetrics {
       for (const [t, n] of depth) this.queueDepthG.inc({ tenant: this.tenants.get(t) }, n);
     }
   }
+}
+
+/**
+ * A rarely used prom-client counter (OOM kills, timeouts) behind the same `inc()` shape as a cached series:
+ * the label set is bound here, prom-client still does its per-call work (these are not per warm call).
+ */
+function counterSeries(c: Counter<'tenant' | 'function'>, labels: { tenant: string; function: string }): CounterSeries {
+  return { value: 0, stale: false, labels, inc: (n = 1) => c.inc(labels, n) } as CounterSeries;
 }
 
 const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']);

@@ -23,6 +23,7 @@ import { functionRoutes } from './functions.ts';
 import { registerHealth } from './health.ts';
 import { imageRoutes } from './images.ts';
 import { invocationRoutes } from './invocations.ts';
+import { registerInvoke } from './invoke.ts';
 import { tenantRoutes } from './tenants.ts';
 
 export type { GatewayDeps } from './context.ts';
@@ -37,6 +38,8 @@ export function createGateway(input: GatewayDeps): Hono<GatewayEnv> {
 
   registerHealth(app, deps);
   registerEndpoint(app, deps, limits);
+  // Before the /v1/* middleware: the invoke route authenticates itself (the hot path; see ./invoke.ts).
+  registerInvoke(app, deps, limits);
 
   app.use('/v1/*', authenticate(deps));
   app.route('/v1/tenants', tenantRoutes(deps));

@@ -50,15 +50,24 @@ export async function principalOf(key: string, deps: { store: MetadataStore; adm
   return { kind: 'tenant', tenant: rec.tenant, keyId: rec.id };
 }
 
+/** The principal of the request's bearer key, recorded as `c.var.principal`; Unauthorized without a valid key. */
+export async function authenticateRequest(c: Context<GatewayEnv>, deps: { store: MetadataStore; adminKeyHash: string }): Promise<Principal> {
+  const key = bearerKey(c.req.header('authorization'));
+  if (key === null) throw new Unauthorized('missing Authorization: Bearer <key>');
+  const p = await principalOf(key, deps);
+  c.set('principal', p);
+  return p;
+}
+
 /** Requires a valid key and records who presented it as `c.var.principal`. */
 export function authenticate(deps: { store: MetadataStore; adminKeyHash: string }): MiddlewareHandler<GatewayEnv> {
   return async function authenticate(c, next) {
-    const key = bearerKey(c.req.header('authorization'));
-    if (key === null) throw new Unauthorized('missing Authorization: Bearer <key>');
-    c.set('principal', await principalOf(key, deps));
+    await authenticateRequest(c, deps);
     await next();
   };
 }
+
+export const TENANT_KEY_NEEDED = 'this route needs a tenant key (the admin key does not act as a tenant)';
 
 export function requireAdmin(): MiddlewareHandler<GatewayEnv> {
   return async function requireAdmin(c, next) {
@@ -69,7 +78,7 @@ export function requireAdmin(): MiddlewareHandler<GatewayEnv> {
 
 export function requireTenant(): MiddlewareHandler<GatewayEnv> {
   return async function requireTenant(c, next) {
-    if (c.var.principal.kind !== 'tenant') throw new Forbidden('this route needs a tenant key (the admin key does not act as a tenant)');
+    if (c.var.principal.kind !== 'tenant') throw new Forbidden(TENANT_KEY_NEEDED);
     await next();
   };
 }

@@ -1,7 +1,8 @@
 /**
  * @module gateway/functions
  * Tenant routes under /v1/functions: list, get (with versions), delete, PATCH (new version, same code),
- * and the wiring of deploy, invoke and logs, which live in their own files.
+ * and the wiring of deploy and logs, which live in their own files (invoke is registered on the root app by
+ * ./app.ts, ahead of the /v1/* middleware: see ./invoke.ts).
  *
  * | route | answer |
  * | --- | --- |
@@ -20,7 +21,6 @@ import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { requireTenant, tenantOf } from './auth.ts';
 import type { Admission } from './admission.ts';
 import { registerDeploy } from './deploy.ts';
-import { registerInvoke } from './invoke.ts';
 import { registerLogs } from './logs.ts';
 import { readJson } from './json.ts';
 import { parseFunctionRef, validateFunctionPatch, validateName } from './validate.ts';
@@ -42,7 +42,6 @@ export function functionRoutes(deps: GatewayDeps & { admission: Admission }, lim
   app.use('*', requireTenant());
 
   registerDeploy(app, deps, limits);
-  registerInvoke(app, deps, limits);
   registerLogs(app, deps);
 
   app.get('/', async (c) => {

@@ -12,6 +12,7 @@ import { MiB, type CgroupHandle } from './cgroup.ts';
 import { ControlChannel } from './control.ts';
 import { SandboxError, errnoName, fromNodeError } from './errors.ts';
 import { native } from './native.ts';
+import { reap } from './reaper.ts';
 import type {
   ExitStatus, MemoryStats, ProcessSpec, Sandbox, SandboxLimits, SandboxProcess, SandboxState, StartSpec,
 } from './types.ts';
@@ -83,7 +84,8 @@ export class SandboxImpl implements Sandbox {
   /** host ends of every process's stdio: a stream nobody reads never sees EOF, so destroy() closes them */
   private readonly streams = new Set<Socket>();
   private view: RootfsView | undefined;
-  private readonly initReaped: Promise<void>;
+  /** set once the init is known to be ending (its socket closed, or we killed it): resolves when reaped */
+  private initReaped: Promise<void> | undefined;
   private reaped = false;
   private destroying: Promise<void> | undefined;
   private limits: SandboxLimits;
@@ -107,7 +109,7 @@ export class SandboxImpl implements Sandbox {
       this.finish(e, m.code, m.signal === null ? null : m.signal);
       this.procs.delete(m.reqid);
     };
-    this.initReaped = ch.closed.then(() => this.reapInit());
+    void ch.closed.then(() => this.reapInitOnce());
   }
 
   get state(): SandboxState {
@@ -133,17 +135,14 @@ export class SandboxImpl implements Sandbox {
     });
   }
 
+  private reapInitOnce(): Promise<void> {
+    this.initReaped ??= this.reapInit();
+    return this.initReaped;
+  }
+
   private async reapInit(): Promise<void> {
-    const n = native();
-    let st = null;
-    try {
-      // EOF came from the init's exit (its files close before it becomes a zombie): usually reapable within
-      // a few event-loop turns; if it is still tearing down its pid namespace, wait off the main thread.
-      for (let i = 0; i < 8 && !(st = n.waitpid(this.initPid)); i++) await new Promise((r) => setImmediate(r));
-      if (!st) st = await n.waitpidAsync(this.initPid);
-    } catch {
-      /* ECHILD: already reaped */
-    }
+    // SIGCHLD wakes us the moment it is a zombie (reaper.ts); null = someone reaped it already
+    await reap(this.initPid);
     this.reaped = true;
     // The init's exit did not have to unmount the sandbox's tree: we still hold its mount namespace. Drop it
     // on the thread pool, where the umounts (and their RCU grace period) cost the event loop nothing.
@@ -151,6 +150,8 @@ export class SandboxImpl implements Sandbox {
       close(this.mntNsFd, () => {});
       this.mntNsFd = -1;
     }
+    // "exited" messages the init sent before it died are still to be read, unless destroy() dropped them
+    if (!this.destroying) await this.ch.closed;
     // Whatever was still running died with the pid namespace (SIGKILL from the kernel).
     for (const e of this.procs.values()) this.finish(e, null, 9);
     this.procs.clear();
@@ -178,10 +179,12 @@ export class SandboxImpl implements Sandbox {
       const ops: string[] = ['attach', '/root'];
       for (const m of s.mounts) ops.push('attach', `/root${m.target}`);
       ops.push(
-        'tmpfs', '/root/tmp', String(s.tmpfsMb * MiB), '1777',
+        // /tmp: the tmpfs the init made while this frame was being prepared, resized if tmpfsMb is not the default
+        'tmp', String(s.tmpfsMb * MiB), '/root/tmp',
         'move', '/proc', '/root/proc',
         'move', '/dev', '/root/dev',
-        'pivot', '/root',
+        // the rootfs becomes the root (native/init/mount.c mnt_enter: the stage below it never held a host mount)
+        'enter', '/root',
         'hostname', s.hostname,
       );
       const mountFds: number[] = [];
@@ -224,13 +227,20 @@ export class SandboxImpl implements Sandbox {
     } catch (e) {
       throw fromNodeError(`attach ${m.target}: building the overlay`, e);
     }
+    // In the view before the init has answered: an exec() issued right behind this attach (not awaited) then
+    // finds its command in the new mount, and its spawn frame follows the attach frame, which the init handles
+    // first (frames run in order). A failed attach takes it out again; that exec then fails in the init.
+    this.view!.mounts.push(m);
     try {
       const r = await this.ch.request(['attach', m.target], [fd]).reply;
       if (!r.ok) throw initError(`attach ${m.target}`, r);
+    } catch (e) {
+      const i = this.view!.mounts.indexOf(m);
+      if (i >= 0) this.view!.mounts.splice(i, 1);
+      throw e;
     } finally {
       closeQuietly(fd);
     }
-    this.view!.mounts.push(m);
   }
 
   private applyLimits(l: Partial<SandboxLimits>): void {
@@ -279,8 +289,12 @@ export class SandboxImpl implements Sandbox {
       'spawn', String(p.uid), String(p.gid), p.cwd, String(p.argv.length), ...p.argv, String(p.env.length), ...p.env,
       String(childFds.length),
     ];
+    // oomKilled compares the cgroup's OOM-kill count with this. Before start nothing but the init has run in the
+    // fresh cgroup, and an init the OOM killer took makes the spawn fail: 0 without reading memory.oom_control.
     let baselineOom = 0;
-    try { baselineOom = this.cg.oomKills(); } catch { /* no memory controller */ }
+    if (what !== 'start') {
+      try { baselineOom = this.cg.oomKills(); } catch { /* no memory controller */ }
+    }
     let resolveExit!: (s: ExitStatus) => void;
     const exited = new Promise<ExitStatus>((r) => { resolveExit = r; });
     const entry: ProcEntry = { baselineOom, resolve: resolveExit, streams: [], done: false };
@@ -289,7 +303,7 @@ export class SandboxImpl implements Sandbox {
     childFds.forEach(closeQuietly);
     preFds.forEach(closeQuietly);
     this.procs.set(id, entry);
-    // The host ends are wrapped while the init works on the frame (mounts, pivot, exec): ≈30 µs of JS per
+    // The host ends are wrapped while the init works on the frame (mounts, enter, exec): ≈30 µs of JS per
     // stream that would otherwise come after its reply, on the cold-start path.
     const sIn = new Socket({ fd: hostFds[0]!, readable: false, writable: true });
     // A process that exits without reading its stdin must not crash the host with EPIPE.
@@ -327,7 +341,7 @@ export class SandboxImpl implements Sandbox {
     if (!this.reaped) {
       try { process.kill(this.initPid, 'SIGKILL'); } catch { /* already exiting */ }
     }
-    await this.initReaped;
+    await this.reapInitOnce();
     // Every process of the sandbox lived in its pid namespace, which the kernel empties before the init can
     // be reaped (kernel/pid_namespace.c zap_pid_ns_processes); remove() still checks the cgroups.
   }
@@ -338,8 +352,8 @@ export class SandboxImpl implements Sandbox {
   }
 
   private async doDestroy(): Promise<void> {
+    const killed = this.kill(); // SIGKILL first: the init dies while our ends are closed
     this.ch.close();
-    const killed = this.kill(); // SIGKILL now; the streams are closed while the init dies
     for (const s of this.streams) s.destroy();
     this.streams.clear();
     await killed;

@@ -7,8 +7,9 @@
  *   createSandbox(opts)  → fresh pid/mnt/uts/ipc/net/cgroup namespaces, init (PID 1) born inside its own
  *                          cgroup with default caps, blocked on its control channel. No rootfs yet. (pool)
  *   sb.start(spec)       → caps applied, read-only overlay rootfs + /tmp tmpfs + /proc + minimal /dev,
- *                          pivot_root, then the first process: unprivileged uid, no caps, no_new_privs,
- *                          seccomp, exec(argv). (specialise / cold start)
+ *                          the rootfs becomes the root (the host's tree was pivot_root'ed out of the
+ *                          sandbox's mount namespace before it existed), then the first process:
+ *                          unprivileged uid, no caps, no_new_privs, seccomp, exec(argv). (specialise / cold start)
  *   sb.exec(spec)        → another process in the same started sandbox (same rootfs, same hardening).
  *   sb.attach(t, dirs)   → a read-only overlay of `dirs` appears at `t` inside a started sandbox
  *                          (code layer into a pre-booted runtime).
@@ -66,7 +67,7 @@ export interface ProcessSpec {
 export interface StartSpec extends ProcessSpec {
   /** read-only overlayfs lower dirs (bottom first). No upper dir: the rootfs is read-only. */
   layers: string[];
-  /** extra read-only overlays mounted inside the rootfs before pivot, e.g. the code layer at /var/task. */
+  /** extra read-only overlays mounted inside the rootfs before it becomes the root, e.g. the code layer at /var/task. */
   mounts?: Array<{ target: string; layers: string[] }>;
   /** size cap of the /tmp tmpfs in MiB (default 64); charged to the sandbox's memory cgroup. */
   tmpfsMb?: number;

@@ -192,7 +192,7 @@ export interface RootfsView {
 /**
  * Does `path` (inside the sandbox) exist in the union of the layers? Resolves one component at a time,
  * topmost layer first, following symlinks (absolute ones inside the rootfs, as the kernel will after
- * pivot_root). Whiteouts are not interpreted: a file deleted by an upper layer still counts, so this only
+ * entering the rootfs). Whiteouts are not interpreted: a file deleted by an upper layer still counts, so this only
  * ever errs towards letting the init report ENOENT itself.
  */
 export function existsInRootfs(view: RootfsView, path: string, wantDir = false, depth = 0): boolean {

@@ -239,8 +239,11 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     if (!c || now - c.at >= QUEUE_DEPTH_CACHE_MS) {
       const entry = { at: now, n: c?.n ?? 0 };
       depthCache.set(tenant, entry);
-      // After this call's own commands (a macrotask later): the count must not get ahead of the push.
-      setImmediate(() => void depthOf(tenant).then((n) => (entry.n = n), () => {}));
+      // After this call's own commands: the count must not get ahead of the push, nor delay it. The push goes
+      // out in ioredis's auto-pipeline flush, a setImmediate queued after this one (in the same loop turn), so
+      // one hop would build and send the count's pipeline first (measured: the push of a cold call left
+      // ~0.1–0.3 ms later, behind 5 LLENs); two hops put it in the next turn's check phase, after the flush.
+      setImmediate(() => setImmediate(() => void depthOf(tenant).then((n) => (entry.n = n), () => {})));
     }
     const n = depthCache.get(tenant)!.n;
     if (n >= maxQueued) throw new TooManyRequests('too many queued invocations for this tenant', { queued: n, limit: maxQueued });

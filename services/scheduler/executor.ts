@@ -5,6 +5,7 @@
  *
  * Contract:
  *   kindOf(fn)           → the pool a function draws from: runtime × base image ("node", "python", "exec",
+ *                          "image" — runtime-executor.ts; a fake may use others such as
  *                          "image:<tenant>/<name>"). Sync and total: a bad runtime fails later, in specialise.
  *   createPooled(kind)   → a pre-created sandbox of that kind (namespaces + cgroup, runtime pre-booted where the
  *                          kind allows). Rejects on kernel failure; the pool retries later.

@@ -44,7 +44,9 @@ export interface PoolConfig {
 }
 
 export const DEFAULT_POOL_CONFIG: PoolConfig = {
-  kinds: { exec: { min: 2, max: 64 }, node: { min: 2, max: 32 }, python: { min: 1, max: 16 } },
+  // "image" (image:<name> functions, runtime-executor.ts): none kept idle by default — they are rarer than the
+  // base runtimes; demand (a cold start) sizes it like any kind.
+  kinds: { exec: { min: 2, max: 64 }, node: { min: 2, max: 32 }, python: { min: 1, max: 16 }, image: { min: 0, max: 16 } },
   default: { min: 0, max: 8 },
   refillPerSec: 400,
   refillConcurrency: 2,

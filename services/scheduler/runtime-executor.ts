@@ -2,11 +2,12 @@
  * @module scheduler/runtime-executor
  * The real Executor: native sandboxes (services/sandbox) + runtimes (runtime/host) + the image store.
  *
- * Pool kinds: "node", "python" (runtime pre-booted in the base image) and "exec": a created sandbox with no
- * rootfs yet, started at the first invocation with its image's layers and the code mounted — so one exec
- * pool serves busybox functions and every tenant's imported images (`image:<name>`) alike; the image is
- * resolved at specialisation. Images are resolved at most once per `imageCacheMs` (a pool refilling at
- * 300/s must not read image records 300 times a second).
+ * Pool kinds: "node", "python" (runtime pre-booted in the base image), "exec" (runtime `exec`: busybox's
+ * rootfs mounted already — pre-started, runtime/host/preboot.ts — so the cold start only attaches the code
+ * and spawns the process) and "image": a created sandbox with no rootfs yet, started at the first invocation
+ * with its image's layers and the code mounted — so one pool serves every tenant's imported images
+ * (`image:<name>`) alike; the image is resolved at specialisation. Images are resolved at most once per
+ * `imageCacheMs` (a pool refilling at 300/s must not read image records 300 times a second).
  *
  * Layer leases (gc must not remove what a sandbox uses): a kind's image layers are leased once while the
  * executor uses the kind, a code layer once per digest while any instance of it lives (a lease is a file
@@ -36,6 +37,12 @@ export interface RuntimeExecutorOptions {
   imageCacheMs?: number;
   /** test seam: create a sandbox some other way (e.g. runtime/host's process stand-in). */
   createSandbox?: () => Promise<Sandbox>;
+  /**
+   * pre-start "exec" pooled sandboxes with busybox's rootfs (default true): the cold start of a busybox exec
+   * function then skips the rootfs mount (figures: runtime/host/preboot.ts PrepareOptions.prestart); false =
+   * started by the first call, as "image" sandboxes are.
+   */
+  prestartExec?: boolean;
 }
 
 /** code layers remembered at most (a few hundred bytes each); leased ones stay beyond it. */
@@ -74,13 +81,15 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
     return sb;
   };
 
-  /** kind "node" | "python" | "exec" (busybox) | "image:<tenant>/<name>" (a tenant's image). */
+  const prestartExec = opts.prestartExec ?? true;
+
+  /** kind "node" | "python" | "exec" | "image" (busybox: the pool's) | "image:<tenant>/<name>" (a tenant's image). */
   function imageOf(kind: string): Promise<ResolvedImage> {
     const c = imageCache.get(kind);
     if (c && Date.now() - c.at < cacheMs) return c.img;
     let p: Promise<ResolvedImage>;
     if (kind === 'node' || kind === 'python') p = images.resolve(kind);
-    else if (kind === 'exec') p = images.resolve('busybox');
+    else if (kind === 'exec' || kind === 'image') p = images.resolve('busybox');
     else if (kind.startsWith('image:')) {
       const rest = kind.slice('image:'.length);
       const slash = rest.indexOf('/');
@@ -128,7 +137,7 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
   const exec: Executor = {
     kindOf(fn: FunctionVersion): string {
       const r = String(fn.runtime);
-      return r === 'node' || r === 'python' ? r : 'exec';
+      return r === 'node' || r === 'python' || r === 'exec' ? r : 'image';
     },
 
     async createPooled(kind: string): Promise<PooledSandbox> {
@@ -138,7 +147,8 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
       preparing.add(sb);
       let inner: Pooled;
       try {
-        inner = await prepare(sb, runtime, img, { memoryMb: pooledMemoryMb }); // destroys the sandbox itself on failure
+        // destroys the sandbox itself on failure
+        inner = await prepare(sb, runtime, img, { memoryMb: pooledMemoryMb, prestart: kind === 'exec' && prestartExec });
       } finally {
         preparing.delete(sb);
       }

@@ -63,7 +63,8 @@ export class FunctionStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix = 'fnhost:meta:',
-    private readonly onChange: (m: Invalidation) => void = () => {},
+    /** told of every write; `latest`: the version a write just made the latest (what a read would return now). */
+    private readonly onChange: (m: Invalidation, latest?: FunctionVersion) => void = () => {},
   ) {}
 
   private index(tenant: string) {
@@ -93,8 +94,10 @@ export class FunctionStore {
     if (r === -1) throw new NotFound(`tenant ${rec.tenant} not found`);
     if (r === -2) throw new LimitExceeded(`tenant ${rec.tenant} already has its maximum of ${opts.maxFunctions} functions`, { field: 'name', limit: opts.maxFunctions });
     if (r === -3) throw new Conflict(`function ${rec.name} changed while this change was being made; retry`, { field: 'name' });
-    this.onChange({ t: rec.tenant, f: rec.name });
-    return { ...rec, version: r };
+    // The record exactly as stored (and as get() would parse it): same key order, so the same fn reference.
+    const latest = JSON.parse(`{"version":${r},${body}`) as FunctionVersion;
+    this.onChange({ t: rec.tenant, f: rec.name }, latest);
+    return latest;
   }
 
   /** The latest version, or version `version`; null when either does not exist. */

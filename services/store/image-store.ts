@@ -136,8 +136,13 @@ export class FsImageStore implements ImageStore {
   }
 
   async codeLayer(digest: string): Promise<CodeLayer> {
-    if (!digestHex(digest) || !(await this.state.has(digest, 'code'))) throw new NotFound(`code layer ${digest} not found`, { digest });
-    const meta = await this.state.meta(digest, 'code');
+    if (!digestHex(digest)) throw new NotFound(`code layer ${digest} not found`, { digest });
+    // on a cold start's path: synchronous lookup first (LayerStore.metaSync), the pool only for a layer without metadata
+    let meta = this.state.metaSync(digest, 'code');
+    if (!meta) {
+      if (!(await this.state.has(digest, 'code'))) throw new NotFound(`code layer ${digest} not found`, { digest });
+      meta = await this.state.meta(digest, 'code');
+    }
     return { digest: `sha256:${digestHex(digest)}`, dir: this.state.dir(digest, 'code'), sizeBytes: meta.sizeBytes };
   }
 

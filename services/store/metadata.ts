@@ -13,6 +13,7 @@
  * await meta.deleteTenant('acme');                       // keys, functions and versions go too
  * await meta.close();                                     // the invalidation subscription, when one was opened
  */
+import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion } from '../common/model.ts';
 import { FunctionStore } from './functions.ts';
@@ -59,9 +60,14 @@ export interface MetadataStoreOptions {
 export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts: MetadataStoreOptions = {}): MetadataStore {
   const cache = new MetadataCache({ ttlMs: opts.cacheTtlMs ?? 2000 });
   const channel = `${prefix}invalidate`;
-  const changed = (m: Invalidation) => {
+  /** names this process's own invalidations: their echo on the channel must not drop what `latest` primed */
+  const origin = randomBytes(8).toString('hex');
+  const changed = (m: Invalidation, latest?: FunctionVersion) => {
     cache.invalidate(m);
-    if (cache.enabled) redis.publish(channel, JSON.stringify(m)).catch(() => {
+    // A deploy's new latest version is cached here at once (the first invocation after a deploy is usually
+    // served by this same gateway); other processes drop their entries on the message and read it.
+    if (latest) cache.primeFn(latest);
+    if (cache.enabled) redis.publish(channel, JSON.stringify({ ...m, o: origin })).catch(() => {
       // other gateways' entries then expire by TTL
     });
   };
@@ -77,7 +83,8 @@ export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts:
     sub.on('ready', () => cache.clear());
     sub.on('message', (_ch: string, msg: string) => {
       try {
-        cache.invalidate(JSON.parse(msg) as Invalidation);
+        const m = JSON.parse(msg) as Invalidation;
+        if (m.o !== origin) cache.invalidate(m);
       } catch {
         cache.clear();
       }

@@ -6,7 +6,8 @@
  *
  * What a "cold start" covers here: specialise() (cgroup caps, code layer mount, handler load) + the first
  * invoke() round trip. The sandbox was created (and, when pre-booted, its runtime started) before the
- * clock starts, as the scheduler's pool does it. `not_prebooted` starts the clock before prepare(), i.e.
+ * clock starts, as the scheduler's pool does it (exec: with busybox's rootfs mounted — pre-started — as the
+ * scheduler's "exec" pool keeps them). `not_prebooted` starts the clock before prepare(), i.e.
  * it includes starting the runtime process in the created sandbox (without the shim's pool-time warm-up,
  * which would be wasted work on that path). As the scheduler's executor does, prepare() is told the memory
  * cap the sandbox was created with (the sandbox defaults), so the benchmark's 128 MiB functions need no
@@ -56,7 +57,10 @@ async function coldOnce(be: Backend, c: Case, prebooted: boolean): Promise<{ ms:
   let t0 = 0;
   if (!prebooted) t0 = performance.now();
   // Not pre-booted = the runtime starts on the cold path, so its pool-time warm-up is skipped too.
-  const pooled = await prepare(sb, c.runtime, image, { warmUp: prebooted, memoryMb: be.enforcesMemory ? DEFAULT_LIMITS.memoryMb : undefined });
+  // exec: pre-started with busybox's rootfs in the pool, as the scheduler's "exec" pool does (runtime-executor.ts)
+  const pooled = await prepare(sb, c.runtime, image, {
+    warmUp: prebooted, memoryMb: be.enforcesMemory ? DEFAULT_LIMITS.memoryMb : undefined, prestart: prebooted && c.runtime === 'exec',
+  });
   if (prebooted) {
     await sleep(POOL_IDLE_MS);
     t0 = performance.now();

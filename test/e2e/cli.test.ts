@@ -6,9 +6,9 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { getPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertNoLeaks } from '../helpers/leaks.ts';
@@ -27,6 +27,7 @@ function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   delete env.FNHOST_KEY;
   delete env.FNHOST_URL;
   delete env.FNHOST_ADMIN_KEY;
+  delete env.FNHOST_NICE;
   return { ...env, ...extra };
 }
 
@@ -104,6 +105,15 @@ describe.skipIf(!!skip)('fnhost CLI end to end', { timeout: 120_000 }, () => {
     adminKey = m![1]!;
     expect(statSync(join(stateDir, 'admin-key')).mode & 0o777).toBe(0o600);
     expect(statSync(join(stateDir, 'redis', 'appendonlydir')).isDirectory()).toBe(true);
+  });
+
+  it('runs its event loop at nice −10 (services/cli/priority.ts) and leaves its embedded redis-server as it was', () => {
+    // field 19 of /proc/<pid>/task/<tid>/stat is the thread's nice value; the main thread's tid is the pid
+    const nice = (path: string) => Number(readFileSync(path, 'utf8').split(') ')[1]!.split(' ')[16]);
+    const pid = host!.child.pid!;
+    expect(nice(`/proc/${pid}/task/${pid}/stat`)).toBe(-10);
+    const redisPid = Number(readFileSync(join(stateDir, 'redis', 'redis.pid'), 'utf8').trim());
+    expect(nice(`/proc/${redisPid}/stat`)).toBe(getPriority());
   });
 
   it('tenants create prints the key once; a tenant key cannot list tenants (exit 3)', async () => {

@@ -4,6 +4,7 @@
  * API (prepare → specialise → invoke) on real sandboxes when they are available (runtimes-backend.ts).
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Crashed, FunctionError, OutOfMemory, ResponseTooLarge, Timeout, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, LogLine, RuntimeName } from '../../services/common/model.ts';
@@ -22,6 +23,8 @@ interface Style {
   handler: (b: Behaviour) => string;
   /** true for exec: a non-zero exit is the function's error, the body is stdin → stdout bytes. */
   exec: boolean;
+  /** exec: the pooled sandbox is pre-started with the image's rootfs (PrepareOptions.prestart, the scheduler's busybox pool). */
+  prestart?: boolean;
 }
 
 const STYLES: Style[] = [
@@ -31,6 +34,7 @@ const STYLES: Style[] = [
   { name: 'python', runtime: 'python', fixture: 'python', image: 'python', handler: (b) => `${b}.handler`, exec: false },
   { name: 'exec-sh', runtime: 'exec', fixture: 'exec-sh', image: 'busybox', handler: (b) => b, exec: true },
   { name: 'exec-image', runtime: 'image:imported', fixture: 'exec-sh', image: 'imported', handler: (b) => b, exec: true },
+  { name: 'exec-sh-prestarted', runtime: 'exec', fixture: 'exec-sh', image: 'busybox', handler: (b) => b, exec: true, prestart: true },
 ];
 
 let be: Backend;
@@ -76,7 +80,7 @@ async function instance(
   if (!image) throw new Error(`image ${style.image} is not available on backend ${be.name}`);
   const sb = await be.createSandbox();
   sandboxes.push(sb);
-  const pooled = await prepare(sb, style.runtime, image, { memoryMb: opts.pooledMemoryMb });
+  const pooled = await prepare(sb, style.runtime, image, { memoryMb: opts.pooledMemoryMb, prestart: style.prestart });
   const inst = await specialise(pooled, fnVersion(style, b, opts.fn), opts.code ?? codeLayer(style.fixture), image, {
     onLog: opts.onLog, logCapBytes: opts.logCapBytes,
   });
@@ -508,5 +512,82 @@ describe('loading', () => {
     await sb.kill();
     await until(() => !pooled.alive);
     await pooled.destroy();
+  });
+});
+
+describe('pre-started exec sandboxes (the scheduler\'s busybox pool)', () => {
+  const style = STYLES.find((s) => s.prestart)!;
+  const busybox = () => images.get('busybox')!;
+
+  /** the memory cap of the sandbox's cgroup as the kernel has it (v1 limit_in_bytes / v2 memory.max), in MiB */
+  function memoryCapMb(sb: Sandbox): number {
+    const lines = readFileSync(`/proc/${sb.initPid}/cgroup`, 'utf8').trim().split('\n');
+    const v1 = lines.find((l) => l.split(':')[1]?.split(',').includes('memory'));
+    const file = v1 ? `/sys/fs/cgroup/memory${v1.split(':')[2]}/memory.limit_in_bytes` : `/sys/fs/cgroup${lines.find((l) => l.startsWith('0::'))!.slice(3)}/memory.max`;
+    return Number(readFileSync(file, 'utf8').trim()) / 2 ** 20;
+  }
+
+  async function prestarted(): Promise<{ sb: Sandbox; pooled: Awaited<ReturnType<typeof prepare>> }> {
+    const sb = await be.createSandbox();
+    sandboxes.push(sb);
+    const pooled = await prepare(sb, 'exec', busybox(), { memoryMb: 128, prestart: true });
+    return { sb, pooled };
+  }
+
+  it('mounts the rootfs in the pool and leaves nothing of its own running', async (t) => {
+    if (be.name !== 'sandbox') t.skip('the process stand-in has no rootfs or cgroup (real sandboxes not available)');
+    const { sb, pooled } = await prestarted();
+    expect(sb.state).toBe('started');
+    expect(pooled.prestarted).toBe(true);
+    // only the init is left in the sandbox: the pre-start's process has exited and been reaped
+    await until(() => readFileSync(`/proc/${sb.initPid}/task/${sb.initPid}/children`, 'utf8').trim() === '');
+    await pooled.destroy();
+  });
+
+  it('applies the function\'s caps before its first process runs', async (t) => {
+    if (!be.enforcesMemory) t.skip(`backend ${be.name} has no memory cgroup (real sandboxes not available yet)`);
+    const { sb, pooled } = await prestarted();
+    expect(memoryCapMb(sb)).toBe(128);
+    const inst = await specialise(pooled, fnVersion(style, 'env', { memoryMb: 48, env: { GREETING: 'first call' } }), codeLayer(style.fixture), busybox());
+    live.push(inst);
+    // specialised, nothing of the function has run yet: the cap is the function's already
+    expect(memoryCapMb(sb)).toBe(48);
+    const { response } = await inst.invoke({ id: id(), payload: event('') });
+    expect(JSON.parse(response.body.toString())).toEqual({ GREETING: 'first call' });
+  });
+
+  it('becomes one instance only, and each function gets a sandbox of its own', async () => {
+    const a = await prestarted();
+    const b = await prestarted();
+    const instA = await specialise(a.pooled, fnVersion(style, 'env', { name: 'pre-a', env: { GREETING: 'from a' } }), codeLayer(style.fixture), busybox());
+    live.push(instA);
+    await expect(specialise(a.pooled, fnVersion(style, 'env', { name: 'pre-b' }), codeLayer(style.fixture), busybox())).rejects.toThrow(/already specialised/);
+    const instB = await specialise(b.pooled, fnVersion(style, 'env', { name: 'pre-b', env: { GREETING: 'from b' } }), codeLayer(style.fixture), busybox());
+    live.push(instB);
+    expect(instB.sandbox.id).not.toBe(instA.sandbox.id);
+    const out = async (i: Instance) => JSON.parse((await i.invoke({ id: id(), payload: event('') })).response.body.toString());
+    expect(await out(instA)).toEqual({ GREETING: 'from a' });
+    expect(await out(instB)).toEqual({ GREETING: 'from b' });
+  });
+
+  it('reports a handler that is not in the code as FunctionError on the first call', async () => {
+    const { pooled } = await prestarted();
+    const inst = await specialise(pooled, fnVersion(style, 'echo', { handler: 'no-such-program' }), codeLayer(style.fixture), busybox());
+    live.push(inst);
+    const err = await rejection(inst.invoke({ id: id(), payload: event('x') }));
+    expect(err).toBeInstanceOf(FunctionError);
+    expect(inst.alive).toBe(true); // the function's own mistake: the instance stays
+  });
+
+  it('refuses a function on another image and stays usable', async () => {
+    const { pooled } = await prestarted();
+    const imported = images.get('imported')!;
+    const other = STYLES.find((s) => s.image === 'imported')!;
+    await expect(specialise(pooled, fnVersion(other, 'echo'), codeLayer(other.fixture), imported)).rejects.toThrow(/runs image/);
+    expect(pooled.alive).toBe(true);
+    const inst = await specialise(pooled, fnVersion(style, 'echo'), codeLayer(style.fixture), busybox());
+    live.push(inst);
+    const { response } = await inst.invoke({ id: id(), payload: event('{"a":1}', 'application/json') });
+    expect(response.status).toBe(200);
   });
 });

@@ -3,7 +3,9 @@
  * namespaces, cgroups and overlay mounts; exec, attach, wire, stdin, limits, kill; bad specs.
  * Leak assertions run after every test (test/helpers/sandbox.ts).
  */
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InvalidRequest, Conflict } from '../../services/common/errors.ts';
 import { createSandbox, type Sandbox } from '../../services/sandbox/index.ts';
@@ -100,6 +102,24 @@ describe.skipIf(!root)('sandbox lifecycle (needs root: skipped otherwise)', () =
     expect(r.stdout).toBe('code layer\nwrite errno=EROFS\n');
     await sb.kill();
     expect((await p.exited).signal).toBe('SIGKILL');
+  });
+
+  it('an exec issued right behind attach (not awaited) runs a command from the attached layer', async () => {
+    const layer = mkdtempSync(join(tmpdir(), 'fnhost-pipelined-'));
+    try {
+      chmodSync(layer, 0o755); // mkdtemp's 0700 would keep the sandbox's uid out
+      writeFileSync(join(layer, 'run'), '#!/bin/sh\necho pipelined\n', { mode: 0o755 });
+      const sb = await env.create();
+      const p = await sb.start({ layers: [env.fx().base], argv: ['/bin/probe', 'sleep', '10000'] });
+      const attached = sb.attach('/var/task', [layer]);
+      const r = collect(await sb.exec({ argv: ['/var/task/run'] }));
+      await attached;
+      expect((await r).stdout).toBe('pipelined\n');
+      await sb.kill();
+      expect((await p.exited).signal).toBe('SIGKILL');
+    } finally {
+      rmSync(layer, { recursive: true, force: true });
+    }
   });
 
   it('mounts in the start spec appear before the process starts', async () => {

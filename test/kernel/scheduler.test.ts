@@ -235,6 +235,32 @@ describe('scheduler on real sandboxes', () => {
   }, 120_000);
 });
 
+describe('runtime executor pools', () => {
+  it('exec functions draw pre-started busybox sandboxes, image:<name> functions created ones', async (t) => {
+    if (skip) return t.skip(skip);
+    const nodeId = `pools-test-${process.pid}-${randomUUID().slice(0, 4)}`;
+    const executor = createRuntimeExecutor({ images, nodeId });
+    cleanups.push(async () => {
+      await executor.close?.();
+      await executor.cleanupLeftovers?.(nodeId);
+    });
+    const base = { tenant: 'pools', name: 'f', version: 1, handler: 'run', codeDigest: digests.cat!, memoryMb: 128, timeoutMs: 5000, env: {}, concurrency: 1, public: false, createdAt: '' };
+    expect(executor.kindOf({ ...base, runtime: 'exec' })).toBe('exec');
+    expect(executor.kindOf({ ...base, runtime: 'image:mine' })).toBe('image');
+    const state = (p: unknown) => (p as { inner: { sandbox: { state: string } } }).inner.sandbox.state;
+    const pre = await executor.createPooled('exec');
+    const img = await executor.createPooled('image');
+    expect(state(pre)).toBe('started');
+    expect(state(img)).toBe('created');
+    // the pre-started one serves an exec function on its first call
+    const inst = await executor.specialise(pre, { ...base, runtime: 'exec' }, () => {});
+    const r = await inst.invoke({ id: `inv-${randomUUID()}`, payload: { kind: 'event', body: Buffer.from('through /var/task') }, deadline: Date.now() + 5000 });
+    expect(r.response.body.toString()).toBe('through /var/task');
+    await inst.destroy();
+    await img.destroy();
+  });
+});
+
 describe('worker processes', () => {
   function spawnWorker(prefix: string, nodeId: string): Promise<ChildProcess> {
     const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'services/scheduler/main.ts')], {

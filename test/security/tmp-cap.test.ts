@@ -17,4 +17,13 @@ describe.skipIf(process.getuid?.() !== 0)('/tmp is a tmpfs capped at tmpfsMb (ne
     const r = await env.run(['/bin/sh', '-c', 'echo hi > /tmp/f && cat /tmp/f'], { tmpfsMb: 4 });
     expect(r.stdout).toBe('hi\n');
   });
+
+  it('the cap is the mount\'s size: 64 MiB by default, tmpfsMb otherwise; mode 1777', async () => {
+    // the init makes /tmp before start at the default size and resizes it for another tmpfsMb (native/init/mount.c mnt_tmp)
+    const cmd = ['/bin/sh', '-c', 'grep " /tmp " /proc/self/mountinfo | sed "s/.* - //"; ls -ld /tmp | cut -c1-10'];
+    const byDefault = await env.run(cmd);
+    expect(byDefault.stdout).toBe('tmpfs tmpfs rw,size=65536k\ndrwxrwxrwt\n');
+    const small = await env.run(cmd, { tmpfsMb: 4 });
+    expect(small.stdout).toBe('tmpfs tmpfs rw,size=4096k\ndrwxrwxrwt\n');
+  });
 });

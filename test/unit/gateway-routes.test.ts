@@ -42,10 +42,13 @@ describe('auth', () => {
     ['not Bearer', { authorization: 'Basic Zm9vOmJhcg==' }, 401],
     ['unknown key', { authorization: 'Bearer fnh_nope' }, 401],
   ])('%s → %i Unauthorized with WWW-Authenticate', async (_n, headers, status) => {
-    const r = await h.req('GET', '/v1/functions', { headers });
-    expect(r.status).toBe(status);
-    expect(r.headers.get('www-authenticate')).toBe('Bearer');
-    expect((await json(r)).error.type).toBe('Unauthorized');
+    // the invoke route authenticates itself (registered ahead of the /v1/* middleware): same answers
+    for (const [method, path] of [['GET', '/v1/functions'], ['POST', '/v1/functions/echo/invoke'], ['POST', '/v1/functions/echo/invoke?mode=async']]) {
+      const r = await h.req(method!, path!, { headers, body: method === 'POST' ? '{}' : undefined });
+      expect(r.status, path).toBe(status);
+      expect(r.headers.get('www-authenticate')).toBe('Bearer');
+      expect((await json(r)).error.type).toBe('Unauthorized');
+    }
   });
 
   it('a tenant key cannot use admin routes, the admin key cannot act as a tenant', async () => {
@@ -54,6 +57,14 @@ describe('auth', () => {
     expect((await json(a)).error.type).toBe('Forbidden');
     const b = await h.req('GET', '/v1/functions', { key: h.adminKey });
     expect(b.status).toBe(403);
+    for (const path of ['/v1/functions/echo/invoke', '/v1/functions/echo/invoke?mode=async']) {
+      const c = await h.req('POST', path, { key: h.adminKey, body: '{}' });
+      expect(c.status, path).toBe(403);
+      expect((await json(c)).error.message).toMatch(/needs a tenant key/);
+    }
+    // other methods on the invoke path still meet the /v1/* middleware first
+    expect((await h.req('GET', '/v1/functions/echo/invoke', { headers: {} })).status).toBe(401);
+    expect((await h.req('GET', '/v1/functions/echo/invoke', { key })).status).toBe(404);
   });
 
   it('keys are stored hashed: the plain key appears nowhere in Redis', async () => {

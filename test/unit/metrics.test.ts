@@ -186,3 +186,53 @@ describe('metrics: exposition', () => {
     expect(() => parsePromText('# TYPE fnhost_x counter\n# TYPE fnhost_x gauge\n')).toThrow(/second TYPE/);
   });
 });
+
+describe('metrics: cached series (services/common/metric-series.ts)', () => {
+  it('expose exactly what prom-client Counter / Histogram expose for the same observations', async () => {
+    const { Counter, Histogram, Registry } = await import('prom-client');
+    const { SeriesCounter, SeriesHistogram } = await import('../../services/common/metric-series.ts');
+    const ours = new Registry();
+    const ref = new Registry();
+    const buckets = [0.001, 0.01, 0.1];
+    const c = new SeriesCounter({ name: 'x_total', help: 'h "q"\\n', labelNames: ['a', 'b'], registers: [ours] });
+    const h = new SeriesHistogram({ name: 'x_seconds', help: 'h', labelNames: ['a'], buckets, registers: [ours] });
+    const rc = new Counter({ name: 'x_total', help: 'h "q"\\n', labelNames: ['a', 'b'], registers: [ref] });
+    const rh = new Histogram({ name: 'x_seconds', help: 'h', labelNames: ['a'], buckets, registers: [ref] });
+    const obs: Array<[string, string, number]> = [['p', 'q', 0.0005], ['p', 'q', 0.05], ['r"\\\n', 'q', 0.001], ['p', 'z', 7], ['s', 'q', 0.01]];
+    for (const [a, b, v] of obs) {
+      c.series({ a, b }).inc();
+      h.series({ a }).observe(v);
+      rc.inc({ a, b });
+      rh.observe({ a }, v);
+    }
+    c.series({ b: 'only-b', a: 'x' }).inc(3);
+    rc.inc({ b: 'only-b', a: 'x' }, 3);
+    expect(await ours.metrics()).toBe(await ref.metrics());
+    expect(JSON.stringify(await ours.getMetricsAsJSON())).toBe(JSON.stringify(await ref.getMetricsAsJSON()));
+    // a label the metric does not declare is refused, as prom-client refuses it
+    expect(() => c.series({ a: '1', nope: '2' })).toThrow(/not included/);
+    expect(() => h.series({ a: '1' }).observe(Number.NaN)).toThrow(/valid number/);
+    // reset: old series are stale (callers caching them re-resolve), nothing is exported until observed again
+    const s = h.series({ a: 'p' });
+    ours.resetMetrics();
+    rh.reset();
+    rc.reset();
+    expect(s.stale).toBe(true);
+    expect(await ours.metrics()).toBe(await ref.metrics());
+  });
+
+  it('FnhostMetrics keeps counting right after a registry reset (cached series are re-resolved)', async () => {
+    const m = createMetrics({ defaultMetrics: false });
+    m.invocation({ tenant: 'a', function: 'f', start: 'warm', outcome: 'success', durationMs: 1 });
+    m.httpRequest('POST', '/v1/functions/:ref/invoke', 200, 1);
+    m.queueWait('a', 1);
+    m.registry.resetMetrics();
+    m.invocation({ tenant: 'a', function: 'f', start: 'warm', outcome: 'success', durationMs: 1 });
+    m.httpRequest('POST', '/v1/functions/:ref/invoke', 200, 1);
+    m.queueWait('a', 1);
+    const p = await scrape(m);
+    expect(p.value('fnhost_invocations_total', { tenant: 'a', function: 'f' })).toBe(1);
+    expect(p.value('fnhost_http_requests_total', { method: 'POST', status: '200' })).toBe(1);
+    expect(p.value('fnhost_queue_wait_seconds_count', { tenant: 'a' })).toBe(1);
+  });
+});

@@ -134,6 +134,18 @@ describe.skipIf(notRoot)('bundles', () => {
     expect(e.details).toMatchObject({ field: 'bundle', reason: 'bad-format' });
     expect(await refused(store.codeLayer(sha256('nope')))).toBeInstanceOf(NotFound);
   });
+
+  it('finds a code layer by its digest, with or without its metadata file', async () => {
+    const code = await store.addBundle(execFileSync('tar', ['-C', srcTree(), '-czf', '-', '.']));
+    expect(await store.codeLayer(code.digest)).toEqual(code);
+    // a layer whose metadata file is gone (written by an older version) is still found, its size recounted
+    rmSync(`${code.dir}.json`);
+    expect(await store.codeLayer(code.digest)).toEqual(code);
+    // a metadata file without its layer is no layer
+    writeFileSync(`${code.dir}.json`, JSON.stringify({ digest: code.digest, sizeBytes: 1, entries: 1 }));
+    rmSync(code.dir, { recursive: true });
+    expect(await refused(store.codeLayer(code.digest))).toBeInstanceOf(NotFound);
+  });
 });
 
 describe.skipIf(notRoot)('OCI import', () => {

@@ -8,6 +8,7 @@ import { hostConfig } from '../../host/config.ts';
 import { startHost } from '../../host/index.ts';
 import { createLogger } from '../../common/log.ts';
 import { sandboxUnavailableReason } from '../../sandbox/index.ts';
+import { applyHostNice, hostNice } from '../priority.ts';
 
 export async function start(flags: Record<string, string | undefined>): Promise<number> {
   // Namespaces, cgroups and mounts need root (and CAP_SYS_ADMIN); say so in one sentence instead of failing deep inside.
@@ -19,6 +20,7 @@ export async function start(flags: Record<string, string | undefined>): Promise<
   let cfg;
   try {
     cfg = hostConfig(process.env, flags);
+    hostNice(process.env, flags['nice']);
   } catch (e) {
     throw new CliError((e as Error).message, EXIT.usage);
   }
@@ -31,6 +33,9 @@ export async function start(flags: Record<string, string | undefined>): Promise<
     if (err.code === 'EADDRINUSE') throw new CliError(`port ${cfg.port} on ${cfg.host} is already in use: set PORT or --port`, EXIT.unavailable);
     throw new CliError(`the host did not start: ${err.message}`, EXIT.unavailable);
   }
+  // After start-up: the embedded redis-server and the sandbox launcher are already running at their own priority.
+  const prio = applyHostNice(process.env, flags['nice']);
+  if ('skipped' in prio && prio.skipped !== 'off') log.warn({ reason: prio.skipped }, 'could not raise the host loop priority (FNHOST_NICE)');
   // One write: a reader waiting for the URL line also gets the key lines with it.
   let banner = `fnhost is listening on ${host.url}\n`;
   if (host.adminKey.generated) banner += `admin key (shown once; also in ${host.adminKey.file}, mode 0600):\n  ${host.adminKey.key}\n`;
