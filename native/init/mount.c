@@ -226,7 +226,7 @@ int mnt_pivot(const char *new_root)
  * Measured: start() 1.0-1.9 → 0.85-1.4 ms (median, 200 cycles, alternating builds at load 3).
  *
  * Why this keeps the old root unreachable: what stays below the rootfs is only the stage — a 64 KiB read-only
- * tmpfs holding the empty directories root/, dev/ and proc/ (their mounts were moved into the rootfs; the exec
+ * tmpfs holding the empty directories root/, dev/, proc/ and tmp/ (their mounts were moved into the rootfs; the exec
  * fallback's template also holds the read-only bind mount of this init binary at /init). The host's
  * tree was never in this namespace: the zygote pivot_root()ed into its stage and detached the host's tree
  * once (mnt_zygote), and each sandbox's namespace is a copy of that one (the exec fallbacks detach the host's

@@ -5,7 +5,7 @@
  * node / python: the runtime process is started inside the base image's read-only rootfs with its wire on
  * fd 3 and waits for LOAD (runtime start-up, ~60 ms for node here, is paid before anyone asks).
  * exec with `prestart` (the scheduler's busybox pool): the image's read-only rootfs is mounted now — the sandbox
- * is started with a no-op first process (PRESTART_ARGV) that has exited before the sandbox enters the pool — so
+ * is started with a no-op first process (PRESTART_ARGV, exits at once; nothing of the function's runs before) — so
  * the cold start only attaches the code layer at /var/task and spawns the function's process (as node does).
  * exec without it / image:*: nothing runs yet; the first invocation starts the sandbox with the image's layers
  * and the code layer at /var/task (one pool then serves every image; a tenant's image is known only at
@@ -89,7 +89,7 @@ export interface PrepareOptions {
  * a fresh tmpfs, the rootfs read-only) so that nothing of ours runs beside the function later.
  */
 export const PRESTART_ARGV = ['/bin/true'];
-/** how long the pre-start's no-op process may take (≈1 ms here; generous for a busy 2-core host). */
+/** how long the pre-start's no-op process may take to exit (≈0.3 ms here; generous for a busy 2-core host). */
 const PRESTART_TIMEOUT_MS = 10_000;
 
 /**
@@ -155,24 +155,33 @@ export async function prepare(sandbox: Sandbox, runtime: RuntimeName, image: Res
   }
 }
 
-/** Mounts `image`'s rootfs by starting the sandbox with PRESTART_ARGV; destroys the sandbox on failure. */
+/**
+ * Mounts `image`'s rootfs by starting the sandbox with PRESTART_ARGV; destroys the sandbox on failure. The
+ * sandbox is ready once the process has been exec'd (the rootfs is in place then); its exit is not waited
+ * for here — that would add the init's exit report to every pooled sandbox's making (the pool refills two at
+ * a time, so that wait is refill rate) — but watched: one that does not exit cleanly within
+ * PRESTART_TIMEOUT_MS destroys the sandbox (the pool then drops it as not alive).
+ */
 async function prestart(sandbox: Sandbox, image: ResolvedImage): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
+  let proc;
   try {
     // stdin: empty (immediate EOF); the process's output is not read (it writes none; the pipes close with it).
-    const proc = await sandbox.start({ layers: image.layers, argv: PRESTART_ARGV, env: { PATH: DEFAULT_PATH }, cwd: '/', stdin: Buffer.alloc(0) });
-    proc.stdout.resume();
-    proc.stderr.resume();
-    const st = await Promise.race([
-      proc.exited,
-      new Promise<null>((r) => (timer = setTimeout(() => setImmediate(() => r(null)), PRESTART_TIMEOUT_MS))),
-    ]);
-    if (!st) throw new Internal(`pre-starting an exec sandbox: ${PRESTART_ARGV.join(' ')} did not exit within ${PRESTART_TIMEOUT_MS} ms`, { image: image.ref });
-    if (st.code !== 0) throw new Internal(`pre-starting an exec sandbox: ${PRESTART_ARGV.join(' ')} exited with ${st.code ?? st.signal}`, { image: image.ref });
+    proc = await sandbox.start({ layers: image.layers, argv: PRESTART_ARGV, env: { PATH: DEFAULT_PATH }, cwd: '/', stdin: Buffer.alloc(0) });
   } catch (e) {
     await sandbox.destroy().catch(() => {}); // keep the pre-start failure as the error
     throw e;
-  } finally {
-    clearTimeout(timer);
   }
+  proc.stdout.resume();
+  proc.stderr.resume();
+  let timer: NodeJS.Timeout | undefined;
+  void Promise.race([
+    proc.exited,
+    new Promise<null>((r) => {
+      timer = setTimeout(() => setImmediate(() => r(null)), PRESTART_TIMEOUT_MS);
+      timer.unref();
+    }),
+  ]).then((st) => {
+    clearTimeout(timer);
+    if (!st || st.code !== 0) void sandbox.destroy().catch(() => {});
+  });
 }

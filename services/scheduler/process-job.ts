@@ -214,10 +214,16 @@ async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string,
   if (local && written) local(d.id, rec, Promise.resolve());
 }
 
-function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span) {
+/** `later`: count the invocation in the metrics after the caller has been answered (the local path answers right after this). */
+function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span, later = false) {
   span.setAttribute(Attr.outcome, outcome);
   if (outcome !== 'success') span.setAttribute(Attr.errorType, outcome);
-  ctx.metrics?.invocation({ tenant: fn.tenant, function: fn.name, start, outcome, durationMs: Date.now() - pickedAt });
+  const m = ctx.metrics;
+  if (!m) return;
+  const obs = { tenant: fn.tenant, function: fn.name, start, outcome, durationMs: Date.now() - pickedAt };
+  // A function's first call creates its metric series (label sets): not on a cold start's answer path.
+  if (later) setImmediate(() => m.invocation(obs));
+  else m.invocation(obs);
 }
 
 /**
@@ -272,14 +278,14 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
       ...base, status: 'succeeded', start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
     };
     const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
-    observe(ctx, fn, start, 'success', pickedAt, span);
+    observe(ctx, fn, start, 'success', pickedAt, span, true);
     return { record, written };
   } catch (e) {
     const err = typed(e);
     const error = errJSON(err)!;
     const record: InvocationRecord = { ...base, status: 'failed', start: start === 'none' ? undefined : start, startedAt: pickedAt, finishedAt: Date.now(), error };
     const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
-    observe(ctx, fn, start, err.type, pickedAt, span);
+    observe(ctx, fn, start, err.type, pickedAt, span, true);
     return { record, error, written };
   }
 }

@@ -9,6 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSyn
 import { describe, expect, it } from 'vitest';
 import { setNetnsPoolForTests, zygotePid, type Sandbox } from '../../services/sandbox/index.ts';
 import { collect, useSandboxEnv } from '../helpers/sandbox.ts';
+import { until } from '../helpers/until.ts';
 
 const env = useSandboxEnv('sec-netns-pool');
 
@@ -50,6 +51,7 @@ describe.skipIf(process.getuid?.() !== 0)('netns pool and zygote (needs root: sk
     const helpers = [z!, ...childrenOf(z!)];
     expect(helpers.length).toBe(2); // the zygote and its maker; inits are the host's children, not the zygote's
     const seen = new Set<string>();
+    const makerSamples: string[] = [];
     for (const sb of sbs) {
       expect(readFileSync(`/proc/${sb.initPid}/status`, 'utf8')).toMatch(new RegExp(`^PPid:\\s+${process.pid}$`, 'm'));
       // a clone of the zygote (it renames itself), not an exec'd init of the fallback path
@@ -58,12 +60,15 @@ describe.skipIf(process.getuid?.() !== 0)('netns pool and zygote (needs root: sk
       expect(ns).toBe(netnsOf(sb.initPid));
       expect(ns).not.toBe(host);
       seen.add(ns);
-      for (const h of helpers) {
-        expect(netnsOf(h)).toBe(host); // the maker went back home after making each namespace
-        expect(netnsFds(h)).not.toContain(ns); // pooled fds sit in a socket queue; handed-out ones are closed
-      }
+      expect(netnsOf(z!)).toBe(host);
+      // the maker is at home, or inside the namespace it is building right now (refilling the pool)
+      makerSamples.push(netnsOf(helpers[1]!));
+      for (const h of helpers) expect(netnsFds(h)).not.toContain(ns); // pooled fds sit in a socket queue; handed-out ones are closed
     }
     expect(seen.size).toBe(sbs.length);
+    // ... never in one it handed out: it went back home before sending each one, and is back once the pool is full
+    for (const m of makerSamples) expect(seen.has(m)).toBe(false);
+    await until(() => netnsOf(helpers[1]!), (n) => n === host);
   });
 
   it('a namespace once used is never handed out again', async () => {
