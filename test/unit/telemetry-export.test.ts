@@ -8,6 +8,7 @@ import { initTracing, tracingRequested, type TracingHandle } from '../../service
 import { FnSpan, TraceIdWords, samplerFromEnv } from '../../services/common/trace-span.ts';
 import { ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
+import { OtlpHttpExporter, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
 import { countOtlpProto, decodeOtlpProto, startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
 
@@ -236,6 +237,62 @@ describe('OTLP export under pressure and configuration', () => {
       expect(handle.stats()).toMatchObject({ exported: 0, failed: 20, dropped: 0 });
     } finally {
       await handle.shutdown();
+    }
+  });
+});
+
+describe('the export thread (batches POSTed off the event loop)', () => {
+  /** 100 spans in batches of 10 (more batches than concurrent exports, so returned buffers are reused) */
+  async function exportThrough(exp: OtlpHttpExporter, from: number, n: number): Promise<void> {
+    const tid = TraceIdWords.fromHex('12'.repeat(16));
+    for (let i = from; i < from + n; i++) {
+      const s = new FnSpan(exp, `span ${i}`, SpanKind.INTERNAL, tid, undefined, { [Attr.tenant]: 't', i }, 1_700_000_000_000 + i);
+      s.setAttribute(Attr.outcome, 'success');
+      s.end(1_700_000_000_000.5 + i);
+    }
+    await exp.forceFlush();
+  }
+
+  it.each([
+    ['on a thread (default)', {}, true],
+    ['in-thread (FNHOST_OTEL_EXPORT_THREAD=0)', { FNHOST_OTEL_EXPORT_THREAD: '0' }, false],
+    ['on a thread, gzip', { OTEL_EXPORTER_OTLP_COMPRESSION: 'gzip' }, true],
+    ['on a thread, http/json', { OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }, true],
+  ])('%s: every span arrives once, intact, and the counters add up', async (_, extraEnv, onThread) => {
+    const sink = await startOtlpSink();
+    const exp = new OtlpHttpExporter(otlpConfigFromEnv({ ...sink.env, ...extraEnv, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, { 'service.name': 'svc' }, 'fnhost'));
+    try {
+      expect(exp.exportThread).toBe(onThread);
+      await exportThrough(exp, 0, 100);
+      expect(exp.stats).toEqual({ exported: 100, dropped: 0, failed: 0, requests: 10 });
+      const got = sink.spans();
+      expect(got.map((s) => s.name).sort()).toEqual(Array.from({ length: 100 }, (_, i) => `span ${i}`).sort());
+      const s7 = got.find((s) => s.name === 'span 7')!;
+      expect(s7).toMatchObject({ service: 'svc', traceId: '12'.repeat(16), attributes: { [Attr.tenant]: 't', i: 7, [Attr.outcome]: 'success' } });
+      expect(String(s7.startNs)).toBe('1700000000007000000');
+      expect(String(s7.endNs)).toBe('1700000000007500000');
+    } finally {
+      await exp.shutdown();
+      await sink.close();
+    }
+  });
+
+  it('a thread that dies: what it held counts as failed, later spans go out from the event loop', async () => {
+    const sink = await startOtlpSink();
+    const exp = new OtlpHttpExporter(otlpConfigFromEnv({ ...sink.env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, { 'service.name': 'svc' }, 'fnhost'));
+    try {
+      await exportThrough(exp, 0, 20);
+      expect(exp.stats.exported).toBe(20);
+      await (exp as unknown as { worker: import('node:worker_threads').Worker }).worker.terminate();
+      const deadline = Date.now() + 5_000;
+      while (exp.exportThread && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      expect(exp.exportThread).toBe(false);
+      await exportThrough(exp, 20, 30);
+      expect(exp.stats).toMatchObject({ exported: 50, failed: 0, dropped: 0 });
+      expect(sink.spans()).toHaveLength(50);
+    } finally {
+      await exp.shutdown();
+      await sink.close();
     }
   });
 });
