@@ -5,19 +5,17 @@
  * connection) when it holds `maxExportBatchSize` spans or `scheduledDelayMillis` after its first span — the
  * BatchSpanProcessor's contract (OTEL_BSP_*), without keeping span objects alive in between. The POST itself (and
  * gzip) runs on an export thread by default: the sealed batch's buffer is transferred to it and handed back
- * when the request is done (see EXPORT_WORKER_SRC for why; FNHOST_OTEL_EXPORT_THREAD=0 keeps it on the loop).
+ * when the request is done (see EXPORT_THREAD_URL for why; FNHOST_OTEL_EXPORT_THREAD=0 keeps it on the loop).
  *
  * Bounded: at most `maxQueueSize` spans wait (encoded, not yet acknowledged by the collector); past that new
  * spans are dropped and counted (`stats().dropped`, and fnhost_trace_spans_dropped_total) rather than growing the
  * heap when the collector is slow or gone. A failed export is counted and not retried (the next batch is
  * already being built; a retry would only add load to a struggling collector).
  */
-import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
-import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { Worker } from 'node:worker_threads';
-import { gzip } from 'node:zlib';
 import { diag, type Attributes } from '@opentelemetry/api';
 import { ProtoWriter, jsonBatch, jsonSpan, protoBatchHeader, protoSpan } from './otlp-encode.ts';
+import { createPoster, type Poster } from './otlp-post.mjs';
 import type { FnSpan, SpanSink } from './trace-span.ts';
 
 export interface OtlpHttpConfig {
@@ -102,49 +100,13 @@ export function otlpConfigFromEnv(env: NodeJS.ProcessEnv, resource: Attributes, 
 }
 
 /**
- * The export thread's code (plain JS, evaluated by `new Worker(…, { eval: true })`: no loader, no TS transform,
- * so it runs the same under tsx, vitest and plain node). It gets `{ id, ab, start, end }` (a sealed protobuf
- * batch: the writer's whole ArrayBuffer, transferred) or `{ id, text }` (a JSON batch), POSTs the body, and
- * answers `{ id, ok, why, ab }`, handing the buffer back (transferred again) so the loop reuses it.
- *
- * Why a thread: with the host's loop the bottleneck, everything it does for tracing shows ~1:1 in throughput.
- * A batch POST costs the loop the HTTP client's request/response machinery plus the loopback write itself
- * (TCP on loopback runs the receive side in the sender's syscall): ~128 KB per 512 spans.
+ * The export thread (otlp-export-thread.mjs): sealed batches cross to it and it POSTs them with the same poster
+ * (otlp-post.mjs) the loop uses in-thread. Why a thread: with the host's loop the bottleneck, everything it does
+ * for tracing shows ~1:1 in throughput. A batch POST costs the loop the HTTP client's request/response machinery
+ * plus the loopback write itself (TCP on loopback runs the receive side in the sender's syscall): ~128 KB per 512
+ * spans.
  */
-const EXPORT_WORKER_SRC = `
-const { parentPort, workerData: cfg } = require('node:worker_threads');
-const http = require('node:http');
-const https = require('node:https');
-const { gzip } = require('node:zlib');
-const isHttps = cfg.url.startsWith('https:');
-const agent = new (isHttps ? https : http).Agent({ keepAlive: true, maxSockets: cfg.maxConcurrentExports });
-const request = isHttps ? https.request : http.request;
-const contentType = cfg.protocol === 'http/json' ? 'application/json' : 'application/x-protobuf';
-parentPort.on('message', (m) => {
-  const body = m.ab ? Buffer.from(m.ab, m.start, m.end - m.start) : m.text;
-  let settled = false;
-  const finish = (ok, why) => {
-    if (settled) return;
-    settled = true;
-    if (m.ab) parentPort.postMessage({ id: m.id, ok, why, ab: m.ab }, [m.ab]);
-    else parentPort.postMessage({ id: m.id, ok, why });
-  };
-  const post = (payload, encoding) => {
-    const headers = Object.assign({}, cfg.headers, { 'content-type': contentType, 'content-length': Buffer.byteLength(payload) });
-    if (encoding) headers['content-encoding'] = encoding;
-    const req = request(cfg.url, { method: 'POST', agent, headers, timeout: cfg.timeoutMs }, (res) => {
-      res.resume();
-      res.on('end', () => finish(res.statusCode >= 200 && res.statusCode < 300, 'HTTP ' + res.statusCode));
-      res.on('error', (e) => finish(false, e.message));
-    });
-    req.on('timeout', () => req.destroy(new Error('timed out after ' + cfg.timeoutMs + ' ms')));
-    req.on('error', (e) => finish(false, e.message));
-    req.end(payload);
-  };
-  if (cfg.gzip) gzip(body, (err, z) => (err ? finish(false, err.message) : post(z, 'gzip')));
-  else post(body);
-});
-`;
+const EXPORT_THREAD_URL = new URL('./otlp-export-thread.mjs', import.meta.url);
 
 /** A batch handed to the export thread, until it answers. */
 interface ThreadJob {
@@ -182,8 +144,8 @@ export class OtlpHttpExporter implements SpanSink {
   private readonly spare: ProtoWriter[] = [];
   private inFlight = 0;
   private timer: NodeJS.Timeout | undefined;
-  private readonly agent: HttpAgent;
-  private readonly isHttps: boolean;
+  /** the in-thread POST (also the fallback when the export thread dies) */
+  private readonly poster: Poster;
   /** the export thread (undefined: in-thread, by config or after the thread failed) */
   private worker: Worker | undefined;
   private readonly jobs = new Map<number, ThreadJob>();
@@ -196,9 +158,7 @@ export class OtlpHttpExporter implements SpanSink {
   constructor(cfg: OtlpHttpConfig, hooks: ExportHooks = {}) {
     this.cfg = cfg;
     this.hooks = hooks;
-    this.isHttps = cfg.url.startsWith('https:');
-    const opts = { keepAlive: true, maxSockets: cfg.maxConcurrentExports };
-    this.agent = this.isHttps ? new HttpsAgent(opts) : new HttpAgent(opts);
+    this.poster = createPoster(cfg);
     // the header's size: the fixed resource and scope, plus at most 3 tags and 3 five-byte lengths
     this.reserve = protoBatchHeader(cfg.resource, cfg.scopeName, 0).length + 16;
     if (cfg.protocol === 'http/protobuf') this.proto = this.newWriter();
@@ -215,7 +175,7 @@ export class OtlpHttpExporter implements SpanSink {
     let w: Worker;
     try {
       // a small heap: the thread holds at most maxConcurrentExports batches, which live in transferred buffers
-      w = new Worker(EXPORT_WORKER_SRC, { eval: true, workerData: { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports }, resourceLimits: { maxOldGenerationSizeMb: 32 } });
+      w = new Worker(EXPORT_THREAD_URL, { workerData: { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports }, resourceLimits: { maxOldGenerationSizeMb: 32 } });
     } catch (e) {
       diag.warn(`fnhost: OTLP export thread unavailable (${(e as Error).message}); exporting on the event loop`);
       return;
@@ -327,9 +287,9 @@ export class OtlpHttpExporter implements SpanSink {
   }
 
   private send(body: Buffer | string, spans: number, writer: ProtoWriter | undefined): void {
+    this.stats.requests++;
     const w = this.worker;
     if (w) {
-      this.stats.requests++;
       const id = this.nextJob++;
       if (this.jobs.size === 0) w.ref();
       if (typeof body === 'string') {
@@ -350,35 +310,7 @@ export class OtlpHttpExporter implements SpanSink {
       }
       return;
     }
-    const done = (ok: boolean, why?: string) => this.done(ok, why, spans, writer);
-    const post = (payload: Buffer | string, encoding?: string) => {
-      this.stats.requests++;
-      const headers: Record<string, string | number> = {
-        ...this.cfg.headers,
-        'content-type': this.cfg.protocol === 'http/json' ? 'application/json' : 'application/x-protobuf',
-        'content-length': typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length,
-      };
-      if (encoding) headers['content-encoding'] = encoding;
-      let settled = false;
-      const finish = (ok: boolean, why?: string) => {
-        if (settled) return;
-        settled = true;
-        done(ok, why);
-      };
-      const req = (this.isHttps ? httpsRequest : httpRequest)(this.cfg.url, { method: 'POST', agent: this.agent, headers, timeout: this.cfg.timeoutMs }, (res: IncomingMessage) => {
-        res.resume();
-        res.on('end', () => finish((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300, `HTTP ${res.statusCode}`));
-        res.on('error', (e) => finish(false, e.message));
-      });
-      req.on('timeout', () => req.destroy(new Error(`timed out after ${this.cfg.timeoutMs} ms`)));
-      req.on('error', (e) => finish(false, e.message));
-      req.end(payload);
-    };
-    if (this.cfg.gzip) {
-      gzip(body, (err, z) => (err ? done(false, err.message) : post(z, 'gzip')));
-    } else {
-      post(body);
-    }
+    this.poster.post(body, (ok, why) => this.done(ok, why, spans, writer));
   }
 
   /** sends what is buffered and resolves once every export in flight has finished */
@@ -391,7 +323,7 @@ export class OtlpHttpExporter implements SpanSink {
   async shutdown(): Promise<void> {
     await this.forceFlush();
     this.shut = true;
-    this.agent.destroy();
+    this.poster.destroy();
     const w = this.worker;
     this.worker = undefined;
     if (w) await w.terminate();
