@@ -67,7 +67,19 @@ export function authenticate(deps: { store: MetadataStore; adminKeyHash: string 
   };
 }
 
-export const TENANT_KEY_NEEDED = 'this route needs a tenant key (the admin key does not act as a tenant)';
+/** The tenant `p` acts as; Forbidden for the admin key (it does not act as a tenant). */
+function tenantName(p: Principal): string {
+  if (p.kind !== 'tenant') throw new Forbidden('this route needs a tenant key (the admin key does not act as a tenant)');
+  return p.tenant;
+}
+
+/**
+ * `authenticate` + `requireTenant` in one call, for a route that authenticates itself (the invoke route, ahead
+ * of the /v1/* middleware): the calling tenant's name, `c.var.principal` set; the same errors.
+ */
+export async function authenticateTenant(c: Context<GatewayEnv>, deps: { store: MetadataStore; adminKeyHash: string }): Promise<string> {
+  return tenantName(await authenticateRequest(c, deps));
+}
 
 export function requireAdmin(): MiddlewareHandler<GatewayEnv> {
   return async function requireAdmin(c, next) {
@@ -78,14 +90,12 @@ export function requireAdmin(): MiddlewareHandler<GatewayEnv> {
 
 export function requireTenant(): MiddlewareHandler<GatewayEnv> {
   return async function requireTenant(c, next) {
-    if (c.var.principal.kind !== 'tenant') throw new Forbidden(TENANT_KEY_NEEDED);
+    tenantName(c.var.principal);
     await next();
   };
 }
 
 /** The calling tenant's name (after requireTenant). */
 export function tenantOf(c: Context<GatewayEnv>): string {
-  const p = c.var.principal;
-  if (p.kind !== 'tenant') throw new Forbidden('this route needs a tenant key');
-  return p.tenant;
+  return tenantName(c.var.principal);
 }

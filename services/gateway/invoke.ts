@@ -9,7 +9,7 @@
  * Bodies above 6 MB (sync) / 256 KB (async) are 413 PayloadTooLarge before anything is queued.
  */
 import type { Context, Hono } from 'hono';
-import { Forbidden, InvalidRequest } from '../common/errors.ts';
+import { InvalidRequest } from '../common/errors.ts';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
 import { Attr, injectTraceparent } from '../common/telemetry.ts';
 import { requestSpan } from './middleware/tracing.ts';
@@ -17,7 +17,7 @@ import type { InvokeRequest, SyncResult } from '../scheduler/types.ts';
 import type { Admission } from './admission.ts';
 import { readBody } from './body.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
-import { TENANT_KEY_NEEDED, authenticateRequest } from './auth.ts';
+import { authenticateTenant } from './auth.ts';
 import { resolveFunction } from './functions.ts';
 import { validateIdempotencyKey } from './validate.ts';
 
@@ -102,9 +102,7 @@ export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps & { admi
   const { client, store } = deps;
 
   app.post('/v1/functions/:ref/invoke', async (c) => {
-    const principal = await authenticateRequest(c, deps);
-    if (principal.kind !== 'tenant') throw new Forbidden(TENANT_KEY_NEEDED);
-    const tenant = principal.tenant;
+    const tenant = await authenticateTenant(c, deps);
     const mode = c.req.query('mode') ?? 'sync';
     if (mode !== 'sync' && mode !== 'async') throw new InvalidRequest('mode must be "sync" or "async"', { field: 'mode' });
     const idempotencyKey = validateIdempotencyKey(c.req.header('idempotency-key'));
