@@ -348,37 +348,6 @@ Napi::Value WaitPid(const Napi::CallbackInfo& info) {
   return StatusObject(env, status);
 }
 
-// waitpidAsync(pid) → Promise<{code, signal}>: a blocking waitpid on the libuv thread pool, for a child that
-// is known to be exiting (its control socket closed) but may take a while (pid namespace teardown).
-class WaitWorker : public Napi::AsyncWorker {
- public:
-  WaitWorker(Napi::Env env, pid_t pid) : Napi::AsyncWorker(env), pid_(pid), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    pid_t r;
-    do r = waitpid(pid_, &status_, __WALL);
-    while (r < 0 && errno == EINTR);
-    err_ = r < 0 ? errno : 0;
-  }
-  void OnOK() override {
-    if (err_) deferred_.Reject(ErrnoError(Env(), err_, "waitpid").Value());
-    else deferred_.Resolve(StatusObject(Env(), status_));
-  }
-
- private:
-  pid_t pid_;
-  int status_ = 0;
-  int err_ = 0;
-  Napi::Promise::Deferred deferred_;
-};
-
-Napi::Value WaitPidAsync(const Napi::CallbackInfo& info) {
-  auto* w = new WaitWorker(info.Env(), info[0].As<Napi::Number>().Int32Value());
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
-}
-
 // overlayMount(layersTopFirst) → fd of a detached, read-only overlay mount (fsopen/fsconfig/fsmount), ready to
 // be sent to an init and move_mount()ed inside its sandbox. One "lowerdir+" per layer (Linux 6.8+): fsconfig
 // copies string values with strndup_user(value, 256) (fs/fsopen.c), so a joined "lowerdir=a:b:c" of a few
@@ -416,7 +385,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pipe", Napi::Function::New(env, Pipe));
   exports.Set("socketpair", Napi::Function::New(env, SocketPair));
   exports.Set("waitpid", Napi::Function::New(env, WaitPid));
-  exports.Set("waitpidAsync", Napi::Function::New(env, WaitPidAsync));
   exports.Set("overlayMount", Napi::Function::New(env, OverlayMount));
   Napi::Object flags = Napi::Object::New(env);
   flags.Set("CLONE_NEWNS", Napi::Number::New(env, CLONE_NEWNS));

@@ -38,8 +38,6 @@ export interface NativeAddon {
   socketpair(): [number, number];
   /** waitpid(pid, WNOHANG|__WALL) → status, or null when the child is still running. */
   waitpid(pid: number): WaitStatus | null;
-  /** blocking waitpid(pid, __WALL) on the libuv thread pool. */
-  waitpidAsync(pid: number): Promise<WaitStatus>;
   /**
    * fsopen("overlay") + fsconfig("lowerdir+", layer) per layer (top first; a joined "lowerdir" on kernels
    * before 6.8) + fsmount(RDONLY|NOSUID|NODEV) → detached mount fd (close-on-exec). No upper dir: overlayfs

@@ -21,6 +21,7 @@ import { closeJoin } from './cgroup-v2.ts';
 import { ControlChannel } from './control.ts';
 import { SandboxError, errnoName, fromNodeError } from './errors.ts';
 import { INIT_PATH, PROBE_PATH, native } from './native.ts';
+import { reap } from './reaper.ts';
 import { NEWROOT, SandboxImpl, ensureRunDir } from './sandbox.ts';
 import type { CreateOptions, Sandbox, SandboxLimits } from './types.ts';
 import { DEFAULT_LIMITS, MIN_LIMITS, validateLimits, validateNodeId } from './validate.ts';
@@ -218,7 +219,7 @@ function templateNs(): Promise<number> {
       return -1;
     } finally {
       ch.close(); // the helper exits at EOF; the namespace lives on through the fd
-      await n.waitpidAsync(sp.pid).catch(() => {});
+      await reap(sp.pid);
     }
   })();
   return template;

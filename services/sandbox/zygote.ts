@@ -21,6 +21,7 @@ import type { CgroupJoin } from './cgroup.ts';
 import { ControlChannel } from './control.ts';
 import { errnoName } from './errors.ts';
 import { native } from './native.ts';
+import { reap } from './reaper.ts';
 
 /** Building the stage takes ≈1-3 ms; a loaded machine can take far longer, but not this long. */
 const READY_TIMEOUT_MS = 5_000;
@@ -126,6 +127,6 @@ export class Zygote {
     this.ch.close();
     // SIGKILL too: a stuck zygote must not stay; it holds nothing a sandbox needs (inits are our children).
     try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
-    native().waitpidAsync(this.pid).catch(() => {});
+    void reap(this.pid);
   }
 }
