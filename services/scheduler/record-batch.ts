@@ -21,7 +21,7 @@ import type { LogLine } from '../common/model.ts';
 import type { Keys } from './keys.ts';
 import type { LogRetention } from './logs.ts';
 import type { InvocationRecord } from './types.ts';
-import { toStored } from './records.ts';
+import { defineRecordScript, toStored } from './records.ts';
 
 /**
  * 2 ms: at 2,000–4,000 invocations/s that is 4–8 records per write; short enough that a GET from another
@@ -31,24 +31,9 @@ const FLUSH_MS = 2;
 /** a batch this large goes out at once (bounds the pipeline and the memory held). */
 const MAX_BATCH = 64;
 
-/** the record script (./records.ts), defined on every scheduler connection by ./scripts.ts */
+/** the record scripts (./records.ts), defined on every scheduler connection by ./scripts.ts */
 type SetRecordPipeline = { fnhostSetRecord(key: string, status: string, json: string, ttl: number, channel: string, id: string, force: string): unknown };
 type PutRecordsPipeline = { fnhostPutRecords(...args: (string | number)[]): unknown };
-
-/**
- * The unchecked records of one batch in one command: for each KEYS[i], HSET s = ARGV[2i], r = ARGV[2i+1] and
- * EXPIRE ARGV[1] — what an HSET + EXPIRE pair per record did, with one command instead of 2 per record for
- * ioredis to build, queue and parse (ioredis' per-command work was ~5 % of the host's CPU at 32 connections,
- * /tmp/fnhost-notes/warm.md).
- */
-const PUT_RECORDS_LUA = `
-local ttl = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 's', ARGV[2 * i], 'r', ARGV[2 * i + 1])
-  redis.call('EXPIRE', KEYS[i], ttl)
-end
-return #KEYS
-`;
 
 interface Pending {
   record: InvocationRecord;
@@ -70,7 +55,7 @@ export class RecordBatch {
     private readonly logs: LogRetention,
   ) {
     // A pipeline copies the connection's scripts when it is created (every flush makes a new one).
-    if (typeof (redis as unknown as Partial<PutRecordsPipeline>).fnhostPutRecords !== 'function') redis.defineCommand('fnhostPutRecords', { lua: PUT_RECORDS_LUA });
+    defineRecordScript(redis);
   }
 
   /**
