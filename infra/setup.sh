@@ -22,6 +22,7 @@ fi
 # busybox-static: the busybox base image and the in-sandbox test probes' shell.
 # erofs-utils / squashfs-tools: optional packed layers. umoci + skopeo: build real OCI layouts in tests.
 # zstd: zstd-compressed OCI layers. iproute2: `ip` for the network-isolation probes.
+# python3: turns OCI whiteouts into overlayfs ones on image import (mknod + setxattr, services/store/layer-writer.ts).
 PKGS=(redis-server busybox-static build-essential erofs-utils squashfs-tools umoci skopeo zstd iproute2 zip unzip python3)
 if [ "${1:-}" = "--bench" ]; then PKGS+=(runc crun bubblewrap hyperfine); fi
 missing=()

@@ -44,11 +44,13 @@
  * stdout / stderr are preceded by BEGIN on that stream; when it is done, every stream it wrote to gets END
  * and READY / RESULT / ERROR says which in `marked` (bit 1 stdout, bit 2 stderr; absent = both). The
  * host attributes what a stream shows between BEGIN and END to the invocation (or the load), and
- * anything outside to the invocation that last ended on it (background output, sink only). END is in
+ * anything outside to no invocation (written while none ran: `invocationId` '', sink only). END is in
  * the pipe before the frame is on the wire, so the host finishes an invocation with all of its logs and
  * no timer. The node shim writes BEGIN lazily, before the first write through process.std* or fs to fd
- * 1/2, so a quiet invocation costs no extra write (output of child processes with inherited stdio then
- * counts as background); the python shim writes BEGIN eagerly on both fds, which covers subprocesses too.
+ * 1/2, so a quiet invocation costs no extra write; a child process given fd 1/2 gets BEGIN before it is
+ * spawned, and once one was, every invocation writes BEGIN on those streams at its start (what the child
+ * left running may write at any time). The python shim writes BEGIN eagerly on both fds, which covers
+ * subprocesses too.
  *
  * Errors: a frame the host cannot parse (bad type, bad JSON, longer than the host's cap) is a protocol
  * violation: the host kills the instance and reports `Crashed` (or `ResponseTooLarge` for an oversized RESULT).

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -379,6 +380,19 @@ Napi::Value OverlayMount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, m);
 }
 
+// flock(fd, op) → true, or false when op has LOCK_NB and another open file description holds a conflicting lock.
+Napi::Value Flock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int op = info[1].As<Napi::Number>().Int32Value();
+  int r;
+  do r = flock(fd, op);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK && (op & LOCK_NB)) return Napi::Boolean::New(env, false);
+  throw ErrnoError(env, errno, "flock");
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("spawnInit", Napi::Function::New(env, SpawnInit));
   exports.Set("sendFrame", Napi::Function::New(env, SendFrame));
@@ -386,6 +400,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("socketpair", Napi::Function::New(env, SocketPair));
   exports.Set("waitpid", Napi::Function::New(env, WaitPid));
   exports.Set("overlayMount", Napi::Function::New(env, OverlayMount));
+  exports.Set("flock", Napi::Function::New(env, Flock));
   Napi::Object flags = Napi::Object::New(env);
   flags.Set("CLONE_NEWNS", Napi::Number::New(env, CLONE_NEWNS));
   flags.Set("CLONE_NEWPID", Napi::Number::New(env, CLONE_NEWPID));
@@ -393,6 +408,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   flags.Set("CLONE_NEWIPC", Napi::Number::New(env, CLONE_NEWIPC));
   flags.Set("CLONE_NEWNET", Napi::Number::New(env, CLONE_NEWNET));
   flags.Set("CLONE_NEWCGROUP", Napi::Number::New(env, CLONE_NEWCGROUP));
+  flags.Set("LOCK_SH", Napi::Number::New(env, LOCK_SH));
+  flags.Set("LOCK_EX", Napi::Number::New(env, LOCK_EX));
+  flags.Set("LOCK_NB", Napi::Number::New(env, LOCK_NB));
   exports.Set("constants", flags);
   return exports;
 }

@@ -44,7 +44,12 @@ export interface NativeAddon {
    * needs at least 2 layers then.
    */
   overlayMount(layersTopFirst: string[]): number;
-  /** clone flag values of this platform. */
+  /**
+   * flock(fd, op) (op: LOCK_SH or LOCK_EX, optionally | LOCK_NB) → true; false when LOCK_NB was given and a
+   * conflicting lock is held. Blocks otherwise. Throws for any other failure.
+   */
+  flock(fd: number, op: number): boolean;
+  /** clone flag and flock operation values of this platform. */
   constants: {
     CLONE_NEWNS: number;
     CLONE_NEWPID: number;
@@ -52,6 +57,9 @@ export interface NativeAddon {
     CLONE_NEWIPC: number;
     CLONE_NEWNET: number;
     CLONE_NEWCGROUP: number;
+    LOCK_SH: number;
+    LOCK_EX: number;
+    LOCK_NB: number;
   };
 }
 

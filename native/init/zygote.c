@@ -14,7 +14,9 @@
  *  - the network namespace comes from a pool (below); the child setns()es into it. Without one (pool drained
  *    by a burst) the clone adds CLONE_NEWNET instead.
  *
- * Network-namespace pool: a second helper process (the "maker", a fork of the zygote) creates namespaces off
+ * Network-namespace pool (argv[3] > 0; the host's default is 0 on cgroup v1, where the clone's CLONE_NEWNET
+ * runs while the host makes the cgroups: services/sandbox/index.ts netnsPool):
+ * a second helper process (the "maker", a fork of the zygote) creates namespaces off
  * the hot path: unshare(CLONE_NEWNET), bring `lo` up, take an fd of the namespace (SIOCGSKNS on a socket in
  * it), setns back to its own original namespace, and send the fd to the zygote over a SOCK_SEQPACKET pair.
  * The pool IS that socket's queue (at most pool_size fds in flight; argv[3], chosen by the host); the
@@ -23,14 +25,17 @@
  * reference left (the kernel's cleanup_net then frees it, asynchronously, as for any netns).
  *
  * Host → zygote frames (the init's control protocol, proto.c, with one op):
- *   "run <reqid> spawn <njoin> <has-cgroup-dir>" with fds [control socket end, njoin v1 `tasks` fds,
- *   (v2 dir fd)].
+ *   "run <reqid> spawn <njoin> <has-cgroup-dir> [<late>]" with fds [control socket end, njoin v1 `tasks` fds,
+ *   (v2 dir fd)]. <late> = 1 (then njoin = 0, no dir): the host makes the cgroups while the zygote clones and
+ *   sends the `tasks` fds to the new init itself, as the first frame on its control socket ("join" + fds;
+ *   recv_join below).
  * Zygote → host: "ready" once, then per spawn "ok <reqid> <host pid>" or "error <reqid> <errno> <syscall> <path> <msg>".
  * Errors of the child itself (joining the cgroups, setns, ...) go to the host on the child's own control
  * socket, as any init set-up error ("error 0 ...", native/ERRORS.md).
  *
- * The zygote exits at EOF on its control socket; the maker exits at EOF on the pool socket. Both have
- * PDEATHSIG=SIGKILL (the zygote's parent is the host thread that spawned it).
+ * The zygote exits at EOF on its control socket, after closing the pool socket and reaping the maker, which
+ * exits at EOF on it (zygote_exit). Both have PDEATHSIG=SIGKILL (the zygote's parent is the host thread that
+ * spawned it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -191,6 +196,27 @@ static int start_maker(int pool_size)
 	return 0;
 }
 
+/*
+ * The host closed the control socket: end the maker (EOF on the pool socket; it is at most one unshare away
+ * from reading it) and reap it before exiting, so that no zombie of ours is left for PID 1 to collect. The
+ * host reaps the zygote in turn (services/sandbox/zygote.ts close()). Inits are not the zygote's children
+ * (CLONE_PARENT), so the maker is the only child waited for here.
+ */
+static __attribute__((noreturn)) void zygote_exit(void)
+{
+	if (pool_fd >= 0) {
+		close(pool_fd);
+		pool_fd = -1;
+	}
+	for (;;) {
+		if (waitpid(-1, NULL, 0) > 0)
+			continue;
+		if (errno != EINTR)
+			break;
+	}
+	_exit(0);
+}
+
 static void reply_error(long long reqid)
 {
 	char id[24], e[16];
@@ -204,12 +230,40 @@ static void reply_error(long long reqid)
  * In the newborn child: become the sandbox's init. Its own control socket goes to fd 3 first (replacing the
  * zygote's), so every later failure reaches the host the usual way. Returns 0, or -1 with last_failure set.
  */
-static int child_setup(int ctrl, const int *join, int njoin, int netns)
+/*
+ * A late join (spawn with <late> = 1): the host sent the spawn before making the sandbox's cgroups, so that
+ * this clone runs while it makes them; the child waits here for one frame "join" carrying the v1 `tasks` fds.
+ * Nothing of the sandbox runs before it has joined (the host sends nothing else before "ready"), so the child
+ * is in its cgroups before anything can be charged to them that was not already charged at clone time. EOF
+ * (the host could not make the cgroups) ends the child.
+ */
+static int recv_join(int *join, int *njoin)
+{
+	struct frame jf = { 0 };
+	const char *verb;
+	if (recv_frame(CONTROL_FD, &jf) < 0)
+		_exit(0); /* the host gave up on this sandbox */
+	verb = next_str(&jf);
+	if (!verb || strcmp(verb, "join") || jf.nfds < 1 || jf.nfds > 6) {
+		for (int i = 0; i < jf.nfds; i++)
+			close(jf.fds[i]);
+		free(jf.buf);
+		return fail(EINVAL, "read", "", "malformed join frame");
+	}
+	*njoin = jf.nfds;
+	memcpy(join, jf.fds, sizeof(int) * (size_t) jf.nfds);
+	free(jf.buf);
+	return 0;
+}
+
+static int child_setup(int ctrl, int *join, int njoin, int late, int netns)
 {
 	if (dup2(ctrl, CONTROL_FD) < 0)
 		_exit(2); /* no control socket: nobody to tell; the host sees EOF */
 	if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0)
 		return fail(errno, "fcntl", "", "control socket");
+	if (late && recv_join(join, &njoin) < 0)
+		return -1;
 	/* v1 has no CLONE_INTO_CGROUP: join each controller's cgroup before anything of the sandbox runs
 	 * ("0" = this task; `tasks`, not cgroup.procs: see native/addon/addon.cc ChildMain). */
 	for (int i = 0; i < njoin; i++)
@@ -251,13 +305,14 @@ static void close_frame_fds(struct frame *f)
  */
 static int handle_spawn(struct frame *f)
 {
-	long long reqid = -1, njoin, hasdir;
+	long long reqid = -1, njoin, hasdir, late = 0;
 	const char *verb = next_str(f), *op;
 	int ctrl, dirfd = -1, join[8];
 
 	memset(&last_failure, 0, sizeof last_failure);
 	if (!verb || strcmp(verb, "run") || next_int(f, &reqid) < 0 || !(op = next_str(f)) || strcmp(op, "spawn") ||
 	    next_int(f, &njoin) < 0 || next_int(f, &hasdir) < 0 || njoin < 0 || njoin > 6 ||
+	    (f->pos < f->len && next_int(f, &late) < 0) || (late && (njoin || hasdir)) ||
 	    f->nfds != 1 + njoin + (hasdir ? 1 : 0)) {
 		fail(EINVAL, "read", "", "malformed spawn frame");
 		close_frame_fds(f);
@@ -288,7 +343,7 @@ static int handle_spawn(struct frame *f)
 	 * is stale in the child (raw clone), which only matters to raise()/pthread calls the init never makes. */
 	long pid = syscall(SYS_clone3, &ca, sizeof ca);
 	if (pid == 0) {
-		if (child_setup(ctrl, join, (int) njoin, netns) < 0)
+		if (child_setup(ctrl, join, (int) njoin, (int) late, netns) < 0)
 			return -1;
 		free(f->buf);
 		return 0;
@@ -333,7 +388,7 @@ int zygote_main(const char *stage, int pool_size)
 	for (;;) {
 		struct frame f = { 0 };
 		if (recv_frame(CONTROL_FD, &f) < 0)
-			_exit(0); /* the host closed the socket */
+			zygote_exit(); /* the host closed the socket */
 		int r = handle_spawn(&f);
 		if (r <= 0)
 			return r; /* the newborn init */

@@ -78,6 +78,18 @@ export class RuntimeChannel {
     return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
   }
 
+  /**
+   * next() with callbacks: hands the next frame to `resolve` (at once when one is queued) or ChannelClosed to
+   * `reject`. For a caller that settles its own promise from this and from something else (an invocation's
+   * deadline: ./instance.ts) — one promise per invocation instead of three and a race.
+   */
+  nextTo(resolve: (f: ShimFrame) => void, reject: (e: ChannelClosed) => void): void {
+    const f = this.frames.shift();
+    if (f) resolve(f);
+    else if (this.closedErr) reject(this.closedErr);
+    else this.waiter = { resolve, reject };
+  }
+
   /** Applied at specialisation (the pool boots before the function's caps are known). */
   configure(opts: { sink?: LogSink; logCapBytes: number; maxFrameBytes: number }): void {
     this.logs.setSink(opts.sink);

@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import type { Span } from '@opentelemetry/api';
 import { Crashed, FunctionError, Internal, ResponseTooLarge, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, InvocationResponse, LogLine } from '../../services/common/model.ts';
-import { Attr, withSpan } from '../../services/common/telemetry.ts';
+import { Attr, NOOP_SPAN, tracingEnabled, withSpan } from '../../services/common/telemetry.ts';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import { encodeFrame, MsgType, type InvokeMsg, type ShimFrame } from '../protocol.ts';
 import { ChannelClosed, type RuntimeChannel } from './channel.ts';
@@ -112,20 +112,43 @@ export abstract class InstanceBase implements Instance {
     return this._invocations;
   }
 
-  invoke(req: InvokeRequest): Promise<InvokeResult> {
-    if (!this.alive) return Promise.reject(new Internal('instance is not alive', { sandboxId: this.sandbox.id }));
-    if (this._busy) return Promise.reject(new Internal('instance is busy: one invocation at a time', { sandboxId: this.sandbox.id }));
+  async invoke(req: InvokeRequest): Promise<InvokeResult> {
+    if (!this.alive) throw new Internal('instance is not alive', { sandboxId: this.sandbox.id });
+    if (this._busy) throw new Internal('instance is busy: one invocation at a time', { sandboxId: this.sandbox.id });
     this._busy = true;
     this._invocations++;
-    return withSpan('run', { [Attr.invocationId]: req.id, [Attr.sandboxId]: this.sandbox.id }, (span) => this.run(req, span)).finally(() => {
+    try {
+      // untraced: no attribute object, closure or span per call (this runs thousands of times a second)
+      return await (tracingEnabled() ? withSpan('run', { [Attr.invocationId]: req.id, [Attr.sandboxId]: this.sandbox.id }, (span) => this.run(req, span)) : this.run(req, NOOP_SPAN));
+    } finally {
       this._busy = false;
-    });
+    }
   }
 }
 
 /** A node or python instance: the pre-booted shim with the function's handler loaded. */
 export class RuntimeInstance extends InstanceBase {
   private destroying: Promise<void> | null = null;
+  /**
+   * The running invocation's deadline (epoch ms; Infinity between invocations) and what settles it as timed
+   * out. One timer per instance, re-armed only when it fires early (a later invocation's deadline) or an
+   * invocation's deadline is earlier than it: not a setTimeout, a promise and two races per invocation.
+   */
+  private deadlineAt = Infinity;
+  private expire: (() => void) | null = null;
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Infinity;
+  private readonly onTimer = () => {
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    if (this.deadlineAt === Infinity) return;
+    const now = Date.now();
+    if (now >= this.deadlineAt) {
+      const e = this.expire;
+      this.expire = null;
+      e?.();
+    } else this.armAt(this.deadlineAt, now);
+  };
 
   constructor(
     fn: FunctionVersion,
@@ -145,23 +168,60 @@ export class RuntimeInstance extends InstanceBase {
     return this._alive && !this.channel.isClosed;
   }
 
+  private armAt(at: number, now: number) {
+    this.timerAt = at;
+    this.timer = setTimeout(this.onTimer, Math.max(0, at - now));
+  }
+
+  /** Arms the deadline of the invocation about to run; the timer holds the process only while one runs. */
+  private armDeadline(deadline: number) {
+    this.deadlineAt = deadline;
+    if (this.timer && this.timerAt <= deadline) {
+      this.timer.ref(); // fires first; re-arms then for what is left
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.armAt(deadline, Date.now());
+  }
+
+  private disarmDeadline() {
+    this.deadlineAt = Infinity;
+    this.expire = null;
+    this.timer?.unref();
+  }
+
+  /** The next frame, or TIMED_OUT at the deadline; rejects with ChannelClosed. */
+  private nextFrame(): Promise<ShimFrame | typeof TIMED_OUT> {
+    return new Promise((resolve, reject) => {
+      this.expire = () => resolve(TIMED_OUT);
+      this.channel.nextTo(resolve, reject);
+    });
+  }
+
+  /** `p`'s value, or TIMED_OUT at the deadline. */
+  private beforeDeadline<T>(p: Promise<T>): Promise<T | typeof TIMED_OUT> {
+    return new Promise((resolve, reject) => {
+      this.expire = () => resolve(TIMED_OUT);
+      p.then(resolve, reject);
+    });
+  }
+
   protected async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
     const t0 = performance.now();
     const deadline = req.deadline ?? Date.now() + this.fn.timeoutMs;
     const logs = this.channel.logs;
     logs.begin(req.id);
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), Math.max(0, deadline - Date.now()))));
+    this.armDeadline(deadline);
     try {
       this.channel.send(invokeFrame(req.id, deadline, req.payload));
       let frame: ShimFrame | typeof TIMED_OUT;
       try {
-        frame = await Promise.race([this.channel.next(), timedOut]);
+        frame = await this.nextFrame();
         if (frame !== TIMED_OUT && frame.type !== MsgType.HELLO && frame.type !== MsgType.READY) {
           const marked = frame.meta.marked ?? 3;
           // A quiet call (nothing written: no markers to wait for) is settled already: no race, no extra turn.
           if (marked === 0) void logs.settled(0);
-          else if ((await Promise.race([logs.settled(marked), timedOut])) === TIMED_OUT) frame = TIMED_OUT;
+          else if ((await this.beforeDeadline(logs.settled(marked))) === TIMED_OUT) frame = TIMED_OUT;
         }
       } catch (e) {
         if (e instanceof ChannelClosed) {
@@ -196,7 +256,7 @@ export class RuntimeInstance extends InstanceBase {
       await this.destroy().catch(() => {});
       throw withLogs(new Crashed(`runtime answered with an unexpected frame (type ${frame.type})`, { exitCode: null, signal: null }), result.logs);
     } finally {
-      clearTimeout(timer);
+      this.disarmDeadline();
     }
   }
 
@@ -217,6 +277,9 @@ export class RuntimeInstance extends InstanceBase {
 
   destroy(): Promise<void> {
     this._alive = false;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerAt = Infinity;
     this.destroying ??= this.sandbox.destroy();
     return this.destroying;
   }

@@ -5,9 +5,12 @@
  * One invocation runs at a time per instance, and the shim delimits it on each stream it writes to with
  * the instance's markers (protocol.ts): BEGIN before the invocation's first byte on that stream, END after
  * its last. So attribution is exact, whatever the timing of the pipes: text between BEGIN and END is the
- * invocation's; text outside (a timer the handler left behind, output while loading) is background,
- * tagged with the invocation that last ended on that stream and delivered to the sink only. Without
- * markers (exec: one process per invocation) everything on the streams is the current invocation's.
+ * invocation's; text outside was written while no invocation ran (a timer or a child process the handler
+ * left behind, output between the load and the first call): it belongs to no invocation, and goes to the
+ * sink only, with an empty `invocationId` — the rule Lambda has, a line is the invocation's that runs when
+ * it is written, and none's when none runs. (Its bytes still count against the cap of the invocation that
+ * last ended on that stream, so a chatty leftover cannot flood the sink.) Without markers (exec: one
+ * process per invocation) everything on the streams is the current invocation's.
  *
  * Each invocation's lines are capped at `capBytes`; past the cap lines are dropped and one truncation line
  * says how many bytes were lost. The pipes are always drained, so a flooding function never blocks on a
@@ -252,8 +255,9 @@ export class LogCollector {
       return;
     }
     const s = this.streams.get(name)!;
-    // With markers: inside BEGIN..END the stream's owner, else background of the last invocation that
-    // ended on it. Without: whatever invocation runs (or ran last).
+    // With markers: inside BEGIN..END the stream's owner, else nobody's (charged to the last invocation
+    // that ended on it). Without: whatever invocation runs (or ran last).
+    const outside = this.begin_ !== null && !s.inside;
     const owner = this.begin_ ? (s.inside ? s.owner : s.bg) : this.last;
     const inRecord = owner === this.current && (!this.begin_ || s.inside);
     const cost = bytes.length + 1;
@@ -262,7 +266,7 @@ export class LogCollector {
       return;
     }
     owner.bytes += cost;
-    const line: LogLine = { invocationId: owner.invocationId, stream: name, ts: Date.now(), line: bytes.toString('utf8') };
+    const line: LogLine = { invocationId: outside ? '' : owner.invocationId, stream: name, ts: Date.now(), line: bytes.toString('utf8') };
     if (inRecord) owner.lines.push(line);
     this.sink?.(line);
   }
@@ -293,7 +297,7 @@ interface StreamState {
   inside: boolean;
   /** the invocation that owns the stream between BEGIN and END. */
   owner: InvocationLogs;
-  /** the owner of background text (outside BEGIN..END): the last invocation that ended on this stream. */
+  /** whose cap background text (outside BEGIN..END, tagged with no invocation) counts against: the last invocation that ended on this stream. */
   bg: InvocationLogs;
 }
 

@@ -8,13 +8,18 @@
  *
  * Paths: `mounts` / `attach` targets are remembered and mapped back to the host dir (the top layer) in argv
  * and cwd; `mapPath()` exposes the mapping to specialise.ts, which passes it to the shim.
+ *
+ * Process I/O follows services/sandbox/types.ts as the real sandbox does (test/kernel/process-sandbox-stdin.test.ts
+ * runs sandbox-stdin.test.ts's cases through this stand-in): `ProcessSpec.stdin` is written into the pipe at
+ * spawn and stdin is then closed; a bad spec (empty argv, stdin that is not bytes) is refused before anything
+ * runs or changes; output waits for the caller even when the process ended before the caller listened.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
+import { PassThrough, type Duplex, type Readable } from 'node:stream';
 import { InvalidRequest } from '../../services/common/errors.ts';
 import type {
   ExitStatus, MemoryStats, ProcessSpec, Sandbox, SandboxLimits, SandboxProcess, SandboxState, StartSpec,
@@ -63,6 +68,7 @@ class ProcSandbox implements ProcessSandbox {
   async start(spec: StartSpec): Promise<SandboxProcess> {
     if (this._state !== 'created') throw new InvalidRequest(`sandbox is ${this._state}, not created`, { field: 'state' });
     if (!Array.isArray(spec.layers)) throw new InvalidRequest('layers must be an array', { field: 'layers' });
+    checkProcess(spec);
     for (const m of spec.mounts ?? []) this.mounts.set(m.target, m.layers[m.layers.length - 1]!);
     if (spec.limits) this.limits = { ...this.limits, ...spec.limits };
     this._state = 'started';
@@ -71,6 +77,7 @@ class ProcSandbox implements ProcessSandbox {
 
   async exec(spec: ProcessSpec): Promise<SandboxProcess> {
     if (this._state !== 'started') throw new InvalidRequest(`sandbox is ${this._state}, not started`, { field: 'state' });
+    checkProcess(spec);
     return this.spawnProc(spec);
   }
 
@@ -113,7 +120,6 @@ class ProcSandbox implements ProcessSandbox {
   }
 
   private spawnProc(spec: ProcessSpec): SandboxProcess {
-    if (!Array.isArray(spec.argv) || spec.argv.length === 0) throw new InvalidRequest('argv must not be empty', { field: 'argv' });
     const argv = spec.argv.map((a) => this.mapArg(a));
     const file = argv[0] === 'node' ? process.execPath : argv[0]!;
     const cwd = spec.cwd ? this.mapArg(spec.cwd) : '/';
@@ -133,13 +139,41 @@ class ProcSandbox implements ProcessSandbox {
     const entry = { child, exited };
     this.children.add(entry);
     void exited.then(() => this.children.delete(entry));
+    // A process that exits without reading its stdin must not crash the host with EPIPE (as services/sandbox).
+    child.stdin!.on('error', () => {});
+    // The whole body at once: what fits in the pipe is written now, the rest as the process reads, then EOF.
+    if (spec.stdin !== undefined) child.stdin!.end(spec.stdin);
     return {
       pid: child.pid ?? -1,
       stdin: child.stdin!,
-      stdout: child.stdout!,
-      stderr: child.stderr!,
+      stdout: held(child.stdout!),
+      stderr: held(child.stderr!),
       wire: spec.wire ? (child.stdio[3] as Duplex) : null,
       exited,
     };
   }
+}
+
+/** The checks of services/sandbox/validate.ts that matter here; run before anything changes or runs. */
+function checkProcess(spec: ProcessSpec): void {
+  if (!Array.isArray(spec.argv) || spec.argv.length === 0 || !spec.argv[0]) {
+    throw new InvalidRequest('argv must be a non-empty list', { field: 'argv' });
+  }
+  if (spec.stdin !== undefined && !(spec.stdin instanceof Uint8Array)) {
+    throw new InvalidRequest('stdin must be a Buffer or Uint8Array', { field: 'stdin' });
+  }
+}
+
+/**
+ * Node resumes a child's unread stdout/stderr when the child exits (child_process's flushStdio), dropping the
+ * data and emitting 'end' to nobody: a caller that awaits `exited` before reading (a short process whose stdin
+ * was written at spawn is often gone by then) would wait forever. Piping into a PassThrough keeps the output,
+ * and its EOF, until the caller reads, as services/sandbox's streams do (manualStart).
+ */
+function held(out: Readable): Readable {
+  const pass = new PassThrough();
+  out.pipe(pass);
+  // pipe() does not forward errors: end the copy with what arrived, so a reader waiting for EOF gets it
+  out.once('error', () => pass.end());
+  return pass;
 }

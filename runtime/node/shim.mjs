@@ -8,6 +8,7 @@ import fs, { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import { pathToFileURL } from 'node:url';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
+import childProcess from 'node:child_process';
 
 const HELLO = 1, LOAD = 2, READY = 3, INVOKE = 4, RESULT = 5, ERROR = 6; // WAKE = 7 (→ shim) needs no handling: its arrival is the point
 const HEADER_BYTES = 9;
@@ -274,8 +275,11 @@ let inside = false;
 let wrote = 0;
 let beginMark = '';
 let endMark = '';
+/** bit → [stream, its own write]: markers written around the hooks below */
+const rawWrites = new Map();
 for (const [stream, bit] of [[process.stdout, 1], [process.stderr, 2]]) {
   const write = stream.write;
+  rawWrites.set(bit, [stream, write]);
   stream.write = function (chunk, ...rest) {
     if (inside && !(wrote & bit)) {
       wrote |= bit;
@@ -301,11 +305,68 @@ for (const name of ['writeSync', 'write']) {
     return orig.call(this, fd, ...rest);
   };
 }
+
+// Child processes that share fd 1 / fd 2 (stdio 'inherit', or those fds passed on) write into the same pipes
+// without passing through the hooks above. So that what they write belongs to the invocation running when it
+// is written, like the shim's own output: a child spawned during an invocation gets BEGIN on the streams it
+// shares before it exists, and once any such child was spawned, every invocation marks those streams at its
+// start — for good, because what the child left behind (a backgrounded grandchild, a daemon) may write at any
+// moment and cannot be tracked from here. The price, only for such functions: BEGIN and END on those streams
+// each invocation (≤ 4 small pipe writes). A function that spawns no such child pays nothing. Not covered:
+// native code writing to fd 1 / 2 directly.
+/** the streams (bit 1 stdout, 2 stderr) some child was given: marked at every invocation's start */
+let shared = 0;
+
+/** BEGIN now on the streams of `bits` not yet marked in this invocation (nothing outside one). */
+function markBegin(bits) {
+  if (!inside) return;
+  for (const bit of [1, 2]) {
+    if (!(bits & bit) || wrote & bit) continue;
+    wrote |= bit;
+    const [stream, write] = rawWrites.get(bit);
+    write.call(stream, beginMark);
+  }
+}
+
+/** which of fd 1 / fd 2 a child gets from us, as bits, from spawn's `stdio` option */
+function sharedFds(stdio) {
+  const list = typeof stdio === 'string' ? [stdio, stdio, stdio] : Array.isArray(stdio) ? stdio : [];
+  let bits = 0;
+  list.forEach((v, i) => {
+    const fd = v === 'inherit' ? i : typeof v === 'number' ? v : v && typeof v === 'object' && typeof v.fd === 'number' ? v.fd : -1;
+    if (fd === 1 || fd === 2) bits |= fd;
+  });
+  return bits;
+}
+
+// spawn, fork, exec and execFile all go through ChildProcess#spawn.
+const spawnChild = childProcess.ChildProcess.prototype.spawn;
+childProcess.ChildProcess.prototype.spawn = function (options) {
+  const bits = sharedFds(options && options.stdio);
+  if (bits === 0) return spawnChild.call(this, options);
+  markBegin(bits);
+  const r = spawnChild.call(this, options);
+  if (this.pid !== undefined) shared |= bits;
+  return r;
+};
+// The synchronous ones return after the child ended: marking before the call covers the child itself.
+for (const name of ['spawnSync', 'execSync', 'execFileSync']) {
+  const orig = childProcess[name];
+  childProcess[name] = function (...args) {
+    const opts = args.findLast((a) => a !== null && typeof a === 'object' && !Array.isArray(a));
+    const bits = sharedFds(opts && opts.stdio);
+    markBegin(bits);
+    // before the call: it throws after a child that exited non-zero, which may have left something behind
+    shared |= bits;
+    return orig.apply(this, args);
+  };
+}
 syncBuiltinESMExports();
 
 function openLogs() {
   inside = true;
   wrote = 0;
+  if (shared) markBegin(shared);
 }
 
 function closeLogs() {

@@ -55,6 +55,7 @@ export interface InvocationResponse {
 
 /** One captured line of a function's stdout/stderr, tagged with its invocation. */
 export interface LogLine {
+  /** the invocation running when the line was written; '' when none was (a timer or child process left behind). */
   invocationId: string;
   stream: 'stdout' | 'stderr';
   /** epoch ms */

@@ -14,7 +14,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { diag, type Attributes } from '@opentelemetry/api';
-import { ProtoWriter, jsonBatch, jsonSpan, protoBatchHeader, protoSpan } from './otlp-encode.ts';
+import { ProtoBatchHeader, ProtoWriter, jsonBatch, jsonSpan, protoSpan } from './otlp-encode.ts';
 import { createPoster, type Poster } from './otlp-post.mjs';
 import type { FnSpan, SpanSink } from './trace-span.ts';
 
@@ -86,13 +86,13 @@ export function otlpConfigFromEnv(env: NodeJS.ProcessEnv, resource: Attributes, 
     url,
     protocol,
     headers,
-    // spec defaults: 10 s timeout, batch 512, delay 5000 ms
+    // spec defaults: 10 s timeout, delay 5000 ms (batch and queue: see DEFAULT_MAX_EXPORT_BATCH_SIZE)
     timeoutMs: num(pick('TIMEOUT') || undefined, 10_000),
     gzip: pick('COMPRESSION') === 'gzip',
     resource,
     scopeName,
     maxQueueSize,
-    maxExportBatchSize: Math.min(num(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), maxQueueSize),
+    maxExportBatchSize: Math.min(num(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_EXPORT_BATCH_SIZE), maxQueueSize),
     scheduledDelayMillis: num(env.OTEL_BSP_SCHEDULE_DELAY, 5000),
     maxConcurrentExports: DEFAULT_CONCURRENT_EXPORTS,
     exportThread: (env.FNHOST_OTEL_EXPORT_THREAD ?? '').trim() !== '0',
@@ -115,15 +115,27 @@ interface ThreadJob {
 }
 
 /**
- * Spans waiting for the collector, at most (OTEL_BSP_MAX_QUEUE_SIZE when set). The SDK's 2,048 filled in
- * ~250 ms at ~1,000 warm invocations/s × 8 spans on the c32 bench (last session: ~20 % of spans dropped);
- * 8,192 ≈ 1 s of spans at that rate. Encoded, a span is ~250 bytes: ≤ 2 MB held.
+ * Spans waiting for the collector, at most (OTEL_BSP_MAX_QUEUE_SIZE when set): the batch being built plus the
+ * sealed ones queued or in flight — 4 default batches. The SDK's 2,048 filled in ~250 ms at ~1,000 warm
+ * invocations/s × 8 spans (~20 % of spans dropped on the c32 bench then); 16,384 is ~0.8 s of spans at 4,000
+ * invocations/s × 5. Encoded, a span is ~240 bytes: ~4 MB of batches held at most, plus up to
+ * `maxConcurrentExports` spare batch buffers (~1 MB each) kept for reuse.
  */
-const DEFAULT_MAX_QUEUE_SIZE = 8192;
+const DEFAULT_MAX_QUEUE_SIZE = 16_384;
+/**
+ * Spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE when set; the spec's default is 512). A POST costs
+ * the sender and the collector a fixed ~0.4–1 ms of CPU each whatever its size (measured on the 2-core bench
+ * machine, 32–512 KB bodies one every 25 ms, test/helpers/otlp-sink.ts as the collector). At 4,000 warm
+ * invocations/s × 5 spans, 512 per batch is ~40 POSTs per second: ~6 % of a core between the export thread and
+ * the collector, on a 2-core host whose event loop is the bottleneck. 4,096 (~1 MB of protobuf, far below a
+ * collector's default 20 MiB request limit) makes that ~5 per second. A batch is sealed when full or
+ * OTEL_BSP_SCHEDULE_DELAY after its first span, whichever comes first, so at low rates nothing waits longer.
+ */
+const DEFAULT_MAX_EXPORT_BATCH_SIZE = 4096;
 /**
  * Exports in flight at once (a kept-alive connection each). One at a time (the SDK's way) makes every batch wait
- * for the previous round trip: at 4,000 invocations/s × 5–7 spans ≈ 40–55 batches of 512 per second, a collector
- * answering slower than ~20 ms would back the queue up into drops. 4 absorbs that without a connection storm.
+ * for the previous round trip; 4 lets a collector that answers slowly for a moment (GC, a full pipeline) fall
+ * behind by up to 4 batches before the queue bound drops spans, without a connection storm.
  */
 const DEFAULT_CONCURRENT_EXPORTS = 4;
 
@@ -140,6 +152,7 @@ export class OtlpHttpExporter implements SpanSink {
   private readonly queue: { body: Buffer | string; spans: number; writer?: ProtoWriter }[] = [];
   /** bytes kept free at the front of each batch writer for the request header (resource + scope + lengths) */
   private readonly reserve: number;
+  private readonly header: ProtoBatchHeader;
   /** batch writers back from finished requests, reused (a 64–256 KiB buffer each) */
   private readonly spare: ProtoWriter[] = [];
   private inFlight = 0;
@@ -159,8 +172,8 @@ export class OtlpHttpExporter implements SpanSink {
     this.cfg = cfg;
     this.hooks = hooks;
     this.poster = createPoster(cfg);
-    // the header's size: the fixed resource and scope, plus at most 3 tags and 3 five-byte lengths
-    this.reserve = protoBatchHeader(cfg.resource, cfg.scopeName, 0).length + 16;
+    this.header = new ProtoBatchHeader(cfg.resource, cfg.scopeName);
+    this.reserve = this.header.maxLength;
     if (cfg.protocol === 'http/protobuf') this.proto = this.newWriter();
     if (cfg.exportThread !== false) this.startWorker();
   }
@@ -226,7 +239,8 @@ export class OtlpHttpExporter implements SpanSink {
   }
 
   private newWriter(): ProtoWriter {
-    const w = new ProtoWriter();
+    // room for a whole batch of typical spans (~240 bytes each) from the start: no doubling and copying as it fills
+    const w = new ProtoWriter(Math.min(4 << 20, Math.max(64 << 10, this.reserve + this.cfg.maxExportBatchSize * 256)));
     w.pos = this.reserve;
     return w;
   }
@@ -260,9 +274,7 @@ export class OtlpHttpExporter implements SpanSink {
       // the spans. The writer goes with the request and comes back to `spare` when it is done (the socket may
       // read from it until then).
       writer = this.proto;
-      const header = protoBatchHeader(this.cfg.resource, this.cfg.scopeName, writer.pos - this.reserve);
-      const start = this.reserve - header.length;
-      header.copy(writer.buf, start);
+      const start = this.header.writeBefore(writer.buf, this.reserve, writer.pos - this.reserve);
       body = writer.buf.subarray(start, writer.pos);
       this.proto = this.spare.pop() ?? this.newWriter();
     } else {

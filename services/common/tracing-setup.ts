@@ -42,6 +42,7 @@ import {
   ROOT_CONTEXT,
   SpanKind,
   TraceFlags,
+  type Attributes,
   type Context,
   type ContextManager,
   type Span,
@@ -200,6 +201,12 @@ class ApiTracer implements Tracer {
 export interface TracingOptions {
   /** `service.name` of the resource (OTEL_SERVICE_NAME wins when set). Default 'fnhost'. */
   serviceName?: string;
+  /**
+   * More resource attributes: what is the same for every span of this process (e.g. `{ [Attr.node]: nodeId }`)
+   * belongs here, sent once per export request instead of on every span. They win over
+   * OTEL_RESOURCE_ATTRIBUTES for the same key.
+   */
+  resource?: Attributes;
   /** environment to read (default process.env). */
   env?: NodeJS.ProcessEnv;
   /** use this SDK exporter instead of OTLP/HTTP (tests: InMemorySpanExporter); enables tracing regardless of env. */
@@ -253,7 +260,7 @@ function register(opts: TracingOptions): TracingHandle {
       stats: () => ({ ...ZERO_STATS }),
     };
   }
-  const resource = { 'service.name': env.OTEL_SERVICE_NAME || opts.serviceName || 'fnhost', 'process.pid': process.pid };
+  const resource = resourceOf(env, opts);
   let sink: SpanSink & { forceFlush(): Promise<void>; shutdown(): Promise<void> };
   let otlp: OtlpHttpExporter | undefined;
   if (opts.exporter) {
@@ -303,6 +310,26 @@ function register(opts: TracingOptions): TracingHandle {
     },
     stats: () => (otlp ? { ...otlp.stats } : { ...ZERO_STATS }),
   };
+}
+
+/**
+ * The process's resource: `process.pid`, OTEL_RESOURCE_ATTRIBUTES ("k1=v1,k2=v2", values URL-encoded, per the
+ * spec's SDK configuration), `opts.resource`, and `service.name` = OTEL_SERVICE_NAME, else the one in
+ * OTEL_RESOURCE_ATTRIBUTES, else `opts.serviceName`, else 'fnhost' (the spec's precedence for the service name).
+ */
+export function resourceOf(env: NodeJS.ProcessEnv, opts: Pick<TracingOptions, 'serviceName' | 'resource'> = {}): Attributes {
+  const fromEnv: Attributes = {};
+  for (const part of (env.OTEL_RESOURCE_ATTRIBUTES ?? '').split(',')) {
+    const i = part.indexOf('=');
+    if (i <= 0) continue;
+    try {
+      fromEnv[decodeURIComponent(part.slice(0, i).trim())] = decodeURIComponent(part.slice(i + 1).trim());
+    } catch {
+      diag.warn('fnhost: ignoring a malformed OTEL_RESOURCE_ATTRIBUTES entry');
+    }
+  }
+  const serviceName = (env.OTEL_SERVICE_NAME ?? '').trim() || (fromEnv['service.name'] as string | undefined) || opts.serviceName || 'fnhost';
+  return { 'process.pid': process.pid, ...fromEnv, ...opts.resource, 'service.name': serviceName };
 }
 
 /** Shuts down whatever `initTracing` registered (no-op when nothing is). */

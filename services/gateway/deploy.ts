@@ -6,17 +6,34 @@
  * Order is the guarantee that bad input changes nothing: the whole request is read (under the cap), parsed
  * and validated, the image (if any) resolved, the code unpacked into a content-addressed layer and its
  * handler file checked, and only then is the version written, by one atomic script that also enforces the
- * tenant's function limit. A layer unpacked for a request that fails after it is unreferenced and removed by
- * the image store's gc.
+ * tenant's function limit.
+ *
+ * A request that fails after its code layer was written (no handler file in it, the tenant's function limit,
+ * Redis) removes that layer at once (`discardCode`) — but only a layer this request created, and only while
+ * nothing else may use it: code layers are named by the bundle's digest, so the same bytes deployed as another
+ * function, by another tenant, or by a concurrent request share one directory. A layer that was already on
+ * disk is never touched (a deleted function's warm instance may still have it mounted); one referenced by any
+ * version (a version made on another node whose layer never reached this one) or wanted by another deploy
+ * in flight here stays. Another gateway sharing the state dir cannot see our in-flight set: the two sides
+ * re-check after the fact (the remover re-reads the references after removing and restores the layer from the
+ * bytes it holds; a committed deploy checks its layer is still there and re-adds it) so a version never points
+ * at a missing layer for longer than one re-unpack. Anything left over (a failure while removing) is the image
+ * store's gc's, as before.
  *
  * Errors: 400 InvalidRequest (field: config | code | runtime | handler | ...), 413 PayloadTooLarge (code over
  * 50 MB), 422 LimitExceeded (memory above the tenant's cap, too many functions).
  */
-import { access, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { existsSync, renameSync, rmSync } from 'node:fs';
+import { access, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { Hono } from 'hono';
 import { InvalidRequest, NotFound, PayloadTooLarge, isFnhostError } from '../common/errors.ts';
+import type { Logger } from '../common/log.ts';
 import type { FunctionVersion } from '../common/model.ts';
+import { bundleDigest } from '../store/image-store.ts';
+import type { MetadataStore } from '../store/metadata.ts';
+import type { CodeLayer, ImageStore } from '../store/types.ts';
 import { readBody } from './body.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { tenantOf } from './auth.ts';
@@ -72,11 +89,77 @@ async function checkHandler(dir: string, cfg: FunctionConfig) {
   );
 }
 
+/** true / false, or null when the store could not say (the caller then assumes it is there). */
+async function hasCode(images: ImageStore, digest: string): Promise<boolean | null> {
+  try {
+    await images.codeLayer(digest);
+    return true;
+  } catch (e) {
+    return isFnhostError(e) && e.type === 'NotFound' ? false : null;
+  }
+}
+
+/**
+ * Does any version of any tenant's function name this code digest? (the same set the image store's gc keeps.)
+ * One read per function: paid only by a deploy that failed after writing a new layer.
+ */
+async function referenced(store: MetadataStore, digest: string): Promise<boolean> {
+  const tenants = (await store.tenants.list()).map((t) => t.name);
+  return (await store.functions.codeDigests(tenants)).has(digest);
+}
+
+/**
+ * Takes a code layer out of the store's tree at once: `<root>/code/<hex>` is renamed into `<root>/tmp/` (the
+ * store's own scratch dir, same filesystem) with its metadata file removed in the same synchronous step, so no
+ * other request of this process can find it half gone; the caller deletes the tree afterwards (a crash before
+ * that leaves it to the store's start-up sweep of tmp/). Returns null, removing nothing, when the layer is not
+ * laid out as services/store/layer-store.ts lays out code layers (another ImageStore implementation: its gc's job).
+ */
+function takeOut(layer: CodeLayer): { gone: string } | null {
+  const hex = layer.digest.startsWith('sha256:') ? layer.digest.slice(7) : '';
+  const root = dirname(dirname(layer.dir));
+  if (!hex || basename(layer.dir) !== hex || basename(dirname(layer.dir)) !== 'code' || !existsSync(join(root, 'tmp'))) return null;
+  const gone = join(root, 'tmp', `discard-${process.pid}-${randomBytes(6).toString('hex')}`);
+  try {
+    renameSync(layer.dir, gone);
+  } catch {
+    return null;
+  }
+  rmSync(`${layer.dir}.json`, { force: true });
+  return { gone };
+}
+
+/**
+ * Removes the code layer a failed deploy wrote, when nothing else may use it (see the module header).
+ * Never throws: the deploy's own error is what the caller reports.
+ */
+async function discardCode(
+  deps: { store: MetadataStore; images: ImageStore; logger?: Logger },
+  layer: CodeLayer,
+  bundle: Buffer,
+  wantedHere: () => boolean,
+): Promise<void> {
+  try {
+    if (wantedHere() || (await referenced(deps.store, layer.digest))) return;
+    // synchronously after the last check of wantedHere(): no deploy of this process can start using it in between
+    if (wantedHere()) return;
+    const taken = takeOut(layer);
+    if (!taken) return;
+    await rm(taken.gone, { recursive: true, force: true });
+    // a gateway sharing the state dir may have committed a version of these bytes since the check above
+    if (await referenced(deps.store, layer.digest)) await deps.images.addBundle(bundle);
+  } catch (e) {
+    deps.logger?.warn({ err: e, digest: layer.digest }, 'removing a failed deploy\'s code layer failed; the image store gc will');
+  }
+}
+
 async function partBytes(v: string | Blob): Promise<Buffer> {
   return typeof v === 'string' ? Buffer.from(v, 'utf8') : Buffer.from(await v.arrayBuffer());
 }
 
 export function registerDeploy(app: Hono<GatewayEnv>, deps: GatewayDeps, limits: GatewayLimits) {
+  /** deploys in flight in this gateway, by code digest: a failing one never removes a layer another is using. */
+  const inFlight = new Map<string, number>();
   app.put('/:name', async (c) => {
     const tenant = tenantOf(c);
     const name = validateName(c.req.param('name'));
@@ -122,14 +205,40 @@ export function registerDeploy(app: Hono<GatewayEnv>, deps: GatewayDeps, limits:
       }
     }
 
-    let codeDigest: string | null = null;
-    if (code) {
+    const put = (codeDigest: string | null) => {
+      const rec: Omit<FunctionVersion, 'version'> = { tenant, name, ...cfg, codeDigest, createdAt: new Date().toISOString() };
+      return deps.store.functions.putVersion(rec, { maxFunctions: t.limits.maxFunctions });
+    };
+    if (!code) return c.json(await put(null), 201);
+
+    const digest = bundleDigest(code);
+    inFlight.set(digest, (inFlight.get(digest) ?? 0) + 1);
+    try {
+      const had = await hasCode(deps.images, digest);
       const layer = await deps.images.addBundle(code);
-      await checkHandler(layer.dir, cfg);
-      codeDigest = layer.digest;
+      let v: FunctionVersion;
+      try {
+        await checkHandler(layer.dir, cfg).catch(async (e: unknown) => {
+          // the layer vanished under us (a failed deploy of the same bytes in another gateway sharing the state
+          // dir removed it): unpack it again and look once more, rather than refuse good code
+          if ((await hasCode(deps.images, layer.digest)) !== false) throw e;
+          await deps.images.addBundle(code);
+          await checkHandler(layer.dir, cfg);
+        });
+        v = await put(layer.digest);
+      } catch (e) {
+        // only a layer this request wrote (absent before, under the digest we computed)
+        if (had === false && layer.digest === digest) await discardCode(deps, layer, code, () => (inFlight.get(digest) ?? 0) > 1);
+        throw e;
+      }
+      // the version is committed: its layer must be on disk even if a failed deploy of the same bytes in another
+      // gateway sharing the state dir removed it between our write and our commit (one stat when it is there)
+      if ((await hasCode(deps.images, layer.digest)) === false) await deps.images.addBundle(code);
+      return c.json(v, 201);
+    } finally {
+      const n = (inFlight.get(digest) ?? 1) - 1;
+      if (n <= 0) inFlight.delete(digest);
+      else inFlight.set(digest, n);
     }
-    const rec: Omit<FunctionVersion, 'version'> = { tenant, name, ...cfg, codeDigest, createdAt: new Date().toISOString() };
-    const v = await deps.store.functions.putVersion(rec, { maxFunctions: t.limits.maxFunctions });
-    return c.json(v, 201);
   });
 }

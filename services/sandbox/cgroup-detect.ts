@@ -71,14 +71,17 @@ export class CombinedCgroups implements CgroupManager {
       remove: async (d?: number) => { await ha.remove(d); await hb.remove(d); },
     };
   }
-  create(nodeId: string, id: string, limits: SandboxLimits): CgroupHandle {
+  create(nodeId: string, id: string, limits: SandboxLimits, created?: (h: CgroupHandle) => void): CgroupHandle {
     const ha = this.a.create(nodeId, id, limits);
+    let h: CgroupHandle;
     try {
-      return this.both(ha, this.b.create(nodeId, id, limits));
+      h = this.both(ha, this.b.create(nodeId, id, limits));
     } catch (e) {
       void ha.remove();
       throw e;
     }
+    created?.(h);
+    return h;
   }
   list(nodeId: string): string[] {
     return [...new Set([...this.a.list(nodeId), ...this.b.list(nodeId)])];

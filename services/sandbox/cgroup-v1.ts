@@ -6,10 +6,10 @@
  * loops SIGKILL over cgroup.procs until empty (the sandbox's pid namespace usually does it first: killing its
  * init kills everything in it).
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  CFS_PERIOD_US, MiB, cfsQuotaUs, readInt, readKey, sleep,
+  CFS_PERIOD_US, MiB, cfsQuotaUs, keyIn, readInt, readKey, sleep,
   type CgroupFsOptions, type CgroupHandle, type CgroupJoin, type CgroupManager, type Controller,
 } from './cgroup.ts';
 import type { MemoryStats, SandboxLimits } from './types.ts';
@@ -60,13 +60,45 @@ export async function killLoop(pids: () => number[], deadlineMs: number): Promis
   }
 }
 
+/** Reads a cgroup file through an fd opened once: pread at 0 makes the kernel render it afresh (seq_file). */
+function preadText(fd: number, buf: Buffer): string {
+  return buf.toString('utf8', 0, readSync(fd, buf, 0, buf.length, 0));
+}
+
 class V1Handle implements CgroupHandle {
+  /**
+   * memory.oom_control and memory.max_usage_in_bytes, opened when the cgroup is made: every process's exit
+   * status reads both, and a pread costs a fraction of open + read + close of a freshly made cgroup's file
+   * (path walk, dentry allocation). Closed by remove().
+   */
+  private statFds: { oom: number; peak: number; buf: Buffer } | undefined;
+
   constructor(
     readonly path: string,
     private readonly dirs: Partial<Record<Controller, string>>,
     private readonly memsw: boolean,
     private readonly rmdir: (p: string) => void,
   ) {}
+
+  /** Opens the files the exit status reads (see statFds); best effort, reads fall back to paths. */
+  openStats(): void {
+    const mem = this.dir('memory');
+    if (!mem || this.statFds) return;
+    let oom = -1;
+    try {
+      oom = openSync(join(mem, 'memory.oom_control'), 'r');
+      this.statFds = { oom, peak: openSync(join(mem, 'memory.max_usage_in_bytes'), 'r'), buf: Buffer.allocUnsafe(256) };
+    } catch {
+      if (oom >= 0) closeSync(oom);
+    }
+  }
+
+  private closeStats(): void {
+    if (!this.statFds) return;
+    closeSync(this.statFds.oom);
+    closeSync(this.statFds.peak);
+    this.statFds = undefined;
+  }
 
   private dir(c: Controller): string | undefined {
     return this.dirs[c];
@@ -129,12 +161,16 @@ class V1Handle implements CgroupHandle {
 
   oomKills(): number {
     const mem = this.dir('memory');
-    return mem ? readKey(join(mem, 'memory.oom_control'), 'oom_kill') : 0;
+    if (!mem) return 0;
+    if (this.statFds) return keyIn(preadText(this.statFds.oom, this.statFds.buf), 'oom_kill');
+    return readKey(join(mem, 'memory.oom_control'), 'oom_kill');
   }
 
   peakBytes(): number {
     const mem = this.dir('memory');
-    return mem ? readInt(join(mem, 'memory.max_usage_in_bytes')) : 0;
+    if (!mem) return 0;
+    if (this.statFds) return Number.parseInt(preadText(this.statFds.peak, this.statFds.buf), 10) || 0;
+    return readInt(join(mem, 'memory.max_usage_in_bytes'));
   }
 
   resetPeak(): void {
@@ -154,12 +190,14 @@ class V1Handle implements CgroupHandle {
   }
 
   async remove(deadlineMs = 5000): Promise<void> {
+    this.closeStats();
     await removeDirs(this.unique(), this.rmdir, deadlineMs);
   }
 }
 
 export class CgroupV1 implements CgroupManager {
   readonly kind = 'v1';
+  readonly joinsAfterClone = true;
   private readonly memsw: boolean;
   private readonly rmdir: (p: string) => void;
   private readonly nodeDirs = new Set<string>();
@@ -176,7 +214,7 @@ export class CgroupV1 implements CgroupManager {
     return out;
   }
 
-  create(nodeId: string, id: string, limits: SandboxLimits): CgroupHandle {
+  create(nodeId: string, id: string, limits: SandboxLimits, created?: (h: CgroupHandle) => void): CgroupHandle {
     const rel = join('fnhost', nodeId, id);
     const dirs = this.dirsFor(rel);
     const made: string[] = [];
@@ -199,7 +237,9 @@ export class CgroupV1 implements CgroupManager {
         made.push(d);
       }
       const h = new V1Handle(rel, dirs, this.memsw, this.rmdir);
+      created?.(h);
       h.setLimits(limits, true);
+      h.openStats();
       if (dirs.memory && !this.memsw) {
         // no swap for the sandbox where memsw accounting is off (cgroup-v1/memory.rst, 5.3); with memsw the
         // equal limits already forbid it

@@ -102,7 +102,7 @@ export class CgroupV2 implements CgroupManager {
     this.enabled.add(key);
   }
 
-  create(nodeId: string, id: string, limits: SandboxLimits): CgroupHandle {
+  create(nodeId: string, id: string, limits: SandboxLimits, created?: (h: CgroupHandle) => void): CgroupHandle {
     this.ensureParents(nodeId);
     const rel = join('fnhost', nodeId, id);
     const dir = join(this.root, rel);
@@ -118,6 +118,7 @@ export class CgroupV2 implements CgroupManager {
     try {
       const h = new V2Handle(rel, dir, this.controllers, this.rmdir);
       h.setLimits(limits);
+      created?.(h);
       return h;
     } catch (e) {
       try { this.rmdir(dir); } catch { /* nothing ran in it */ }

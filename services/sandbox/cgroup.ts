@@ -45,8 +45,20 @@ export interface CgroupHandle {
 
 export interface CgroupManager {
   readonly kind: string;
-  /** creates `fnhost/<nodeId>/<id>` with `limits` applied; on failure nothing is left. */
-  create(nodeId: string, id: string, limits: SandboxLimits): CgroupHandle;
+  /**
+   * True when a spawned init can join its cgroups itself, after it was cloned (v1: it writes to the `tasks`
+   * fds it is sent): createSandbox then starts the clone first and makes the cgroups meanwhile. False or
+   * absent: the cgroups must exist before the clone (v2: CLONE_INTO_CGROUP places the init at birth).
+   */
+  readonly joinsAfterClone?: boolean;
+  /**
+   * creates `fnhost/<nodeId>/<id>` with `limits` applied; on failure nothing is left that `created` did not
+   * put in (an init it sent the join to: the caller ends it, then removes the cgroup).
+   * `created(h)` runs once the directories exist: with `joinsAfterClone`, before the limits are written, so
+   * that an init waiting for its join runs on while they are (nothing of the sandbox runs before create()
+   * has returned); other managers call it after.
+   */
+  create(nodeId: string, id: string, limits: SandboxLimits, created?: (h: CgroupHandle) => void): CgroupHandle;
   /** sandbox ids that exist below fnhost/<nodeId> (for leftovers clean-up). */
   list(nodeId: string): string[];
   /** a handle on an existing sandbox cgroup (for clean-up). */
@@ -82,12 +94,17 @@ export function readInt(file: string): number {
 /** The value of `key` in a flat-keyed cgroup file (memory.events, memory.oom_control); 0 when absent. */
 export function readKey(file: string, key: string): number {
   try {
-    for (const line of readFileSync(file, 'utf8').split('\n')) {
-      const [k, v] = line.split(/\s+/);
-      if (k === key) return Number.parseInt(v ?? '0', 10) || 0;
-    }
+    return keyIn(readFileSync(file, 'utf8'), key);
   } catch {
-    /* missing file: 0 */
+    return 0; // missing file
+  }
+}
+
+/** The value of `key` in the text of a flat-keyed cgroup file; 0 when absent. */
+export function keyIn(text: string, key: string): number {
+  for (const line of text.split('\n')) {
+    const [k, v] = line.split(/\s+/);
+    if (k === key) return Number.parseInt(v ?? '0', 10) || 0;
   }
   return 0;
 }

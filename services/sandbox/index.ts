@@ -13,19 +13,20 @@
  * await sb.destroy();                                                  // no process, mount or cgroup left
  */
 import { randomBytes } from 'node:crypto';
-import { openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { Internal } from '../common/errors.ts';
-import type { CgroupManager } from './cgroup.ts';
+import type { CgroupHandle, CgroupManager } from './cgroup.ts';
 import { hostCgroups } from './cgroup-detect.ts';
 import { closeJoin } from './cgroup-v2.ts';
 import { ControlChannel } from './control.ts';
 import { SandboxError, errnoName, fromNodeError } from './errors.ts';
 import { INIT_PATH, PROBE_PATH, native } from './native.ts';
+import { heldNodeFds, holdNode, releaseNode, sweepDeadNodes } from './node-lock.ts';
 import { reap } from './reaper.ts';
 import { NEWROOT, SandboxImpl, ensureRunDir } from './sandbox.ts';
 import type { CreateOptions, Sandbox, SandboxLimits } from './types.ts';
 import { DEFAULT_LIMITS, MIN_LIMITS, validateLimits, validateNodeId } from './validate.ts';
-import { Zygote, type PendingInit } from './zygote.ts';
+import { Zygote, sendJoin, type PendingInit } from './zygote.ts';
 
 export type * from './types.ts';
 export { SandboxError } from './errors.ts';
@@ -120,21 +121,32 @@ let zygoteDisabled = process.env.FNHOST_ZYGOTE === '0';
 let zygoteFailures = 0;
 const MAX_ZYGOTE_FAILURES = 3;
 /**
- * Network namespaces the zygote keeps ready ($FNHOST_NETNS_POOL, default 4). A sequential create loop uses
- * one per ≈2-3 ms and one is made in ≈0.5 ms of idle CPU, so a few cover it; a burst beyond them falls back
- * to CLONE_NEWNET. Each idle one holds a few hundred KiB of kernel memory (struct net, lo, per-netns tables).
+ * Network namespaces the zygote keeps ready ($FNHOST_NETNS_POOL, or setNetnsPoolForTests). Default: 4 where
+ * the init must be born inside its cgroups (v2: the cgroup exists before the clone, so a CLONE_NEWNET's
+ * ≈0.5 ms would be on the create path); none where it joins them after the clone (v1: the clone runs while
+ * this thread makes the cgroups, ≈0.4-0.5 ms, which hides most of CLONE_NEWNET). Without a pool there is no
+ * maker either: its refills (≈0.5 ms of non-preemptible kernel work each, this kernel is PREEMPT(none))
+ * landed on the CPU the next sandbox's set-up wanted (quiet machine, `ph.mts` alternating, full cycle median
+ * 2.49-2.59 ms without, 2.52-3.40 ms with). Each idle pooled namespace holds a few hundred KiB of kernel
+ * memory (struct net, lo, per-netns tables).
  */
-let netnsPool = poolSize(process.env.FNHOST_NETNS_POOL);
+let netnsPoolOverride = process.env.FNHOST_NETNS_POOL === undefined ? undefined : poolSize(process.env.FNHOST_NETNS_POOL);
+const DEFAULT_NETNS_POOL = 4;
 
 function poolSize(v: string | undefined): number {
-  const n = Number(v ?? 4);
+  const n = Number(v ?? DEFAULT_NETNS_POOL);
   // 64: the zygote's own cap (native/init/zygote.c); anything unparsable means the default
-  return Number.isInteger(n) && n >= 0 ? Math.min(n, 64) : 4;
+  return Number.isInteger(n) && n >= 0 ? Math.min(n, 64) : DEFAULT_NETNS_POOL;
 }
 
-/** fds this module keeps open for the whole process (template namespace, zygote socket), for fd-leak checks. */
+function netnsPool(): number {
+  return netnsPoolOverride ?? (cgroups().joinsAfterClone ? 0 : DEFAULT_NETNS_POOL);
+}
+
+/** fds this module keeps open for the whole process (template namespace, zygote socket, node locks), for fd-leak checks. */
 export function moduleFds(): number[] {
   const fds = templateFd >= 0 ? [templateFd] : [];
+  fds.push(...heldNodeFds());
   if (zygote && !zygote.isClosed) fds.push(zygote.fd);
   return fds;
 }
@@ -149,11 +161,11 @@ export function setZygoteForTests(enabled: boolean): void {
   zygoteDisabled = !enabled;
 }
 
-/** For tests and A/B benchmarks: the netns pool size of zygotes started from now on (0 = none). */
-export function setNetnsPoolForTests(size: number): void {
-  const n = poolSize(String(size));
-  if (netnsPool !== n) stopZygote();
-  netnsPool = n;
+/** For tests and A/B benchmarks: the netns pool size of zygotes started from now on (0 = none; undefined = the default). */
+export function setNetnsPoolForTests(size: number | undefined): void {
+  const before = netnsPool();
+  netnsPoolOverride = size === undefined ? undefined : poolSize(String(size));
+  if (netnsPool() !== before) void stopZygote();
 }
 
 /** The zygote's pid while it runs (diagnostics, tests), else null. */
@@ -165,11 +177,11 @@ export function zygotePid(): number | null {
 async function getZygote(): Promise<Zygote | undefined> {
   if (zygoteDisabled || templateDisabled || zygoteFailures >= MAX_ZYGOTE_FAILURES) return undefined;
   if (zygote && !zygote.isClosed) return zygote;
-  zygote?.close(); // it died on its own: reap it
+  void zygote?.close(); // it died on its own: reap it
   zygoteStarting ??= (async () => {
     try {
       ensureRunDir();
-      zygote = await Zygote.start(INIT_PATH, NEWROOT, netnsPool);
+      zygote = await Zygote.start(INIT_PATH, NEWROOT, netnsPool());
       return zygote;
     } catch {
       zygoteFailures++;
@@ -188,10 +200,28 @@ function zygoteFailed(z: Zygote): void {
   if (z.isClosed && zygote === z) zygote = undefined;
 }
 
-/** Stops the zygote (host shutdown; the next createSandbox starts a new one). */
-function stopZygote(): void {
-  zygote?.close();
+/**
+ * Gives up an init spawned unjoined (its cgroups could not be made or sent): closing its socket makes it exit
+ * at once (it is blocked reading its join frame); SIGKILL in case it got further, and it is reaped (it is
+ * this process's child: CLONE_PARENT). Its pid cannot be reused before that reap.
+ */
+async function abandonInit(p: PendingInit): Promise<void> {
+  try { closeSync(p.fd); } catch { /* closed already */ }
+  let pid: number;
+  try {
+    pid = await p.pid;
+  } catch {
+    return; // no child was made
+  }
+  try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  await reap(pid);
+}
+
+/** Stops the zygote (host shutdown; the next createSandbox starts a new one); resolves once it is reaped. */
+function stopZygote(): Promise<void> {
+  const z = zygote;
   zygote = undefined;
+  return z ? z.close() : Promise.resolve();
 }
 
 /**
@@ -249,21 +279,71 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   const limits: SandboxLimits = { ...DEFAULT_LIMITS, ...validateLimits(opts.limits) };
   const node = opts.nodeId === undefined ? nodeId : validateNodeId(opts.nodeId);
   ensureRunDir();
-  usedNodes.add(node);
-  const id = `sb-${randomBytes(6).toString('hex')}`;
   // 1. the zygote: a clone of it becomes the init (no exec, pooled netns); 2. exec of the init in a copy of
   // the template mount namespace; 3. exec in a copy of the host's (it stages and detaches itself).
   const z = await getZygote();
+  const m = cgroups();
+  // v1: the zygote clones while this thread makes the cgroups (≈0.3-0.4 ms of mkdir, limit writes and opens
+  // that used to come first); the new init joins them as soon as it gets their `tasks` fds (zygote.ts
+  // sendJoin, sent between the mkdirs and the limit writes), then goes on with its set-up while they are
+  // written. The clone (≈0.45 ms with its CLONE_NEWNET) is then the longest part of create: the request goes
+  // out before anything else here (the sandbox id, the node lock) is done.
+  let early: PendingInit | undefined;
+  if (z && !z.isClosed && m.joinsAfterClone) {
+    try {
+      early = z.spawnUnjoined();
+    } catch {
+      zygoteFailed(z);
+    }
+  }
+  if (!usedNodes.has(node)) {
+    // before the first cgroup under it: no other host's sweep touches it from now on. Without a lock file
+    // (e.g. /run read-only) nobody can prove this node dead either, so a failure here only costs the sweep.
+    try { holdNode(node); } catch { /* see above */ }
+    usedNodes.add(node);
+  }
+  const id = `sb-${randomBytes(6).toString('hex')}`;
+  let joined = false;
+  const sendEarlyJoin = (h: CgroupHandle) => {
+    if (!early || !z) return;
+    const join = h.openJoin();
+    try {
+      sendJoin(early.fd, join);
+      joined = true;
+    } catch {
+      // the zygote or its clone is gone: this create falls back to an exec'd init
+      void abandonInit(early);
+      early = undefined;
+      zygoteFailed(z);
+    } finally {
+      closeJoin(join); // in flight to the init: the kernel holds its own references
+    }
+  };
   let cg;
   try {
-    cg = cgroups().create(node, id, limits);
+    cg = m.create(node, id, limits, early ? sendEarlyJoin : undefined);
   } catch (e) {
+    if (early) {
+      // it may sit in the cgroups already (joined before a limit write failed): end it, then remove them
+      await abandonInit(early);
+      if (joined) await m.open(node, id).remove().catch(() => {});
+    }
     throw fromNodeError(`creating the cgroup of sandbox ${id}`, e);
   }
   let spawned: { pid: number; fd: number } | undefined;
   let ch: ControlChannel | undefined;
   try {
-    if (z && !z.isClosed) {
+    if (early && z) {
+      ch = new ControlChannel(early.fd);
+      try {
+        spawned = { pid: await early.pid, fd: early.fd };
+        zygoteFailures = 0;
+      } catch {
+        ch.close();
+        ch = undefined;
+        zygoteFailed(z);
+      }
+    } else if (z && !z.isClosed) {
       let pending: PendingInit | undefined;
       const join = cg.openJoin();
       try {
@@ -337,12 +417,14 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
 /**
  * Removes what an earlier run with this node id left behind: kills every task in fnhost/<nodeId>/* cgroups
  * (killing a sandbox's init ends its pid namespace and with it its mounts) and removes those cgroups.
- * Sandboxes live in this process are left alone. Call once at host start-up.
+ * Sandboxes live in this process are left alone. Then the leftovers of OTHER node ids whose hosts are
+ * provably dead (node-lock.ts: no live process holds the node's lock) go too, where nothing runs in them
+ * any more: `deadNodes` counts those nodes. Call once at host start-up.
  *
  * @example
- * const { sandboxes } = await cleanupLeftovers('node-a');
+ * const { sandboxes, deadNodes } = await cleanupLeftovers('node-a');
  */
-export async function cleanupLeftovers(node: string = nodeId): Promise<{ sandboxes: number }> {
+export async function cleanupLeftovers(node: string = nodeId): Promise<{ sandboxes: number; deadNodes: number }> {
   validateNodeId(node);
   const m = cgroups();
   let n = 0;
@@ -354,7 +436,8 @@ export async function cleanupLeftovers(node: string = nodeId): Promise<{ sandbox
     n++;
   }
   m.removeNode(node);
-  return { sandboxes: n };
+  const deadNodes = await sweepDeadNodes(m, (other) => other === node || usedNodes.has(other));
+  return { sandboxes: n, deadNodes };
 }
 
 /** Sandboxes of this process not yet destroyed (for shutdown and diagnostics). */
@@ -362,9 +445,16 @@ export function liveSandboxes(): Sandbox[] {
   return [...live.values()];
 }
 
-/** Destroys every live sandbox of this process and removes its node cgroup dirs (host shutdown). */
+/**
+ * Destroys every live sandbox of this process, removes its node cgroup dirs and stops the zygote (host
+ * shutdown): when it resolves, no process of ours is left, not even a zombie.
+ */
 export async function destroyAll(): Promise<void> {
   await Promise.all([...live.values()].map((s) => s.destroy().catch(() => {})));
-  for (const node of usedNodes) cgroups().removeNode(node);
-  stopZygote();
+  for (const node of usedNodes) {
+    cgroups().removeNode(node);
+    releaseNode(node);
+  }
+  usedNodes.clear();
+  await stopZygote();
 }

@@ -14,11 +14,11 @@
  * const init = z.spawn(cgroup.openJoin());               // the clone starts now
  * const ch = new ControlChannel(init.fd);
  * const pid = await init.pid;                            // host pid of the new init (our child)
- * z.close();
+ * await z.close();                                    // the zygote and its maker are reaped
  */
 import { closeSync } from 'node:fs';
 import type { CgroupJoin } from './cgroup.ts';
-import { ControlChannel } from './control.ts';
+import { ControlChannel, encodeFrame } from './control.ts';
 import { errnoName } from './errors.ts';
 import { native } from './native.ts';
 import { reap } from './reaper.ts';
@@ -27,6 +27,11 @@ import { reap } from './reaper.ts';
 const READY_TIMEOUT_MS = 5_000;
 /** A spawn is one clone3 (≈0.1 ms); past this the zygote is stuck: it is closed and creates fall back. */
 const SPAWN_TIMEOUT_MS = 5_000;
+/**
+ * How long close() waits for the zygote to end its maker and exit before SIGKILL: it is idle in recvmsg and
+ * the maker at most one unshare(CLONE_NEWNET) (≈0.5 ms) from reading EOF, so this only bounds a stuck one.
+ */
+const CLOSE_DEADLINE_MS = 200;
 const EPIPE = 32;
 const ETIMEDOUT = 110;
 
@@ -42,8 +47,17 @@ export interface PendingInit {
   readonly pid: Promise<number>;
 }
 
+/**
+ * Sends an init made by {@link Zygote.spawnUnjoined} its v1 `tasks` fds (the first frame on its control
+ * socket); it joins each, then goes on to "ready". The caller may close its copies once this returns.
+ */
+export function sendJoin(fd: number, join: CgroupJoin): void {
+  native().sendFrame(fd, encodeFrame(['join']), join.procsFds);
+}
+
 export class Zygote {
   private closed = false;
+  private closing: Promise<void> | undefined;
 
   private constructor(readonly pid: number, readonly fd: number, private readonly ch: ControlChannel) {}
 
@@ -58,6 +72,7 @@ export class Zygote {
     // The zygote must not keep the host process alive on its own (it dies with the host anyway: PDEATHSIG).
     ch.unref();
     const z = new Zygote(sp.pid, sp.fd, ch);
+    track(z);
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
@@ -67,7 +82,7 @@ export class Zygote {
         }),
       ]);
     } catch (e) {
-      z.close();
+      void z.close();
       throw e;
     } finally {
       clearTimeout(timer);
@@ -89,6 +104,15 @@ export class Zygote {
     return this.request([String(join.procsFds.length), join.dirFd >= 0 ? '1' : '0'], fds);
   }
 
+  /**
+   * Like spawn(), but before the cgroups exist (v1 only: `joinsAfterClone`): the zygote clones while the
+   * caller makes them, and the new init waits, before anything else, for {@link sendJoin} on its socket.
+   * Closing `fd` instead ends it (it exits at EOF; the caller still reaps `pid`).
+   */
+  spawnUnjoined(): PendingInit {
+    return this.request(['0', '0', '1'], []);
+  }
+
   private request(args: string[], fds: number[]): PendingInit {
     if (this.isClosed) throw errnoError('zygote is closed', EPIPE, 'sendmsg');
     const n = native();
@@ -105,12 +129,12 @@ export class Zygote {
       reply.then((r) => {
         if (r.ok && r.pid > 0) return r.pid;
         if (r.ok) throw errnoError('zygote: no pid in its answer', 71 /* EPROTO */, 'read');
-        if (r.errno === EPIPE) this.close(); // it is gone
+        if (r.errno === EPIPE) void this.close(); // it is gone
         throw errnoError(`zygote: ${r.message}`, r.errno, r.syscall, r.path);
       }),
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
-          this.close(); // stuck: later answers would come too late to matter
+          void this.close(); // stuck: later answers would come too late to matter
           reject(errnoError('zygote: no answer', ETIMEDOUT, 'read'));
         }, SPAWN_TIMEOUT_MS);
         timer.unref();
@@ -120,13 +144,58 @@ export class Zygote {
     return { fd: mine, pid };
   }
 
-  /** Closes the socket: the zygote exits (and its netns maker with it, releasing the pooled namespaces). */
-  close(): void {
-    if (this.closed) return;
+  /**
+   * Closes the socket: at EOF the zygote ends its netns maker (releasing the pooled namespaces), reaps it and
+   * exits; resolves once the zygote is reaped too, so that neither is left behind, not even as a zombie for
+   * PID 1 to collect. A zygote still there after CLOSE_DEADLINE_MS is SIGKILLed (its maker then dies by
+   * PDEATHSIG). It holds nothing a sandbox needs: inits are this process's children.
+   */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
     this.closed = true;
+    zygotes.delete(this);
     this.ch.close();
-    // SIGKILL too: a stuck zygote must not stay; it holds nothing a sandbox needs (inits are our children).
-    try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
-    void reap(this.pid);
+    const timer = setTimeout(() => {
+      try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
+    }, CLOSE_DEADLINE_MS);
+    this.closing = reap(this.pid).then(() => clearTimeout(timer));
+    return this.closing;
   }
+
+  /**
+   * close() for process exit, where nothing asynchronous runs any more: EOF, then up to CLOSE_DEADLINE_MS of
+   * waitpid(WNOHANG) polls (the zygote normally needs well under a millisecond), then SIGKILL.
+   */
+  closeAtExit(): void {
+    if (this.closing) return;
+    this.closed = true;
+    zygotes.delete(this);
+    try { closeSync(this.fd); } catch { /* closed already */ }
+    const n = native();
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    const deadline = Date.now() + CLOSE_DEADLINE_MS;
+    for (;;) {
+      try {
+        if (n.waitpid(this.pid) !== null) return;
+      } catch {
+        return; // not (or no longer) our child
+      }
+      if (Date.now() > deadline) break;
+      Atomics.wait(pause, 0, 0, 1);
+    }
+    try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+}
+
+/** Zygotes not yet closed, ended at process exit (closeAtExit) rather than left to PDEATHSIG. */
+const zygotes = new Set<Zygote>();
+let exitHook = false;
+
+function track(z: Zygote): void {
+  zygotes.add(z);
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const z of [...zygotes]) z.closeAtExit();
+  });
 }

@@ -39,7 +39,7 @@ import { encodePayload, type FastJob, type JobData } from './job.ts';
 import { FN_STASH_TTL_S, FnStash, fnRefOf } from './fn-refs.ts';
 import { fromStored, getRecord, isFinal, parseReply, queueRecord, setRecord, type StoredRecord } from './records.ts';
 import { readLogs, followLogs as follow } from './logs.ts';
-import { Attr, SpanKind, SpanName, injectTraceparent, withRemoteParent, withSpan } from '../common/telemetry.ts';
+import { Attr, SpanKind, SpanName, injectTraceparent, tracingEnabled, withRemoteParent, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
 import { fastPush } from './fast-lane.ts';
 import { registerLocalClient } from './local-replies.ts';
@@ -98,6 +98,12 @@ export function bullConnection(redis: Redis): ConnectionOptions {
   return redis as unknown as ConnectionOptions;
 }
 
+/** A typed error as it is; anything else from the Redis client means Redis is unreachable. */
+function asUnavailable(e: unknown): unknown {
+  if (e && typeof e === 'object' && 'type' in e) return e;
+  return new Unavailable('Redis is unreachable', {}, { cause: e });
+}
+
 const QUEUE_DEPTH_CACHE_MS = 100; // re-count a tenant's queue at most 10×/s: the bound is a safety net, not an exact limit
 
 /**
@@ -132,6 +138,26 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
    * from here meanwhile (the record is written behind the response, on the scheduler's connection).
    */
   const localCalls = new Map<string, { tenant: string; record: InvocationRecord; written?: Promise<unknown> }>();
+  /**
+   * The ids of localCalls by the write that carries their record: the scheduler's record batch hands one
+   * promise to every call in a batch (./record-batch.ts), so this is one then() per batch, not per call.
+   */
+  const byWrite = new Map<Promise<unknown>, string[]>();
+  function forgetWhenWritten(id: string, written: Promise<unknown>) {
+    const ids = byWrite.get(written);
+    if (ids) {
+      ids.push(id);
+      return;
+    }
+    byWrite.set(written, [id]);
+    const forget = () => {
+      for (const i of byWrite.get(written)!) {
+        if (localCalls.get(i)?.written === written) localCalls.delete(i);
+      }
+      byWrite.delete(written);
+    };
+    written.then(forget, forget);
+  }
 
   /** Log lines of calls answered in-process may still be on their way to Redis: wait for those of `tenant`. */
   async function localWritesOf(tenant: string): Promise<void> {
@@ -142,6 +168,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
 
   let sub: Redis | undefined;
   let subReady: Promise<void> | undefined;
+  let subscribed = false;
   function subscribe(): Promise<void> {
     if (subReady) return subReady;
     sub = redis.duplicate();
@@ -151,7 +178,9 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     });
     // After a reconnect ioredis re-subscribes by itself; re-read what finished meanwhile.
     sub.on('ready', () => void sweep(0));
-    subReady = sub.subscribe(replyChannel).then(() => undefined);
+    subReady = sub.subscribe(replyChannel).then(() => {
+      subscribed = true;
+    });
     return subReady;
   }
 
@@ -160,12 +189,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     const w = waiters.get(id);
     if (!w) return;
     // get() answers from memory until Redis has the record (it may go out in the scheduler's next batch)
-    const entry = { tenant: w.tenant, record: rec, written };
-    localCalls.set(id, entry);
-    const forget = () => {
-      if (localCalls.get(id) === entry) localCalls.delete(id);
-    };
-    written.then(forget, forget);
+    localCalls.set(id, { tenant: w.tenant, record: rec, written });
+    forgetWhenWritten(id, written);
     settleRecord(id, rec);
   });
   const sweepTimer = setInterval(() => void sweep(1000), 1000);
@@ -233,17 +258,17 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
    * QUEUE_DEPTH_CACHE_MS and the call is judged on the last one (waiting for a fresh count would add a
    * Redis round trip to every call that comes after a quiet spell — every cold start, typically).
    */
-  async function checkDepth(tenant: string) {
+  function checkDepth(tenant: string): void {
     const c = depthCache.get(tenant);
     const now = Date.now();
     if (!c || now - c.at >= QUEUE_DEPTH_CACHE_MS) {
       const entry = { at: now, n: c?.n ?? 0 };
       depthCache.set(tenant, entry);
-      // After this call's own commands: the count must not get ahead of the push, nor delay it. The push goes
-      // out in ioredis's auto-pipeline flush, a setImmediate queued after this one (in the same loop turn), so
-      // one hop would build and send the count's pipeline first (measured: the push of a cold call left
-      // ~0.1–0.3 ms later, behind 5 LLENs); two hops put it in the next turn's check phase, after the flush.
-      setImmediate(() => setImmediate(() => void depthOf(tenant).then((n) => (entry.n = n), () => {})));
+      // After this call: the count must not get ahead of the push, nor delay it — nor run inside the handling
+      // of the same call by a scheduler in this process (a cold start's first frames, seen in an ftrace
+      // timeline: a 5-command pipeline built, sent and read between attach and spawn). 10 ms later the call
+      // (a cold start ~5 ms) is answered; the count is a safety net refreshed at most every QUEUE_DEPTH_CACHE_MS.
+      setTimeout(() => void depthOf(tenant).then((n) => (entry.n = n), () => {}), 10).unref();
     }
     const n = depthCache.get(tenant)!.n;
     if (n >= maxQueued) throw new TooManyRequests('too many queued invocations for this tenant', { queued: n, limit: maxQueued });
@@ -345,36 +370,54 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     const result = wait(req, id, data.deadline);
     // Rejected early (close() while the push is in flight)? Then it is handled here and re-thrown to the caller below.
     result.catch(() => {});
-    const attrs = { [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
     // The job names its function version by reference (./fn-refs.ts); the record itself goes inline (and into
     // the stash) once per refresh period.
     const fnr = fnRefOf(fn);
     const inline = fnStash.due(fnr, now);
     try {
-      await withRemoteParent(req.traceparent, () =>
-        withSpan(SpanName.enqueue, attrs, async () => {
-          data.traceparent = injectTraceparent() ?? req.traceparent;
-          const job: FastJob = { ...data, fn: inline ? fn : undefined, fnr };
-          // Sent back to back on one connection: ioredis keeps the order, so the body and the stashed
-          // function version are there before the job.
-          const pre: Promise<unknown>[] = [];
-          if (stash) pre.push(redis.set(keys.payload(id), stash, 'EX', ret.recordS));
-          if (inline) pre.push(redis.set(keys.fnVersion(fnr), JSON.stringify(fn), 'EX', FN_STASH_TTL_S));
-          if (!announced.has(fn.tenant)) pre.push(redis.multi().sadd(keys.tenants(), fn.tenant).publish(keys.tenants(), fn.tenant).exec());
-          const pushed = fastPush(redis, keys, data, JSON.stringify(rec), {
-            recordTtlS: ret.recordS, listTtlMs: data.deadline - now + 60_000, routing, maxPending: routedPendingMax, staleMs: NODE_STALE_MS,
-            jobJson: JSON.stringify(job),
-          });
-          await redisCall(() => Promise.all([...pre, pushed]));
-          announced.add(fn.tenant);
-        }, { kind: SpanKind.PRODUCER }),
-      );
+      if (tracingEnabled()) {
+        const attrs = { [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
+        await withRemoteParent(req.traceparent, () =>
+          withSpan(SpanName.enqueue, attrs, () => {
+            data.traceparent = injectTraceparent() ?? req.traceparent;
+            return pushFast(data, JSON.stringify(rec), fnr, inline, now, stash);
+          }, { kind: SpanKind.PRODUCER }),
+        );
+      } else await pushFast(data, JSON.stringify(rec), fnr, inline, now, stash);
     } catch (e) {
       if (inline) fnStash.forget(fnr);
       unwait(id);
       throw e;
     }
     return result;
+  }
+
+  /** The fast-lane push of one job (+ its stashed body, function version and tenant announcement when due). */
+  function pushFast(data: JobData, recJson: string, fnr: string, inline: boolean, now: number, stash: Buffer | undefined): Promise<void> {
+    const fn = data.fn;
+    const job: FastJob = { ...data, fn: inline ? fn : undefined, fnr };
+    // Sent back to back on one connection: ioredis keeps the order, so the body and the stashed function
+    // version are there before the job.
+    let pre: Promise<unknown>[] | undefined;
+    if (stash || inline || !announced.has(fn.tenant)) {
+      pre = [];
+      if (stash) pre.push(redis.set(keys.payload(data.id), stash, 'EX', ret.recordS));
+      if (inline) pre.push(redis.set(keys.fnVersion(fnr), JSON.stringify(fn), 'EX', FN_STASH_TTL_S));
+      if (!announced.has(fn.tenant)) pre.push(redis.multi().sadd(keys.tenants(), fn.tenant).publish(keys.tenants(), fn.tenant).exec());
+    }
+    const pushed = fastPush(redis, keys, data, recJson, {
+      recordTtlS: ret.recordS, listTtlMs: data.deadline - now + 60_000, routing, maxPending: routedPendingMax, staleMs: NODE_STALE_MS,
+      jobJson: JSON.stringify(job),
+    });
+    const all: Promise<unknown> = pre ? Promise.all([...pre, pushed]) : pushed;
+    return all.then(
+      () => {
+        announced.add(fn.tenant);
+      },
+      (e) => {
+        throw asUnavailable(e);
+      },
+    );
   }
 
   /** A sync/http call run by the scheduler of this process (./local-dispatch.ts), or undefined: take the queue. */
@@ -394,10 +437,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     return run.then((out) => {
       entry.record = out.record;
       entry.written = out.written;
-      const forget = () => {
-        if (localCalls.get(id) === entry) localCalls.delete(id);
-      };
-      out.written.then(forget, forget);
+      forgetWhenWritten(id, out.written);
       if (out.error) throw errorFromJSON({ ...out.error, invocationId: id, start: out.record.start });
       return { record: out.record, response: out.record.response! };
     });
@@ -418,8 +458,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     try {
       return await f();
     } catch (e) {
-      if (e && typeof e === 'object' && 'type' in e) throw e;
-      throw new Unavailable('Redis is unreachable', {}, { cause: e });
+      throw asUnavailable(e);
     }
   }
 
@@ -432,10 +471,8 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         const local = invokeLocal(req);
         if (local) return local;
       }
-      await redisCall(async () => {
-        await subscribe();
-        await checkDepth(req.fn.tenant);
-      });
+      if (!subscribed) await redisCall(subscribe);
+      checkDepth(req.fn.tenant);
       const id = randomUUID();
       if (syncLane === 'fast') return invokeFast(req, id);
       const { data, route } = await redisCall(() => prepare(req, id, ret.recordS));
@@ -455,7 +492,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     async enqueue(req) {
       validate(req, 'async');
       const tenant = req.fn.tenant;
-      await redisCall(() => checkDepth(tenant));
+      checkDepth(tenant);
       const id = randomUUID();
       if (req.idempotencyKey) {
         const ik = keys.idempotency(tenant, req.idempotencyKey);

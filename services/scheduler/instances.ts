@@ -199,18 +199,18 @@ export class Instances {
     return this.settle(p ?? (await this.wait(fn, deadline)), t0, parent);
   }
 
-  private async settle(p: Placement, t0: number, parent: Span | undefined): Promise<Lease> {
+  /** The lease of a placement: at once for a warm one (no async frame: most calls that wait get a warm instance). */
+  private settle(p: Placement, t0: number, parent: Span | undefined): Lease | Promise<Lease> {
     const placedAt = Date.now();
     const waitedMs = placedAt - t0;
     if (p.kind === 'warm') return { instance: p.inst, start: 'warm', waitedMs, placedAt };
-    await this.coldStart(p.inst, parent);
-    return { instance: p.inst, start: 'cold', waitedMs, placedAt };
+    return this.coldStart(p.inst, parent).then((): Lease => ({ instance: p.inst, start: 'cold', waitedMs, placedAt }));
   }
 
-  private async acquireAfterWait(fn: FunctionVersion, deadline: number): Promise<Lease> {
+  private acquireAfterWait(fn: FunctionVersion, deadline: number): Promise<Lease> {
     const t0 = Date.now();
     const parent = activeSpan();
-    return this.settle(await this.wait(fn, deadline), t0, parent);
+    return this.wait(fn, deadline).then((p) => this.settle(p, t0, parent));
   }
 
   /** runs on its hot set: short, and an instance of it is live or starting here. */
@@ -371,7 +371,7 @@ export class Instances {
     const now = Date.now();
     const limit = Math.min(this.cfg.maxWaitMs, deadline > 0 ? Math.max(0, deadline - now) : Infinity);
     return new Promise<Placement>((resolve, reject) => {
-      const w: FnWaiter = { tenant: fn.tenant, group: key, fn, deadline, limit, expiresAt: now + limit, attempt: () => this.tryPlace(fn), resolve, reject };
+      const w = new FnWaiter(this, fn, key, deadline, limit, now + limit, resolve, reject);
       this.waiters.push(w);
       this.armExpiry(w.expiresAt);
     });
@@ -432,9 +432,8 @@ export class Instances {
             coolAt = Math.min(coolAt, held < stuck ? i.busySince + stuck : Math.min(i.busySince + HOT_STUCK_MOVING * stuck, st!.lastRelease + stuck));
           }
         }
-        if (i.state === 'live' && i.inFlight < slots && i.handle?.alive !== false) {
-          if (!warm || i.lastUsed > warm.lastUsed) warm = i;
-        }
+        // the handle's liveness (a getter chain down to the channel) only for a better candidate
+        if (i.state === 'live' && i.inFlight < slots && (!warm || i.lastUsed > warm.lastUsed) && i.handle?.alive !== false) warm = i;
       }
       if (short && hotBusy >= this.hot) return { warm: undefined, count, hotFull: true, coolAt };
     }
@@ -443,6 +442,11 @@ export class Instances {
 
   private atCap(fn: FunctionVersion, count: number): boolean {
     return fn.maxInstances !== undefined && fn.maxInstances > 0 && count >= fn.maxInstances;
+  }
+
+  /** @internal a waiter's attempt (FnWaiter): tryPlace with cold starts allowed */
+  placeWaiting(fn: FunctionVersion): Placement | undefined {
+    return this.tryPlace(fn);
   }
 
   /**
@@ -612,12 +616,25 @@ export class Instances {
   }
 }
 
-interface FnWaiter extends FairWaiter<Placement> {
-  group: string;
-  fn: FunctionVersion;
-  /** the invocation's deadline, epoch ms (0 = none) */
-  deadline: number;
-  /** ms it may wait here */
-  limit: number;
-  expiresAt: number;
+/** A waiting invocation (a class, not a literal with an `attempt` closure: one object per waiting call). */
+class FnWaiter implements FairWaiter<Placement> {
+  readonly tenant: string;
+  constructor(
+    private readonly owner: Instances,
+    readonly fn: FunctionVersion,
+    readonly group: string,
+    /** the invocation's deadline, epoch ms (0 = none) */
+    readonly deadline: number,
+    /** ms it may wait here */
+    readonly limit: number,
+    readonly expiresAt: number,
+    readonly resolve: (p: Placement) => void,
+    readonly reject: (e: unknown) => void,
+  ) {
+    this.tenant = fn.tenant;
+  }
+
+  attempt(): Placement | undefined {
+    return this.owner.placeWaiting(this.fn);
+  }
 }

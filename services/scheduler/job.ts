@@ -66,6 +66,20 @@ export function encodePayload(p: InvocationPayload, refKey: string): { wire: Wir
   return { wire: { kind: 'http', method: p.method, path: p.path, query: p.query, headers: p.headers, body: wb }, stash };
 }
 
+/**
+ * Decodes a payload whose body travels inline, synchronously; undefined for a stashed body (then decodePayload):
+ * the common case needs no promise, closure or await.
+ */
+export function decodeInline(w: WirePayload): InvocationPayload | undefined {
+  const b = w.body;
+  let body: Buffer;
+  if ('utf8' in b) body = Buffer.from(b.utf8, 'utf8');
+  else if ('b64' in b) body = Buffer.from(b.b64, 'base64');
+  else return undefined;
+  if (w.kind === 'event') return { kind: 'event', body, contentType: w.contentType };
+  return { kind: 'http', method: w.method, path: w.path, query: w.query, headers: w.headers, body };
+}
+
 /** Decodes a payload; `fetchRef` reads a stashed body (null when it expired). */
 export async function decodePayload(w: WirePayload, fetchRef: (key: string) => Promise<Buffer | null>): Promise<InvocationPayload> {
   let body: Buffer;

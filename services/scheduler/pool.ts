@@ -92,6 +92,7 @@ export class WarmPool {
   private readonly destroying = new Set<Promise<void>>();
   private kick: (() => void) | undefined;
   private holdUntil = 0;
+  private holdTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly exec: Executor,
@@ -125,13 +126,25 @@ export class WarmPool {
     let e: Entry | undefined;
     while ((e = s.idle.pop())) {
       if (e.sb.alive) {
-        this.wake();
+        this.wakeAfterHold();
         return e.sb;
       }
       this.track(e.sb.destroy());
     }
-    this.wake();
+    this.wakeAfterHold();
     return null;
+  }
+
+  /**
+   * The refill loop learns of a take once the hold is over: woken at once, it would only work out that it must
+   * wait — inside the cold start that took the sandbox, between its take and its first frame to the init.
+   */
+  private wakeAfterHold() {
+    if (this.holdTimer) return;
+    this.holdTimer = setTimeout(() => {
+      this.holdTimer = undefined;
+      this.wake();
+    }, this.cfg.holdAfterTakeMs).unref();
   }
 
   /** Creates one sandbox of `kind` on the request path (the pool was empty). */
@@ -264,6 +277,8 @@ export class WarmPool {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.holdTimer) clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
     this.wake();
     for (const s of this.kinds.values()) for (const e of s.idle.splice(0)) this.track(e.sb.destroy());
     // creations in flight destroy their sandbox when they land (closed is set); a runtime still booting is

@@ -19,11 +19,11 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
 import { FnhostError, Internal, Timeout } from '../common/errors.ts';
-import { Attr, SpanKind, SpanName, recordSpan, runInSpan, startSpan, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanKind, SpanName, recordSpan, runInSpan, startSpan, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
 import type { Keys } from './keys.ts';
-import { decodePayload, encodeResponse, type JobData } from './job.ts';
+import { decodeInline, decodePayload, type JobData } from './job.ts';
 import { getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
 import { appendLogs, type LogRetention } from './logs.ts';
 import type { Instances, Lease } from './instances.ts';
@@ -98,6 +98,11 @@ export async function processInvocation(ctx: JobContext, d: JobData, job: Attemp
   const fn = d.fn;
   const pickedAt = Date.now();
   const attempt = job.attempt;
+  if (!tracingEnabled()) {
+    // this path runs thousands of times a second: no span arguments, closures or attribute objects to build
+    ctx.metrics?.queueWait(fn.tenant, pickedAt - job.timestamp);
+    return run(ctx, job, d, fn, attempt, pickedAt, NOOP_SPAN);
+  }
   const attrs = {
     [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: d.id,
     [Attr.mode]: d.mode, [Attr.attempt]: attempt, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
@@ -135,11 +140,11 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
   let lease: Lease | undefined;
   let start: 'cold' | 'warm' | 'none' = 'none';
   try {
-    const payload = await decodePayload(d.payload, (k) => redis.getBuffer(k));
+    const payload = decodeInline(d.payload) ?? (await decodePayload(d.payload, (k) => redis.getBuffer(k)));
     const t0 = Date.now();
     // Spans find their parent without AsyncLocalStorage (services/common/telemetry.ts): what runs synchronously
     // inside runInSpan (a cold start's specialisation begins so) hangs under the pickup span; later ones get it passed.
-    lease = await runInSpan(span, () => ctx.instances.acquire(fn, d.deadline));
+    lease = await (tracingEnabled() ? runInSpan(span, () => ctx.instances.acquire(fn, d.deadline)) : ctx.instances.acquire(fn, d.deadline));
     start = lease.start;
     span.setAttribute(Attr.start, start);
     recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
@@ -148,12 +153,16 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
     const runStart = Date.now();
     const res = await runOnLease(ctx, lease, span, { id: d.id, payload, deadline: runStart + fn.timeoutMs });
     const now = Date.now();
+    // a literal, not `{ ...baseRecord(), … }` (two objects and a clone per call); same keys in the same order
     const rec: InvocationRecord = {
-      ...baseRecord(d, attempt), status: 'succeeded', start, startedAt: pickedAt, finishedAt: now,
-      durationMs: res.durationMs ?? now - runStart, response: res.response,
+      id: d.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: d.mode, status: 'succeeded', attempts: attempt, createdAt: d.createdAt,
+      start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
     };
-    await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, job, recKey, ttl, reply, rec, ctx.logs.take(d.id)), { parent: span });
-    observe(ctx, fn, start, 'success', pickedAt, span);
+    const lines = ctx.logs.take(d.id);
+    if (tracingEnabled()) await withSpan(SpanName.resultDelivery, {}, () => finish(ctx, d, job, recKey, ttl, reply, rec, lines), { parent: span });
+    else await finish(ctx, d, job, recKey, ttl, reply, rec, lines);
+    // a cold start's first call creates the function's metric series: after the caller's continuation, as runPlaced does
+    observe(ctx, fn, start, 'success', pickedAt, span, start === 'cold');
   } catch (e) {
     const err = typed(e);
     const logs = ctx.logs.take(d.id);
@@ -181,7 +190,7 @@ async function runOnLease(ctx: JobContext, lease: Lease, span: Span, req: ExecRe
   const handle = lease.instance.handle!;
   let res;
   try {
-    res = await runInSpan(span, () => handle.invoke(req));
+    res = await (tracingEnabled() ? runInSpan(span, () => handle.invoke(req)) : handle.invoke(req));
   } catch (e) {
     const err = typed(e);
     ctx.instances.release(lease.instance, FATAL.has(err.type));
@@ -244,6 +253,11 @@ export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | 
       }
     : NO_ATTRS;
   const t0 = Date.now();
+  if (!tracingEnabled()) {
+    // no span: no closures, attribute object or span promise per call (this path runs thousands of times a second)
+    const got = place();
+    return got ? runPlaced(ctx, call, got, t0, NOOP_SPAN) : undefined;
+  }
   let placed: Lease | Promise<Lease> | undefined;
   // withSpan runs its callback synchronously up to the first await: the placement is decided and reserved in
   // this tick, inside the span (so a cold start's 'specialise' hangs under 'local dispatch').
@@ -261,7 +275,6 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
   const fn = call.fn;
   const pickedAt = call.createdAt;
   ctx.metrics?.queueWait(fn.tenant, 0);
-  const base: InvocationRecord = { id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'running', attempts: 1, createdAt: call.createdAt };
   let start: 'cold' | 'warm' | 'none' = 'none';
   let lease: Lease | undefined;
   try {
@@ -274,8 +287,10 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
     const runStart = Date.now();
     const res = await runOnLease(ctx, lease, span, { id: call.id, payload: call.payload, deadline: runStart + fn.timeoutMs });
     const now = Date.now();
+    // a literal, not a spread of a base record (two objects and a clone per call); same keys in the same order
     const record: InvocationRecord = {
-      ...base, status: 'succeeded', start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
+      id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'succeeded', attempts: 1, createdAt: call.createdAt,
+      start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
     };
     const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
     observe(ctx, fn, start, 'success', pickedAt, span, true);
@@ -283,7 +298,10 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
   } catch (e) {
     const err = typed(e);
     const error = errJSON(err)!;
-    const record: InvocationRecord = { ...base, status: 'failed', start: start === 'none' ? undefined : start, startedAt: pickedAt, finishedAt: Date.now(), error };
+    const record: InvocationRecord = {
+      id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'failed', attempts: 1, createdAt: call.createdAt,
+      start: start === 'none' ? undefined : start, startedAt: pickedAt, finishedAt: Date.now(), error,
+    };
     const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
     observe(ctx, fn, start, err.type, pickedAt, span, true);
     return { record, error, written };

@@ -1,8 +1,8 @@
 /**
  * @module scheduler/record-batch
  * Final records (and log lines) of calls dispatched in-process (./local-dispatch.ts), written to Redis in
- * batches: one pipeline — one socket write — per `flushMs` or per `maxBatch` records, instead of one
- * auto-pipelined EVALSHA write per invocation.
+ * batches: one script call for all the batch's records (+ the log lines, in the same pipeline) per `flushMs`
+ * or per `maxBatch` records, instead of one auto-pipelined EVALSHA write per invocation.
  *
  * Why it is allowed here: nobody waits for these writes (the caller already has its answer; `client.get()`
  * answers from its in-process map until the batch is acknowledged), and a local call's record key is written
@@ -31,20 +31,20 @@ const FLUSH_MS = 2;
 /** a batch this large goes out at once (bounds the pipeline and the memory held). */
 const MAX_BATCH = 64;
 
-/** the record scripts (./records.ts), defined on every scheduler connection by ./scripts.ts */
-type SetRecordPipeline = { fnhostSetRecord(key: string, status: string, json: string, ttl: number, channel: string, id: string, force: string): unknown };
-type PutRecordsPipeline = { fnhostPutRecords(...args: (string | number)[]): unknown };
+/** the batch script (./records.ts), defined on every scheduler connection by ./scripts.ts (a pipeline copies it) */
+type PutRecords = { fnhostPutRecords(...args: (string | number)[]): Promise<unknown> };
 
 interface Pending {
   record: InvocationRecord;
   lines: LogLine[];
   checked: boolean;
-  resolve: () => void;
-  reject: (e: unknown) => void;
 }
 
 export class RecordBatch {
   private pending: Pending[] = [];
+  /** settles with the pending batch's write: every record of a batch gets the same promise (one per batch, not per call) */
+  private written: Promise<void> | undefined;
+  private settle: { resolve: () => void; reject: (e: unknown) => void } | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly inFlight = new Set<Promise<unknown>>();
 
@@ -64,33 +64,55 @@ export class RecordBatch {
    * too); unchecked is a plain HSET for records nobody else writes (in-process calls).
    */
   add(record: InvocationRecord, lines: LogLine[], checked = false): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.pending.push({ record, lines, checked, resolve, reject });
-      if (this.pending.length >= MAX_BATCH) this.flush();
-      else if (!this.timer) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
-    });
+    let written = this.written;
+    if (!written) {
+      written = this.written = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
+      // a batch whose callers all dropped the promise must not turn a failed write into an unhandled rejection
+      written.catch(() => {});
+    }
+    this.pending.push({ record, lines, checked });
+    if (this.pending.length >= MAX_BATCH) this.flush();
+    else if (!this.timer) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
+    return written;
   }
 
-  /** Sends what is pending now (one pipeline). */
+  /**
+   * Sends what is pending now: the records in one script call (checked and unchecked alike, ./records.ts),
+   * plus the log lines, in one pipeline; without log lines the script call goes alone (no pipeline object).
+   */
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     const batch = this.pending;
     if (batch.length === 0) return;
     this.pending = [];
-    const m = this.redis.pipeline();
-    const logFns = new Map<string, Set<string>>();
-    const putKeys: string[] = [];
-    const putArgs: (string | number)[] = [this.recordTtlS];
-    for (const { record, lines, checked } of batch) {
-      const key = this.keys.record(record.tenant, record.id);
-      const json = JSON.stringify(toStored(record));
-      if (checked) (m as unknown as SetRecordPipeline).fnhostSetRecord(key, record.status, json, this.recordTtlS, '', record.id, '');
-      else {
-        putKeys.push(key);
-        putArgs.push(record.status, json);
-      }
-      if (lines.length) {
+    const settle = this.settle!;
+    this.written = undefined;
+    this.settle = undefined;
+    const n = batch.length;
+    // numkeys, KEYS…, ttl, (status, json, checked)…
+    const args: (string | number)[] = new Array(2 + 4 * n);
+    args[0] = n;
+    args[n + 1] = this.recordTtlS;
+    let withLines = false;
+    for (let i = 0; i < n; i++) {
+      const { record, lines, checked } = batch[i]!;
+      args[1 + i] = this.keys.record(record.tenant, record.id);
+      const a = n + 2 + 3 * i;
+      args[a] = record.status;
+      args[a + 1] = JSON.stringify(toStored(record));
+      args[a + 2] = checked ? '1' : '';
+      if (lines.length) withLines = true;
+    }
+    let sent: Promise<unknown>;
+    if (!withLines) {
+      sent = (this.redis as unknown as PutRecords).fnhostPutRecords(...args);
+    } else {
+      const m = this.redis.pipeline();
+      (m as unknown as PutRecords).fnhostPutRecords(...args);
+      const logFns = new Map<string, Set<string>>();
+      for (const { record, lines } of batch) {
+        if (!lines.length) continue;
         const lk = this.keys.logs(record.tenant, record.function);
         for (const l of lines) m.xadd(lk, 'MAXLEN', '~', String(this.logs.maxLen), '*', 'i', l.invocationId, 's', l.stream, 't', String(l.ts), 'l', l.line);
         m.expire(lk, this.logs.ttlS);
@@ -98,21 +120,16 @@ export class RecordBatch {
         if (!fns) logFns.set(record.tenant, (fns = new Set()));
         fns.add(record.function);
       }
-    }
-    if (putKeys.length) (m as unknown as PutRecordsPipeline).fnhostPutRecords(putKeys.length, ...putKeys, ...putArgs);
-    for (const [tenant, fns] of logFns) {
-      m.sadd(this.keys.logFunctions(tenant), ...fns);
-      m.expire(this.keys.logFunctions(tenant), this.logs.ttlS);
-    }
-    const p = m.exec().then(
-      (res) => {
+      for (const [tenant, fns] of logFns) {
+        m.sadd(this.keys.logFunctions(tenant), ...fns);
+        m.expire(this.keys.logFunctions(tenant), this.logs.ttlS);
+      }
+      sent = m.exec().then((res) => {
         const err = res?.find(([e]) => e)?.[0];
-        for (const b of batch) (err ? b.reject(err) : b.resolve());
-      },
-      (e) => {
-        for (const b of batch) b.reject(e);
-      },
-    );
+        if (err) throw err;
+      });
+    }
+    const p = sent.then(settle.resolve, settle.reject);
     this.inFlight.add(p);
     void p.finally(() => this.inFlight.delete(p));
   }

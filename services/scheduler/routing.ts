@@ -55,9 +55,22 @@ if v > 0 then redis.call('DECR', KEYS[1]) end
 return v
 `;
 
+/**
+ * KEYS[1] warm hash; ARGV[1] node id, ARGV[2] epoch ms until which it keeps the instance. The key's expiry is set
+ * for a new key (NX) and only ever pushed forward (GT): another node's later advertisement is never shortened.
+ * One command instead of MULTI/HSET/PEXPIREAT/PEXPIREAT/EXEC (ioredis builds a Pipeline object for a MULTI).
+ */
+const ADVERTISE_LUA = `
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'NX')
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'GT')
+return 1
+`;
+
 type WithRoute = Redis & {
   fnhostRoute(warm: string, nodes: string, now: number, staleBefore: number, maxPending: number, prefix: string): Promise<string | null>;
   fnhostUnpend(key: string): Promise<number>;
+  fnhostAdvertise(warm: string, nodeId: string, untilMs: number): Promise<number>;
 };
 
 /** Defines the scripts on a connection; call before its first command. */
@@ -66,6 +79,7 @@ export function defineRoutingScripts(redis: Redis): void {
     redis.defineCommand('fnhostRoute', { numberOfKeys: 2, lua: ROUTE_LUA });
     redis.defineCommand('fnhostUnpend', { numberOfKeys: 1, lua: UNPEND_LUA });
   }
+  if (typeof (redis as WithRoute).fnhostAdvertise !== 'function') redis.defineCommand('fnhostAdvertise', { numberOfKeys: 1, lua: ADVERTISE_LUA });
 }
 
 function scripts(redis: Redis): WithRoute {
@@ -91,5 +105,5 @@ export async function advertiseWarm(redis: Redis, keys: Keys, nodeId: string, te
     await redis.hdel(k, nodeId);
     return;
   }
-  await redis.multi().hset(k, nodeId, String(untilMs)).pexpireat(k, untilMs, 'NX').pexpireat(k, untilMs, 'GT').exec(); // NX for a new key, GT: never shorten another node's advertisement
+  await scripts(redis).fnhostAdvertise(k, nodeId, untilMs);
 }

@@ -42,6 +42,15 @@ import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retent
 import type { FastJob, JobData } from './job.ts';
 import { FnCache } from './fn-refs.ts';
 
+/**
+ * Warm advertisements wait for a moment without invocations (see pendingAds in createScheduler): checked every
+ * 5 ms (an exec cold start's first invocation takes ~5 ms here), written after 200 ms at the latest on a node
+ * that is never idle — far below the keep-alive they advertise (minutes). Meanwhile another node's gateway sends
+ * calls for that version to the tenant queue, which this node serves too.
+ */
+const ADVERTISE_CHECK_MS = 5;
+const ADVERTISE_MAX_DELAY_MS = 200;
+
 export interface SchedulerOptions {
   redis?: Redis;
   redisUrl?: string;
@@ -130,6 +139,29 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
 
   // Warm advertisements, throttled: re-advertise only when the stored expiry is more than half a keep-alive old.
   const advertised = new Map<string, { fn: FunctionVersion; until: number }>();
+  /**
+   * Advertisements (and withdrawals) are queued, the latest per function version, and written once no invocation
+   * runs on this node (checked every ADVERTISE_CHECK_MS, at most ADVERTISE_MAX_DELAY_MS after the first was queued).
+   * Written at once, a cold start's advertisement was built and sent, and its reply read, while that cold start's
+   * first invocation ran: a Redis write and a redis-server wake-up inside the call it does not help.
+   */
+  const pendingAds = new Map<string, { fn: FunctionVersion; until: number }>();
+  let adTimer: NodeJS.Timeout | undefined;
+  let adsSince = 0;
+  function flushAds() {
+    adTimer = undefined;
+    if (closing) {
+      pendingAds.clear(); // close() withdraws everything in `advertised`
+      return;
+    }
+    if (Date.now() - adsSince < ADVERTISE_MAX_DELAY_MS && instances.list().some((i) => i.inFlight > 0)) {
+      adTimer = setTimeout(flushAds, ADVERTISE_CHECK_MS).unref();
+      return;
+    }
+    const batch = [...pendingAds.values()];
+    pendingAds.clear();
+    for (const a of batch) void advertiseWarm(redis, keys, nodeId, a.fn.tenant, a.fn.name, a.fn.version, a.until).catch(() => {});
+  }
   const logs = new LogBuffer((fn, lines) => appendLogs(redis, keys, fn.tenant, fn.name, lines, logRetention));
   instances = new Instances(exec, pool, instCfg, {
     onWarm(fn, until) {
@@ -142,7 +174,11 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
         if (a && a.until - until > -instCfg.keepAliveMs / 2) return;
         advertised.set(k, { fn, until });
       }
-      void advertiseWarm(redis, keys, nodeId, fn.tenant, fn.name, fn.version, until).catch(() => {});
+      pendingAds.set(k, { fn, until });
+      if (!adTimer) {
+        adsSince = Date.now();
+        adTimer = setTimeout(flushAds, ADVERTISE_CHECK_MS).unref();
+      }
     },
     onSpecialised: (fn, ms) => metrics.specialise(String(fn.runtime), ms),
     onLog: (fn, line) => logs.add(fn, line),
@@ -395,6 +431,9 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       // Stop attracting work first: no routed jobs, no heartbeat (one in flight lands before the ZREM).
       await beating.catch(() => {});
       await redis.zrem(keys.nodes(), nodeId).catch(() => {});
+      if (adTimer) clearTimeout(adTimer);
+      adTimer = undefined;
+      pendingAds.clear();
       await Promise.all([...advertised.values()].map((a) => advertiseWarm(redis, keys, nodeId, a.fn.tenant, a.fn.name, a.fn.version, 0).catch(() => {})));
       advertised.clear();
       sub?.disconnect();

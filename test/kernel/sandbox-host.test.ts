@@ -3,12 +3,13 @@
  * of an earlier run's leftovers (cgroups with live processes under our node prefix only).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { cleanupLeftovers, createSandbox } from '../../services/sandbox/index.ts';
 import { useSandboxEnv } from '../helpers/sandbox.ts';
+import { until } from '../helpers/until.ts';
 
 const env = useSandboxEnv('host');
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -31,9 +32,12 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
 
   it('when the host process dies, its sandboxes die with it; the next start-up removes their cgroups', async () => {
     const node = `${env.nodeId}-crash`;
+    // this process holds the node (node-lock.ts) so that no other test file's clean-up sweeps it meanwhile
+    await (await createSandbox({ nodeId: node })).destroy();
     const script = `import('${ROOT}/services/sandbox/index.ts').then(async (m) => {
       const { makeRootfs } = await import('${ROOT}/test/helpers/sandbox-rootfs.ts');
       const fx = makeRootfs();
+      m.setNetnsPoolForTests(4); // with a netns maker (none by default on cgroup v1)
       const sb = await m.createSandbox({ nodeId: '${node}' });
       const p = await sb.start({ layers: [fx.base], argv: ['/bin/probe', 'sleep', '100000'] });
       console.log(JSON.stringify({ init: sb.initPid, fn: p.pid, dir: fx.dir, zygote: m.zygotePid() }));
@@ -84,5 +88,52 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
       await bystander.destroy();
       await cleanupLeftovers(other);
     }
+  });
+
+  it('a later host removes what a killed host left under another node id, never a live host\'s nor an unknown one\'s', async () => {
+    const [dead, live, unknown] = ['dead', 'live', 'unknown'].map((k) => `${env.nodeId}-${k}`) as [string, string, string];
+    const hierarchies = ['memory', 'pids', 'cpu'].map((c) => `/sys/fs/cgroup/${c}`);
+    const nodeDirs = (node: string) => hierarchies.map((h) => join(h, 'fnhost', node));
+    const hostScript = (node: string) => `import('${ROOT}/services/sandbox/index.ts').then(async (m) => {
+      const sb = await m.createSandbox({ nodeId: '${node}' });
+      if ('${node}' === '${live}') await sb.destroy(); // alive, but nothing running under its node
+      console.log('ready');
+      setInterval(() => {}, 1000);
+    })`;
+    const start = async (node: string) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', '-e', hostScript(node)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((res) => child.stdout!.once('data', () => res()));
+      return child;
+    };
+    const deadHost = await start(dead);
+    const liveHost = await start(live);
+    const liveExit = new Promise((r) => liveHost.once('exit', r));
+    try {
+      const deadExit = new Promise((r) => deadHost.once('exit', r));
+      deadHost.kill('SIGKILL');
+      await deadExit;
+      for (const d of nodeDirs(dead)) expect(existsSync(d), d).toBe(true);
+      expect(existsSync(`/run/fnhost/nodes/${dead}.lock`)).toBe(true);
+      // a cgroup of the live host that nothing has joined yet (between its mkdir and its init's join)
+      mkdirSync(join(nodeDirs(live)[0]!, 'sb-justmade0000'));
+      // a node nobody ever registered (an older build, or /run was emptied): its owner cannot be proven dead
+      for (const d of nodeDirs(unknown)) mkdirSync(join(d, 'sb-unknown00000'), { recursive: true });
+      // the killed host's init dies with it (PDEATHSIG), so its cgroups empty out
+      const { deadNodes } = await until(() => cleanupLeftovers(env.nodeId), () => nodeDirs(dead).every((d) => !existsSync(d)));
+      expect(deadNodes).toBeGreaterThanOrEqual(0); // 0 when another test file's clean-up swept it first
+      expect(existsSync(`/run/fnhost/nodes/${dead}.lock`)).toBe(false);
+      expect(existsSync(join(nodeDirs(live)[0]!, 'sb-justmade0000'))).toBe(true);
+      expect(existsSync(`/run/fnhost/nodes/${live}.lock`)).toBe(true);
+      for (const d of nodeDirs(unknown)) expect(existsSync(join(d, 'sb-unknown00000')), d).toBe(true);
+    } finally {
+      liveHost.kill('SIGKILL');
+      await liveExit;
+      for (const d of [...nodeDirs(unknown).map((u) => join(u, 'sb-unknown00000')), ...nodeDirs(unknown), join(nodeDirs(live)[0]!, 'sb-justmade0000')]) {
+        try { rmdirSync(d); } catch { /* gone */ }
+      }
+      await cleanupLeftovers(live);
+      await cleanupLeftovers(dead);
+    }
+    for (const d of [...nodeDirs(live), ...nodeDirs(unknown)]) expect(existsSync(d), d).toBe(false);
   });
 });

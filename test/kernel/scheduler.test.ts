@@ -154,6 +154,25 @@ describe('scheduler on real sandboxes', () => {
     expect(c2.response.body.toString()).toBe('again');
   }, 60_000);
 
+  it("a cold start's warm advertisement is written once no invocation runs, not during its first call", async (t) => {
+    if (skip) return t.skip(skip);
+    const e = await env();
+    const fn = fnOf(e, { code: 'token', name: 'adv' });
+    const warmKey = `${e.prefix}:warm:${fn.tenant}:${fn.name}:${fn.version}`;
+    const call = e.client.invoke({ fn, payload: ev({ sleep: 150 }), mode: 'sync' });
+    // the cold start is placed and its first invocation sleeps 150 ms: look while it runs
+    await until(() => e.sched.instances.list().filter((i) => i.fn.name === 'adv' && i.inFlight > 0 && i.handle).length, (n) => n === 1);
+    await new Promise((r) => setTimeout(r, 60));
+    const seenDuringCall = await redis.hget(warmKey, e.nodeId);
+    const r = await call;
+    expect(r.record.start).toBe('cold');
+    expect(seenDuringCall).toBeNull();
+    // then it is there, until the keep-alive it advertises
+    const until_ = Number(await until(() => redis.hget(warmKey, e.nodeId), (v) => v !== null, 2000));
+    expect(until_).toBeGreaterThan(Date.now() + 30_000);
+    expect(await redis.pttl(warmKey)).toBeGreaterThan(30_000);
+  }, 60_000);
+
   it('keep-alive expiry destroys the instance and leaves only the pool', async (t) => {
     if (skip) return t.skip(skip);
     const e = await env({ keepAliveMs: 300 });

@@ -6,7 +6,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setNetnsPoolForTests, zygotePid, type Sandbox } from '../../services/sandbox/index.ts';
 import { collect, useSandboxEnv } from '../helpers/sandbox.ts';
 import { until } from '../helpers/until.ts';
@@ -42,6 +42,9 @@ async function functionNetns(sb: Sandbox): Promise<string> {
 }
 
 describe.skipIf(process.getuid?.() !== 0)('netns pool and zygote (needs root: skipped otherwise)', () => {
+  // the pool is on by default only where the cgroups must exist before the clone (v2): test it explicitly
+  beforeAll(() => setNetnsPoolForTests(4));
+  afterAll(() => setNetnsPoolForTests(undefined));
   it('every live sandbox has its own network namespace, never the host\'s, the zygote\'s or the maker\'s', async () => {
     const host = netnsOf('self');
     // more sandboxes than the pool holds (4): some come from the pool, the rest from CLONE_NEWNET

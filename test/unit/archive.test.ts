@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidRequest, PayloadTooLarge, type FnhostError } from '../../services/common/errors.ts';
+import { Internal, InvalidRequest, PayloadTooLarge, type FnhostError } from '../../services/common/errors.ts';
 import { detectBundleFormat, detectCompression } from '../../services/store/archive.ts';
 import { LayerStore, dirDigest } from '../../services/store/layer-store.ts';
 import { readTar, type TarEntry } from '../../services/store/tar.ts';
@@ -255,6 +255,36 @@ describe.skipIf(notRoot)('whiteouts', () => {
     expect(xattr.trim()).toBe('y');
     expect(readdirSync(join(r.dir, 'o'))).toEqual(['kept']);
     expect((await store.meta(r.digest)).whiteouts).toBe(4);
+  });
+
+  it('without a runnable python3 a layer with whiteouts is refused (Internal, python3-missing) and leaves nothing; one without needs none', async () => {
+    const prev = process.env.FNHOST_PYTHON;
+    const fake = join(work, 'python3');
+    try {
+      // absent; present but not executable
+      for (const make of [() => {}, () => writeFileSync(fake, '#!/bin/sh\n', { mode: 0o644 })]) {
+        rmSync(fake, { force: true });
+        make();
+        process.env.FNHOST_PYTHON = fake;
+        const e = await refused(store.addTar(makeTar([{ path: 'a/f', data: '1' }, { path: 'a/.wh.x' }, { path: 'b/g', data: '2' }]), LIMITS));
+        expect(e).toBeInstanceOf(Internal);
+        expect(e.details).toMatchObject({ reason: 'python3-missing', path: fake });
+        expect(e.message).toContain(`python3 at ${fake}`);
+        expectNothingLeft();
+      }
+      // one that runs but fails: Internal with its stderr, nothing left
+      rmSync(fake, { force: true });
+      writeFileSync(fake, '#!/bin/sh\necho broken python >&2; exit 1\n', { mode: 0o755 });
+      const e = await refused(store.addTar(makeTar([{ path: 'a/.wh.x' }]), LIMITS));
+      expect(e).toBeInstanceOf(Internal);
+      expect(e.details).toMatchObject({ stderr: expect.stringContaining('broken python') });
+      expectNothingLeft();
+      const ok = await store.addTar(makeTar([{ path: 'a/f', data: '1' }]), LIMITS);
+      expect(readFileSync(join(ok.dir, 'a/f'), 'utf8')).toBe('1');
+    } finally {
+      if (prev === undefined) delete process.env.FNHOST_PYTHON;
+      else process.env.FNHOST_PYTHON = prev;
+    }
   });
 });
 

@@ -48,7 +48,7 @@ describe('LogCollector', () => {
     expect(c.end().lines).toEqual([]);
   });
 
-  it('keeps background output with the invocation that last ended, whenever it arrives', async () => {
+  it('tags output written while no invocation runs with no invocation, whenever it arrives', async () => {
     const { c, out, sink } = setup();
     c.begin('a');
     out.write(`${B}mine a\n${E}`);
@@ -60,7 +60,7 @@ describe('LogCollector', () => {
     out.write(`${B}mine b\n${E}`);
     await c.settled(1);
     expect(lines(c.end().lines)).toEqual(['b:stdout:mine b']);
-    expect(lines(sink)).toEqual(['a:stdout:mine a', 'a:stdout:late a', 'b:stdout:mine b']);
+    expect(lines(sink)).toEqual(['a:stdout:mine a', ':stdout:late a', 'b:stdout:mine b']);
   });
 
   it('finds markers split across chunks and flushes a partial line at the marker', async () => {

@@ -107,6 +107,20 @@ describe('metadata cache read-ahead', () => {
     expect(loads).toBe(2);
   });
 
+  it('sends the read-ahead after the request that found the entry half-used, not in its tick', async () => {
+    const c = new MetadataCache({ ttlMs: 400 });
+    let loads = 0;
+    const load = async () => (++loads, rec(`v${loads}`));
+    await c.key('a', load);
+    await new Promise((r) => setTimeout(r, 220)); // past half its life
+    expect((await c.key('a', load))!.id).toBe('v1');
+    await new Promise((r) => setImmediate(r));
+    expect(loads).toBe(1); // that request is answered before the read goes out
+    await until(() => loads, (n) => n === 2, 2000, 5);
+    await until(() => c.key('a', load), (r) => r!.id === 'v2');
+    expect(loads).toBe(2);
+  });
+
   it('keeps nothing a read-ahead brings back after the entry was invalidated', async () => {
     const c = new MetadataCache({ ttlMs: 300 });
     let loads = 0;

@@ -4,13 +4,26 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { Attr, SpanName, injectTraceparent, recordSpan, withRemoteParent, withSpan } from '../../services/common/telemetry.ts';
-import { initTracing, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import { initTracing, resourceOf, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
 import { FnSpan, TraceIdWords, samplerFromEnv } from '../../services/common/trace-span.ts';
-import { ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
+import { ProtoBatchHeader, ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { OtlpHttpExporter, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
 import { countOtlpProto, decodeOtlpProto, startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
+
+describe('the resource (per process, sent once per export request)', () => {
+  it('process.pid, OTEL_RESOURCE_ATTRIBUTES, the caller\'s attributes, and service.name by the spec\'s precedence', () => {
+    expect(resourceOf({})).toEqual({ 'process.pid': process.pid, 'service.name': 'fnhost' });
+    expect(resourceOf({}, { serviceName: 'fnhost-scheduler', resource: { [Attr.node]: 'n1' } })).toEqual({ 'process.pid': process.pid, [Attr.node]: 'n1', 'service.name': 'fnhost-scheduler' });
+    const env = { OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod, team=a%2Cb,service.name=from-attrs,broken,=x,fnhost.node.id=env-node' };
+    expect(resourceOf(env, { serviceName: 'code', resource: { [Attr.node]: 'n1' } })).toEqual({
+      'process.pid': process.pid, 'deployment.environment': 'prod', team: 'a,b', [Attr.node]: 'n1', 'service.name': 'from-attrs',
+    });
+    expect(resourceOf({ ...env, OTEL_SERVICE_NAME: 'from-env' })['service.name']).toBe('from-env');
+    expect(resourceOf({ OTEL_RESOURCE_ATTRIBUTES: 'bad=%E0%A4%A' })).toEqual({ 'process.pid': process.pid, 'service.name': 'fnhost' });
+  });
+});
 
 describe('tracingRequested (standard OTEL_* env)', () => {
   it.each([
@@ -152,6 +165,14 @@ describe('OTLP export under pressure and configuration', () => {
   afterAll(() => {
     for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
     Object.assign(process.env, saved);
+  });
+
+  it('batching: few large requests by default (4,096 spans, queue of 16,384), the standard OTEL_BSP_* env wins, a batch never exceeds the queue', () => {
+    const cfg = (env: NodeJS.ProcessEnv) => otlpConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', ...env }, {}, 'fnhost');
+    expect(cfg({})).toMatchObject({ maxExportBatchSize: 4096, maxQueueSize: 16_384, scheduledDelayMillis: 5000 });
+    expect(cfg({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '512', OTEL_BSP_MAX_QUEUE_SIZE: '2048', OTEL_BSP_SCHEDULE_DELAY: '200' })).toMatchObject({ maxExportBatchSize: 512, maxQueueSize: 2048, scheduledDelayMillis: 200 });
+    expect(cfg({ OTEL_BSP_MAX_QUEUE_SIZE: '1000' })).toMatchObject({ maxExportBatchSize: 1000, maxQueueSize: 1000 });
+    expect(cfg({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: 'lots' })).toMatchObject({ maxExportBatchSize: 4096 });
   });
 
   it('sends OTEL_EXPORTER_OTLP_HEADERS, honours the traces endpoint and gzip', async () => {
@@ -335,6 +356,34 @@ describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
     expect(norm(ours)).toEqual(norm(theirs));
     expect(norm(ours).map((s) => s.name)).toEqual(['run', 'http request']);
     expect(norm(ours)[0]).toMatchObject({ parentSpanId: root.spanContext().spanId, status: { code: 2, message: 'boom' }, startNs: '1700000000001000000' });
+  });
+
+  it('the exporter\'s cached batch header is byte for byte protoBatchHeader, for every length size', () => {
+    const resource = { 'service.name': 'fnhost', 'process.pid': 4242, [Attr.node]: 'node-ü' };
+    const h = new ProtoBatchHeader(resource, 'fnhost');
+    for (const n of [0, 1, 100, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 5_000_000]) {
+      const want = protoBatchHeader(resource, 'fnhost', n);
+      const buf = Buffer.alloc(h.maxLength + 4, 0xee);
+      const start = h.writeBefore(buf, h.maxLength + 2, n);
+      expect(start, `spans bytes ${n}`).toBeGreaterThanOrEqual(0);
+      expect(buf.subarray(start, h.maxLength + 2).equals(want), `spans bytes ${n}`).toBe(true);
+      // nothing written outside the header
+      expect(buf.subarray(h.maxLength + 2).every((b) => b === 0xee)).toBe(true);
+    }
+  });
+
+  it('ids with the high bit set (kept as signed 32-bit words) come out exactly: hex, traceparent, protobuf', () => {
+    const w = new ProtoWriter();
+    const tid = TraceIdWords.fromHex('ffeeddccbbaa99887766554433221100');
+    const span = new FnSpan({ onEnd: (s: FnSpan) => protoSpan(w, s) }, 'hi-bits', SpanKind.INTERNAL, tid, { traceId: tid.hex, spanId: 'deadbeefcafef00d', traceFlags: 1, isRemote: true }, {}, 1_700_000_000_000);
+    for (const word of [tid.a, tid.b, tid.c, tid.d, span.hi, span.lo, span.phi, span.plo]) expect(word).toBe(word | 0);
+    expect(tid.a).toBeLessThan(0);
+    expect(span.parentId).toBe('deadbeefcafef00d');
+    expect(new TraceIdWords(tid.a, tid.b, tid.c, tid.d).hex).toBe('ffeeddccbbaa99887766554433221100');
+    expect(span.traceparent()).toBe(`00-ffeeddccbbaa99887766554433221100-${span.spanId}-01`);
+    span.end(1_700_000_000_001);
+    const [d] = decodeOtlpProto(Buffer.concat([protoBatchHeader({}, 'fnhost', w.pos), w.bytes()]));
+    expect(d).toMatchObject({ traceId: 'ffeeddccbbaa99887766554433221100', spanId: span.spanId, parentSpanId: 'deadbeefcafef00d' });
   });
 
   it('decodes and counts protobuf bodies; a truncated body is an error, not a count', () => {

@@ -19,6 +19,7 @@ import {
   withSpan,
 } from '../../services/common/telemetry.ts';
 import { initTracing, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import type { FnSpan } from '../../services/common/trace-span.ts';
 import { createLogger, invocationLogger } from '../../services/common/log.ts';
 import { OutOfMemory } from '../../services/common/errors.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
@@ -170,23 +171,61 @@ describe('with tracing on', () => {
     }
   });
 
-  it('a traceparent handed out here and coming back in this process finds its span (no parse), as a local parent', async () => {
+  it('a traceparent handed out here and coming back in this process while its span is open finds the span (no parse), as a local parent', async () => {
     let tp: string | undefined;
     await withSpan('producer', {}, async (span) => {
       tp = injectTraceparent(span);
+      // the gateway hands the call to the co-located scheduler inside its 'http request' span
+      await withRemoteParent(tp, () => withSpan('consumer', {}, async () => {}));
+      // a copy of the string (as after JSON through Redis) is found too
+      await withRemoteParent(JSON.parse(JSON.stringify(tp)), () => withSpan('consumer2', {}, async () => {}));
     });
     expect(tp).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
-    await withRemoteParent(tp, () => withSpan('consumer', {}, async () => {}));
-    // a copy of the string (as after JSON through Redis) is found too
-    await withRemoteParent(JSON.parse(JSON.stringify(tp)), () => withSpan('consumer2', {}, async () => {}));
     const spans = await finished();
     const producer = byName(spans, 'producer');
     expect(tp).toBe(`00-${producer.spanContext().traceId}-${producer.spanContext().spanId}-01`);
     for (const n of ['consumer', 'consumer2']) {
       const c = byName(spans, n);
       expect(c.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
+      expect(c.parentSpanContext?.isRemote).toBe(false);
       expect(c.spanContext().traceId).toBe(producer.spanContext().traceId);
     }
+  });
+
+  it('an ended span is not held for its traceparent: a later pick-up parses it (same trace and parent, remote)', async () => {
+    let tp: string | undefined;
+    let producer: FnSpan | undefined;
+    await withSpan(SpanName.enqueue, {}, async (span) => {
+      producer = span as FnSpan;
+      tp = injectTraceparent(span);
+      expect(producer.published).toBe(true);
+    });
+    // ended: released, so the span and what it references can die young (no GC survivors per invocation)
+    expect(producer!.published).toBe(false);
+    await withRemoteParent(tp, () => withSpan(SpanName.pickup, {}, async () => {}));
+    const pickup = byName(await finished(), SpanName.pickup);
+    expect(pickup.spanContext().traceId).toBe(producer!.spanContext().traceId);
+    expect(pickup.parentSpanContext?.spanId).toBe(producer!.spanContext().spanId);
+    expect(pickup.parentSpanContext?.isRemote).toBe(true);
+    // injecting an ended span still names it, without holding it
+    expect(injectTraceparent(producer)).toBe(tp);
+    expect(producer!.published).toBe(false);
+  });
+
+  it('spans handed out and never ended are bounded: the oldest is let go (256)', async () => {
+    const open = Array.from({ length: 300 }, (_, i) => startSpan(`leaked-${i}`) as FnSpan);
+    const tps = open.map((s) => injectTraceparent(s)!);
+    expect(open.filter((s) => s.published)).toHaveLength(256);
+    expect(open[0]!.published).toBe(false);
+    expect(open[299]!.published).toBe(true);
+    // the oldest comes back parsed (remote parent), the newest as the span itself (local parent)
+    await withRemoteParent(tps[0], () => withSpan('from-oldest', {}, async () => {}));
+    await withRemoteParent(tps[299], () => withSpan('from-newest', {}, async () => {}));
+    for (const s of open) s.end();
+    expect(open.some((s) => s.published)).toBe(false);
+    const spans = await finished();
+    expect(byName(spans, 'from-oldest').parentSpanContext).toMatchObject({ spanId: open[0]!.spanContext().spanId, isRemote: true });
+    expect(byName(spans, 'from-newest').parentSpanContext).toMatchObject({ spanId: open[299]!.spanContext().spanId, isRemote: false });
   });
 
   it('attributes set after creation join the creation-time ones; the caller\'s object is not modified', async () => {
