@@ -42,6 +42,12 @@ export interface ExecOptions {
    * right behind it and the call waits for both; a failed attach fails that call and destroys the instance.
    */
   mounted?: Promise<void>;
+  /**
+   * with `started`: overlays (the code layer at /var/task) that the first call's exec attaches in the same request
+   * to the init (services/sandbox ExecSpec.mounts): one host→init round trip for the cold start instead of two.
+   * Kept until a call's exec has been sent with them (an argv refused before anything was sent retries them).
+   */
+  mounts?: Array<{ target: string; layers: string[] }>;
 }
 
 /**
@@ -66,6 +72,8 @@ export class ExecInstance extends InstanceBase {
   private started = false;
   /** ExecOptions.mounted until the first call has waited for it */
   private mounted: Promise<void> | null;
+  /** ExecOptions.mounts until a call's exec has taken them */
+  private mounts: Array<{ target: string; layers: string[] }> | null;
   private destroying: Promise<void> | null = null;
   private readonly argv: string[];
   private readonly baseEnv: Record<string, string>;
@@ -81,6 +89,7 @@ export class ExecInstance extends InstanceBase {
     super(fn, sandbox);
     this.started = opts.started === true;
     this.mounted = opts.mounted ?? null;
+    this.mounts = opts.mounts?.length ? opts.mounts : null;
     this.argv = execArgv(fn, code, image, opts.codeDir);
     this.baseEnv = { PATH: DEFAULT_PATH, HOME: '/tmp', ...image.config.env, ...fn.env };
   }
@@ -94,6 +103,13 @@ export class ExecInstance extends InstanceBase {
   private async spawn(env: Record<string, string>, stdin: Buffer): Promise<SandboxProcess> {
     const cwd = this.code ? this.opts.codeDir : this.image.config.workingDir || '/';
     if (this.started) {
+      const mounts = this.mounts;
+      if (mounts) {
+        // A failure once the request is out destroys the sandbox (run() then marks the instance dead).
+        const p = await withSpan('mount', {}, () => this.sandbox.exec({ argv: this.argv, env, cwd, stdin, mounts }));
+        this.mounts = null;
+        return p;
+      }
       const mounted = this.mounted;
       if (!mounted) return this.sandbox.exec({ argv: this.argv, env, cwd, stdin });
       this.mounted = null;

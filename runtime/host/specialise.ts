@@ -9,8 +9,9 @@
  *     'runtime load'  LOAD → the shim imports the module and resolves the handler → READY
  *   ('cgroup caps' and 'mount' run concurrently: they are independent, and both complete before LOAD.)
  *   exec, pre-started (busybox rootfs already mounted, preboot.ts): 'cgroup caps' (done before the instance is
- *   returned) and 'mount' (the code layer attached at /var/task; requested here, its answer awaited by the first
- *   invocation, whose spawn request follows it at once); the first invocation only spawns the process.
+ *   returned); the code layer is attached at /var/task by the first invocation's exec, in the same request to the
+ *   init as its spawn ('mount' of that invocation; services/sandbox ExecSpec.mounts). The process stand-in (no
+ *   mount namespace) attaches here instead, and the first invocation's spawn follows that request at once.
  *   exec, not pre-started (image:<name>): nothing runs before the first invocation, whose start() applies the
  *   caps and mounts the rootfs with the code layer at /var/task (spans 'mount' and 'run' of that invocation):
  *   specialise only checks.
@@ -84,10 +85,19 @@ export async function specialise(
     try {
       // A sandbox created with the function's cap already has it (PrepareOptions.memoryMb).
       const limits = p.memoryMb === fn.memoryMb ? {} : { memoryMb: fn.memoryMb };
+      if (kind === 'exec' && p.prestarted && code && !hasMapPath(sb)) {
+        // The caps are in place before the instance exists, i.e. before any of the function's processes. The code
+        // layer is attached by the first invocation's exec, in the same request to the init (ExecOptions.mounts).
+        if (limits.memoryMb !== undefined) await withSpan('cgroup caps', {}, () => sb.setLimits(limits));
+        const codeDir = mappedPath(sb, CODE_DIR, code);
+        return new ExecInstance(fn, sb, code, image, {}, {
+          sink: opts.onLog, logCapBytes, responseCapBytes, codeDir, started: true, mounts: [{ target: CODE_DIR, layers: [code.dir] }],
+        });
+      }
       if (kind === 'exec' && p.prestarted) {
-        // The caps are in place before the instance exists, i.e. before any of the function's processes. The
-        // code mount is requested now and not awaited here: the first invocation sends its spawn right behind
-        // it (the init handles requests in order) and waits for both (ExecOptions.mounted).
+        // The process stand-in (process-sandbox.ts) maps paths instead of mounting: attach, then the first
+        // invocation sends its spawn right behind it (the init handles requests in order) and waits for both
+        // (ExecOptions.mounted). Also the way for an image-only function (nothing to attach).
         const mount = code ? withSpan('mount', {}, () => sb.attach(CODE_DIR, [code.dir])) : Promise.resolve();
         mount.catch(() => {}); // awaited by the first invocation; a failure there destroys the instance
         try {
@@ -153,6 +163,11 @@ export async function specialise(
       throw e;
     }
   }, { parent: opts.parent });
+}
+
+/** The process stand-in (runtime/host/process-sandbox.ts) has no mount namespace: it maps paths. */
+function hasMapPath(sb: unknown): boolean {
+  return typeof (sb as { mapPath?: unknown }).mapPath === 'function';
 }
 
 function mappedPath(sb: unknown, path: string, code: CodeLayer | null): string {

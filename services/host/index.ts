@@ -17,6 +17,7 @@ import { serve, type ServerType } from '@hono/node-server';
 import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../common/log.ts';
 import { metrics } from '../common/metrics.ts';
+import { Attr } from '../common/telemetry.ts';
 import { initTracing } from '../common/tracing-setup.ts';
 import { Admission } from '../gateway/admission.ts';
 import { createGateway } from '../gateway/app.ts';
@@ -101,7 +102,9 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
   };
   try {
     await mkdir(cfg.stateDir, { recursive: true, mode: 0o700 });
-    const tracingHandle = await initTracing({ serviceName: 'fnhost' });
+    const nodeId = cfg.nodeId ?? opts.scheduler?.nodeId ?? defaultNodeId();
+    // The node id is the same for every span of this process: once in the OTLP resource, not on each span.
+    const tracingHandle = await initTracing({ serviceName: 'fnhost', resource: { [Attr.node]: nodeId } });
     undo('tracing', () => tracingHandle.shutdown());
 
     let redisUrl = cfg.redisUrl;
@@ -126,7 +129,6 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
 
     let scheduler: Scheduler | undefined;
     if (opts.runScheduler ?? cfg.scheduler) {
-      const nodeId = cfg.nodeId ?? opts.scheduler?.nodeId ?? defaultNodeId();
       const executor = opts.executor ? await opts.executor(images, nodeId) : createRuntimeExecutor({ images, nodeId });
       scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), ...opts.scheduler, nodeId });
       await scheduler.start();

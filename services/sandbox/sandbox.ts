@@ -14,10 +14,10 @@ import { SandboxError, errnoName, fromNodeError } from './errors.ts';
 import { native } from './native.ts';
 import { reap } from './reaper.ts';
 import type {
-  ExitStatus, MemoryStats, ProcessSpec, Sandbox, SandboxLimits, SandboxProcess, SandboxState, StartSpec,
+  ExecSpec, ExitStatus, MemoryStats, Sandbox, SandboxLimits, SandboxProcess, SandboxState, StartSpec,
 } from './types.ts';
 import {
-  existsInRootfs, resolveCommand, validateLimits, validateMount, validateProcess, validateStart, type NormalProcess, type RootfsView,
+  checkExecMounts, existsInRootfs, validateLimits, validateMount, validateProcess, validateStart, type NormalProcess, type RootfsView,
 } from './validate.ts';
 
 export { EMPTY_LAYER, NEWROOT, RUN_DIR, SKELETON_LAYER, ensureRunDir, lowerdir } from './paths.ts';
@@ -208,12 +208,40 @@ export class SandboxImpl implements Sandbox {
     }
   }
 
-  async exec(spec: ProcessSpec): Promise<SandboxProcess> {
+  async exec(spec: ExecSpec): Promise<SandboxProcess> {
     this.assertUsable('started', 'exec');
     const p = validateProcess(spec);
-    if (!resolveCommand(this.view!, p)) bad('argv', `argv[0] "${p.argv[0]}" is not in the rootfs`);
+    if (spec.mounts !== undefined) return this.attachAndSpawn(spec.mounts, p);
+    checkExecMounts(this.view!, [], p); // argv[0] is in the rootfs (memoised: a warm exec repeats the same one)
     try { this.cg.resetPeak(); } catch { /* best effort */ }
     return this.spawn([], [], p, 'exec');
+  }
+
+  /** exec() with ExecSpec.mounts: the same checks as attach() for each, then ONE frame: attach… + spawn. */
+  private async attachAndSpawn(mounts: ExecSpec['mounts'], p: NormalProcess): Promise<SandboxProcess> {
+    if (!Array.isArray(mounts)) bad('mounts', 'mounts must be a list');
+    const ms = mounts.map((m, i) => validateMount(m?.target, m?.layers, `mounts[${i}].target`, `mounts[${i}].layers`));
+    // targets must already exist (the rootfs is read-only); argv[0] may be in one of the new mounts
+    checkExecMounts(this.view!, ms, p);
+    const fds: number[] = [];
+    try {
+      for (const m of ms) fds.push(native().overlayMount(lowerdir(m.layers)));
+    } catch (e) {
+      fds.forEach(closeQuietly);
+      throw fromNodeError('exec: building an overlay to attach', e);
+    }
+    try { this.cg.resetPeak(); } catch { /* best effort */ }
+    const ops: string[] = [];
+    for (const m of ms) ops.push('attach', m.target);
+    this.view!.mounts.push(...ms);
+    try {
+      return await this.spawn(ops, fds, p, 'exec');
+    } catch (e) {
+      // Some of the frame's steps may be done (the init stops at the first failure): this sandbox's rootfs is
+      // no longer known exactly, so it is not used again (as after a failed start).
+      await this.destroy();
+      throw e;
+    }
   }
 
   async attach(target: string, layers: string[]): Promise<void> {

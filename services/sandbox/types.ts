@@ -10,7 +10,8 @@
  *                          the rootfs becomes the root (the host's tree was pivot_root'ed out of the
  *                          sandbox's mount namespace before it existed), then the first process:
  *                          unprivileged uid, no caps, no_new_privs, seccomp, exec(argv). (specialise / cold start)
- *   sb.exec(spec)        → another process in the same started sandbox (same rootfs, same hardening).
+ *   sb.exec(spec)        → another process in the same started sandbox (same rootfs, same hardening);
+ *                          spec.mounts: overlays attached first, in the same request to the init.
  *   sb.attach(t, dirs)   → a read-only overlay of `dirs` appears at `t` inside a started sandbox
  *                          (code layer into a pre-booted runtime).
  *   proc.exited          → {code, signal, oomKilled, peakMemoryBytes}
@@ -64,6 +65,20 @@ export interface ProcessSpec {
   stdin?: Uint8Array;
 }
 
+/** A process of a started sandbox (`Sandbox.exec`). */
+export interface ExecSpec extends ProcessSpec {
+  /**
+   * Read-only overlays attached inside the sandbox right before the process starts, in the same request to the
+   * init (one host→init round trip instead of `attach()` and `exec()`'s two): e.g. a function's code at /var/task
+   * of a sandbox whose rootfs was mounted ahead of time. They stay for later processes, as `attach()` leaves
+   * them; argv[0] may live in them. A failure once the request has gone out (a mount or the spawn failed in the
+   * init) leaves the sandbox destroyed, as a failed `start()` does: which of its steps were done is not known.
+   * @example
+   * const p = await sb.exec({ argv: ['/var/task/run'], cwd: '/var/task', mounts: [{ target: '/var/task', layers: [codeDir] }] });
+   */
+  mounts?: Array<{ target: string; layers: string[] }>;
+}
+
 export interface StartSpec extends ProcessSpec {
   /** read-only overlayfs lower dirs (bottom first). No upper dir: the rootfs is read-only. */
   layers: string[];
@@ -115,7 +130,7 @@ export interface Sandbox {
   readonly initPid: number;
   readonly state: SandboxState;
   start(spec: StartSpec): Promise<SandboxProcess>;
-  exec(spec: ProcessSpec): Promise<SandboxProcess>;
+  exec(spec: ExecSpec): Promise<SandboxProcess>;
   attach(target: string, layers: string[]): Promise<void>;
   setLimits(limits: Partial<SandboxLimits>): Promise<void>;
   memory(): Promise<MemoryStats>;

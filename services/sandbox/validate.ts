@@ -184,6 +184,23 @@ function checkRootfs(rootfs: RootfsView, proc: NormalProcess): void {
   checkedRootfs.add(key);
 }
 
+/**
+ * exec() with mounts (types.ts ExecSpec): each target is a directory of the rootfs as it is now, and argv[0] is found
+ * in the rootfs with the mounts attached. Remembered like checkRootfs (the same code layer attached into the same
+ * image for every cold start of a function: the lstat walk, with an ENOENT per layer that lacks a component, is
+ * then paid once). Returns the view with the mounts.
+ */
+export function checkExecMounts(view: RootfsView, mounts: Array<{ target: string; layers: string[] }>, proc: NormalProcess): RootfsView {
+  const next = { layers: view.layers, mounts: [...view.mounts, ...mounts] };
+  const key = JSON.stringify([view.layers, view.mounts, mounts, proc.argv[0], proc.cwd, proc.env.find((e) => e.startsWith('PATH='))]);
+  if (checkedRootfs.has(key)) return next;
+  for (const m of mounts) if (!existsInRootfs(view, m.target, true)) bad('mounts', `attach target ${m.target} is not a directory in the rootfs`);
+  if (!resolveCommand(next, proc)) bad('argv', `argv[0] "${proc.argv[0]}" is not in the rootfs`);
+  if (checkedRootfs.size >= CHECKED_MAX) checkedRootfs.delete(checkedRootfs.values().next().value!);
+  checkedRootfs.add(key);
+  return next;
+}
+
 export interface RootfsView {
   layers: string[];
   mounts: Array<{ target: string; layers: string[] }>;

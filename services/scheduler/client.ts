@@ -41,7 +41,7 @@ import { fromStored, getRecord, isFinal, parseReply, queueRecord, setRecord, typ
 import { readLogs, followLogs as follow } from './logs.ts';
 import { Attr, SpanKind, SpanName, injectTraceparent, tracingEnabled, withRemoteParent, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
-import { fastPush } from './fast-lane.ts';
+import { fastPushMany, type FastPushItem } from './fast-lane.ts';
 import { registerLocalClient } from './local-replies.ts';
 import { localDispatcher, localKey } from './local-dispatch.ts';
 import { defineScripts } from './scripts.ts';
@@ -405,10 +405,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       if (inline) pre.push(redis.set(keys.fnVersion(fnr), JSON.stringify(fn), 'EX', FN_STASH_TTL_S));
       if (!announced.has(fn.tenant)) pre.push(redis.multi().sadd(keys.tenants(), fn.tenant).publish(keys.tenants(), fn.tenant).exec());
     }
-    const pushed = fastPush(redis, keys, data, recJson, {
-      recordTtlS: ret.recordS, listTtlMs: data.deadline - now + 60_000, routing, maxPending: routedPendingMax, staleMs: NODE_STALE_MS,
-      jobJson: JSON.stringify(job),
-    });
+    const pushed = batchPush({ data, recJson, listTtlMs: data.deadline - now + 60_000, jobJson: JSON.stringify(job) });
     const all: Promise<unknown> = pre ? Promise.all([...pre, pushed]) : pushed;
     return all.then(
       () => {
@@ -417,6 +414,38 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       (e) => {
         throw asUnavailable(e);
       },
+    );
+  }
+
+  /**
+   * The pushes issued in one pass of the event loop go out as ONE script call (fastPushMany: one command for
+   * ioredis to build and Redis to run, instead of one per call), flushed in a setImmediate — where ioredis'
+   * auto-pipeline would have sent them anyway. Commands a push depends on (stashed body, function version,
+   * tenant announcement) are issued at once by the caller, so they still reach Redis before the job.
+   */
+  let pushBatch: { items: FastPushItem[]; settle: Array<{ resolve: (v: unknown) => void; reject: (e: unknown) => void }> } | undefined;
+  function batchPush(item: FastPushItem): Promise<unknown> {
+    if (!pushBatch) {
+      pushBatch = { items: [], settle: [] };
+      setImmediate(flushPushes);
+    }
+    const b = pushBatch;
+    b.items.push(item);
+    return new Promise((resolve, reject) => b.settle.push({ resolve, reject }));
+  }
+  function flushPushes() {
+    const b = pushBatch;
+    pushBatch = undefined;
+    if (!b) return;
+    let sent: Promise<string[]>;
+    try {
+      sent = fastPushMany(redis, keys, b.items, { recordTtlS: ret.recordS, routing, maxPending: routedPendingMax, staleMs: NODE_STALE_MS });
+    } catch (e) {
+      sent = Promise.reject(e);
+    }
+    sent.then(
+      (routed) => b.settle.forEach((s, i) => s.resolve(routed?.[i])),
+      (e) => b.settle.forEach((s) => s.reject(e)),
     );
   }
 

@@ -10,7 +10,7 @@
  *
  * Lists: `P:fast:T` per tenant, `P:fastn:N` per node (routed: N advertised a warm instance). One Lua script
  * on the client writes the queued record, picks the list (routing as in ./routing.ts, with the node list's
- * length as its bound) and pushes — one round trip. Each list's TTL is pushed forward to cover the last
+ * length as its bound) and pushes — one round trip, for one job or a batch (fastPushMany). Each list's TTL is pushed forward to cover the last
  * job's deadline, so a list of a vanished node or tenant expires by itself.
  *
  * Fair sharing: each BLMPOP names the node list first, then the tenant lists in an order rotated by one
@@ -29,42 +29,93 @@ import type { Keys } from './keys.ts';
 import type { FastJob, JobData } from './job.ts';
 
 /**
- * KEYS[1] warm hash, KEYS[2] nodes zset, KEYS[3] tenant list, KEYS[4] record hash
- * ARGV[1] now ms, ARGV[2] stale-before ms, ARGV[3] max routed pending, ARGV[4] prefix, ARGV[5] job JSON,
- * ARGV[6] record JSON, ARGV[7] record TTL s, ARGV[8] list TTL ms, ARGV[9] '1' = routing on
- * returns the node routed to, or '' (tenant list).
+ * One or more jobs in one call (the client batches the pushes issued in one tick: one EVALSHA, one Redis command
+ * to parse and run, instead of one per job). Per job, in order: write the queued record, pick the list (routing
+ * as in ./routing.ts, with the node list's length as its bound), LPUSH, push the list's TTL forward.
+ * KEYS[1] nodes zset; per job j (0-based) KEYS[2+3j] warm hash, KEYS[3+3j] tenant list, KEYS[4+3j] record hash
+ * ARGV[1] now ms, ARGV[2] stale-before ms, ARGV[3] max routed pending, ARGV[4] prefix, ARGV[5] '1' = routing on,
+ * ARGV[6] record TTL s; per job ARGV[7+3j] job JSON, ARGV[8+3j] record JSON, ARGV[9+3j] list TTL ms
+ * returns per job the node routed to, or '' (tenant list).
  */
 const PUSH_LUA = `
-redis.call('HSET', KEYS[4], 's', 'queued', 'r', ARGV[6])
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[7]))
-local target, routed = KEYS[3], ''
-if ARGV[9] == '1' then
-  local h = redis.call('HGETALL', KEYS[1])
-  local now, bestExp = tonumber(ARGV[1]), 0
-  for i = 1, #h, 2 do
-    local exp = tonumber(h[i + 1])
-    if exp > now and exp > bestExp then
-      local hb = redis.call('ZSCORE', KEYS[2], h[i])
-      if hb and tonumber(hb) >= tonumber(ARGV[2]) then
-        local l = ARGV[4] .. ':fastn:' .. h[i]
-        if redis.call('LLEN', l) < tonumber(ARGV[3]) then target, routed, bestExp = l, h[i], exp end
+local now, staleBefore, maxPending = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, routing, recTtl = ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
+local out = {}
+for j = 0, (#KEYS - 1) / 3 - 1 do
+  local warm, list, rec = KEYS[2 + 3 * j], KEYS[3 + 3 * j], KEYS[4 + 3 * j]
+  local listTtl = ARGV[9 + 3 * j]
+  redis.call('HSET', rec, 's', 'queued', 'r', ARGV[8 + 3 * j])
+  redis.call('EXPIRE', rec, recTtl)
+  local target, routed = list, ''
+  if routing then
+    local h = redis.call('HGETALL', warm)
+    local bestExp = 0
+    for i = 1, #h, 2 do
+      local exp = tonumber(h[i + 1])
+      if exp > now and exp > bestExp then
+        local hb = redis.call('ZSCORE', KEYS[1], h[i])
+        if hb and tonumber(hb) >= staleBefore then
+          local l = prefix .. ':fastn:' .. h[i]
+          if redis.call('LLEN', l) < maxPending then target, routed, bestExp = l, h[i], exp end
+        end
       end
     end
   end
+  redis.call('LPUSH', target, ARGV[7 + 3 * j])
+  redis.call('PEXPIRE', target, listTtl, 'NX')
+  redis.call('PEXPIRE', target, listTtl, 'GT')
+  out[j + 1] = routed
 end
-redis.call('LPUSH', target, ARGV[5])
-redis.call('PEXPIRE', target, ARGV[8], 'NX')
-redis.call('PEXPIRE', target, ARGV[8], 'GT')
-return routed
+return out
 `;
 
 type WithPush = Redis & {
-  fnhostFastPush(warm: string, nodes: string, list: string, rec: string, now: number, staleBefore: number, maxPending: number, prefix: string, job: string, recJson: string, recTtl: number, listTtlMs: number, routing: string): Promise<string>;
+  /** numkeys first: the script takes a variable number of keys */
+  fnhostFastPush(numKeys: number, ...args: Array<string | number>): Promise<string[]>;
 };
 
 /** Defines the script on a connection; call before its first command. */
 export function defineFastLaneScript(redis: Redis): void {
-  if (typeof (redis as WithPush).fnhostFastPush !== 'function') redis.defineCommand('fnhostFastPush', { numberOfKeys: 4, lua: PUSH_LUA });
+  if (typeof (redis as WithPush).fnhostFastPush !== 'function') redis.defineCommand('fnhostFastPush', { lua: PUSH_LUA });
+}
+
+export interface FastPushOptions {
+  recordTtlS: number;
+  routing: boolean;
+  maxPending: number;
+  staleMs: number;
+}
+
+/** One job of {@link fastPushMany}. */
+export interface FastPushItem {
+  data: JobData;
+  /** the queued record, serialised */
+  recJson: string;
+  /** how long the list must live: past this job's deadline */
+  listTtlMs: number;
+  /** the job as it travels when the caller serialised it itself (e.g. without `fn`, see ./fn-refs.ts); default JSON.stringify(data) */
+  jobJson?: string;
+}
+
+/**
+ * Writes the queued records, routes and pushes several jobs in ONE script call, in order; resolves with the
+ * node each was routed to ('' = its tenant's list).
+ *
+ * @example
+ * const routed = await fastPushMany(redis, keys, [{ data, recJson, listTtlMs }, …], { recordTtlS, routing: true, maxPending: 64, staleMs });
+ */
+export function fastPushMany(redis: Redis, keys: Keys, items: FastPushItem[], opts: FastPushOptions): Promise<string[]> {
+  if (items.length === 0) return Promise.resolve([]);
+  defineFastLaneScript(redis);
+  const ks: string[] = [keys.nodes()];
+  const now = Date.now();
+  const args: Array<string | number> = [now, now - opts.staleMs, opts.maxPending, keys.prefix, opts.routing ? '1' : '', opts.recordTtlS];
+  for (const it of items) {
+    const fn = it.data.fn;
+    ks.push(keys.warm(fn.tenant, fn.name, fn.version), keys.fastTenant(fn.tenant), keys.record(fn.tenant, it.data.id));
+    args.push(it.jobJson ?? JSON.stringify(it.data), it.recJson, it.listTtlMs);
+  }
+  return (redis as WithPush).fnhostFastPush(ks.length, ...ks, ...args);
 }
 
 /**
@@ -76,16 +127,9 @@ export function fastPush(
   keys: Keys,
   data: JobData,
   recJson: string,
-  opts: { recordTtlS: number; listTtlMs: number; routing: boolean; maxPending: number; staleMs: number; jobJson?: string },
+  opts: FastPushOptions & { listTtlMs: number; jobJson?: string },
 ): Promise<string> {
-  defineFastLaneScript(redis);
-  const r = redis as WithPush;
-  const fn = data.fn;
-  const now = Date.now();
-  return r.fnhostFastPush(
-    keys.warm(fn.tenant, fn.name, fn.version), keys.nodes(), keys.fastTenant(fn.tenant), keys.record(fn.tenant, data.id),
-    now, now - opts.staleMs, opts.maxPending, keys.prefix, opts.jobJson ?? JSON.stringify(data), recJson, opts.recordTtlS, opts.listTtlMs, opts.routing ? '1' : '',
-  );
+  return fastPushMany(redis, keys, [{ data, recJson, listTtlMs: opts.listTtlMs, jobJson: opts.jobJson }], opts).then((r) => r[0] ?? '');
 }
 
 /** BLMPOP's block time: how long close() may wait for the current call (seconds; 0.5 keeps shutdown snappy). */

@@ -11,6 +11,7 @@
  * gracefully (exit 0 when nothing is left).
  */
 import { openImageStore } from '../store/index.ts';
+import { Attr } from '../common/telemetry.ts';
 import { initTracing } from '../common/tracing-setup.ts';
 import { createScheduler, defaultNodeId } from './scheduler.ts';
 import { createRuntimeExecutor } from './runtime-executor.ts';
@@ -20,8 +21,8 @@ const num = (v: string | undefined) => (v ? Number(v) : undefined);
 async function main() {
   const redisUrl = process.env.REDIS_URL;
   if (!redisUrl) throw new Error('REDIS_URL is required');
-  const tracing = await initTracing({ serviceName: 'fnhost-scheduler' });
   const nodeId = process.env.FNHOST_NODE_ID ?? defaultNodeId();
+  const tracing = await initTracing({ serviceName: 'fnhost-scheduler', resource: { [Attr.node]: nodeId } });
   const images = await openImageStore({ stateDir: process.env.FNHOST_STATE_DIR, baseDir: process.env.FNHOST_BASE_DIR });
   const sched = createScheduler({
     redisUrl,

@@ -249,7 +249,7 @@ export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | 
   const attrs = tracingEnabled()
     ? {
         [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
-        [Attr.mode]: call.mode, [Attr.attempt]: 1, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime, [Attr.node]: ctx.nodeId,
+        [Attr.mode]: call.mode, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime,
       }
     : NO_ATTRS;
   const t0 = Date.now();

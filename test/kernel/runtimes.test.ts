@@ -571,6 +571,20 @@ describe('pre-started exec sandboxes (the scheduler\'s busybox pool)', () => {
     expect(await out(instB)).toEqual({ GREETING: 'from b' });
   });
 
+  it('attaches the code with the first call\'s spawn, in one request to the init', async (t) => {
+    if (be.name !== 'sandbox') t.skip('the process stand-in maps paths: attach, then exec (nothing to combine)');
+    const { sb, pooled } = await prestarted();
+    const calls: string[] = [];
+    const { attach, exec } = sb;
+    sb.attach = (...a) => (calls.push('attach'), attach.apply(sb, a));
+    sb.exec = (spec) => (calls.push(spec.mounts ? `exec+${spec.mounts.map((m) => m.target).join(',')}` : 'exec'), exec.call(sb, spec));
+    const inst = await specialise(pooled, fnVersion(style, 'echo'), codeLayer(style.fixture), busybox());
+    live.push(inst);
+    expect(calls).toEqual([]); // nothing of the function's is sent before its first call
+    for (const body of ['one', 'two']) expect((await inst.invoke({ id: id(), payload: event(body) })).response.body.toString()).toBe(body);
+    expect(calls).toEqual(['exec+/var/task', 'exec']);
+  });
+
   it('reports a handler that is not in the code as FunctionError on the first call', async () => {
     const { pooled } = await prestarted();
     const inst = await specialise(pooled, fnVersion(style, 'echo', { handler: 'no-such-program' }), codeLayer(style.fixture), busybox());

@@ -44,15 +44,19 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
       setInterval(() => {}, 1000);
     })`;
     const child = spawn(process.execPath, ['--import', 'tsx', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
-    const line = await new Promise<string>((res) => child.stdout!.once('data', (d) => res(String(d))));
-    const { init, fn, dir, zygote } = JSON.parse(line) as { init: number; fn: number; dir: string; zygote: number };
-    expect(existsSync(`/proc/${fn}`)).toBe(true);
-    // the host's spawner and its netns maker (native/init/zygote.c) must not outlive the host either
-    const maker = Number(readFileSync(`/proc/${zygote}/task/${zygote}/children`, 'utf8').trim());
-    expect(maker).toBeGreaterThan(0);
     const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGKILL');
-    await exited;
+    let init = 0, fn = 0, dir = '', zygote = 0, maker = 0;
+    try {
+      const line = await new Promise<string>((res) => child.stdout!.once('data', (d) => res(String(d))));
+      ({ init, fn, dir, zygote } = JSON.parse(line) as { init: number; fn: number; dir: string; zygote: number });
+      expect(existsSync(`/proc/${fn}`)).toBe(true);
+      // the host's spawner and its netns maker (native/init/zygote.c) must not outlive the host either
+      maker = Number(readFileSync(`/proc/${zygote}/task/${zygote}/children`, 'utf8').trim());
+      expect(maker).toBeGreaterThan(0);
+    } finally {
+      child.kill('SIGKILL'); // also when an assertion above failed: the "host" must not be left running
+      await exited;
+    }
     // PR_SET_PDEATHSIG on the init, and the pid namespace dies with its init
     const deadline = Date.now() + 5000;
     const gone = [init, fn, zygote, maker];
@@ -106,10 +110,12 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
       return child;
     };
     const deadHost = await start(dead);
-    const liveHost = await start(live);
-    const liveExit = new Promise((r) => liveHost.once('exit', r));
+    const deadExit = new Promise((r) => deadHost.once('exit', r));
+    let liveHost: ReturnType<typeof spawn> | undefined;
+    let liveExit: Promise<unknown> | undefined;
     try {
-      const deadExit = new Promise((r) => deadHost.once('exit', r));
+      liveHost = await start(live);
+      liveExit = new Promise((r) => liveHost!.once('exit', r));
       deadHost.kill('SIGKILL');
       await deadExit;
       for (const d of nodeDirs(dead)) expect(existsSync(d), d).toBe(true);
@@ -126,7 +132,9 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
       expect(existsSync(`/run/fnhost/nodes/${live}.lock`)).toBe(true);
       for (const d of nodeDirs(unknown)) expect(existsSync(join(d, 'sb-unknown00000')), d).toBe(true);
     } finally {
-      liveHost.kill('SIGKILL');
+      deadHost.kill('SIGKILL');
+      await deadExit;
+      liveHost?.kill('SIGKILL');
       await liveExit;
       for (const d of [...nodeDirs(unknown).map((u) => join(u, 'sb-unknown00000')), ...nodeDirs(unknown), join(nodeDirs(live)[0]!, 'sb-justmade0000')]) {
         try { rmdirSync(d); } catch { /* gone */ }

@@ -122,6 +122,40 @@ describe.skipIf(!root)('sandbox lifecycle (needs root: skipped otherwise)', () =
     }
   });
 
+  it('exec with mounts attaches them and starts the process in one request; they stay for later processes', async () => {
+    const layer = mkdtempSync(join(tmpdir(), 'fnhost-execmounts-'));
+    try {
+      chmodSync(layer, 0o755);
+      writeFileSync(join(layer, 'run'), '#!/bin/sh\necho one frame\n', { mode: 0o755 });
+      const sb = await env.create();
+      const p = await sb.start({ layers: [env.fx().base], argv: ['/bin/probe', 'sleep', '10000'] });
+      // refused before anything is sent: a target that is no directory of the rootfs, a command in no layer
+      await expect(sb.exec({ argv: ['/var/task/run'], mounts: [{ target: '/nowhere', layers: [layer] }] })).rejects.toMatchObject({ type: 'InvalidRequest', details: { field: 'mounts' } });
+      await expect(sb.exec({ argv: ['/var/task/missing'], mounts: [{ target: '/var/task', layers: [layer] }] })).rejects.toMatchObject({ type: 'InvalidRequest', details: { field: 'argv' } });
+      expect(sb.state).toBe('started');
+      expect((await collect(await sb.exec({ argv: ['/var/task/run'], mounts: [{ target: '/var/task', layers: [layer] }] }))).stdout).toBe('one frame\n');
+      expect((await collect(await sb.exec({ argv: ['/var/task/run'] }))).stdout).toBe('one frame\n');
+      await sb.kill();
+      expect((await p.exited).signal).toBe('SIGKILL');
+    } finally {
+      rmSync(layer, { recursive: true, force: true });
+    }
+  });
+
+  it('an exec with mounts that the init cannot start leaves the sandbox destroyed', async () => {
+    const layer = mkdtempSync(join(tmpdir(), 'fnhost-execmounts-'));
+    try {
+      chmodSync(layer, 0o755);
+      writeFileSync(join(layer, 'run'), '#!/bin/sh\necho never\n', { mode: 0o644 }); // not executable: execve fails
+      const sb = await env.create();
+      await sb.start({ layers: [env.fx().base], argv: ['/bin/probe', 'sleep', '10000'] });
+      await expect(sb.exec({ argv: ['/var/task/run'], mounts: [{ target: '/var/task', layers: [layer] }] })).rejects.toMatchObject({ code: 'EACCES' });
+      expect(sb.state).toBe('destroyed');
+    } finally {
+      rmSync(layer, { recursive: true, force: true });
+    }
+  });
+
   it('mounts in the start spec appear before the process starts', async () => {
     const r = await env.run(['/bin/cat', '/var/task/data.txt'], { mounts: [{ target: '/var/task', layers: [env.fx().code] }] });
     expect(r.stdout).toBe('code layer\n');

@@ -349,7 +349,9 @@ describe('shutdown and metrics', () => {
     const client = createInvocationClient({ redisUrl: redisUrl(), prefix });
     try {
       await client.invoke({ fn: fnv({ tenant: 'mt' }), payload: ev({}), mode: 'sync' });
-      const text = await metrics.text();
+      // a cold start is counted just after its caller is answered (process-job.ts observe(later)): poll for it
+      const counted = /fnhost_invocations_total\{[^}]*outcome="success"[^}]*start="cold"[^}]*\} 1/;
+      const text = await until(() => metrics.text(), (t) => counted.test(t));
       expect(text).toMatch(/fnhost_warm_instances\{[^}]*tenant="mt"[^}]*\} 1/);
       expect(text).toMatch(/fnhost_memory_admitted_bytes \d+/);
       expect(text).toMatch(/fnhost_invocations_total\{[^}]*outcome="success"[^}]*start="cold"[^}]*\} 1/);
