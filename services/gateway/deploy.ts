@@ -23,10 +23,8 @@
  * Errors: 400 InvalidRequest (field: config | code | runtime | handler | ...), 413 PayloadTooLarge (code over
  * 50 MB), 422 LimitExceeded (memory above the tenant's cap, too many functions).
  */
-import { randomBytes } from 'node:crypto';
-import { existsSync, renameSync, rmSync } from 'node:fs';
-import { access, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Hono } from 'hono';
 import { InvalidRequest, NotFound, PayloadTooLarge, isFnhostError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
@@ -109,27 +107,6 @@ async function referenced(store: MetadataStore, digest: string): Promise<boolean
 }
 
 /**
- * Takes a code layer out of the store's tree at once: `<root>/code/<hex>` is renamed into `<root>/tmp/` (the
- * store's own scratch dir, same filesystem) with its metadata file removed in the same synchronous step, so no
- * other request of this process can find it half gone; the caller deletes the tree afterwards (a crash before
- * that leaves it to the store's start-up sweep of tmp/). Returns null, removing nothing, when the layer is not
- * laid out as services/store/layer-store.ts lays out code layers (another ImageStore implementation: its gc's job).
- */
-function takeOut(layer: CodeLayer): { gone: string } | null {
-  const hex = layer.digest.startsWith('sha256:') ? layer.digest.slice(7) : '';
-  const root = dirname(dirname(layer.dir));
-  if (!hex || basename(layer.dir) !== hex || basename(dirname(layer.dir)) !== 'code' || !existsSync(join(root, 'tmp'))) return null;
-  const gone = join(root, 'tmp', `discard-${process.pid}-${randomBytes(6).toString('hex')}`);
-  try {
-    renameSync(layer.dir, gone);
-  } catch {
-    return null;
-  }
-  rmSync(`${layer.dir}.json`, { force: true });
-  return { gone };
-}
-
-/**
  * Removes the code layer a failed deploy wrote, when nothing else may use it (see the module header).
  * Never throws: the deploy's own error is what the caller reports.
  */
@@ -141,11 +118,10 @@ async function discardCode(
 ): Promise<void> {
   try {
     if (wantedHere() || (await referenced(deps.store, layer.digest))) return;
-    // synchronously after the last check of wantedHere(): no deploy of this process can start using it in between
+    // again after the await, then discardCode takes the layer out of the store before ITS first await: no deploy
+    // of this process can start using it in between
     if (wantedHere()) return;
-    const taken = takeOut(layer);
-    if (!taken) return;
-    await rm(taken.gone, { recursive: true, force: true });
+    if (!(await deps.images.discardCode(layer.digest))) return;
     // a gateway sharing the state dir may have committed a version of these bytes since the check above
     if (await referenced(deps.store, layer.digest)) await deps.images.addBundle(bundle);
   } catch (e) {

@@ -167,6 +167,13 @@ export class FsImageStore implements ImageStore {
     return [...(await this.baseImages.list()).map(summary), ...(await this.tenantImages(tenant).list()).map(summary)];
   }
 
+  discardCode(digest: string): Promise<boolean> {
+    const hex = digestHex(digest);
+    if (!hex) return Promise.reject(new InvalidRequest(`not a code digest: ${JSON.stringify(digest)}`, { field: 'digest' }));
+    if (this.leases.has(hex)) return Promise.resolve(false);
+    return this.state.remove(`sha256:${hex}`, 'code'); // its synchronous part takes the layer out of the tree
+  }
+
   async deleteImage(tenant: string, name: string): Promise<void> {
     if ((BASE_IMAGE_NAMES as readonly string[]).includes(name)) throw new Conflict(`${name} is a base image and cannot be deleted`, { image: name });
     await this.tenantImages(tenant).delete(name);

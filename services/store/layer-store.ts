@@ -18,7 +18,7 @@
  * const { digest, dir } = await layers.addTar(fs.createReadStream('layer.tar.gz'), { maxBytes: 1 << 30, maxEntries: 1e6 }, diffId);
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, readFileSync, statSync } from 'node:fs';
+import { createReadStream, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidRequest, NotFound } from '../common/errors.ts';
@@ -205,17 +205,24 @@ export class LayerStore {
     return out;
   }
 
-  /** removes a layer: renamed away first so it disappears atomically, then deleted. */
-  async remove(digest: string, section: Section = 'layers'): Promise<void> {
+  /**
+   * Removes a layer: renamed into tmp/ and its metadata file removed synchronously, i.e. before the returned
+   * promise's first turn, so the layer disappears at once for every later lookup of this process; the tree is
+   * deleted afterwards (a crash before that leaves it to the start-up sweep of tmp/). false when it was not there.
+   */
+  async remove(digest: string, section: Section = 'layers'): Promise<boolean> {
     const dir = this.dir(digest, section);
     const gone = join(this.root, 'tmp', `gc-${randomBytes(6).toString('hex')}`);
+    let moved = true;
     try {
-      await fsp.rename(dir, gone);
+      renameSync(dir, gone);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      moved = false;
     }
-    await fsp.rm(`${dir}.json`, { force: true });
-    await fsp.rm(gone, { recursive: true, force: true });
+    rmSync(`${dir}.json`, { force: true });
+    if (moved) await fsp.rm(gone, { recursive: true, force: true });
+    return moved;
   }
 }
 

@@ -52,6 +52,13 @@ export interface ImageStore {
   addBundle(bundle: Buffer): Promise<CodeLayer>;
   /** the directory of a code layer by digest; NotFound when it is not in the store. */
   codeLayer(digest: string): Promise<CodeLayer>;
+  /**
+   * Removes a code layer at once (a failed deploy's, which nothing references), unless a sandbox of this process
+   * holds a lease on it. The layer leaves the store synchronously, before the promise's first turn: a caller that
+   * checked nothing wants it can call this in the same turn without a window for a new user. Resolves true when
+   * it was removed, false when it was absent or leased.
+   */
+  discardCode(digest: string): Promise<boolean>;
   /** import a `docker save` tar or an OCI layout (dir or tar) as `tenant`'s image `name`. */
   importImage(tenant: string, name: string, source: Buffer | string): Promise<ResolvedImage>;
   listImages(tenant: string): Promise<ImageSummary[]>;

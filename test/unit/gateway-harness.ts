@@ -114,6 +114,12 @@ export class DirImageStore implements ImageStore {
   async codeLayer(digest: string): Promise<CodeLayer> {
     return { digest, dir: join(this.root, digest.slice(7)), sizeBytes: 0 };
   }
+  async discardCode(digest: string): Promise<boolean> {
+    const dir = join(this.root, digest.slice(7));
+    const there = existsSync(dir);
+    rmSync(dir, { recursive: true, force: true });
+    return there;
+  }
   async importImage(tenant: string, name: string, source: Buffer | string): Promise<ResolvedImage> {
     const img: ResolvedImage = { ref: name, digest: `sha256:${name}`, layers: [typeof source === 'string' ? source : 'buf'], config: { entrypoint: [], cmd: [], env: {}, workingDir: '/' } };
     this.images.set(`${tenant}/${name}`, img);

@@ -146,6 +146,24 @@ describe.skipIf(notRoot)('bundles', () => {
     rmSync(code.dir, { recursive: true });
     expect(await refused(store.codeLayer(code.digest))).toBeInstanceOf(NotFound);
   });
+
+  it('discards a code layer at once (gone before the promise settles), but not a leased one, and refuses a non-digest', async () => {
+    const code = await store.addBundle(execFileSync('tar', ['-C', srcTree(), '-czf', '-', '.']));
+    const release = store.lease([code.digest]);
+    expect(await store.discardCode(code.digest)).toBe(false);
+    expect(existsSync(code.dir)).toBe(true);
+    release();
+    const p = store.discardCode(code.digest);
+    // taken out of the tree synchronously: no lookup in between can find it
+    expect(existsSync(code.dir)).toBe(false);
+    expect(existsSync(`${code.dir}.json`)).toBe(false);
+    expect(await p).toBe(true);
+    expect(await refused(store.codeLayer(code.digest))).toBeInstanceOf(NotFound);
+    expect(layerDirs('code')).toEqual([]);
+    expect(readdirSync(join(work, 'state', 'tmp'))).toEqual([]);
+    expect(await store.discardCode(code.digest)).toBe(false);
+    expect((await refused(store.discardCode('../etc'))).type).toBe('InvalidRequest');
+  });
 });
 
 describe.skipIf(notRoot)('OCI import', () => {
