@@ -7,42 +7,26 @@
  * Real sandboxes on the real node base image when present (runtimes-backend.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Timeout } from '../../services/common/errors.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
-import type { Sandbox } from '../../services/sandbox/types.ts';
 import type { ResolvedImage } from '../../services/store/types.ts';
 import { prepare, specialise, type Instance } from '../../runtime/host/index.ts';
-import { backend, codeLayer, removeCodeLayers, type Backend } from './runtimes-backend.ts';
+import { codeLayer } from './runtimes-backend.ts';
+import { useRuntimeBackend } from './runtimes-lifecycle.ts';
 
-let be: Backend;
 let image: ResolvedImage;
-const live: Instance[] = [];
-const sandboxes: Sandbox[] = [];
-
-beforeAll(async () => {
-  be = await backend();
+const suite = useRuntimeBackend(async (be) => {
   image = (await be.image('node'))!;
 });
-
-afterEach(async () => {
-  await Promise.all(live.splice(0).map((i) => i.destroy()));
-  for (const sb of sandboxes.splice(0)) expect(sb.state).toBe('destroyed');
-  expect(be.leftovers()).toEqual({ cgroups: [], processes: [] });
-});
-
-afterAll(async () => {
-  removeCodeLayers();
-  const { leftovers } = (await be?.close()) ?? { leftovers: 0 };
-  expect(leftovers).toBe(0);
-});
+const { live, sandboxes } = suite;
 
 async function sleeper(): Promise<Instance> {
   const fn: FunctionVersion = {
     tenant: 'dl-tenant', name: `dl-${process.pid}-${randomBytes(3).toString('hex')}`, version: 1, runtime: 'node', handler: 'sleep.handler',
     codeDigest: 'sha256:test', memoryMb: 128, timeoutMs: 30_000, env: {}, concurrency: 1, public: false, createdAt: new Date(0).toISOString(),
   };
-  const sb = await be.createSandbox();
+  const sb = await suite.be.createSandbox();
   sandboxes.push(sb);
   const inst = await specialise(await prepare(sb, 'node', image), fn, codeLayer('node-event'), image, {});
   live.push(inst);

@@ -12,12 +12,12 @@
  * runs the same on host processes.
  */
 import { randomBytes } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { FunctionVersion, LogLine } from '../../services/common/model.ts';
-import type { Sandbox } from '../../services/sandbox/types.ts';
 import type { ResolvedImage } from '../../services/store/types.ts';
 import { prepare, specialise, type Instance } from '../../runtime/host/index.ts';
-import { backend, codeLayer, removeCodeLayers, type Backend } from './runtimes-backend.ts';
+import { codeLayer } from './runtimes-backend.ts';
+import { useRuntimeBackend } from './runtimes-lifecycle.ts';
 import { until } from '../helpers/until.ts';
 
 interface Style { name: 'node' | 'python'; fixture: string; handler: string }
@@ -26,30 +26,14 @@ const STYLES: Style[] = [
   { name: 'python', fixture: 'python-children', handler: 'main.handler' },
 ];
 
-let be: Backend;
 const images = new Map<string, ResolvedImage>();
-const live: Instance[] = [];
-const sandboxes: Sandbox[] = [];
-
-beforeAll(async () => {
-  be = await backend();
+const suite = useRuntimeBackend(async (be) => {
   for (const st of STYLES) images.set(st.name, await be.image(st.name));
 });
-
-afterEach(async () => {
-  await Promise.all(live.splice(0).map((i) => i.destroy()));
-  for (const sb of sandboxes.splice(0)) expect(sb.state).toBe('destroyed');
-  expect(be.leftovers()).toEqual({ cgroups: [], processes: [] });
-});
-
-afterAll(async () => {
-  removeCodeLayers();
-  const { leftovers } = (await be?.close()) ?? { leftovers: 0 };
-  expect(leftovers).toBe(0);
-});
+const { live, sandboxes } = suite;
 
 async function instance(style: Style, sink: LogLine[]): Promise<Instance> {
-  const sb = await be.createSandbox();
+  const sb = await suite.be.createSandbox();
   sandboxes.push(sb);
   const image = images.get(style.name)!;
   const pooled = await prepare(sb, style.name, image);

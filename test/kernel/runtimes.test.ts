@@ -5,13 +5,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Crashed, FunctionError, OutOfMemory, ResponseTooLarge, Timeout, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, LogLine, RuntimeName } from '../../services/common/model.ts';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
 import { logsOf, prepare, specialise, type Instance } from '../../runtime/host/index.ts';
-import { backend, codeLayer, removeCodeLayers, type Backend, type ImageName } from './runtimes-backend.ts';
+import { codeLayer, type ImageName } from './runtimes-backend.ts';
+import { useRuntimeBackend } from './runtimes-lifecycle.ts';
 
 type Behaviour = 'echo' | 'env' | 'context' | 'throw' | 'exit' | 'oom' | 'slow' | 'log' | 'flood' | 'big';
 
@@ -37,30 +38,12 @@ const STYLES: Style[] = [
   { name: 'exec-sh-prestarted', runtime: 'exec', fixture: 'exec-sh', image: 'busybox', handler: (b) => b, exec: true, prestart: true },
 ];
 
-let be: Backend;
 const images = new Map<string, ResolvedImage | null>();
-const live: Instance[] = [];
-const sandboxes: Sandbox[] = [];
-
-beforeAll(async () => {
-  be = await backend();
+const suite = useRuntimeBackend(async (be) => {
   for (const n of ['node', 'python', 'busybox'] as const) images.set(n, await be.image(n));
   images.set('imported', await be.importedImage());
 });
-
-afterEach(async () => {
-  await Promise.all(live.splice(0).map((i) => i.destroy()));
-  // Nothing of a test outlives it: every sandbox it made is destroyed, no cgroup or process of ours is left.
-  for (const sb of sandboxes.splice(0)) expect(sb.state).toBe('destroyed');
-  expect(be.leftovers()).toEqual({ cgroups: [], processes: [] });
-});
-
-afterAll(async () => {
-  removeCodeLayers();
-  // Every sandbox was destroyed by its test: none of this file's cgroups is left for the sweep to find.
-  const { leftovers } = (await be?.close()) ?? { leftovers: 0 };
-  expect(leftovers).toBe(0);
-});
+const { live, sandboxes } = suite;
 
 let seq = 0;
 function fnVersion(style: Style, b: Behaviour, over: Partial<FunctionVersion> = {}): FunctionVersion {
@@ -77,8 +60,8 @@ async function instance(
   opts: { fn?: Partial<FunctionVersion>; code?: CodeLayer; onLog?: (l: LogLine) => void; logCapBytes?: number; pooledMemoryMb?: number } = {},
 ): Promise<Instance> {
   const image = images.get(style.image);
-  if (!image) throw new Error(`image ${style.image} is not available on backend ${be.name}`);
-  const sb = await be.createSandbox();
+  if (!image) throw new Error(`image ${style.image} is not available on backend ${suite.be.name}`);
+  const sb = await suite.be.createSandbox();
   sandboxes.push(sb);
   const pooled = await prepare(sb, style.runtime, image, { memoryMb: opts.pooledMemoryMb, prestart: style.prestart });
   const inst = await specialise(pooled, fnVersion(style, b, opts.fn), opts.code ?? codeLayer(style.fixture), image, {
@@ -191,7 +174,7 @@ describe.each(STYLES)('runtime $name', (style) => {
   });
 
   it('reports allocating past the cap as OutOfMemory', { timeout: 40_000 }, async (t) => {
-    if (!be.enforcesMemory) t.skip(`backend ${be.name} has no memory cgroup (real sandboxes not available yet)`);
+    if (!suite.be.enforcesMemory) t.skip(`backend ${suite.be.name} has no memory cgroup (real sandboxes not available yet)`);
     // A cgroup at its cap reclaims the runtime's own file-backed pages before the OOM killer fires; on a
     // busy 2-core host that can take seconds, so the deadline here is far away (this case is about the word).
     // created with the default 128 MiB, said so to prepare() as the scheduler does: the 64 MiB cap is still applied
@@ -394,7 +377,7 @@ describe('http invocations', () => {
 describe('loading', () => {
   it('reports a missing handler export as FunctionError at load and destroys the sandbox', async () => {
     const style = STYLES[1]!;
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const pooled = await prepare(sb, 'node', images.get('node')!);
     const err = await rejection(specialise(pooled, fnVersion(style, 'echo', { handler: 'echo.nope' }), codeLayer('node-event'), images.get('node')!));
@@ -411,7 +394,7 @@ describe('loading', () => {
     ['node', 'import-slow.handler', 'node-event', Timeout, /loading the handler took longer than 300 ms/],
   ] as const)('reports a %s module failing at import (%s) and destroys the sandbox', async (rt, handler, fixture, Cls, re) => {
     const style = STYLES.find((s) => s.fixture === fixture)!;
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const pooled = await prepare(sb, rt, images.get(rt)!);
     const err = await rejection(specialise(pooled, fnVersion(style, 'echo', { handler, timeoutMs: 300 }), codeLayer(fixture), images.get(rt)!));
@@ -432,7 +415,7 @@ describe('loading', () => {
 
   it('reports a python import error as FunctionError at load', async () => {
     const style = STYLES[3]!;
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const pooled = await prepare(sb, 'python', images.get('python')!);
     const err = await rejection(specialise(pooled, fnVersion(style, 'echo', { handler: 'missing_module.handler' }), codeLayer('python'), images.get('python')!));
@@ -441,7 +424,7 @@ describe('loading', () => {
   });
 
   it('refuses a pooled sandbox of another runtime and leaves it usable', async () => {
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const pooled = await prepare(sb, 'python', images.get('python')!);
     await expect(specialise(pooled, fnVersion(STYLES[1]!, 'echo'), codeLayer('node-event'), images.get('node')!)).rejects.toThrow(/cannot run/);
@@ -459,7 +442,7 @@ describe('loading', () => {
   });
 
   it('sees its code read-only at /var/task and a writable /tmp', async (t) => {
-    if (be.name !== 'sandbox') t.skip('the process stand-in has no read-only rootfs (real sandboxes not available)');
+    if (suite.be.name !== 'sandbox') t.skip('the process stand-in has no read-only rootfs (real sandboxes not available)');
     const inst = await instance(STYLES[1]!, 'echo', { fn: { handler: 'write.handler' } });
     const { response } = await inst.invoke({ id: id(), payload: event('') });
     expect(JSON.parse(response.body.toString())).toEqual({ code: 'EROFS', tmp: 'ok' });
@@ -482,7 +465,7 @@ describe('loading', () => {
 
   it('runs an imported image by its own entrypoint and cmd when no handler is given', async () => {
     const style = STYLES[5]!;
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const image = images.get('imported')!;
     const pooled = await prepare(sb, style.runtime, image);
@@ -494,7 +477,7 @@ describe('loading', () => {
 
   it('runs a program inside an imported image named by the handler when there is no code', async () => {
     const style = STYLES[5]!;
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const image = images.get('imported')!;
     const pooled = await prepare(sb, style.runtime, image);
@@ -506,7 +489,7 @@ describe('loading', () => {
   });
 
   it('a runtime killed while pooled is reported not alive', async () => {
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const pooled = await prepare(sb, 'node', images.get('node')!);
     expect(pooled.alive).toBe(true);
@@ -529,14 +512,14 @@ describe('pre-started exec sandboxes (the scheduler\'s busybox pool)', () => {
   }
 
   async function prestarted(): Promise<{ sb: Sandbox; pooled: Awaited<ReturnType<typeof prepare>> }> {
-    const sb = await be.createSandbox();
+    const sb = await suite.be.createSandbox();
     sandboxes.push(sb);
     const pooled = await prepare(sb, 'exec', busybox(), { memoryMb: 128, prestart: true });
     return { sb, pooled };
   }
 
   it('mounts the rootfs in the pool and leaves nothing of its own running', async (t) => {
-    if (be.name !== 'sandbox') t.skip('the process stand-in has no rootfs or cgroup (real sandboxes not available)');
+    if (suite.be.name !== 'sandbox') t.skip('the process stand-in has no rootfs or cgroup (real sandboxes not available)');
     const { sb, pooled } = await prestarted();
     expect(sb.state).toBe('started');
     expect(pooled.prestarted).toBe(true);
@@ -546,7 +529,7 @@ describe('pre-started exec sandboxes (the scheduler\'s busybox pool)', () => {
   });
 
   it('applies the function\'s caps before its first process runs', async (t) => {
-    if (!be.enforcesMemory) t.skip(`backend ${be.name} has no memory cgroup (real sandboxes not available yet)`);
+    if (!suite.be.enforcesMemory) t.skip(`backend ${suite.be.name} has no memory cgroup (real sandboxes not available yet)`);
     const { sb, pooled } = await prestarted();
     expect(memoryCapMb(sb)).toBe(128);
     const inst = await specialise(pooled, fnVersion(style, 'env', { memoryMb: 48, env: { GREETING: 'first call' } }), codeLayer(style.fixture), busybox());
@@ -572,7 +555,7 @@ describe('pre-started exec sandboxes (the scheduler\'s busybox pool)', () => {
   });
 
   it('attaches the code with the first call\'s spawn, in one request to the init', async (t) => {
-    if (be.name !== 'sandbox') t.skip('the process stand-in maps paths: attach, then exec (nothing to combine)');
+    if (suite.be.name !== 'sandbox') t.skip('the process stand-in maps paths: attach, then exec (nothing to combine)');
     const { sb, pooled } = await prestarted();
     const calls: string[] = [];
     const { attach, exec } = sb;
