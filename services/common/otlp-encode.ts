@@ -135,8 +135,14 @@ export class ProtoWriter {
 
   fixed32(v: number): void {
     this.ensure(4);
-    this.buf.writeUInt32LE(v >>> 0, this.pos);
-    this.pos += 4;
+    // byte stores, not Buffer#writeUInt32LE (its argument checks showed in profiles: one call per span)
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = v;
+    b[p + 1] = v >>> 8;
+    b[p + 2] = v >>> 16;
+    b[p + 3] = v >>> 24;
+    this.pos = p + 4;
   }
 
   /** length-delimited UTF-8 string */
@@ -272,6 +278,7 @@ function protoKey(w: ProtoWriter, k: string): void {
 
 function protoKeyValue(w: ProtoWriter, field: number, k: string, v: AttributeValue): void {
   // KeyValue: 1 key, 2 AnyValue
+  if (typeof v === 'string' && field < 16 && v.length < 100 && protoShortStringKeyValue(w, field, k, v)) return;
   w.tag(field, LEN);
   const m = w.begin();
   protoKey(w, k);
@@ -280,6 +287,39 @@ function protoKeyValue(w: ProtoWriter, field: number, k: string, v: AttributeVal
   protoAnyValue(w, v);
   w.end(mv);
   w.end(m);
+}
+
+/**
+ * protoKeyValue for a short ASCII string value (an invocation id: a new value on every call, so never cached):
+ * the three lengths are known up front, so one capacity check and no begin/end bookkeeping. The same bytes as
+ * the general path; false (nothing written) when the value or the lengths do not fit one-byte varints.
+ */
+function protoShortStringKeyValue(w: ProtoWriter, field: number, k: string, v: string): boolean {
+  const kb = KEY_CACHE.get(k);
+  if (!kb) return false;
+  const n = v.length;
+  // KeyValue{key bytes (cached), 2: AnyValue{1: string}}: AnyValue is 2 + n bytes, the KeyValue kb + 2 + that
+  const kvLen = kb.length + 4 + n;
+  if (kvLen > 127) return false;
+  w.ensure(kvLen + 2);
+  const b = w.buf;
+  const start = w.pos;
+  let p = start + kb.length + 6;
+  for (let i = 0; i < n; i++) {
+    const c = v.charCodeAt(i);
+    if (c > 0x7f) return false;
+    b[p++] = c;
+  }
+  b[start] = (field << 3) | LEN;
+  b[start + 1] = kvLen;
+  b.set(kb, start + 2);
+  p = start + 2 + kb.length;
+  b[p] = (2 << 3) | LEN;
+  b[p + 1] = n + 2;
+  b[p + 2] = (1 << 3) | LEN;
+  b[p + 3] = n;
+  w.pos = start + 2 + kvLen;
+  return true;
 }
 
 /**

@@ -386,6 +386,63 @@ describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
     expect(d).toMatchObject({ traceId: 'ffeeddccbbaa99887766554433221100', spanId: span.spanId, parentSpanId: 'deadbeefcafef00d' });
   });
 
+  it('string attributes that are not cached (short and long, ASCII or not, near the one-byte length limits) encode to the exact protobuf bytes', () => {
+    // reference KeyValue bytes, written independently of otlp-encode.ts: field 9 {1: key, 2: AnyValue{1: string}}
+    const varint = (n: number) => {
+      const out: number[] = [];
+      while (n > 0x7f) {
+        out.push((n & 0x7f) | 0x80);
+        n >>>= 7;
+      }
+      out.push(n);
+      return out;
+    };
+    const ld = (tag: number, body: Buffer) => Buffer.concat([Buffer.from([tag, ...varint(body.length)]), body]);
+    const kvRef = (k: string, v: string) => ld(0x4a, Buffer.concat([ld(0x0a, Buffer.from(k)), ld(0x12, ld(0x0a, Buffer.from(v)))]));
+    const tid = TraceIdWords.fromHex('0af7651916cd43dd8448eb211c80319c');
+    const key = 'test.fast-path.value';
+    const values: string[] = [];
+    // more distinct values than the pair cache keeps per key, so the later ones take the uncached path
+    for (let i = 0; i < 80; i++) values.push(`v-${i}`);
+    for (let n = 0; n <= 140; n++) values.push('x'.repeat(n), 'ü'.repeat(n >> 1) + 'y');
+    for (const v of values) {
+      const w = new ProtoWriter(64);
+      const span = new FnSpan({ onEnd: (s: FnSpan) => protoSpan(w, s) }, 'fast', SpanKind.INTERNAL, tid, undefined, { [key]: v }, 1_700_000_000_000);
+      span.setAttribute('test.fast-path.extra', v);
+      span.end(1_700_000_000_001);
+      const bytes = w.bytes();
+      expect(bytes.indexOf(kvRef(key, v)), `value of ${v.length} chars`).toBeGreaterThan(0);
+      expect(bytes.indexOf(kvRef('test.fast-path.extra', v)), `value of ${v.length} chars`).toBeGreaterThan(0);
+      const [d] = decodeOtlpProto(Buffer.concat([protoBatchHeader({ [key]: v }, 'fnhost', w.pos), bytes]));
+      expect(d!.attributes).toEqual({ [key]: v, 'test.fast-path.extra': v });
+    }
+  });
+
+  it('a span\'s flags stay independent: remote parent, published, ended, an overridden creation attribute (the caller\'s object untouched)', () => {
+    const tid = TraceIdWords.fromHex('0af7651916cd43dd8448eb211c80319c');
+    const ended: FnSpan[] = [];
+    const sink = { onEnd: (s: FnSpan) => void ended.push(s) };
+    const attrs = { a: 1 };
+    const remote = new FnSpan(sink, 'r', SpanKind.INTERNAL, tid, { traceId: tid.hex, spanId: 'b7ad6b7169203331', traceFlags: 1, isRemote: true }, attrs, 1_700_000_000_000);
+    const local = new FnSpan(sink, 'l', SpanKind.INTERNAL, tid, remote, undefined, 1_700_000_000_000);
+    expect([remote.parentRemote, local.parentRemote]).toEqual([true, false]);
+    remote.published = true;
+    expect([remote.published, remote.ended, remote.parentRemote]).toEqual([true, false, true]);
+    remote.setAttribute('a', 2);
+    expect(attrs).toEqual({ a: 1 });
+    expect(remote.attributes).toEqual({ a: 2 });
+    remote.published = false;
+    expect([remote.published, remote.parentRemote]).toEqual([false, true]);
+    expect(remote.spanContext()).toBe(remote.spanContext());
+    expect(remote.eventList).toBeUndefined();
+    remote.end(1_700_000_000_001);
+    remote.end(1_700_000_000_002);
+    remote.setAttribute('a', 3);
+    expect([remote.ended, remote.isRecording(), remote.parentRemote, ended.length, remote.endMs]).toEqual([true, false, true, 1, 1_700_000_000_001]);
+    expect(remote.attributes).toEqual({ a: 2 });
+    expect(local.ended).toBe(false);
+  });
+
   it('decodes and counts protobuf bodies; a truncated body is an error, not a count', () => {
     const body = encoded(3);
     expect(countOtlpProto(body)).toBe(3);
