@@ -333,16 +333,21 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
   let spawned: { pid: number; fd: number } | undefined;
   let ch: ControlChannel | undefined;
   try {
-    if (early && z) {
-      ch = new ControlChannel(early.fd);
+    // Reads the new init's messages from now on, while the zygote answers with its pid; a zygote that made no
+    // child is counted as failed and the fallback below makes the init.
+    const awaitInit = async (zy: Zygote, pending: PendingInit) => {
+      const c = new ControlChannel(pending.fd);
       try {
-        spawned = { pid: await early.pid, fd: early.fd };
+        spawned = { pid: await pending.pid, fd: pending.fd };
+        ch = c;
         zygoteFailures = 0;
       } catch {
-        ch.close();
-        ch = undefined;
-        zygoteFailed(z);
+        c.close();
+        zygoteFailed(zy);
       }
+    };
+    if (early && z) {
+      await awaitInit(z, early);
     } else if (z && !z.isClosed) {
       let pending: PendingInit | undefined;
       const join = cg.openJoin();
@@ -353,18 +358,7 @@ export async function createSandbox(opts: CreateOptions = {}): Promise<Sandbox> 
       } finally {
         closeJoin(join); // in flight to the zygote: the kernel holds its own references
       }
-      if (pending) {
-        // read the new init's messages from now on, while the zygote answers
-        ch = new ControlChannel(pending.fd);
-        try {
-          spawned = { pid: await pending.pid, fd: pending.fd };
-          zygoteFailures = 0;
-        } catch {
-          ch.close();
-          ch = undefined;
-          zygoteFailed(z);
-        }
-      }
+      if (pending) await awaitInit(z, pending);
     }
     if (!spawned) {
       const tmpl = templateDisabled ? -1 : await templateNs();
