@@ -430,6 +430,12 @@ export async function cleanupLeftovers(node: string = nodeId): Promise<{ sandbox
     n++;
   }
   m.removeNode(node);
+  // Nothing of ours is left under the node (a live sandbox keeps its cgroup, skipped above): its lock
+  // (node-lock.ts) goes too, as in destroyAll(); the next sandbox under the node takes it again.
+  if (usedNodes.has(node) && m.list(node).length === 0) {
+    releaseNode(node);
+    usedNodes.delete(node);
+  }
   const deadNodes = await sweepDeadNodes(m, (other) => other === node || usedNodes.has(other));
   return { sandboxes: n, deadNodes };
 }

@@ -88,10 +88,14 @@ describe.skipIf(!root)('sandbox host behaviour (needs root: skipped otherwise)',
       expect(live.state).toBe('created');
       expect(existsSync(`/proc/${live.initPid}`)).toBe(true);
       expect(existsSync(`/proc/${bystander.initPid}`)).toBe(true);
+      // the node of a live sandbox keeps its lock (it proves this host alive to other hosts' sweeps)
+      expect(existsSync(`/run/fnhost/nodes/${env.nodeId}.lock`)).toBe(true);
     } finally {
       await bystander.destroy();
       await cleanupLeftovers(other);
     }
+    // nothing of ours left under `other`: its lock file goes with its cgroups
+    expect(existsSync(`/run/fnhost/nodes/${other}.lock`)).toBe(false);
   });
 
   it('a later host removes what a killed host left under another node id, never a live host\'s nor an unknown one\'s', async () => {
