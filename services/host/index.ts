@@ -172,10 +172,10 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     const port = (server.address() as AddressInfo).port;
     const shownHost = cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host.includes(':') ? `[${cfg.host}]` : cfg.host;
 
-    // Unreferenced code layers (old bundles, failed deploys) go in the background.
+    // Unreferenced code layers (old bundles, failed deploys) go in the background. `keep` as a function: gc reads
+    // it again after taking its candidates out, so a version committed during the run keeps its layer.
     const gc = async () => {
-      const tenants = (await store.tenants.list()).map((t) => t.name);
-      const keep = await store.functions.codeDigests(tenants);
+      const keep = async () => store.functions.codeDigests((await store.tenants.list()).map((t) => t.name));
       const r = await images.gc(keep);
       if (r.removed.length) log.info({ removed: r.removed.length }, 'image store gc');
     };

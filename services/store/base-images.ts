@@ -287,13 +287,16 @@ const fnhostRecipe: LayerRecipe = {
 
 /**
  * The mount-points-only layer put on top of imported images (their own /etc is left alone). Built on
- * demand in whichever store needs it; content-addressed, so it is stored once per store.
+ * demand in whichever store needs it; content-addressed, so it is stored once per store. `hooks` as in
+ * oci-import.ts's ImportHooks (an import pins it before looking and learns whether it wrote it).
  */
-export async function mountPointsLayer(store: LayerStore): Promise<string> {
+export async function mountPointsLayer(store: LayerStore, hooks?: { pin(digests: string[]): void; created(digest: string): void }): Promise<string> {
   const staging = await store.tempDir('mounts');
   try {
     await buildMountsTree(staging, false);
-    return (await store.addDir(staging)).digest;
+    const added = await store.addDir(staging, hooks && ((d) => hooks.pin([d])));
+    if (!added.existed) hooks?.created(added.digest);
+    return added.digest;
   } finally {
     await fsp.rm(staging, { recursive: true, force: true });
   }

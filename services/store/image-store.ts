@@ -8,9 +8,19 @@
  *
  * Leases: `lease()` pins layers for a running sandbox. The pin is kept in memory and in a lease file
  * (`<state>/leases/<pid>-<n>.json`) so that a gc run by another process on the same host (the CLI, another
- * service) sees it too; files of dead pids are ignored and removed. gc also spares anything younger than
- * `gcGraceMs`, because an import in another process renames its layers in before it writes the image
- * record that references them.
+ * service) sees it too; files of dead pids are ignored and removed. gc also spares a layer written or reused
+ * (LayerStore touches a layer a writer finds in the store) less than `gcGraceMs` ago: that covers writers that
+ * do not lease, such as a deploy between finding its code layer and committing its version (the version, in
+ * Redis, reaches gc only through the `keep` set its caller read before gc started).
+ *
+ * Removal (gc, a failed import's new layers, a failed deploy's code layer) never takes a layer from under a
+ * user. The rule for users: whoever is about to depend on a layer (an import that will write a record naming
+ * it, a sandbox) leases it BEFORE looking for it in the store, and holds the lease until the reference is on
+ * disk or the use ends. The rule for removers (`removeUnwanted`): in one synchronous turn, check this
+ * process's leases and detach the layer (LayerStore.detach); then read what other processes may have done
+ * meanwhile (their lease files, then the records); put it back if anything wants it, else delete it.
+ * A user that looked before the detach had leased before it, so the re-check sees its lease (or, if it has
+ * already let go, its record); a writer that looks after the detach finds nothing and writes its own copy.
  */
 import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +30,7 @@ import { Conflict, InvalidRequest, NotFound, PayloadTooLarge } from '../common/e
 import { detectBundleFormat } from './archive.ts';
 import { BASE_IMAGE_NAMES, DEFAULT_BASE_DIR } from './base-images.ts';
 import { ImageRecords, checkName, type ImageRecord } from './image-records.ts';
-import { LayerStore, digestHex } from './layer-store.ts';
+import { LayerStore, digestHex, type DetachedLayer, type Section } from './layer-store.ts';
 import { importOci, type ImportLimits } from './oci-import.ts';
 import type { CodeLayer, ImageStore, ImageSummary, ResolvedImage } from './types.ts';
 
@@ -146,6 +156,12 @@ export class FsImageStore implements ImageStore {
     return { digest: `sha256:${digestHex(digest)}`, dir: this.state.dir(digest, 'code'), sizeBytes: meta.sizeBytes };
   }
 
+  /**
+   * Imports an image (see oci-import.ts). Every layer is leased before the import looks for it and stays
+   * leased until the record naming it is written, so a concurrent gc or failed import never removes it; if
+   * the import fails anywhere (a refused layer, the record write), the layers it created are removed again
+   * unless something else wants them (removeUnwanted: another import reusing one, a record naming one).
+   */
   async importImage(tenant: string, name: string, source: Buffer | string): Promise<ResolvedImage> {
     const records = this.tenantImages(tenant);
     checkName(name, 'image name');
@@ -153,13 +169,32 @@ export class FsImageStore implements ImageStore {
       throw new Conflict(`${name} is a base image name; import under another name`, { field: 'name', image: name });
     }
     const limits: ImportLimits = { maxBytes: this.limits.imageMaxUnpackedBytes, maxEntries: this.limits.maxEntries };
-    const imported = await importOci(this.state, source, limits);
-    const rec: ImageRecord = {
-      name, digest: imported.digest, layers: imported.layers, config: imported.config, sizeBytes: imported.sizeBytes,
-      base: false, createdAt: new Date().toISOString(), source: imported.source,
+    const pins: Array<() => void> = [];
+    const created: string[] = [];
+    const releaseAll = () => {
+      for (const release of pins) release();
     };
-    await records.put(name, rec);
-    return this.toResolved(name, rec, this.state);
+    try {
+      const imported = await importOci(this.state, source, limits, {
+        pin: (digests) => pins.push(this.lease(digests)),
+        created: (digest) => created.push(digest),
+      });
+      const rec: ImageRecord = {
+        name, digest: imported.digest, layers: imported.layers, config: imported.config, sizeBytes: imported.sizeBytes,
+        base: false, createdAt: new Date().toISOString(), source: imported.source,
+      };
+      await records.put(name, rec);
+      return this.toResolved(name, rec, this.state);
+    } catch (e) {
+      // our own leases must not count as "wanted"; another import's or a sandbox's still do
+      releaseAll();
+      await this.removeUnwanted(this.state, 'layers', created, () => this.stateRefs()).catch(() => {
+        // the import's own error is what the caller needs; a layer left behind is gc's
+      });
+      throw e;
+    } finally {
+      releaseAll();
+    }
   }
 
   async listImages(tenant: string): Promise<ImageSummary[]> {
@@ -170,8 +205,9 @@ export class FsImageStore implements ImageStore {
   discardCode(digest: string): Promise<boolean> {
     const hex = digestHex(digest);
     if (!hex) return Promise.reject(new InvalidRequest(`not a code digest: ${JSON.stringify(digest)}`, { field: 'digest' }));
-    if (this.leases.has(hex)) return Promise.resolve(false);
-    return this.state.remove(`sha256:${hex}`, 'code'); // its synchronous part takes the layer out of the tree
+    // its synchronous part checks this process's leases and takes the layer out of the tree; the caller has checked
+    // the references (function versions live in Redis, not here), so the re-check looks at other processes' leases
+    return this.removeUnwanted(this.state, 'code', [`sha256:${hex}`], async () => new Set()).then((r) => r.length > 0);
   }
 
   async deleteImage(tenant: string, name: string): Promise<void> {
@@ -227,36 +263,98 @@ export class FsImageStore implements ImageStore {
     return out;
   }
 
-  async gc(keep: Set<string>): Promise<{ removed: string[] }> {
-    const keepHex = new Set([...keep].map((d) => digestHex(d)).filter((h): h is string => !!h));
-    const leased = await this.leasedHexes();
-    const now = Date.now();
-    const removed: string[] = [];
-    const spare = (hex: string, mtimeMs: number) => keepHex.has(hex) || leased.has(hex) || now - mtimeMs < this.limits.gcGraceMs;
-
-    const stateRefs = new Set<string>();
+  /** hexes of the layers any tenant's image record names. */
+  private async stateRefs(): Promise<Set<string>> {
+    const refs = new Set<string>();
     for (const t of await fsp.readdir(join(this.state.root, 'images')).catch(() => [] as string[])) {
       const recs = await this.tenantImages(t).list().catch(() => [] as ImageRecord[]);
-      for (const r of recs) for (const l of r.layers) stateRefs.add(digestHex(l)!);
+      for (const r of recs) for (const l of r.layers) refs.add(digestHex(l)!);
     }
-    const baseRefs = new Set<string>();
-    for (const r of await this.baseImages.list()) for (const l of r.layers) baseRefs.add(digestHex(l)!);
+    return refs;
+  }
 
-    const stores: Array<[LayerStore, Set<string>]> = [[this.state, stateRefs]];
-    if (this.limits.gcBaseStore) stores.push([this.base, baseRefs]);
-    for (const [store, refs] of stores) {
-      for (const l of await store.list('layers')) {
-        const hex = digestHex(l.digest)!;
-        if (refs.has(hex) || spare(hex, l.mtimeMs)) continue;
-        await store.remove(l.digest, 'layers');
-        removed.push(l.digest);
+  private async baseRefs(): Promise<Set<string>> {
+    const refs = new Set<string>();
+    for (const r of await this.baseImages.list()) for (const l of r.layers) refs.add(digestHex(l)!);
+    return refs;
+  }
+
+  /**
+   * Removes the layers among `digests` that nothing wants (the module header's rule for removers). First, in one
+   * synchronous pass, each layer this process has not leased is detached; then other processes' leases and
+   * `refs()` (the records naming layers) are read, and a detached layer either of them names is put back, the
+   * others deleted; so is one reused (LayerStore.reuse touches it) less than `graceMs` before it was detached:
+   * that is how a deploy, which does not lease its code layer, keeps gc off the layer it found. Returns the digests
+   * deleted. If the re-check itself fails, everything detached is put back.
+   */
+  private async removeUnwanted(store: LayerStore, section: Section, digests: string[], refs: () => Promise<Set<string>>, graceMs = 0): Promise<string[]> {
+    const detached: Array<[string, DetachedLayer]> = [];
+    for (const d of digests) {
+      const hex = digestHex(d);
+      if (!hex || this.leases.has(hex)) continue;
+      const x = store.detach(hex, section);
+      if (x) detached.push([hex, x]);
+    }
+    if (!detached.length) return [];
+    let wanted: Set<string>;
+    try {
+      // leases before records: a user that lets go of its lease has written its record first
+      wanted = await this.leasedHexes();
+      for (const h of await refs()) wanted.add(h);
+    } catch (e) {
+      for (const [, x] of detached) await x.restore().catch(() => {});
+      throw e;
+    }
+    const removed: string[] = [];
+    const now = Date.now();
+    let failed: unknown;
+    for (const [hex, x] of detached) {
+      // every detached layer gets its decision, whatever happened to the one before (a layer left under tmp/ is
+      // lost to the start-up sweep)
+      try {
+        if (wanted.has(hex) || this.leases.has(hex) || now - x.mtimeMs < graceMs) {
+          await x.restore();
+        } else {
+          await x.drop();
+          removed.push(`sha256:${hex}`);
+        }
+      } catch (e) {
+        failed ??= e;
       }
     }
-    for (const c of await this.state.list('code')) {
-      if (spare(digestHex(c.digest)!, c.mtimeMs)) continue;
-      await this.state.remove(c.digest, 'code');
-      removed.push(c.digest);
+    if (failed) throw failed;
+    return removed;
+  }
+
+  async gc(keep: Set<string> | (() => Promise<Set<string>>)): Promise<{ removed: string[] }> {
+    const readKeep = async () => {
+      const k = typeof keep === 'function' ? await keep() : keep;
+      return new Set([...k].map((d) => digestHex(d)).filter((h): h is string => !!h));
+    };
+    const keepHex = await readKeep();
+    const leased = await this.leasedHexes();
+    const now = Date.now();
+    const spare = (hex: string, mtimeMs: number) => keepHex.has(hex) || leased.has(hex) || now - mtimeMs < this.limits.gcGraceMs;
+    // a first cut on what was true when gc started; removeUnwanted re-checks what may have changed since
+    const candidates = async (store: LayerStore, section: Section, refs: Set<string>) =>
+      (await store.list(section)).filter((l) => {
+        const hex = digestHex(l.digest)!;
+        return !refs.has(hex) && !spare(hex, l.mtimeMs);
+      }).map((l) => l.digest);
+
+    const removed: string[] = [];
+    const stateRefs = await this.stateRefs();
+    const grace = this.limits.gcGraceMs;
+    removed.push(...await this.removeUnwanted(this.state, 'layers', await candidates(this.state, 'layers', stateRefs), () => this.stateRefs(), grace));
+    if (this.limits.gcBaseStore) {
+      const baseRefs = await this.baseRefs();
+      removed.push(...await this.removeUnwanted(this.base, 'layers', await candidates(this.base, 'layers', baseRefs), () => this.baseRefs(), grace));
     }
+    // code layers' references are function versions (in Redis): the caller's `keep`. Given as a function it is read
+    // again after the layers are detached, so a version committed meanwhile keeps its layer; given as a set, a deploy
+    // that committed since the caller read it is covered by the grace period (it reused or wrote its layer)
+    const keepAgain = typeof keep === 'function' ? readKeep : async () => keepHex;
+    removed.push(...await this.removeUnwanted(this.state, 'code', await candidates(this.state, 'code', new Set()), keepAgain, grace));
     return { removed };
   }
 }

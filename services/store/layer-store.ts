@@ -11,6 +11,8 @@
  * is always complete; a crash mid-unpack leaves only a tmp/ entry, removed by the next open. Two writers
  * racing on the same digest both unpack; the first rename wins and the loser drops its copy.
  * Layers are never modified once in place: the sandbox mounts them as read-only overlay lower dirs.
+ * Removal is two-phase (detach(), then restore() or drop()) so a remover can re-check after the layer is out of
+ * the tree; a writer that finds its layer already here touches it (reuse()), which a remover sees.
  *
  * @example
  * const layers = new LayerStore('/var/lib/fnhost/state');
@@ -18,7 +20,7 @@
  * const { digest, dir } = await layers.addTar(fs.createReadStream('layer.tar.gz'), { maxBytes: 1 << 30, maxEntries: 1e6 }, diffId);
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, readFileSync, renameSync, rmSync, statSync, utimesSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidRequest, NotFound } from '../common/errors.ts';
@@ -74,6 +76,25 @@ export class LayerStore {
     return join(this.root, section, hex);
   }
 
+  /**
+   * Whether a layer is in the store, for a writer about to depend on it (the "existed" paths of addTar, addBundle,
+   * addDir): it also touches the layer's mtime, which gc's grace period reads, so a layer just reused counts as
+   * young. Touch first, then trust: a remover that detaches the layer after this sees the fresh mtime (detach
+   * reads it after its rename) and puts it back; one that detached it before makes the touch fail, and the
+   * writer unpacks its own copy.
+   */
+  private reuse(digest: string, section: Section): boolean {
+    const dir = this.dir(digest, section);
+    const now = new Date();
+    try {
+      utimesSync(dir, now, now);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    }
+    return statSync(dir, { throwIfNoEntry: false })?.isDirectory() ?? false;
+  }
+
   async has(digest: string, section: Section = 'layers'): Promise<boolean> {
     return (await fsp.stat(this.dir(digest, section)).catch(() => null))?.isDirectory() ?? false;
   }
@@ -118,7 +139,7 @@ export class LayerStore {
    * `{reason: 'digest-mismatch'}` and nothing is kept.
    */
   async addTar(src: Buffer | AsyncIterable<Buffer>, limits: UnpackLimits, expectDiffId?: string, expectBlobDigest?: string): Promise<AddedLayer> {
-    if (expectDiffId && (await this.has(expectDiffId))) {
+    if (expectDiffId && this.reuse(expectDiffId, 'layers')) {
       // content addressing: the same diff_id is the same tree; skip the unpack (the warm import path)
       return { digest: expectDiffId, dir: this.dir(expectDiffId), sizeBytes: (await this.meta(expectDiffId)).sizeBytes, existed: true };
     }
@@ -152,7 +173,7 @@ export class LayerStore {
   /** Unpacks a function bundle (zip, tar.gz or tar) as a code layer named by the bundle's sha256. */
   async addBundle(buf: Buffer, format: 'zip' | 'tar.gz' | 'tar', limits: UnpackLimits): Promise<AddedLayer> {
     const digest = `sha256:${createHash('sha256').update(buf).digest('hex')}`;
-    if (await this.has(digest, 'code')) {
+    if (this.reuse(digest, 'code')) {
       return { digest, dir: this.dir(digest, 'code'), sizeBytes: (await this.meta(digest, 'code')).sizeBytes, existed: true };
     }
     const tmp = await this.tempDir('code');
@@ -166,11 +187,13 @@ export class LayerStore {
 
   /**
    * Moves a directory built by the caller (under tempDir()) into the store, named by the sha256 of its
-   * deterministic tar (see dirDigest). The directory is consumed.
+   * deterministic tar (see dirDigest). The directory is consumed. `pin` is called with the digest before the
+   * store is looked at (a caller that must keep the layer from being removed under it pins it there).
    */
-  async addDir(staging: string): Promise<AddedLayer> {
+  async addDir(staging: string, pin?: (digest: string) => void): Promise<AddedLayer> {
     const { digest, sizeBytes, entries } = await dirDigest(staging);
-    if (await this.has(digest)) {
+    pin?.(digest); // before the lookup: see FsImageStore's removal rule
+    if (this.reuse(digest, 'layers')) {
       await fsp.rm(staging, { recursive: true, force: true });
       return { digest, dir: this.dir(digest), sizeBytes, existed: true };
     }
@@ -206,24 +229,85 @@ export class LayerStore {
   }
 
   /**
-   * Removes a layer: renamed into tmp/ and its metadata file removed synchronously, i.e. before the returned
-   * promise's first turn, so the layer disappears at once for every later lookup of this process; the tree is
-   * deleted afterwards (a crash before that leaves it to the start-up sweep of tmp/). false when it was not there.
+   * Removes a layer: detach() then drop(). The layer disappears at once for every later lookup of this process
+   * (before the returned promise's first turn); the tree is deleted afterwards (a crash before that leaves it to
+   * the start-up sweep of tmp/). false when it was not there.
    */
   async remove(digest: string, section: Section = 'layers'): Promise<boolean> {
+    const d = this.detach(digest, section);
+    if (!d) return false;
+    await d.drop();
+    return true;
+  }
+
+  /**
+   * Takes a layer out of the tree synchronously (tree and metadata renamed into tmp/, in this call's turn), so a
+   * caller that checked in the same turn that nothing of this process wants it leaves no window for a new user.
+   * The caller then re-checks what it cannot see synchronously (other processes' leases, records on disk) and
+   * either restore()s the layer or drop()s it. null when the layer was not there.
+   */
+  detach(digest: string, section: Section = 'layers'): DetachedLayer | null {
     const dir = this.dir(digest, section);
     const gone = join(this.root, 'tmp', `gc-${randomBytes(6).toString('hex')}`);
-    let moved = true;
     try {
       renameSync(dir, gone);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      moved = false;
+      rmSync(`${dir}.json`, { force: true });
+      return null;
     }
-    rmSync(`${dir}.json`, { force: true });
-    if (moved) await fsp.rm(gone, { recursive: true, force: true });
-    return moved;
+    // after the rename (which keeps it): a reuse() that touched the layer before it is seen, one after it failed
+    const st = statSync(gone);
+    try {
+      renameSync(`${dir}.json`, `${gone}.json`);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // a layer written by an older version has none
+    }
+    // a detached tree keeps its old mtime; another process's init() would sweep it as a crashed writer's
+    // leftover (STALE_TMP_MS) while we decide, so it looks fresh until restore() gives its mtime back
+    const now = new Date();
+    try {
+      utimesSync(gone, now, now);
+    } catch {
+      // only the sweep's age test depends on it
+    }
+    const drop = async () => {
+      await fsp.rm(gone, { recursive: true, force: true });
+      await fsp.rm(`${gone}.json`, { force: true });
+    };
+    return {
+      dir,
+      mtimeMs: st.mtimeMs,
+      drop,
+      restore: async () => {
+        // commit()'s order: metadata first, then the tree. A writer that re-added the same digest meanwhile
+        // filled the slot with the same content: it wins and our copy goes.
+        await fsp.rename(`${gone}.json`, `${dir}.json`).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
+        await fsp.utimes(gone, st.atime, st.mtime).catch(() => {}); // gc's grace period reads it
+        try {
+          await fsp.rename(gone, dir);
+          return true;
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+          await drop();
+          return false;
+        }
+      },
+    };
   }
+}
+
+/** A layer taken out of the tree by LayerStore.detach(), to be put back or deleted. */
+export interface DetachedLayer {
+  /** where the layer lived (and lives again after restore()). */
+  dir: string;
+  /** its mtime when it was taken out: the last time a writer reused it (see LayerStore.reuse). */
+  mtimeMs: number;
+  /** puts it back; false when a writer re-added the same digest meanwhile (its copy stays, ours is deleted). */
+  restore(): Promise<boolean>;
+  /** deletes it for good. */
+  drop(): Promise<void>;
 }
 
 /** sum of regular file sizes and entry count of a tree (lstat, no symlink following). */

@@ -55,8 +55,9 @@ export interface ImageStore {
   /**
    * Removes a code layer at once (a failed deploy's, which nothing references), unless a sandbox of this process
    * holds a lease on it. The layer leaves the store synchronously, before the promise's first turn: a caller that
-   * checked nothing wants it can call this in the same turn without a window for a new user. Resolves true when
-   * it was removed, false when it was absent or leased.
+   * checked nothing wants it can call this in the same turn without a window for a new user. A lease another
+   * process took meanwhile (seen in its lease file just after) puts it back. Resolves true when it was removed,
+   * false when it was absent or leased.
    */
   discardCode(digest: string): Promise<boolean>;
   /** import a `docker save` tar or an OCI layout (dir or tar) as `tenant`'s image `name`. */
@@ -65,6 +66,10 @@ export interface ImageStore {
   deleteImage(tenant: string, name: string): Promise<void>;
   /** mark layers as in use by a running sandbox; gc never removes them until the returned release() is called. */
   lease(digests: string[]): () => void;
-  /** remove layers that no image, no digest in `keep` (function versions' code) and no lease references. */
-  gc(keep: Set<string>): Promise<{ removed: string[] }>;
+  /**
+   * remove layers that no image, no digest in `keep` (function versions' code) and no lease references. `keep` may be
+   * a function reading the versions' digests: gc then reads it again after taking its candidates out of the tree
+   * and puts back any a version committed meanwhile names (a set is read once, before gc starts).
+   */
+  gc(keep: Set<string> | (() => Promise<Set<string>>)): Promise<{ removed: string[] }>;
 }
