@@ -20,15 +20,22 @@
  * at a missing layer for longer than one re-unpack. Anything left over (a failure while removing) is the image
  * store's gc's, as before.
  *
- * Errors: 400 InvalidRequest (field: config | code | runtime | handler | ...), 413 PayloadTooLarge (code over
- * 50 MB), 422 LimitExceeded (memory above the tenant's cap, too many functions).
+ * An `image:<name>` deploy reads the tenant's image-delete generation before it looks the image up and commits
+ * only if no image delete started since (store/functions.ts, one extra round trip for tenant images only); when
+ * one did, it looks the image up again: a deleted image is then a 400, never a version naming a missing image.
+ *
+ * Errors: 400 InvalidRequest (field: config | code | runtime | handler | ...), 409 Conflict (field runtime: the
+ * image is being deleted), 413 PayloadTooLarge (code over 50 MB), 422 LimitExceeded (memory above the tenant's
+ * cap, too many functions).
  */
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Hono } from 'hono';
-import { InvalidRequest, NotFound, PayloadTooLarge, isFnhostError } from '../common/errors.ts';
+import { Conflict, InvalidRequest, NotFound, PayloadTooLarge, isFnhostError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import type { FunctionVersion } from '../common/model.ts';
+import { BASE_IMAGE_NAMES } from '../store/base-images.ts';
+import { IMAGES_CHANGED } from '../store/functions.ts';
 import { bundleDigest } from '../store/image-store.ts';
 import type { MetadataStore } from '../store/metadata.ts';
 import type { CodeLayer, ImageStore } from '../store/types.ts';
@@ -40,6 +47,12 @@ import { validateFunctionConfig, validateName, type FunctionConfig } from './val
 
 /** Room for the multipart framing and the config part around the code (1 MiB, the JSON body cap). */
 const MULTIPART_SLACK = 1024 * 1024;
+
+/**
+ * Commits of an `image:` deploy refused because an image delete of the tenant overtook its lookup (each attempt
+ * looks the image up again): deletes are rare and one unlink long, so a third overtaking means a delete storm.
+ */
+const IMAGE_ATTEMPTS = 3;
 
 /** zip local-file or empty-archive header, or the gzip magic (RFC 1952). */
 export function archiveKind(b: Buffer): 'zip' | 'tar.gz' | null {
@@ -172,18 +185,34 @@ export function registerDeploy(app: Hono<GatewayEnv>, deps: GatewayDeps, limits:
     const isImage = cfg.runtime.startsWith('image:');
     if (!code && !isImage) throw new InvalidRequest('the "code" part (zip or tar.gz) is required', { field: 'code' });
     if (code && !archiveKind(code)) throw new InvalidRequest('code is neither a zip nor a tar.gz archive', { field: 'code' });
-    if (isImage) {
+    const image = isImage ? cfg.runtime.slice('image:'.length) : null;
+    // a tenant's image can be deleted while we work: the generation read before the lookup lets the version
+    // script refuse a commit that a delete overtook (services/store/functions.ts); base images are never deleted
+    const tenantImage = image !== null && !(BASE_IMAGE_NAMES as readonly string[]).includes(image) ? image : null;
+    const findImage = async (): Promise<number | undefined> => {
+      if (image === null) return undefined;
+      const gen = tenantImage === null ? undefined : await deps.store.functions.imageGeneration(tenant, tenantImage);
       try {
-        await deps.images.resolve(cfg.runtime.slice('image:'.length), tenant);
+        await deps.images.resolve(image, tenant);
       } catch (e) {
         if (isFnhostError(e) && e.type === 'NotFound') throw new InvalidRequest(`${cfg.runtime}: no such image (import it with PUT /v1/images/<name>)`, { field: 'runtime' });
         throw e;
       }
-    }
+      return gen;
+    };
+    let imageGen = await findImage();
 
-    const put = (codeDigest: string | null) => {
-      const rec: Omit<FunctionVersion, 'version'> = { tenant, name, ...cfg, codeDigest, createdAt: new Date().toISOString() };
-      return deps.store.functions.putVersion(rec, { maxFunctions: t.limits.maxFunctions });
+    const put = async (codeDigest: string | null): Promise<FunctionVersion> => {
+      for (let attempt = 1; ; attempt++) {
+        const rec: Omit<FunctionVersion, 'version'> = { tenant, name, ...cfg, codeDigest, createdAt: new Date().toISOString() };
+        try {
+          return await deps.store.functions.putVersion(rec, { maxFunctions: t.limits.maxFunctions, imageGen });
+        } catch (e) {
+          // an image delete of this tenant started after our lookup (maybe of another image): look again
+          if (!(e instanceof Conflict && e.details.reason === IMAGES_CHANGED) || attempt >= IMAGE_ATTEMPTS) throw e;
+          imageGen = await findImage();
+        }
+      }
     };
     if (!code) return c.json(await put(null), 201);
 

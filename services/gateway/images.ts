@@ -4,7 +4,9 @@
  * - `PUT /v1/images/:name` body: a `docker save` tar or an OCI layout tar → 201 `{name, digest, layers}`.
  *   The body is streamed to a 0600 temp file under the cap (2 GiB) and removed after the import.
  * - `GET /v1/images` → `{images: [{name, digest, layers, sizeBytes, base}]}`: the tenant's plus the base images.
- * - `DELETE /v1/images/:name` → 204; 409 while a function's latest version runs on it.
+ * - `DELETE /v1/images/:name` → 204; 409 while a function's latest version runs on it (`functions`), and a
+ *   deploy of `image:<name>` that looked the image up before the delete never commits after it (it gets a 400
+ *   no such image, or a 409 while the delete is in progress).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
@@ -44,9 +46,15 @@ export function imageRoutes(deps: GatewayDeps, limits: GatewayLimits): Hono<Gate
   app.delete('/:name', async (c) => {
     const tenant = tenantOf(c);
     const name = validateName(c.req.param('name'));
-    const users = (await deps.store.functions.list(tenant)).filter((f) => f.latest.runtime === `image:${name}`).map((f) => f.latest.name);
-    if (users.length) throw new Conflict(`image ${name} is used by ${users.join(', ')}`, { field: 'name', functions: users });
-    await deps.images.deleteImage(tenant, name);
+    if (BASE_NAMES.has(name)) throw new Conflict(`${name} is a base image and cannot be deleted`, { field: 'name', image: name });
+    // the users check and the delete's mark are one script, and deploys of `image:<name>` commit only when no
+    // delete started since they looked the image up (services/store/functions.ts): across gateways too
+    const end = await deps.store.functions.beginImageDelete(tenant, name);
+    try {
+      await deps.images.deleteImage(tenant, name);
+    } finally {
+      await end();
+    }
     return c.body(null, 204);
   });
 

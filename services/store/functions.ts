@@ -5,11 +5,29 @@
  * Redis layout (prefix `p`):
  * - `p fn:<t>`          hash  name    → JSON of the latest {@link FunctionVersion} (one HGET resolves `name`)
  * - `p fnv:<t>:<name>`  hash  version → JSON of that version (resolves `name:3`)
- * - `p fnseq:<t>`       hash  name    → the last version number handed out
+ * - `p fnseq:<t>`       hash  name    → the last version number handed out; kept when the function is deleted
+ *   (removed with the tenant), so a re-created function continues the numbering: `name:N` never names another
+ *   record, and neither does a PATCH's `expectLatest` (a PATCH based on the deleted function's latest version
+ *   would otherwise commit that version's runtime and code onto the re-created function)
+ * - `p imggen:<t>`      string  the tenant's image-delete generation: +1 at the start of every image delete
+ * - `p imgdel:<t>:<img>` string  a delete of image `img` in progress (a token; expires, see IMAGE_DELETE_TTL_MS)
  *
  * A new version is written by one Lua script that checks the tenant exists, the function-count limit and,
  * when asked, that the latest version is still the one the caller based its change on; so concurrent deploys
  * never exceed `maxFunctions` and a PATCH never silently drops a deploy that landed in between.
+ *
+ * Images vs versions (`runtime: "image:<img>"`): an image may be deleted only while no function's latest
+ * version runs on it, and a version may not be committed naming an image deleted since the deploy found it.
+ * Both sides go through Redis, so this holds across gateways:
+ * - the delete ({@link FunctionStore.beginImageDelete}) checks the users and, in the same script, bumps the
+ *   generation and sets its `imgdel` mark; it removes the record, then clears the mark;
+ * - the deploy reads the generation ({@link FunctionStore.imageGeneration}, refused while the mark is set)
+ *   BEFORE it looks the image up, and its version script commits only if the generation has not moved.
+ * A delete that started before the deploy's read is seen by that read (the mark) or finished first (the
+ * lookup then finds no image); one that started after it moves the generation (the commit is refused and the
+ * deploy looks again); one whose script ran after the commit sees the new version as a user and refuses.
+ * PATCH keeps the runtime and commits only while its base is still the latest (the same record: version numbers
+ * are not reused), so the users check covers it.
  *
  * @example
  * const fns = new FunctionStore(redis);
@@ -17,6 +35,7 @@
  * await fns.get('acme', 'hello');      // latest
  * await fns.get('acme', 'hello', 1);   // version 1
  */
+import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion } from '../common/model.ts';
 import { Conflict, LimitExceeded, NotFound } from '../common/errors.ts';
@@ -31,13 +50,16 @@ export interface FunctionSummary {
   versions: number;
 }
 
-// KEYS[1] = p tenants, KEYS[2] = p fn:<t>, KEYS[3] = p fnv:<t>:<name>, KEYS[4] = p fnseq:<t>
+// KEYS[1] = p tenants, KEYS[2] = p fn:<t>, KEYS[3] = p fnv:<t>:<name>, KEYS[4] = p fnseq:<t>, KEYS[5] = p imggen:<t>
 // ARGV[1] = tenant, ARGV[2] = name, ARGV[3] = maxFunctions,
 // ARGV[4] = the record's JSON without its leading "{" (the script prepends {"version":N,),
-// ARGV[5] = expected latest version ("" = do not check; "0" = the function must not exist yet).
-// Returns the new version (>0), or -1 tenant missing, -2 function limit reached, -3 latest moved on.
+// ARGV[5] = expected latest version ("" = do not check; "0" = the function must not exist yet),
+// ARGV[6] = expected image-delete generation ("" = do not check).
+// Returns the new version (>0), or -1 tenant missing, -2 function limit reached, -3 latest moved on,
+// -4 an image delete started since the generation was read.
 const PUT_VERSION = `
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+if ARGV[6] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[6] then return -4 end
 local exists = redis.call('HEXISTS', KEYS[2], ARGV[2])
 if exists == 0 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[3]) then return -2 end
 if ARGV[5] ~= '' then
@@ -51,13 +73,46 @@ redis.call('HSET', KEYS[3], v, rec)
 redis.call('HSET', KEYS[2], ARGV[2], rec)
 return v`;
 
-// KEYS[1] = p fn:<t>, KEYS[2] = p fnv:<t>:<name>, KEYS[3] = p fnseq:<t>; ARGV[1] = name.
+// KEYS[1] = p fn:<t>, KEYS[2] = p fnv:<t>:<name>; ARGV[1] = name. (`p fnseq:<t>` stays: see the layout.)
 // Returns 1 when the function existed.
 const DELETE_FN = `
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[3], ARGV[1])
 return n`;
+
+// KEYS[1] = p fn:<t>, KEYS[2] = p imggen:<t>, KEYS[3] = p imgdel:<t>:<img>, KEYS[4] = p tenants
+// ARGV[1] = "image:<img>" (the runtime that uses it), ARGV[2] = token, ARGV[3] = mark ttl (ms), ARGV[4] = tenant.
+// Returns the names of the functions whose latest version runs on the image (nothing changed), or an empty
+// list: generation bumped and mark set; -1: no such tenant (nothing written: a deleted tenant's keys are gone
+// for good). Reads every latest version of the tenant: deletes are rare, and a users index kept by the
+// version scripts would cost every deploy.
+const BEGIN_IMAGE_DELETE = `
+if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0 then return -1 end
+local all = redis.call('HGETALL', KEYS[1])
+local users = {}
+for i = 1, #all, 2 do
+  local ok, rec = pcall(cjson.decode, all[i + 1])
+  if ok and type(rec) == 'table' and rec.runtime == ARGV[1] then users[#users + 1] = all[i] end
+end
+if #users > 0 then return users end
+redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+return {}`;
+
+// KEYS[1] = p imgdel:<t>:<img>, ARGV[1] = token: clears the mark only if it is still this delete's.
+const END_IMAGE_DELETE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0`;
+
+/**
+ * How long an image delete's mark lives when its gateway dies before clearing it (deploys of that image are
+ * refused meanwhile). A delete holds it for one record unlink, milliseconds; if one ever took longer, a deploy
+ * starting after the expiry could commit while the record is still there and be left naming a deleted image.
+ */
+export const IMAGE_DELETE_TTL_MS = 60_000;
+
+/** `details.reason` of the Conflict putVersion throws when an image delete started after `imageGen` was read. */
+export const IMAGES_CHANGED = 'images-changed';
 
 export class FunctionStore {
   constructor(
@@ -76,28 +131,88 @@ export class FunctionStore {
   private seq(tenant: string) {
     return `${this.prefix}fnseq:${tenant}`;
   }
+  private imageGenKey(tenant: string) {
+    return `${this.prefix}imggen:${tenant}`;
+  }
+  private imageDeleteKey(tenant: string, image: string) {
+    return `${this.prefix}imgdel:${tenant}:${image}`;
+  }
 
   /**
    * Writes a new immutable version and makes it the latest.
    * @param opts.maxFunctions the tenant's function limit (checked only when `name` is new).
    * @param opts.expectLatest the version the change was based on (0: must be new); omitted: not checked.
-   * @throws NotFound (tenant gone), LimitExceeded (function limit), Conflict (latest moved on).
+   * @param opts.imageGen the tenant's {@link imageGeneration} read before the version's image was looked up;
+   *   omitted: not checked (a runtime that is not a tenant's image).
+   * @throws NotFound (tenant gone), LimitExceeded (function limit), Conflict (latest moved on; or, with
+   *   `details.reason` {@link IMAGES_CHANGED}, an image delete started since `imageGen`: look the image up again).
    */
-  async putVersion(rec: NewVersion, opts: { maxFunctions: number; expectLatest?: number }): Promise<FunctionVersion> {
+  async putVersion(rec: NewVersion, opts: { maxFunctions: number; expectLatest?: number; imageGen?: number }): Promise<FunctionVersion> {
     const body = JSON.stringify({ ...rec, version: undefined }).slice(1);
     const r = (await runScript(
       this.redis,
       PUT_VERSION,
-      [`${this.prefix}tenants`, this.index(rec.tenant), this.versionsKey(rec.tenant, rec.name), this.seq(rec.tenant)],
-      [rec.tenant, rec.name, opts.maxFunctions, body, opts.expectLatest === undefined ? '' : String(opts.expectLatest)],
+      [`${this.prefix}tenants`, this.index(rec.tenant), this.versionsKey(rec.tenant, rec.name), this.seq(rec.tenant), this.imageGenKey(rec.tenant)],
+      [
+        rec.tenant, rec.name, opts.maxFunctions, body,
+        opts.expectLatest === undefined ? '' : String(opts.expectLatest),
+        opts.imageGen === undefined ? '' : String(opts.imageGen),
+      ],
     )) as number;
     if (r === -1) throw new NotFound(`tenant ${rec.tenant} not found`);
     if (r === -2) throw new LimitExceeded(`tenant ${rec.tenant} already has its maximum of ${opts.maxFunctions} functions`, { field: 'name', limit: opts.maxFunctions });
     if (r === -3) throw new Conflict(`function ${rec.name} changed while this change was being made; retry`, { field: 'name' });
+    if (r === -4) throw new Conflict(`an image of tenant ${rec.tenant} was deleted while ${rec.runtime} was being deployed; retry`, { field: 'runtime', reason: IMAGES_CHANGED });
     // The record exactly as stored (and as get() would parse it): same key order, so the same fn reference.
     const latest = JSON.parse(`{"version":${r},${body}`) as FunctionVersion;
     this.onChange({ t: rec.tenant, f: rec.name }, latest);
     return latest;
+  }
+
+  /**
+   * The tenant's image-delete generation, to pass as `putVersion`'s `imageGen`; read it BEFORE looking up the
+   * image the version will name (see the module header). One round trip.
+   * @throws Conflict while a delete of `image` is in progress.
+   * @example
+   * const gen = await fns.imageGeneration('acme', 'myimg');
+   * await images.resolve('myimg', 'acme');                       // NotFound: no such image
+   * await fns.putVersion({ ...rec, runtime: 'image:myimg' }, { maxFunctions: 100, imageGen: gen });
+   */
+  async imageGeneration(tenant: string, image: string): Promise<number> {
+    const [gen, deleting] = await this.redis.mget(this.imageGenKey(tenant), this.imageDeleteKey(tenant, image));
+    if (deleting !== null) throw new Conflict(`image ${image} is being deleted`, { field: 'runtime', image });
+    return Number(gen ?? 0);
+  }
+
+  /**
+   * Starts deleting a tenant's image: refuses while a function's latest version runs on it, otherwise marks
+   * the delete (new versions naming any image of the tenant whose lookup came before this are refused by
+   * putVersion; deploys of `image` are refused until `end`). Call `end` once the record is gone (or the delete
+   * failed); it never throws (the mark then expires after {@link IMAGE_DELETE_TTL_MS}).
+   * @throws Conflict `{functions}` when functions use the image, NotFound when the tenant is gone (nothing changed).
+   * @example
+   * const end = await fns.beginImageDelete('acme', 'myimg');
+   * try { await images.deleteImage('acme', 'myimg'); } finally { await end(); }
+   */
+  async beginImageDelete(tenant: string, image: string, ttlMs = IMAGE_DELETE_TTL_MS): Promise<() => Promise<void>> {
+    const token = randomBytes(8).toString('hex');
+    const mark = this.imageDeleteKey(tenant, image);
+    const users = (await runScript(
+      this.redis,
+      BEGIN_IMAGE_DELETE,
+      [this.index(tenant), this.imageGenKey(tenant), mark, `${this.prefix}tenants`],
+      [`image:${image}`, token, ttlMs, tenant],
+    )) as string[] | -1;
+    if (users === -1) throw new NotFound(`tenant ${tenant} not found`);
+    if (users.length) {
+      users.sort();
+      throw new Conflict(`image ${image} is used by ${users.join(', ')}`, { field: 'name', functions: users });
+    }
+    return async () => {
+      await runScript(this.redis, END_IMAGE_DELETE, [mark], [token]).catch(() => {
+        // the mark expires on its own; the delete itself is done
+      });
+    };
   }
 
   /** The latest version, or version `version`; null when either does not exist. */
@@ -129,9 +244,9 @@ export class FunctionStore {
     return this.redis.hlen(this.index(tenant));
   }
 
-  /** Deletes a function with all its versions; NotFound when it does not exist. */
+  /** Deletes a function with all its versions (not its version counter); NotFound when it does not exist. */
   async delete(tenant: string, name: string): Promise<void> {
-    const n = await runScript(this.redis, DELETE_FN, [this.index(tenant), this.versionsKey(tenant, name), this.seq(tenant)], [name]);
+    const n = await runScript(this.redis, DELETE_FN, [this.index(tenant), this.versionsKey(tenant, name)], [name]);
     this.onChange({ t: tenant, f: name });
     if (n !== 1) throw new NotFound(`function ${name} not found`, { field: 'name' });
   }
@@ -141,7 +256,7 @@ export class FunctionStore {
     const names = await this.redis.hkeys(this.index(tenant));
     const multi = this.redis.multi();
     for (const n of names) multi.del(this.versionsKey(tenant, n));
-    multi.del(this.index(tenant), this.seq(tenant));
+    multi.del(this.index(tenant), this.seq(tenant), this.imageGenKey(tenant));
     await multi.exec();
     this.onChange({ t: tenant });
     return names;
