@@ -18,7 +18,7 @@ import { isUtf8 } from 'node:buffer';
 import type { Span } from '@opentelemetry/api';
 import { FunctionError, InvalidRequest, ResponseTooLarge } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload } from '../../services/common/model.ts';
-import { Attr, withSpan } from '../../services/common/telemetry.ts';
+import { Attr, SpanName, withSpan } from '../../services/common/telemetry.ts';
 import type { ExitStatus, Sandbox, SandboxLimits, SandboxProcess, StartSpec } from '../../services/sandbox/types.ts';
 import type { CodeLayer, ResolvedImage } from '../../services/store/types.ts';
 import { InstanceBase, type InvokeRequest, type InvokeResult } from './instance.ts';
@@ -99,14 +99,15 @@ export class ExecInstance extends InstanceBase {
   }
 
   /** `stdin` is the invocation body: the sandbox writes it into the pipe with the spawn request, so the
-   * process reads it without waiting for a host round trip after the init's answer. */
-  private async spawn(env: Record<string, string>, stdin: Buffer): Promise<SandboxProcess> {
+   * process reads it without waiting for a host round trip after the init's answer. `span`: the 'run' span,
+   * parent of a 'mount' step (passed: InstanceBase.invoke does not make it the current span). */
+  private async spawn(env: Record<string, string>, stdin: Buffer, span: Span): Promise<SandboxProcess> {
     const cwd = this.code ? this.opts.codeDir : this.image.config.workingDir || '/';
     if (this.started) {
       const mounts = this.mounts;
       if (mounts) {
         // A failure once the request is out destroys the sandbox (run() then marks the instance dead).
-        const p = await withSpan('mount', {}, () => this.sandbox.exec({ argv: this.argv, env, cwd, stdin, mounts }));
+        const p = await withSpan(SpanName.mount, {}, () => this.sandbox.exec({ argv: this.argv, env, cwd, stdin, mounts }), { parent: span });
         this.mounts = null;
         return p;
       }
@@ -138,7 +139,7 @@ export class ExecInstance extends InstanceBase {
       limits: this.limits,
     };
     this.started = true;
-    return withSpan('mount', {}, () => this.sandbox.start(spec));
+    return withSpan(SpanName.mount, {}, () => this.sandbox.start(spec), { parent: span });
   }
 
   protected async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
@@ -148,7 +149,7 @@ export class ExecInstance extends InstanceBase {
     logs.begin(req.id);
     let proc: SandboxProcess;
     try {
-      proc = await this.spawn({ ...this.baseEnv, ...contextEnv(this.fn, req, deadline) }, req.payload.body);
+      proc = await this.spawn({ ...this.baseEnv, ...contextEnv(this.fn, req, deadline) }, req.payload.body, span);
     } catch (e) {
       // The sandbox refuses argv it cannot find in the rootfs (InvalidRequest, field argv): that is the
       // function's own mistake (a wrong handler path), reported as its error. A failed start destroys the sandbox.

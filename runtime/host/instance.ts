@@ -18,13 +18,11 @@ import { randomBytes } from 'node:crypto';
 import type { Span } from '@opentelemetry/api';
 import { Crashed, FunctionError, Internal, ResponseTooLarge, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, InvocationResponse, LogLine } from '../../services/common/model.ts';
-import { Attr, NOOP_SPAN, tracingEnabled, withSpan } from '../../services/common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanName, failSpan, startSpanUnder, tracingEnabled } from '../../services/common/telemetry.ts';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import { encodeFrame, MsgType, type InvokeMsg, type ShimFrame } from '../protocol.ts';
 import { ChannelClosed, type RuntimeChannel } from './channel.ts';
 import { deathError, timeoutError, withLogs } from './outcome.ts';
-
-const RUN_ATTRS = Object.freeze({});
 
 export interface InvokeRequest {
   /** the invocation id; tags the logs and is the function's context.invocationId. */
@@ -119,10 +117,25 @@ export abstract class InstanceBase implements Instance {
     if (this._busy) throw new Internal('instance is busy: one invocation at a time', { sandboxId: this.sandbox.id });
     this._busy = true;
     this._invocations++;
+    if (!tracingEnabled()) {
+      // untraced: no span, closure or promise chain per call (this runs thousands of times a second)
+      try {
+        return await this.run(req, NOOP_SPAN);
+      } finally {
+        this._busy = false;
+      }
+    }
+    // Under the span current at the call (the scheduler's 'local dispatch' / 'scheduler pickup', set by
+    // runInSpan around this synchronous start). Started and ended here rather than through withSpan: no
+    // callback closure and no extra promise + then pair per call.
+    const span = startSpanUnder(SpanName.run, undefined, undefined);
     try {
-      // untraced: no attribute object, closure or span per call (this runs thousands of times a second)
-      return await (tracingEnabled() ? withSpan('run', RUN_ATTRS, (span) => this.run(req, span)) : this.run(req, NOOP_SPAN));
+      return await this.run(req, span);
+    } catch (e) {
+      failSpan(span, e);
+      throw e;
     } finally {
+      span.end();
       this._busy = false;
     }
   }

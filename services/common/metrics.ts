@@ -139,6 +139,7 @@ export class FnhostMetrics {
   private readonly redisErrors: Counter<'component'>;
   private readonly traceDropped: Counter;
   private readonly traceFailed: Counter;
+  private readonly callbacks: Counter<'outcome'>;
   private readonly httpRequests: SeriesCounter;
   private readonly httpDuration: SeriesHistogram;
   private readonly invocationCache = new Map<string, InvocationSeries>();
@@ -242,6 +243,12 @@ export class FnhostMetrics {
       help: 'Spans lost in failed OTLP exports (non-2xx answer, network error or timeout).',
       registers,
     });
+    this.callbacks = new Counter({
+      name: 'fnhost_callbacks_total',
+      help: 'Completion-callback POSTs of async invocations (X-Callback-Url), by outcome: delivered, retried (an attempt failed, another follows) or failed (attempts exhausted or destination refused).',
+      labelNames: ['outcome'],
+      registers,
+    });
     this.httpRequests = new SeriesCounter({
       name: 'fnhost_http_requests_total',
       help: 'HTTP requests served by the gateway, by method, route pattern and status code.',
@@ -332,6 +339,11 @@ export class FnhostMetrics {
   /** Spans dropped by the OTLP exporter's bounded queue (services/common/trace-export.ts). */
   traceSpansDropped(n = 1): void {
     this.traceDropped.inc(n);
+  }
+
+  /** One completion-callback attempt's outcome (services/scheduler/callbacks.ts). */
+  callback(outcome: 'delivered' | 'retried' | 'failed'): void {
+    this.callbacks.inc({ outcome });
   }
 
   /** Spans lost in failed OTLP exports. */

@@ -12,6 +12,7 @@
  */
 import type { AttributeValue, Attributes, Link } from '@opentelemetry/api';
 import type { FnSpan } from './trace-span.ts';
+import { writeHeaderBefore } from './otlp-records.mjs';
 
 // ---- protobuf ----
 
@@ -276,7 +277,8 @@ function protoKey(w: ProtoWriter, k: string): void {
   w.raw(kb);
 }
 
-function protoKeyValue(w: ProtoWriter, field: number, k: string, v: AttributeValue): void {
+/** one KeyValue as field `field` (span attributes: 9), cached or not */
+export function protoKeyValue(w: ProtoWriter, field: number, k: string, v: AttributeValue): void {
   // KeyValue: 1 key, 2 AnyValue
   if (typeof v === 'string' && field < 16 && v.length < 100 && protoShortStringKeyValue(w, field, k, v)) return;
   w.tag(field, LEN);
@@ -327,30 +329,67 @@ function protoShortStringKeyValue(w: ProtoWriter, field: number, k: string, v: s
  * version, mode, start kind, outcome, route, status… repeat on every invocation, so each is encoded once and
  * then copied. A key whose values keep changing (invocation ids) stops being cached after
  * PAIR_VALUES_MAX distinct values.
+ *
+ * One slot per key, remembering the value it saw last and its bytes: consecutive spans mostly carry the same
+ * values (the same function called again), and one `===` is cheaper than the second Map look-up (attributes are
+ * ~3/4 of the encoder's time for a warm call's 5 spans; this took ~7 % off creating + encoding them).
  */
-const PAIR_CACHE = new Map<string, Map<AttributeValue, Uint8Array> | null>();
+interface PairSlot {
+  /** the value seen last (cached values only) and its pair id */
+  lastValue: AttributeValue | undefined;
+  lastId: number;
+  /** value → pair id; null once the key had PAIR_VALUES_MAX distinct values (not cached from then on) */
+  values: Map<AttributeValue, number> | null;
+}
+const PAIR_CACHE = new Map<string, PairSlot>();
 const PAIR_VALUES_MAX = 64;
 const PAIR_KEYS_MAX = 256;
 const PAIR_VALUE_MAX_CHARS = 64;
+/**
+ * The cached pairs' bytes by id, append-only (at most PAIR_KEYS_MAX × PAIR_VALUES_MAX): span records refer to a
+ * pair by this id, and the export thread gets the table as it grows (trace-export.ts).
+ */
+export const PAIR_BYTES: Uint8Array[] = [];
+
+/** The id of the cached encoding of span attribute `k` = `v` (PAIR_BYTES), or -1 when it is not cached. */
+export function pairId(k: string, v: AttributeValue): number {
+  const slot = PAIR_CACHE.get(k);
+  if (slot !== undefined) {
+    if (slot.lastValue === v) return slot.lastId;
+    const m = slot.values;
+    if (m === null || typeof v === 'object' || (typeof v === 'string' && v.length > PAIR_VALUE_MAX_CHARS)) return -1;
+    let id = m.get(v);
+    if (id === undefined) {
+      if (m.size >= PAIR_VALUES_MAX) {
+        slot.values = null;
+        slot.lastValue = undefined;
+        return -1;
+      }
+      id = newPair(k, v);
+      m.set(v, id);
+    }
+    slot.lastValue = v;
+    slot.lastId = id;
+    return id;
+  }
+  if (PAIR_CACHE.size >= PAIR_KEYS_MAX || typeof v === 'object' || (typeof v === 'string' && v.length > PAIR_VALUE_MAX_CHARS)) return -1;
+  const id = newPair(k, v);
+  PAIR_CACHE.set(k, { lastValue: v, lastId: id, values: new Map([[v, id]]) });
+  return id;
+}
 
 function protoSpanAttribute(w: ProtoWriter, k: string, v: AttributeValue): void {
-  if (typeof v !== 'object' && (typeof v !== 'string' || v.length <= PAIR_VALUE_MAX_CHARS)) {
-    let m = PAIR_CACHE.get(k);
-    if (m === undefined && PAIR_CACHE.size < PAIR_KEYS_MAX) PAIR_CACHE.set(k, (m = new Map()));
-    if (m) {
-      const hit = m.get(v);
-      if (hit) return w.raw(hit);
-      if (m.size < PAIR_VALUES_MAX) {
-        const t = new ProtoWriter(128);
-        protoKeyValue(t, 9, k, v);
-        const bytes = Uint8Array.from(t.bytes());
-        m.set(v, bytes);
-        return w.raw(bytes);
-      }
-      PAIR_CACHE.set(k, null);
-    }
-  }
-  protoKeyValue(w, 9, k, v);
+  const id = pairId(k, v);
+  if (id >= 0) w.raw(PAIR_BYTES[id]!);
+  else protoKeyValue(w, 9, k, v);
+}
+
+/** encodes one span attribute into a right-sized copy and files it in PAIR_BYTES; returns its id */
+function newPair(k: string, v: AttributeValue): number {
+  const t = new ProtoWriter(128);
+  protoKeyValue(t, 9, k, v);
+  PAIR_BYTES.push(Uint8Array.from(t.bytes()));
+  return PAIR_BYTES.length - 1;
 }
 
 function protoAttributes(w: ProtoWriter, field: number, attrs: Attributes | undefined): void {
@@ -386,23 +425,37 @@ function protoLink(w: ProtoWriter, l: Link): void {
  * [tag 5, length, name bytes, tag 6, kind] per span name and kind: a handful of names (SpanName), encoded once.
  * Capped so names from other code cannot grow it forever.
  */
-const NAME_CACHE = new Map<string, Uint8Array[]>();
+const NAME_CACHE = new Map<string, number[]>();
 const NAME_CACHE_MAX = 256;
+/** name+kind bytes by id (append-only, like PAIR_BYTES; span records refer to them by id) */
+export const NAME_BYTES: Uint8Array[] = [];
 
-function nameAndKind(name: string, kind: number): Uint8Array {
+/** The id of the cached name+kind bytes (NAME_BYTES), or -1 past NAME_CACHE_MAX names. */
+export function nameKindId(name: string, kind: number): number {
   let byKind = NAME_CACHE.get(name);
   const hit = byKind?.[kind];
-  if (hit) return hit;
+  if (hit !== undefined) return hit;
+  if (!byKind) {
+    if (NAME_CACHE.size >= NAME_CACHE_MAX) return -1;
+    NAME_CACHE.set(name, (byKind = []));
+  }
+  NAME_BYTES.push(encodeNameAndKind(name, kind));
+  return (byKind[kind] = NAME_BYTES.length - 1);
+}
+
+function encodeNameAndKind(name: string, kind: number): Uint8Array {
   const t = new ProtoWriter(name.length * 3 + 16);
   t.tag(5, LEN);
   t.string(name);
   // OTLP SpanKind = API SpanKind + 1 (0 is UNSPECIFIED in the proto)
   t.tag(6, VARINT);
   t.varint(kind + 1);
-  const bytes = Uint8Array.from(t.bytes());
-  if (!byKind && NAME_CACHE.size < NAME_CACHE_MAX) NAME_CACHE.set(name, (byKind = []));
-  if (byKind) byKind[kind] = bytes;
-  return bytes;
+  return Uint8Array.from(t.bytes());
+}
+
+function nameAndKind(name: string, kind: number): Uint8Array {
+  const id = nameKindId(name, kind);
+  return id >= 0 ? NAME_BYTES[id]! : encodeNameAndKind(name, kind);
 }
 
 /** Appends one `Span` (as field 2 of ScopeSpans) to `w`. */
@@ -499,8 +552,9 @@ export function protoBatchHeader(resource: Attributes, scopeName: string, spansB
  * spans, no buffer allocated per batch.
  */
 export class ProtoBatchHeader {
-  private readonly resourceMsg: Buffer;
-  private readonly scopeMsg: Buffer;
+  /** the encoded Resource and InstrumentationScope messages (the export thread writes headers from them too) */
+  readonly resourceMsg: Buffer;
+  readonly scopeMsg: Buffer;
   /** the most bytes `writeBefore` ever needs (lengths of up to 5 bytes each) */
   readonly maxLength: number;
 
@@ -520,36 +574,8 @@ export class ProtoBatchHeader {
    * it starts. Byte for byte what protoBatchHeader returns.
    */
   writeBefore(buf: Buffer, end: number, spansBytes: number): number {
-    const res = this.resourceMsg;
-    const scope = this.scopeMsg;
-    const scopeSpansLen = 1 + varintLen(scope.length) + scope.length + spansBytes;
-    const resourceSpansLen = 1 + varintLen(res.length) + res.length + 1 + varintLen(scopeSpansLen) + scopeSpansLen;
-    const len = 1 + varintLen(resourceSpansLen) + 1 + varintLen(res.length) + res.length + 1 + varintLen(scopeSpansLen) + 1 + varintLen(scope.length) + scope.length;
-    let p = end - len;
-    const start = p;
-    const put = (n: number) => {
-      while (n > 0x7f) {
-        buf[p++] = (n % 128) | 0x80;
-        n = Math.floor(n / 128);
-      }
-      buf[p++] = n;
-    };
-    buf[p++] = (1 << 3) | LEN;
-    put(resourceSpansLen);
-    buf[p++] = (1 << 3) | LEN;
-    put(res.length);
-    p += res.copy(buf, p);
-    buf[p++] = (2 << 3) | LEN;
-    put(scopeSpansLen);
-    buf[p++] = (1 << 3) | LEN;
-    put(scope.length);
-    p += scope.copy(buf, p);
-    return start;
+    return writeHeaderBefore(buf, end, spansBytes, this.resourceMsg, this.scopeMsg);
   }
-}
-
-function varintLen(n: number): number {
-  return n < 1 << 7 ? 1 : n < 1 << 14 ? 2 : n < 1 << 21 ? 3 : n < 1 << 28 ? 4 : 5;
 }
 
 // ---- JSON (OTLP/JSON: https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding) ----

@@ -275,6 +275,48 @@ export function startSpan(name: string, attrs?: Attributes, opts?: SpanOptions &
   return backend.start(name, attrs, opts?.kind ?? SpanKind.INTERNAL, parentOf(opts?.parent), opts?.startTime);
 }
 
+/** read once: `performance.timeOrigin` is a getter into C++ */
+const TIME_ORIGIN = performance.timeOrigin;
+/** below this a time is a `performance.now()` value, at or above it epoch ms (as the OpenTelemetry SDK tells them apart) */
+const TIME_ORIGIN_HALF = TIME_ORIGIN / 2;
+
+/**
+ * `startSpan` for hot paths: the parent is an argument (a span, or a context — `ROOT_CONTEXT` / a
+ * `remoteParent(...)` — for "not the current span"; undefined = the current span), no options object, and the
+ * start time may be given (epoch ms, or a `performance.now()` value read anyway).
+ *
+ * @example
+ * const span = startSpanUnder(SpanName.localDispatch, attrs, call.parentSpan ?? remoteParent(call.traceparent));
+ * try { ... } finally { span.end(); }
+ */
+export function startSpanUnder(name: string, attrs: Attributes | undefined, parent: Parent | undefined, kind: SpanKind = SpanKind.INTERNAL, startTime?: number): Span {
+  if (!backend) return NOOP_SPAN;
+  return backend.start(name, attrs, kind, parentOf(parent), startTime === undefined || startTime >= TIME_ORIGIN_HALF ? startTime : TIME_ORIGIN + startTime);
+}
+
+
+/**
+ * The current time as span APIs take it (epoch ms with sub-ms resolution): one clock read to share between
+ * spans that start or end at the same point (e.g. the end of one and the start of the next).
+ */
+export function spanTime(): number {
+  return TIME_ORIGIN + performance.now();
+}
+
+/**
+ * Starts the gateway's server span for a request: a child of the caller's `traceparent` when it is valid,
+ * else the root of a new trace (never a child of whatever span is current). `startTime`: epoch ms or a
+ * `performance.now()` value (default now).
+ *
+ * @example
+ * const span = startServerSpan(SpanName.httpRequest, { [Attr.httpMethod]: 'POST' }, req.headers.traceparent);
+ */
+export function startServerSpan(name: string, attrs: Attributes | undefined, traceparent: string | undefined | null, startTime?: number): Span {
+  if (!backend) return NOOP_SPAN;
+  const sc = traceparent ? parseTraceparent(traceparent) : undefined;
+  return backend.start(name, attrs, SpanKind.SERVER, sc, startTime === undefined || startTime >= TIME_ORIGIN_HALF ? startTime : TIME_ORIGIN + startTime);
+}
+
 /**
  * Runs `fn` with `span` as the current span: spans created synchronously inside `fn` (before its first
  * await) hang under it — e.g. `runInSpan(span, () => instance.invoke(req))` gives the 'run' span its parent.
@@ -399,6 +441,19 @@ export function withRemoteParent<T>(traceparent: string | undefined | null, fn: 
   const sc = parseTraceparent(traceparent);
   const span = sc ? otTrace.wrapSpanContext(sc) : undefined;
   return enter(span, fn, alsMode ? (sc ? otTrace.setSpanContext(ROOT_CONTEXT, sc) : ROOT_CONTEXT) : undefined);
+}
+
+/**
+ * The parent named by `traceparent`, to pass as `{ parent }` / to `startSpanUnder`: the open span of this process
+ * that handed it out (no parse), else the remote span context it names, else `ROOT_CONTEXT` (missing or
+ * malformed: a new trace — never the current span). Same rules as `withRemoteParent`, without a callback.
+ *
+ * @example
+ * const span = startSpanUnder(SpanName.pickup, attrs, remoteParent(job.data.traceparent), SpanKind.CONSUMER);
+ */
+export function remoteParent(traceparent: string | undefined | null): Parent {
+  if (!backend || !traceparent) return ROOT_CONTEXT;
+  return localSpans.get(traceparent) ?? contextFromTraceparent(traceparent);
 }
 
 /** trace_id / span_id of the current span, for log lines; empty when there is none. */

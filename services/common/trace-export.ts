@@ -1,11 +1,13 @@
 /**
  * @module trace-export
- * The span pipeline behind services/common/tracing-setup.ts: each sampled span is encoded into the current
- * batch the moment it ends (otlp-encode.ts), and a batch is POSTed to the collector (OTLP/HTTP, kept-alive
- * connection) when it holds `maxExportBatchSize` spans or `scheduledDelayMillis` after its first span — the
- * BatchSpanProcessor's contract (OTEL_BSP_*), without keeping span objects alive in between. The POST itself (and
- * gzip) runs on an export thread by default: the sealed batch's buffer is transferred to it and handed back
- * when the request is done (see EXPORT_THREAD_URL for why; FNHOST_OTEL_EXPORT_THREAD=0 keeps it on the loop).
+ * The span pipeline behind services/common/tracing-setup.ts: each sampled span goes into the current batch the
+ * moment it ends, and a batch is POSTed to the collector (OTLP/HTTP, kept-alive connection) when it holds
+ * `maxExportBatchSize` spans or `scheduledDelayMillis` after its first span — the BatchSpanProcessor's contract
+ * (OTEL_BSP_*), without keeping span objects alive in between. By default an export thread does the rest: the
+ * loop writes each span as a fixed-layout record (span-records.ts), the sealed batch's buffers are transferred to
+ * the thread, which encodes the OTLP protobuf (otlp-records.mjs), hands the buffers back and POSTs (and gzips).
+ * Without the thread (FNHOST_OTEL_EXPORT_THREAD=0, or after it died), with http/json, or with
+ * FNHOST_OTEL_ENCODE=loop, spans are encoded on the loop as they end (otlp-encode.ts). See EXPORT_THREAD_URL.
  *
  * Bounded: at most `maxQueueSize` spans wait (encoded, not yet acknowledged by the collector); past that new
  * spans are dropped and counted (`stats().dropped`, and fnhost_trace_spans_dropped_total) rather than growing the
@@ -14,8 +16,9 @@
  */
 import { Worker } from 'node:worker_threads';
 import { diag, type Attributes } from '@opentelemetry/api';
-import { ProtoBatchHeader, ProtoWriter, jsonBatch, jsonSpan, protoSpan } from './otlp-encode.ts';
+import { NAME_BYTES, PAIR_BYTES, ProtoBatchHeader, ProtoWriter, jsonBatch, jsonSpan, protoSpan } from './otlp-encode.ts';
 import { createPoster, type Poster } from './otlp-post.mjs';
+import { SpanRecords, encodeRecordsHere, writeSpanRecord } from './span-records.ts';
 import type { FnSpan, SpanSink } from './trace-span.ts';
 
 export interface OtlpHttpConfig {
@@ -34,9 +37,20 @@ export interface OtlpHttpConfig {
   maxConcurrentExports: number;
   /**
    * POST (and gzip) on a worker thread instead of the event loop (default true; FNHOST_OTEL_EXPORT_THREAD=0
-   * keeps it in-thread). Spans are still encoded on the loop; only sealed batches cross, zero-copy.
+   * keeps it in-thread). Sealed batches cross zero-copy (transferred buffers): span records, or spans encoded on
+   * the loop (see encodeOnThread).
    */
   exportThread?: boolean;
+  /**
+   * Nice value of the export thread (FNHOST_OTEL_EXPORT_NICE; null leaves it as inherited). Default
+   * DEFAULT_EXPORT_THREAD_NICE: see there.
+   */
+  exportThreadNice?: number | null;
+  /**
+   * With the export thread and protobuf: spans leave the loop as records and the thread encodes them
+   * (span-records.ts; default true, FNHOST_OTEL_ENCODE=loop encodes on the loop as they end).
+   */
+  encodeOnThread?: boolean;
 }
 
 export interface ExportStats {
@@ -96,7 +110,29 @@ export function otlpConfigFromEnv(env: NodeJS.ProcessEnv, resource: Attributes, 
     scheduledDelayMillis: num(env.OTEL_BSP_SCHEDULE_DELAY, 5000),
     maxConcurrentExports: DEFAULT_CONCURRENT_EXPORTS,
     exportThread: (env.FNHOST_OTEL_EXPORT_THREAD ?? '').trim() !== '0',
+    exportThreadNice: exportNiceFromEnv(env.FNHOST_OTEL_EXPORT_NICE),
+    encodeOnThread: (env.FNHOST_OTEL_ENCODE ?? '').trim() !== 'loop',
   };
+}
+
+/**
+ * The export thread's nice value. A thread inherits its creator's: `fnhost start` runs the event loop at nice
+ * −10 (services/cli/priority.ts) so that the runtimes it wakes do not preempt it, and the export thread would get
+ * that weight too, though nothing waits on it (a batch has up to OTEL_BSP_SCHEDULE_DELAY to go out): at −10 each
+ * batch's burst (encode + ~1 MB POST) would take a core from the runtimes and the load generator that the loop's
+ * calls wait on; at 0 it shares like any other process. Measured at 32 connections, alternating segments on the
+ * 2-core bench machine under other load: no difference beyond the noise (median paired rps +24 % and −4 % in two
+ * runs); this is the default on the reasoning above.
+ */
+export const DEFAULT_EXPORT_THREAD_NICE = 0;
+
+/** FNHOST_OTEL_EXPORT_NICE: -20…19, `inherit` (null: keep the creator's), unset/invalid → the default */
+export function exportNiceFromEnv(raw: string | undefined): number | null {
+  const v = (raw ?? '').trim();
+  if (v === 'inherit') return null;
+  if (/^-?[0-9]{1,2}$/.test(v) && Number(v) >= -20 && Number(v) <= 19) return Number(v);
+  if (v !== '') diag.warn(`fnhost: FNHOST_OTEL_EXPORT_NICE must be -20…19 or inherit (got ${JSON.stringify(v)}); using ${DEFAULT_EXPORT_THREAD_NICE}`);
+  return DEFAULT_EXPORT_THREAD_NICE;
 }
 
 /**
@@ -104,7 +140,8 @@ export function otlpConfigFromEnv(env: NodeJS.ProcessEnv, resource: Attributes, 
  * (otlp-post.mjs) the loop uses in-thread. Why a thread: with the host's loop the bottleneck, everything it does
  * for tracing shows ~1:1 in throughput. A batch POST costs the loop the HTTP client's request/response machinery
  * plus the loopback write itself (TCP on loopback runs the receive side in the sender's syscall): ~128 KB per 512
- * spans.
+ * spans. Encoding moved there too (span records): in the host it cost the loop ~5 µs per warm call (5 spans,
+ * perf), records cost it ~3; the thread encodes a batch in one tight loop for ~1–2 µs per call.
  */
 const EXPORT_THREAD_URL = new URL('./otlp-export-thread.mjs', import.meta.url);
 
@@ -149,7 +186,14 @@ export class OtlpHttpExporter implements SpanSink {
   private count = 0;
   /** spans sealed into batches that are queued or in flight */
   private pendingSpans = 0;
-  private readonly queue: { body: Buffer | string; spans: number; writer?: ProtoWriter }[] = [];
+  private readonly queue: { body: Buffer | string | undefined; spans: number; writer?: ProtoWriter; rec?: SpanRecords }[] = [];
+  /** the batch being built as span records (encoded by the export thread); undefined: encoded here (`proto`) */
+  private rec: SpanRecords | undefined;
+  /** record batches back from the thread, reused */
+  private readonly spareRecs: SpanRecords[] = [];
+  /** how much of PAIR_BYTES / NAME_BYTES the thread has been sent */
+  private sentPairs = 0;
+  private sentNames = 0;
   /** bytes kept free at the front of each batch writer for the request header (resource + scope + lengths) */
   private readonly reserve: number;
   private readonly header: ProtoBatchHeader;
@@ -174,8 +218,16 @@ export class OtlpHttpExporter implements SpanSink {
     this.poster = createPoster(cfg);
     this.header = new ProtoBatchHeader(cfg.resource, cfg.scopeName);
     this.reserve = this.header.maxLength;
-    if (cfg.protocol === 'http/protobuf') this.proto = this.newWriter();
     if (cfg.exportThread !== false) this.startWorker();
+    if (cfg.protocol === 'http/protobuf') {
+      if (this.worker && cfg.encodeOnThread !== false) this.rec = new SpanRecords(cfg.maxExportBatchSize);
+      else this.proto = this.newWriter();
+    }
+  }
+
+  /** true while spans leave the loop as records that the export thread encodes (span-records.ts) */
+  get encodesOnThread(): boolean {
+    return this.rec !== undefined;
   }
 
   /** true while batches are POSTed from the export thread (false: in-thread, by config or after the thread died) */
@@ -185,17 +237,24 @@ export class OtlpHttpExporter implements SpanSink {
 
   private startWorker(): void {
     const { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports } = this.cfg;
+    const nice = this.cfg.exportThreadNice === undefined ? DEFAULT_EXPORT_THREAD_NICE : this.cfg.exportThreadNice;
     let w: Worker;
     try {
       // a small heap: the thread holds at most maxConcurrentExports batches, which live in transferred buffers
-      w = new Worker(EXPORT_THREAD_URL, { workerData: { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports }, resourceLimits: { maxOldGenerationSizeMb: 32 } });
+      const records = { resource: this.header.resourceMsg, scope: this.header.scopeMsg, reserve: this.reserve, batchSize: this.cfg.maxExportBatchSize };
+      w = new Worker(EXPORT_THREAD_URL, { workerData: { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports, nice, records }, resourceLimits: { maxOldGenerationSizeMb: 32 } });
     } catch (e) {
       diag.warn(`fnhost: OTLP export thread unavailable (${(e as Error).message}); exporting on the event loop`);
       return;
     }
     // idle, the thread must not keep the process alive; while a batch is out it does (as an in-flight request would)
     w.unref();
-    w.on('message', (m: { id: number; ok: boolean; why?: string; ab?: ArrayBuffer }) => {
+    w.on('message', (m: { id: number; ok: boolean; why?: string; ab?: ArrayBuffer; recBack?: { ints: ArrayBuffer; times: ArrayBuffer; bytes: ArrayBuffer } }) => {
+      if (m.recBack) {
+        // a record batch's buffers, back as soon as the thread has encoded it (its POST answers later)
+        if (this.spareRecs.length < this.cfg.maxConcurrentExports) this.spareRecs.push(new SpanRecords(this.cfg.maxExportBatchSize, m.recBack));
+        return;
+      }
       const job = this.jobs.get(m.id);
       if (!job) return;
       this.jobs.delete(m.id);
@@ -215,6 +274,15 @@ export class OtlpHttpExporter implements SpanSink {
     if (!this.shut) diag.warn(`fnhost: OTLP export thread ${why}; exporting on the event loop`);
     const lost = [...this.jobs.values()];
     this.jobs.clear();
+    // the batch being built as records is encoded here and building goes on in protobuf (queued record batches
+    // are encoded when they are sent: see send)
+    const rec = this.rec;
+    this.rec = undefined;
+    this.spareRecs.length = 0;
+    if (rec) {
+      this.proto = this.newWriter();
+      encodeRecordsHere(rec, this.proto);
+    }
     for (const j of lost) this.done(false, why, j.spans, undefined);
   }
 
@@ -251,7 +319,8 @@ export class OtlpHttpExporter implements SpanSink {
       this.hooks.onDropped?.(1);
       return;
     }
-    if (this.proto) protoSpan(this.proto, span);
+    if (this.rec) writeSpanRecord(this.rec, span);
+    else if (this.proto) protoSpan(this.proto, span);
     else this.json.push(jsonSpan(span));
     if (++this.count >= this.cfg.maxExportBatchSize) this.seal();
     else if (this.count === 1) {
@@ -267,9 +336,14 @@ export class OtlpHttpExporter implements SpanSink {
       this.timer = undefined;
     }
     if (this.count === 0) return;
-    let body: Buffer | string;
+    let body: Buffer | string | undefined;
     let writer: ProtoWriter | undefined;
-    if (this.proto) {
+    let rec: SpanRecords | undefined;
+    if (this.rec) {
+      rec = this.rec;
+      this.rec = this.spareRecs.pop() ?? new SpanRecords(this.cfg.maxExportBatchSize);
+      this.rec.reset();
+    } else if (this.proto) {
       // The header goes into the room left in front of the spans: one buffer, one socket write, no copy of
       // the spans. The writer goes with the request and comes back to `spare` when it is done (the socket may
       // read from it until then).
@@ -281,7 +355,7 @@ export class OtlpHttpExporter implements SpanSink {
       body = jsonBatch(this.cfg.resource, this.cfg.scopeName, this.json);
       this.json = [];
     }
-    this.queue.push({ body, spans: this.count, writer });
+    this.queue.push({ body, spans: this.count, writer, rec });
     this.pendingSpans += this.count;
     this.count = 0;
     this.pump();
@@ -291,19 +365,38 @@ export class OtlpHttpExporter implements SpanSink {
     while (this.inFlight < this.cfg.maxConcurrentExports && this.queue.length) {
       const b = this.queue.shift()!;
       this.inFlight++;
-      this.send(b.body, b.spans, b.writer);
+      this.send(b.body, b.spans, b.writer, b.rec);
     }
     if (this.inFlight === 0 && this.queue.length === 0 && this.count === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
     }
   }
 
-  private send(body: Buffer | string, spans: number, writer: ProtoWriter | undefined): void {
+  private send(body: Buffer | string | undefined, spans: number, writer: ProtoWriter | undefined, rec?: SpanRecords): void {
     this.stats.requests++;
     const w = this.worker;
+    if (rec && !w) {
+      // sealed as records, but the thread is gone: encode here
+      writer = this.newWriter();
+      encodeRecordsHere(rec, writer);
+      const start = this.header.writeBefore(writer.buf, this.reserve, writer.pos - this.reserve);
+      body = writer.buf.subarray(start, writer.pos);
+    }
     if (w) {
       const id = this.nextJob++;
       if (this.jobs.size === 0) w.ref();
+      if (rec) {
+        // the records' three buffers move to the thread, with the cache entries it has not seen yet (ids only grow)
+        const pairs = PAIR_BYTES.slice(this.sentPairs);
+        const names = NAME_BYTES.slice(this.sentNames);
+        this.sentPairs += pairs.length;
+        this.sentNames += names.length;
+        const bufs = rec.buffers();
+        this.jobs.set(id, { spans, writer: undefined });
+        w.postMessage({ id, rec: { ...bufs, n: rec.n }, pairs, names }, [bufs.ints, bufs.times, bufs.bytes]);
+        return;
+      }
+      if (body === undefined) throw new Error('unreachable: a sealed batch without a body or records');
       if (typeof body === 'string') {
         this.jobs.set(id, { spans, writer: undefined });
         w.postMessage({ id, text: body });
@@ -322,7 +415,7 @@ export class OtlpHttpExporter implements SpanSink {
       }
       return;
     }
-    this.poster.post(body, (ok, why) => this.done(ok, why, spans, writer));
+    this.poster.post(body!, (ok, why) => this.done(ok, why, spans, writer));
   }
 
   /** sends what is buffered and resolves once every export in flight has finished */

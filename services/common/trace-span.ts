@@ -8,7 +8,7 @@
  * tracing-setup.ts) the SDK's per-span work (hrtime arrays, attribute limits and copies, span processor fan-out,
  * then a second object graph for OTLP JSON) cost ~12 µs per span measured here. This span keeps start/end as
  * epoch-ms floats, takes the caller's attribute object as is (copied only if set after creation), and hands
- * itself to one `SpanSink` on `end()`, which encodes it at once (trace-export.ts) so it dies young.
+ * itself to one `SpanSink` on `end()`, which records or encodes it at once (trace-export.ts) so it dies young.
  *
  * Ids come from a pool of crypto-random bytes refilled 16 KiB at a time (one `randomFillSync` per ~1,200 spans
  * instead of a crypto call per id); trace ids stay fully random, as W3C Trace Context level 2 recommends and the

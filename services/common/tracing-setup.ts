@@ -5,14 +5,15 @@
  * `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Otherwise nothing is registered and
  * services/common/telemetry.ts stays on its no-ops (no SDK, no AsyncLocalStorage, no timers).
  *
- * Pipeline (in-process; everything up to the sealed batch on the event loop):
+ * Pipeline (in-process):
  *   telemetry.ts → sampler (OTEL_TRACES_SAMPLER[_ARG], default parentbased_always_on)
  *     → FnSpan (trace-span.ts: implements @opentelemetry/api's Span)
- *     → on end(): encoded at once into the current OTLP batch (otlp-encode.ts; http/protobuf by default,
- *       http/json when OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL says so)
- *     → per OTEL_BSP_* batching, bounded queue, drops counted, the sealed batch is moved (not copied) to an
- *       export thread that POSTs it on a kept-alive connection (trace-export.ts; headers, timeout, gzip from
- *       OTEL_EXPORTER_OTLP_[TRACES_]*; FNHOST_OTEL_EXPORT_THREAD=0 POSTs from the event loop instead).
+ *     → on end(): into the current batch as a fixed-layout record (span-records.ts), per OTEL_BSP_* batching,
+ *       bounded queue, drops counted; the sealed batch's buffers are moved (not copied) to an export thread that
+ *       encodes the OTLP protobuf (otlp-records.mjs) and POSTs it on a kept-alive connection (trace-export.ts;
+ *       headers, timeout, gzip from OTEL_EXPORTER_OTLP_[TRACES_]*). Without the thread (FNHOST_OTEL_EXPORT_THREAD=0),
+ *       with http/json (OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL) or FNHOST_OTEL_ENCODE=loop, spans are encoded on the
+ *       loop as they end (otlp-encode.ts) and only the POST leaves it (or not).
  *
  * Why not the stock SDK (BasicTracerProvider + BatchSpanProcessor + OTLPTraceExporter): measured on this
  * 2-core box it cost ~88 µs of host CPU per warm invocation (7 spans) plus ~38 µs in the collector decoding

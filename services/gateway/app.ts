@@ -17,6 +17,7 @@ import { DEFAULT_LIMITS } from './context.ts';
 import { Admission } from './admission.ts';
 import { authenticate } from './auth.ts';
 import { deadLetterRoutes } from './dead-letters.ts';
+import { callbackRoutes } from './callbacks.ts';
 import { registerEndpoint } from './endpoint.ts';
 import { renderError, renderNotFound } from './errors.ts';
 import { functionRoutes } from './functions.ts';
@@ -46,6 +47,7 @@ export function createGateway(input: GatewayDeps): Hono<GatewayEnv> {
   app.route('/v1/functions', functionRoutes(deps, limits));
   app.route('/v1/invocations', invocationRoutes(deps));
   app.route('/v1/dead-letters', deadLetterRoutes(deps));
+  app.route('/v1/callbacks', callbackRoutes(deps));
   app.route('/v1/images', imageRoutes(deps, limits));
   return app;
 }

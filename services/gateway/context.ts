@@ -64,4 +64,6 @@ export interface GatewayDeps {
   admission?: Admission;
   observability?: GatewayObservability;
   logger?: Logger;
+  /** a tenant's callback verification key (services/scheduler/callback-signer.ts), for GET /v1/callbacks/secret */
+  callbackSecret?: (tenant: string) => Promise<string>;
 }

@@ -5,13 +5,14 @@
  *   `X-Fnhost-Invocation-Id`, `X-Fnhost-Start: cold|warm`, `X-Fnhost-Duration-Ms`. Failures are the typed
  *   errors of the invocation: 502 FunctionError / OutOfMemory / Crashed, 504 Timeout, 429 TooManyRequests.
  * - `?mode=async`: 202 `{invocationId, duplicate}` once the invocation is durable in Redis; an
- *   `Idempotency-Key` header makes a repeat of the same key return the first invocation's id.
+ *   `Idempotency-Key` header makes a repeat of the same key return the first invocation's id; an
+ *   `X-Callback-Url` gets the final outcome POSTed, signed (services/scheduler/callbacks.ts).
  * Bodies above 6 MB (sync) / 256 KB (async) are 413 PayloadTooLarge before anything is queued.
  */
 import type { Context, Hono } from 'hono';
 import { InvalidRequest } from '../common/errors.ts';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
-import { Attr, injectTraceparent } from '../common/telemetry.ts';
+import { NOOP_SPAN } from '../common/telemetry.ts';
 import { requestSpan } from './middleware/tracing.ts';
 import type { InvokeRequest, SyncResult } from '../scheduler/types.ts';
 import type { Admission } from './admission.ts';
@@ -20,11 +21,13 @@ import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
 import { authenticateTenant } from './auth.ts';
 import { resolveFunction } from './functions.ts';
 import { validateIdempotencyKey } from './validate.ts';
+import { envCallbackAllow, validateCallbackUrl } from '../scheduler/callback-url.ts';
 
 /**
- * The request for the scheduler client. Its traceparent names the gateway's 'http request' span (the client
- * opens the 'enqueue' span under it, per the observability design), or, with tracing off here, is the
- * caller's own header passed through so a trace stays joined across nodes that do trace.
+ * The request for the scheduler client. With tracing on, it carries the gateway's 'http request' span itself
+ * (the client opens its spans under it — in this process, no traceparent string to make and look up; the
+ * client makes one only if the call takes the queue); with tracing off here, the caller's own traceparent
+ * header passes through so a trace stays joined across nodes that do trace.
  */
 export function invokeRequest(c: Context, fn: FunctionVersion, payload: InvocationPayload, mode: InvocationMode): InvokeRequest {
   // after the handler's awaits there is no implicit current span (services/common/telemetry.ts): name it
@@ -32,8 +35,11 @@ export function invokeRequest(c: Context, fn: FunctionVersion, payload: Invocati
   // the work ('local dispatch' / 'scheduler pickup') carries them, and every byte is exported per invocation.
   const span = requestSpan(c);
   const req: InvokeRequest = { fn, payload, mode };
-  const tp = injectTraceparent(span) ?? c.req.header('traceparent');
-  if (tp) req.traceparent = tp;
+  if (span !== NOOP_SPAN) req.parentSpan = span;
+  else {
+    const tp = c.req.header('traceparent');
+    if (tp) req.traceparent = tp;
+  }
   return req;
 }
 
@@ -44,10 +50,8 @@ export function invokeRequest(c: Context, fn: FunctionVersion, payload: Invocati
 export async function invokeSync(c: Context, deps: { client: GatewayDeps['client']; admission: Admission }, fn: FunctionVersion, payload: InvocationPayload, mode: 'sync' | 'http'): Promise<SyncResult> {
   const release = await deps.admission.admit(fn);
   try {
-    const r = await deps.client.invoke(invokeRequest(c, fn, payload, mode));
-    const span = requestSpan(c);
-    if (span.isRecording()) span.setAttribute(Attr.invocationId, r.record.id);
-    return r;
+    // the invocation id is not repeated on 'http request': the span under it ('local dispatch' / 'enqueue') has it
+    return await deps.client.invoke(invokeRequest(c, fn, payload, mode));
   } finally {
     release();
   }
@@ -107,6 +111,11 @@ export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps & { admi
     if (mode !== 'sync' && mode !== 'async') throw new InvalidRequest('mode must be "sync" or "async"', { field: 'mode' });
     const idempotencyKey = validateIdempotencyKey(c.req.header('idempotency-key'));
     if (idempotencyKey !== undefined && mode !== 'async') throw new InvalidRequest('Idempotency-Key applies to async invocations only', { field: 'Idempotency-Key' });
+    const callbackUrl = c.req.header('x-callback-url');
+    if (callbackUrl !== undefined) {
+      if (mode !== 'async') throw new InvalidRequest('X-Callback-Url applies to async invocations only', { field: 'X-Callback-Url' });
+      validateCallbackUrl(callbackUrl, envCallbackAllow());
+    }
     const fn = await resolveFunction(store, tenant, c.req.param('ref'));
     const body = await readBody(c.req.raw, mode === 'async' ? limits.asyncBodyBytes : limits.syncBodyBytes);
     const payload: InvocationPayload = { kind: 'event', body };
@@ -116,8 +125,8 @@ export function registerInvoke(app: Hono<GatewayEnv>, deps: GatewayDeps & { admi
     if (mode === 'async') {
       const req = invokeRequest(c, fn, payload, 'async');
       if (idempotencyKey) req.idempotencyKey = idempotencyKey;
+      if (callbackUrl) req.callbackUrl = callbackUrl;
       const r = await client.enqueue(req);
-      requestSpan(c).setAttribute(Attr.invocationId, r.invocationId);
       return c.json({ invocationId: r.invocationId, duplicate: r.duplicate }, 202, { 'x-fnhost-invocation-id': r.invocationId });
     }
 

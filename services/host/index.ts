@@ -34,6 +34,9 @@ import type { ImageStore } from '../store/types.ts';
 import { loadAdminKey, type AdminKey } from './admin-key.ts';
 import type { HostConfig } from './config.ts';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis-server.ts';
+import { CallbackSigner } from '../scheduler/callback-signer.ts';
+import { envCallbackAllow } from '../scheduler/callback-url.ts';
+import { DEFAULT_PREFIX } from '../scheduler/keys.ts';
 
 export interface HostOptions {
   logger?: Logger;
@@ -142,6 +145,10 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     const admission = new Admission(store);
     await admission.start();
     undo('admission', () => admission.close());
+    // a bad FNHOST_CALLBACK_ALLOW stops the start here, rather than turning every X-Callback-Url into a 400
+    envCallbackAllow();
+    // the same key derivation, prefix and secret as the scheduler's signer (services/scheduler/callbacks.ts)
+    const callbackSigner = new CallbackSigner(redis, opts.client?.prefix ?? DEFAULT_PREFIX, opts.scheduler?.callbacks?.secret ?? process.env.FNHOST_CALLBACK_SECRET);
     const app = createGateway({
       store,
       client,
@@ -151,6 +158,7 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
       tmpDir: join(cfg.stateDir, 'tmp'),
       logger: log.child({ part: 'gateway' }),
       observability: gatewayObservability(metrics),
+      callbackSecret: (t) => callbackSigner.secretFor(t),
       ...(opts.limits ? { limits: opts.limits } : {}),
     });
 

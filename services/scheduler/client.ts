@@ -39,12 +39,13 @@ import { encodePayload, type FastJob, type JobData } from './job.ts';
 import { FN_STASH_TTL_S, FnStash, fnRefOf } from './fn-refs.ts';
 import { fromStored, getRecord, isFinal, parseReply, queueRecord, setRecord, type StoredRecord } from './records.ts';
 import { readLogs, followLogs as follow } from './logs.ts';
-import { Attr, SpanKind, SpanName, injectTraceparent, tracingEnabled, withRemoteParent, withSpan } from '../common/telemetry.ts';
+import { Attr, SpanKind, SpanName, injectTraceparent, remoteParent, tracingEnabled, withSpan } from '../common/telemetry.ts';
 import { routeTo } from './routing.ts';
 import { fastPushMany, type FastPushItem } from './fast-lane.ts';
 import { registerLocalClient } from './local-replies.ts';
 import { localDispatcher, localKey } from './local-dispatch.ts';
 import { defineScripts } from './scripts.ts';
+import { envCallbackAllow, validateCallbackUrl } from './callback-url.ts';
 import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_RETENTION, NODE_STALE_MS, type Retention } from './config.ts';
 
 export interface InvocationClientOptions {
@@ -250,6 +251,10 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     if (req.idempotencyKey !== undefined && (typeof req.idempotencyKey !== 'string' || req.idempotencyKey.length === 0 || req.idempotencyKey.length > 255)) {
       throw new InvalidRequest('idempotencyKey must be 1..255 characters', { field: 'idempotencyKey' });
     }
+    if (req.callbackUrl !== undefined) {
+      if (mode !== 'async') throw new InvalidRequest('X-Callback-Url applies to async invocations only', { field: 'X-Callback-Url' });
+      validateCallbackUrl(req.callbackUrl, envCallbackAllow());
+    }
     if (closed) throw new Unavailable('invocation client is closed');
   }
 
@@ -301,6 +306,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       traceparent: req.traceparent, idempotencyKey: req.idempotencyKey,
       replyTo: req.mode === 'async' ? undefined : clientId,
     };
+    if (req.callbackUrl) data.callbackUrl = req.callbackUrl;
     const rec: StoredRecord = { id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: req.mode, status: 'queued', attempts: 0, createdAt: now };
     const m = redis.multi();
     queueRecord(m, keys.record(fn.tenant, id), rec, ttlS);
@@ -377,12 +383,10 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     try {
       if (tracingEnabled()) {
         const attrs = { [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
-        await withRemoteParent(req.traceparent, () =>
-          withSpan(SpanName.enqueue, attrs, () => {
-            data.traceparent = injectTraceparent() ?? req.traceparent;
-            return pushFast(data, JSON.stringify(rec), fnr, inline, now, stash);
-          }, { kind: SpanKind.PRODUCER }),
-        );
+        await withSpan(SpanName.enqueue, attrs, (span) => {
+          data.traceparent = injectTraceparent(span) ?? req.traceparent;
+          return pushFast(data, JSON.stringify(rec), fnr, inline, now, stash);
+        }, { kind: SpanKind.PRODUCER, parent: req.parentSpan ?? remoteParent(req.traceparent) });
       } else await pushFast(data, JSON.stringify(rec), fnr, inline, now, stash);
     } catch (e) {
       if (inline) fnStash.forget(fnr);
@@ -456,7 +460,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     const fn = req.fn;
     const id = randomUUID();
     const now = Date.now();
-    const run = d.tryDispatch({ id, mode: req.mode === 'http' ? 'http' : 'sync', fn, payload: req.payload, createdAt: now, deadline: now + maxQueueWaitMs + fn.timeoutMs, traceparent: req.traceparent });
+    const run = d.tryDispatch({ id, mode: req.mode === 'http' ? 'http' : 'sync', fn, payload: req.payload, createdAt: now, deadline: now + maxQueueWaitMs + fn.timeoutMs, traceparent: req.traceparent, parentSpan: req.parentSpan });
     if (!run) return undefined;
     const entry: { tenant: string; record: InvocationRecord; written?: Promise<unknown> } = {
       tenant: fn.tenant,
@@ -475,12 +479,10 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
   /** The 'enqueue' span (a child of the caller's traceparent); the job carries the span's own traceparent. */
   function addJob(req: InvokeRequest, queueName: string, data: JobData, id: string): Promise<unknown> {
     const attrs = { [Attr.tenant]: req.fn.tenant, [Attr.function]: req.fn.name, [Attr.version]: req.fn.version, [Attr.invocationId]: id, [Attr.mode]: req.mode };
-    return withRemoteParent(req.traceparent, () =>
-      withSpan(SpanName.enqueue, attrs, async () => {
-        data.traceparent = injectTraceparent() ?? req.traceparent;
-        return redisCall(() => queue(queueName).add(req.mode, data, jobOptions(req, id)));
-      }, { kind: SpanKind.PRODUCER }),
-    );
+    return withSpan(SpanName.enqueue, attrs, async (span) => {
+      data.traceparent = injectTraceparent(span) ?? req.traceparent;
+      return redisCall(() => queue(queueName).add(req.mode, data, jobOptions(req, id)));
+    }, { kind: SpanKind.PRODUCER, parent: req.parentSpan ?? remoteParent(req.traceparent) });
   }
 
   async function redisCall<T>(f: () => Promise<T>): Promise<T> {

@@ -31,6 +31,8 @@ export interface JobData {
   deadline: number;
   traceparent?: string;
   idempotencyKey?: string;
+  /** async only: where the final outcome is POSTed (./callbacks.ts). */
+  callbackUrl?: string;
   /** client id whose reply channel gets the result (sync/http). */
   replyTo?: string;
   /** node queue only: the job was routed here because this node advertised a warm instance. */

@@ -27,6 +27,7 @@
  * if (run) { const { record, error } = await run; ... }
  */
 import type { Redis } from 'ioredis';
+import type { Span } from '@opentelemetry/api';
 import type { FunctionVersion, InvocationMode, InvocationPayload } from '../common/model.ts';
 import type { ErrorJSON, InvocationRecord } from './types.ts';
 import { ProcessRegistry } from './process-registry.ts';
@@ -43,6 +44,8 @@ export interface LocalCall {
   deadline: number;
   /** the caller's traceparent ('local dispatch' is its child) */
   traceparent?: string;
+  /** the caller's span itself (wins over `traceparent`; in-process, no string to make and look up) */
+  parentSpan?: Span;
 }
 
 export interface LocalOutcome {

@@ -19,12 +19,13 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
 import { FnhostError, Internal, Timeout } from '../common/errors.ts';
-import { Attr, NOOP_SPAN, SpanKind, SpanName, recordSpan, runInSpan, startSpan, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanKind, type Attributes, SpanName, recordSpan, remoteParent, runInSpan, spanTime, startSpanUnder, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
 import type { Keys } from './keys.ts';
 import { decodeInline, decodePayload, type JobData } from './job.ts';
-import { getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
+import { fromStored, getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
+import type { Callbacks } from './callbacks.ts';
 import { appendLogs, type LogRetention } from './logs.ts';
 import type { Instances, Lease } from './instances.ts';
 import type { ExecRequest, ExecResult } from './executor.ts';
@@ -48,6 +49,8 @@ export interface JobContext {
   log: Logger;
   /** batched final-record writes of in-process calls (./record-batch.ts); without it each is written at once */
   records?: RecordBatch;
+  /** completion callbacks of async invocations (./callbacks.ts): queued when a final record is written */
+  callbacks?: Callbacks;
 }
 
 const NO_ATTRS = Object.freeze({});
@@ -124,7 +127,11 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
   // A restarted attempt (stalled worker, lost lock) may find the result already written: deliver nothing twice.
   if (job.restarted) {
     const prev = await getRecord(redis, recKey);
-    if (prev && isFinal(prev.status)) return;
+    if (prev && isFinal(prev.status)) {
+      // the attempt that wrote it may have died before queueing its callback; queueing it again is a no-op (same job id)
+      if (d.callbackUrl) await queueCallback(ctx, d, fromStored(prev));
+      return;
+    }
   }
   if (d.deadline > 0 && pickedAt > d.deadline) {
     const err = new Timeout('the invocation waited in the queue past its deadline and was not run', { timeoutMs: fn.timeoutMs, queuedMs: pickedAt - d.createdAt });
@@ -221,12 +228,34 @@ async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string,
   ]);
   // Told only if this write made the record final, as the script's PUBLISH would.
   if (local && written) local(d.id, rec, Promise.resolve());
+  // Only the write that made the record final calls back: never on an attempt that will be retried, never twice.
+  if (written && final && d.callbackUrl) await queueCallback(ctx, d, rec);
 }
 
-/** `later`: count the invocation in the metrics after the caller has been answered (the local path answers right after this). */
-function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span, later = false) {
-  span.setAttribute(Attr.outcome, outcome);
-  if (outcome !== 'success') span.setAttribute(Attr.errorType, outcome);
+/** Queues the completion callback; a Redis failure here is logged, never the invocation's outcome. */
+async function queueCallback(ctx: JobContext, d: JobData, rec: InvocationRecord): Promise<void> {
+  if (!ctx.callbacks || !d.callbackUrl) return;
+  try {
+    await ctx.callbacks.enqueue(d.callbackUrl, rec);
+  } catch (e) {
+    ctx.metrics?.callback('failed');
+    ctx.log.error({ invocationId: d.id, err: String((e as Error)?.message ?? e) }, 'callback could not be queued');
+  }
+}
+
+/**
+ * `later`: count the invocation in the metrics after the caller has been answered (the local path answers right
+ * after this). `attrs`: the span's creation attributes with outcome / error type declared (runLocal): filled in
+ * there instead of set on the span.
+ */
+function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span, later = false, attrs?: Attributes) {
+  if (attrs) {
+    attrs[Attr.outcome] = outcome;
+    if (outcome !== 'success') attrs[Attr.errorType] = outcome;
+  } else {
+    span.setAttribute(Attr.outcome, outcome);
+    if (outcome !== 'success') span.setAttribute(Attr.errorType, outcome);
+  }
   const m = ctx.metrics;
   if (!m) return;
   const obs = { tenant: fn.tenant, function: fn.name, start, outcome, durationMs: Date.now() - pickedAt };
@@ -244,34 +273,38 @@ function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 
  * 'run' → 'result delivery'. Never rejects: a failure is the outcome's `error`.
  */
 export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | Promise<Lease> | undefined): Promise<LocalOutcome> | undefined {
-  const fn = call.fn;
-  // built only when something records it: this path runs thousands of times a second
-  const attrs = tracingEnabled()
-    ? {
-        [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
-        [Attr.mode]: call.mode, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime,
-      }
-    : NO_ATTRS;
-  const t0 = Date.now();
   if (!tracingEnabled()) {
-    // no span: no closures, attribute object or span promise per call (this path runs thousands of times a second)
+    // no span: no clock read, attribute object or span per call (this path runs thousands of times a second)
     const got = place();
-    return got ? runPlaced(ctx, call, got, t0, NOOP_SPAN) : undefined;
+    return got ? runPlaced(ctx, call, got, 0, NOOP_SPAN) : undefined;
   }
-  let placed: Lease | Promise<Lease> | undefined;
-  // withSpan runs its callback synchronously up to the first await: the placement is decided and reserved in
-  // this tick, inside the span (so a cold start's 'specialise' hangs under 'local dispatch').
-  const run = withRemoteParent(call.traceparent, () =>
-    withSpan(SpanName.localDispatch, attrs, (span) => {
-      placed = place();
-      return placed ? runPlaced(ctx, call, placed, t0, span) : Promise.resolve(undefined);
-    }),
-  );
-  if (!placed) return undefined;
-  return run as Promise<LocalOutcome>;
+  const fn = call.fn;
+  const t0 = spanTime();
+  // What is known later is declared here (undefined: not exported) and filled in by plain stores before the span
+  // ends (runPlaced, observe): the span keeps this object as is and encodes it at end() — no setAttribute calls
+  // and no second attribute list per call.
+  const attrs: Attributes = {
+    [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
+    [Attr.mode]: call.mode, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime,
+    [Attr.start]: undefined, [Attr.sandboxId]: undefined, [Attr.outcome]: undefined, [Attr.errorType]: undefined,
+  };
+  // The caller's span object when it is in this process (the gateway's 'http request'): no traceparent to parse.
+  const span = startSpanUnder(SpanName.localDispatch, attrs, call.parentSpan ?? remoteParent(call.traceparent), SpanKind.INTERNAL, t0);
+  // The placement is decided and reserved in this tick with the span current, so a cold start's
+  // 'specialise' (begun synchronously inside) hangs under 'local dispatch'. runPlaced ends the span.
+  const placed = runInSpan(span, place);
+  if (!placed) {
+    span.end();
+    return undefined;
+  }
+  return runPlaced(ctx, call, placed, t0, span, attrs);
 }
 
-async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promise<Lease>, t0: number, span: Span): Promise<LocalOutcome> {
+/**
+ * Runs a placed local call and ends `span` ('local dispatch'). `t0`: when the placement began (span time);
+ * `attrs`: the span's creation attributes with the late keys declared (undefined with tracing off).
+ */
+async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promise<Lease>, t0: number, span: Span, attrs?: Attributes): Promise<LocalOutcome> {
   const fn = call.fn;
   const pickedAt = call.createdAt;
   ctx.metrics?.queueWait(fn.tenant, 0);
@@ -281,9 +314,11 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
     lease = placed instanceof Promise ? await placed : placed;
     start = lease.start;
     ctx.logs.begin(call.id);
-    span.setAttribute(Attr.start, start);
-    recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
-    if (lease.instance.handle) span.setAttribute(Attr.sandboxId, lease.instance.handle.id);
+    if (attrs) {
+      attrs[Attr.start] = start;
+      recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
+      if (lease.instance.handle) attrs[Attr.sandboxId] = lease.instance.handle.id;
+    }
     const runStart = Date.now();
     const res = await runOnLease(ctx, lease, span, { id: call.id, payload: call.payload, deadline: runStart + fn.timeoutMs });
     const now = Date.now();
@@ -292,9 +327,9 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
       id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'succeeded', attempts: 1, createdAt: call.createdAt,
       start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
     };
-    const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
-    observe(ctx, fn, start, 'success', pickedAt, span, true);
-    return { record, written };
+    // the outcome goes on 'local dispatch' before deliverLocal ends it
+    observe(ctx, fn, start, 'success', pickedAt, span, true, attrs);
+    return { record, written: deliverLocal(ctx, record, span) };
   } catch (e) {
     const err = typed(e);
     const error = errJSON(err)!;
@@ -302,23 +337,26 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
       id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'failed', attempts: 1, createdAt: call.createdAt,
       start: start === 'none' ? undefined : start, startedAt: pickedAt, finishedAt: Date.now(), error,
     };
-    const written = inSpan(SpanName.resultDelivery, span, () => writeLocal(ctx, record, ctx.logs.take(call.id)));
-    observe(ctx, fn, start, err.type, pickedAt, span, true);
-    return { record, error, written };
+    observe(ctx, fn, start, err.type, pickedAt, span, true, attrs);
+    return { record, error, written: deliverLocal(ctx, record, span) };
   }
 }
 
 /**
- * 'result delivery' on the local path: the caller is answered in-process right away; the final record and
- * the logs go to Redis behind it (one pipelined write, not awaited here).
+ * 'result delivery' on the local path, then the end of 'local dispatch' (`parent`): the caller is answered
+ * in-process right away; the final record and the logs go to Redis behind it (one pipelined write, not awaited
+ * here). Nothing under it makes spans, so it is recorded from two clock reads, the second shared with the end of
+ * 'local dispatch' (no span object while it runs, no closures).
  */
-function inSpan<T>(name: string, parent: Span, f: () => T): T {
-  if (!tracingEnabled()) return f();
-  const span = startSpan(name, {}, { parent });
+function deliverLocal(ctx: JobContext, record: InvocationRecord, parent: Span): Promise<unknown> {
+  if (parent === NOOP_SPAN) return writeLocal(ctx, record, ctx.logs.take(record.id));
+  const t = spanTime();
   try {
-    return runInSpan(span, f);
+    return writeLocal(ctx, record, ctx.logs.take(record.id));
   } finally {
-    span.end();
+    const end = spanTime();
+    recordSpan(SpanName.resultDelivery, t, end, undefined, parent);
+    parent.end(end);
   }
 }
 

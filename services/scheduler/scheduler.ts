@@ -41,6 +41,7 @@ import { advertiseWarm } from './routing.ts';
 import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retention } from './config.ts';
 import type { FastJob, JobData } from './job.ts';
 import { FnCache } from './fn-refs.ts';
+import { Callbacks, callbackOptions, type CallbackOptions } from './callbacks.ts';
 
 /**
  * Warm advertisements wait for a moment without invocations (see pendingAds in createScheduler): checked every
@@ -87,6 +88,8 @@ export interface SchedulerOptions {
   logRetention?: Partial<LogRetention>;
   metrics?: FnhostMetrics;
   logger?: Logger;
+  /** completion callbacks of async invocations (./callbacks.ts); default: from the FNHOST_CALLBACK_* environment */
+  callbacks?: Partial<CallbackOptions>;
 }
 
 export interface Scheduler {
@@ -185,7 +188,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   });
 
   const records = new RecordBatch(redis, keys, retention.recordS, logRetention);
-  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log, records };
+  const callbacks = new Callbacks({ redis: bullRedis, prefix: keys.prefix, options: { ...callbackOptions(), ...opts.callbacks }, metrics, log });
+  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log, records, callbacks };
 
   /** true while this node is the only live node on this Redis (refreshed with the tenant scan, every 2 s) */
   let soleNode = false;
@@ -388,6 +392,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await discoverTenants();
       await fast.start();
       workerFor(keys.nodeQueue(nodeId), opts.nodeConcurrency ?? 64);
+      callbacks.start();
       started = true;
       unregisterLocal = registerLocalDispatcher(localKey(redis, keys.prefix), dispatcher);
       timers = [
@@ -459,6 +464,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: pool destroyed');
       await logs.flushStray();
       await records.close();
+      // after the workers: a job that finished during the grace period has queued its callback by now
+      await callbacks.close();
       await exec.close?.();
       // Nothing of ours is live now: this removes the node's (empty) cgroup directories as well.
       await exec.cleanupLeftovers?.(nodeId).catch((e) => log.warn({ err: String(e?.message ?? e) }, 'final clean-up failed'));

@@ -5,6 +5,7 @@
  * topology, result delivery and log storage.
  */
 import type { FunctionVersion, InvocationMode, InvocationPayload, InvocationResponse, InvocationStatus, LogLine, StartKind } from '../common/model.ts';
+import type { Span } from '@opentelemetry/api';
 
 export interface InvokeRequest {
   /** the exact version to run (the gateway resolves name / name:3 to a record). */
@@ -13,8 +14,16 @@ export interface InvokeRequest {
   mode: InvocationMode;
   /** async only: a repeated enqueue with the same key (per tenant) returns the first invocation's id. */
   idempotencyKey?: string;
+  /** async only: POSTed the final record, signed, when the invocation ends (./callbacks.ts; validated by ./callback-url.ts). */
+  callbackUrl?: string;
   /** W3C traceparent of the caller's span, carried in the job data. */
   traceparent?: string;
+  /**
+   * The caller's span itself, when the caller runs in the client's process (the gateway's 'http request'):
+   * the parent of what the client starts, in place of `traceparent` (which is then only made if the call
+   * takes the queue). Never serialised.
+   */
+  parentSpan?: Span;
 }
 
 /** JSON form of a typed error (services/common/errors.ts `toJSON().error`). */

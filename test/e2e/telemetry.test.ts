@@ -186,9 +186,11 @@ describe('observability end to end (issue 7)', () => {
       // the caller's traceparent is honoured: same trace, its span is our root's parent
       expect(http.parentSpanId).toBe(t.spanId);
       expect(http.kind).toBe(SERVER);
-      expect(http.attributes).toMatchObject({ [Attr.httpRoute]: invokeRoute, [Attr.httpStatus]: 200, [Attr.invocationId]: invocationId });
+      expect(http.attributes).toMatchObject({ [Attr.httpMethod]: 'POST', [Attr.httpRoute]: invokeRoute, [Attr.httpStatus]: 200, [Attr.urlPath]: `/v1/functions/${FN}/invoke` });
       // the invocation's attributes live on 'local dispatch' only (exported bytes per invocation)
-      for (const k of [Attr.tenant, Attr.function, Attr.version, Attr.mode, Attr.start]) expect(http.attributes[k], k).toBeUndefined();
+      for (const k of [Attr.tenant, Attr.function, Attr.version, Attr.mode, Attr.start, Attr.invocationId]) expect(http.attributes[k], k).toBeUndefined();
+      // declared-but-unset late attributes are not exported (a success has no error type; sandbox id only with a handle)
+      expect(Object.keys(local.attributes)).not.toContain(Attr.errorType);
       // no queue crossed: no enqueue / queue wait / scheduler pickup spans
       for (const n of [SpanName.enqueue, SpanName.queueWait, SpanName.pickup]) expect(spans.some((s) => s.name === n), n).toBe(false);
       expect(local.parentSpanId).toBe(http.spanId);
@@ -202,7 +204,10 @@ describe('observability end to end (issue 7)', () => {
         [Attr.start]: start,
         [Attr.outcome]: 'success',
         [Attr.invocationId]: invocationId,
+        [Attr.runtime]: 'node',
+        [Attr.mode]: 'sync',
       });
+      expect(local.attributes[Attr.sandboxId]).toEqual(expect.any(String));
       if (start === 'cold') {
         const claim = one(SpanName.poolClaim);
         const spec = one(SpanName.specialise);
@@ -284,6 +289,7 @@ describe('observability end to end (issue 7)', () => {
     const [qwait] = of(asy.traceId, SpanName.queueWait);
     expect(http!.parentSpanId).toBe(asy.spanId);
     expect(http!.attributes[Attr.httpStatus]).toBe(202);
+    expect(enq!.attributes[Attr.invocationId]).toBe(invocationId);
     expect(enq!.parentSpanId).toBe(http!.spanId);
     expect(enq!.kind).toBe(PRODUCER);
     expect(qwait!.parentSpanId).toBe(enq!.spanId);

@@ -77,4 +77,48 @@ describe('tracing across the queue', () => {
       await r.quit();
     }
   });
+
+  it('an in-process caller passes its span object (parentSpan): queue path and local dispatch hang under it', async () => {
+    const prefix = `tr-${randomUUID().slice(0, 8)}`;
+    const sched = createScheduler({
+      redisUrl: redisUrl(), prefix, nodeId: 'tr2', executor: new FakeExecutor(), metrics: createMetrics({ defaultMetrics: false }),
+      logger: createLogger('test', 'silent'), pool: { kinds: { node: { min: 1, max: 2 } } },
+    });
+    await sched.start();
+    const queued = createInvocationClient({ redisUrl: redisUrl(), prefix });
+    const local = createInvocationClient({ redisUrl: redisUrl(), prefix, localDispatch: true });
+    const fn = fnv({ tenant: 'trace-p' });
+    const req = { fn, payload: { kind: 'event' as const, body: Buffer.from('{}') }, mode: 'sync' as const };
+    try {
+      // the first call starts the instance (queue path); the second finds it idle and runs in-process
+      const ids: string[] = [];
+      for (const client of [queued, local]) {
+        await withSpan('caller', {}, async (span) => {
+          ids.push(span.spanContext().spanId);
+          await null; // no current span: only parentSpan links the call to the caller
+          await client.invoke({ ...req, parentSpan: span });
+        });
+      }
+      await tracing.forceFlush();
+      const spans = exporter.getFinishedSpans();
+      const named = (name: string, parent: string) => spans.filter((s) => s.name === name && parentOf(s) === parent);
+      const [enqueue] = named('enqueue', ids[0]!);
+      expect(enqueue, 'enqueue under the first caller').toBeDefined();
+      expect(named('scheduler pickup', enqueue!.spanContext().spanId)).toHaveLength(1);
+      const [dispatch] = named('local dispatch', ids[1]!);
+      expect(dispatch, 'local dispatch under the second caller').toBeDefined();
+      expect(dispatch!.attributes).toMatchObject({ [Attr.tenant]: 'trace-p', [Attr.start]: 'warm', [Attr.outcome]: 'success' });
+      expect(named('warm pick', dispatch!.spanContext().spanId)).toHaveLength(1);
+      expect(named('result delivery', dispatch!.spanContext().spanId)).toHaveLength(1);
+      expect(named('enqueue', ids[1]!)).toHaveLength(0);
+    } finally {
+      await queued.close();
+      await local.close();
+      await sched.close();
+      const r = new Redis(redisUrl());
+      const keys = await r.keys(`${prefix}:*`);
+      if (keys.length) await r.del(...keys);
+      await r.quit();
+    }
+  });
 });

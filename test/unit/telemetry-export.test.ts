@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
+import { getPriority } from 'node:os';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,8 +9,9 @@ import { Attr, SpanName, injectTraceparent, recordSpan, withRemoteParent, withSp
 import { initTracing, resourceOf, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
 import { FnSpan, TraceIdWords, samplerFromEnv } from '../../services/common/trace-span.ts';
 import { ProtoBatchHeader, ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
+import { SpanRecords, encodeRecordsHere, writeSpanRecord } from '../../services/common/span-records.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
-import { OtlpHttpExporter, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
+import { DEFAULT_EXPORT_THREAD_NICE, OtlpHttpExporter, exportNiceFromEnv, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
 import { countOtlpProto, decodeOtlpProto, startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
 
@@ -275,15 +278,17 @@ describe('the export thread (batches POSTed off the event loop)', () => {
   }
 
   it.each([
-    ['on a thread (default)', {}, true],
-    ['in-thread (FNHOST_OTEL_EXPORT_THREAD=0)', { FNHOST_OTEL_EXPORT_THREAD: '0' }, false],
-    ['on a thread, gzip', { OTEL_EXPORTER_OTLP_COMPRESSION: 'gzip' }, true],
-    ['on a thread, http/json', { OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }, true],
-  ])('%s: every span arrives once, intact, and the counters add up', async (_, extraEnv, onThread) => {
+    ['on a thread, encoded there from span records (default)', {}, true, true],
+    ['on a thread, encoded on the loop (FNHOST_OTEL_ENCODE=loop)', { FNHOST_OTEL_ENCODE: 'loop' }, true, false],
+    ['in-thread (FNHOST_OTEL_EXPORT_THREAD=0)', { FNHOST_OTEL_EXPORT_THREAD: '0' }, false, false],
+    ['on a thread, gzip', { OTEL_EXPORTER_OTLP_COMPRESSION: 'gzip' }, true, true],
+    ['on a thread, http/json', { OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }, true, false],
+  ])('%s: every span arrives once, intact, and the counters add up', async (_, extraEnv, onThread, records) => {
     const sink = await startOtlpSink();
     const exp = new OtlpHttpExporter(otlpConfigFromEnv({ ...sink.env, ...extraEnv, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, { 'service.name': 'svc' }, 'fnhost'));
     try {
       expect(exp.exportThread).toBe(onThread);
+      expect(exp.encodesOnThread).toBe(records);
       await exportThrough(exp, 0, 100);
       expect(exp.stats).toEqual({ exported: 100, dropped: 0, failed: 0, requests: 10 });
       const got = sink.spans();
@@ -298,19 +303,67 @@ describe('the export thread (batches POSTed off the event loop)', () => {
     }
   });
 
-  it('a thread that dies: what it held counts as failed, later spans go out from the event loop', async () => {
+  it('the thread runs at its own nice value (default 0, FNHOST_OTEL_EXPORT_NICE); the caller\'s thread keeps its own', async () => {
+    expect(DEFAULT_EXPORT_THREAD_NICE).toBe(0);
+    expect([undefined, '', ' 0 ', '5', '-20', '19', 'inherit', '20', '-21', 'low'].map(exportNiceFromEnv)).toEqual([0, 0, 0, 5, -20, 19, null, 0, 0, 0]);
+    expect(otlpConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', FNHOST_OTEL_EXPORT_NICE: '7' }, {}, 'fnhost').exportThreadNice).toBe(7);
+    /** nice value of each thread of this process (field 19 of /proc/<pid>/task/<tid>/stat) */
+    const nices = () => {
+      const out = new Map<string, number>();
+      for (const t of readdirSync('/proc/self/task')) {
+        try {
+          const st = readFileSync(`/proc/self/task/${t}/stat`, 'utf8');
+          out.set(t, Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[16]));
+        } catch {
+          // the thread exited between readdir and read
+        }
+      }
+      return out;
+    };
+    const mine = getPriority();
+    const before = nices();
     const sink = await startOtlpSink();
-    const exp = new OtlpHttpExporter(otlpConfigFromEnv({ ...sink.env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, { 'service.name': 'svc' }, 'fnhost'));
+    const exp = new OtlpHttpExporter({ ...otlpConfigFromEnv({ ...sink.env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, {}, 'fnhost'), exportThreadNice: 7 });
+    try {
+      // the thread sets its nice value as it starts: poll for a new thread at 7
+      const deadline = Date.now() + 5_000;
+      let added: number[] = [];
+      while (Date.now() < deadline) {
+        added = [...nices()].filter(([t]) => !before.has(t)).map(([, n]) => n);
+        if (added.includes(7)) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(added).toContain(7);
+      expect(getPriority()).toBe(mine);
+      await exportThrough(exp, 0, 20);
+      expect(exp.stats).toMatchObject({ exported: 20, failed: 0 });
+    } finally {
+      await exp.shutdown();
+      await sink.close();
+    }
+  });
+
+  it.each([
+    ['spans as records (default)', {}],
+    ['spans encoded on the loop (FNHOST_OTEL_ENCODE=loop)', { FNHOST_OTEL_ENCODE: 'loop' }],
+  ])('a thread that dies (%s): what it held counts as failed, spans being batched and later spans go out from the event loop', async (_, extraEnv) => {
+    const sink = await startOtlpSink();
+    const exp = new OtlpHttpExporter(otlpConfigFromEnv({ ...sink.env, ...extraEnv, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, { 'service.name': 'svc' }, 'fnhost'));
     try {
       await exportThrough(exp, 0, 20);
       expect(exp.stats.exported).toBe(20);
+      // five spans in the batch being built when the thread goes
+      const tid = TraceIdWords.fromHex('34'.repeat(16));
+      for (let i = 0; i < 5; i++) new FnSpan(exp, `pending ${i}`, SpanKind.INTERNAL, tid, undefined, { i }, 1_700_000_000_000).end(1_700_000_000_001);
       await (exp as unknown as { worker: import('node:worker_threads').Worker }).worker.terminate();
       const deadline = Date.now() + 5_000;
       while (exp.exportThread && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
       expect(exp.exportThread).toBe(false);
+      expect(exp.encodesOnThread).toBe(false);
       await exportThrough(exp, 20, 30);
-      expect(exp.stats).toMatchObject({ exported: 50, failed: 0, dropped: 0 });
-      expect(sink.spans()).toHaveLength(50);
+      expect(exp.stats).toMatchObject({ exported: 55, failed: 0, dropped: 0 });
+      expect(sink.spans()).toHaveLength(55);
+      expect(sink.spans().filter((s) => s.name.startsWith('pending ')).map((s) => s.attributes.i).sort()).toEqual([0, 1, 2, 3, 4]);
     } finally {
       await exp.shutdown();
       await sink.close();
@@ -416,6 +469,62 @@ describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
       const [d] = decodeOtlpProto(Buffer.concat([protoBatchHeader({ [key]: v }, 'fnhost', w.pos), bytes]));
       expect(d!.attributes).toEqual({ [key]: v, 'test.fast-path.extra': v });
     }
+  });
+
+  it('recurring attribute values (the per-key cache of encoded pairs) come out right when values alternate, repeat, or a key stops being cached', () => {
+    const w = new ProtoWriter(64);
+    const tid = TraceIdWords.fromHex('0af7651916cd43dd8448eb211c80319c');
+    const want: Record<string, unknown>[] = [];
+    const sink = { onEnd: (s: FnSpan) => protoSpan(w, s) };
+    for (let i = 0; i < 300; i++) {
+      const attrs: Record<string, string | number | boolean> = {
+        'test.pairs.tenant': i % 3 === 0 ? 'acme' : 'globex',
+        'test.pairs.version': i % 5,
+        'test.pairs.flag': i % 2 === 0,
+        // a new value every span: past 64 values the key is no longer cached, mid-run
+        'test.pairs.counter': `c-${i}`,
+        'test.pairs.ratio': i % 4 === 0 ? 0.5 : 1.25,
+      };
+      const span = new FnSpan(sink, 'pairs', SpanKind.INTERNAL, tid, undefined, attrs, 1_700_000_000_000 + i);
+      const outcome = i % 7 === 0 ? 'FunctionError' : 'success';
+      span.setAttribute('test.pairs.outcome', outcome);
+      span.end(1_700_000_000_000.5 + i);
+      want.push({ ...attrs, 'test.pairs.outcome': outcome });
+    }
+    const got = decodeOtlpProto(Buffer.concat([protoBatchHeader({}, 'fnhost', w.pos), w.bytes()]));
+    expect(got.map((s) => s.attributes)).toEqual(want);
+  });
+
+  it('span records encoded off the loop (span-records.ts → otlp-records.mjs) are byte for byte what protoSpan writes', () => {
+    const direct = new ProtoWriter(64);
+    const rec = new SpanRecords(600);
+    const both = { onEnd: (s: FnSpan) => (protoSpan(direct, s), writeSpanRecord(rec, s)) };
+    const tid = TraceIdWords.fromHex('ffeeddccbbaa99887766554433221100');
+    for (let i = 0; i < 600; i++) {
+      const parent = i % 3 === 0 ? undefined : i % 3 === 1 ? { traceId: tid.hex, spanId: 'b7ad6b7169203331', traceFlags: 1, isRemote: true } : { traceId: tid.hex, spanId: '80000000deadbeef', traceFlags: 1 };
+      const attrs = i % 5 === 0 ? undefined : {
+        [Attr.tenant]: `tenant-${i % 4}`,
+        [Attr.version]: i % 7,
+        [Attr.invocationId]: `inv-${i}-${'x'.repeat(i % 150)}`,
+        ratio: i / 7,
+        ok: i % 2 === 0,
+        big: -i * 1e9,
+        list: ['a', `b${i % 3}`],
+        name: 'ü'.repeat(i % 70),
+      };
+      const span = new FnSpan(both, i % 11 === 0 ? `name ${i}` : 'run', (i % 5) as SpanKind, tid, parent, attrs, 1_700_000_000_000 + i * 1.000_37);
+      if (i % 2) span.setAttribute(Attr.outcome, i % 4 === 1 ? 'success' : `Error${i}`);
+      if (i % 3) span.setAttributes({ [Attr.httpStatus]: 200 + (i % 3), [Attr.sandboxId]: `sb-${i % 9}` });
+      if (i % 13 === 0) span.addEvent('exception', { 'exception.message': `boom ${i}` }, 1_700_000_000_001 + i);
+      if (i % 17 === 0) span.setStatus({ code: SpanStatusCode.ERROR, message: `failed ${i}` });
+      if (i % 19 === 0) span.addLink({ context: { traceId: tid.hex, spanId: 'cd'.repeat(8), traceFlags: 1 } });
+      span.end(1_700_000_000_000.5 + i * 1.3);
+    }
+    expect(rec.n).toBe(600);
+    const out = new ProtoWriter(64);
+    encodeRecordsHere(rec, out);
+    expect(out.bytes().equals(direct.bytes())).toBe(true);
+    expect(decodeOtlpProto(Buffer.concat([protoBatchHeader({}, 'fnhost', out.pos), out.bytes()]))).toHaveLength(600);
   });
 
   it('a span\'s flags stay independent: remote parent, published, ended, an overridden creation attribute (the caller\'s object untouched)', () => {

@@ -12,7 +12,11 @@ import {
   injectTraceparent,
   parseTraceparent,
   recordSpan,
+  remoteParent,
+  spanTime,
+  startServerSpan,
   startSpan,
+  startSpanUnder,
   runInSpan,
   tracingEnabled,
   withRemoteParent,
@@ -74,6 +78,11 @@ describe('with tracing off (no SDK registered)', () => {
     expect(withRemoteParent(TP, () => 42)).toBe(42);
     expect(activeTraceIds()).toEqual({});
     recordSpan('nothing', 1, 2);
+    // the hot-path forms hand out the one shared non-recording span: nothing allocated, nothing recorded
+    const a = startSpanUnder('x', { [Attr.tenant]: 't' }, remoteParent(TP));
+    expect(a.isRecording()).toBe(false);
+    expect(startServerSpan('y', undefined, TP)).toBe(a);
+    expect(startSpan('z')).toBe(a);
   });
 
   it('initTracing without an endpoint registers nothing', async () => {
@@ -189,6 +198,69 @@ describe('with tracing on', () => {
       expect(c.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
       expect(c.parentSpanContext?.isRemote).toBe(false);
       expect(c.spanContext().traceId).toBe(producer.spanContext().traceId);
+    }
+  });
+
+  it('startSpanUnder: the parent as an argument (span, remote context, ROOT_CONTEXT = new trace, undefined = current); start times as epoch or performance.now()', async () => {
+    let tp: string | undefined;
+    await withSpan('parent', {}, async (p) => {
+      tp = injectTraceparent(p);
+      await null; // no current span any more: only the argument counts
+      startSpanUnder('explicit', { [Attr.tenant]: 'a' }, p).end();
+      // the open span's own traceparent comes back as the span itself (local parent, no parse)
+      startSpanUnder('by-tp', undefined, remoteParent(tp)).end();
+      startSpanUnder('none', undefined, remoteParent(undefined)).end();
+      startSpanUnder('bad', undefined, remoteParent('00-zz')).end();
+      runInSpan(p, () => startSpanUnder('current', undefined, undefined).end());
+      const t0 = performance.now();
+      const epoch = spanTime();
+      const s = startSpanUnder('timed', undefined, p, SpanKind.CONSUMER, t0);
+      s.end(t0 + 2);
+      const e = startSpanUnder('epoch', undefined, p, SpanKind.INTERNAL, epoch);
+      e.end(epoch + 1);
+    });
+    startSpanUnder('remote', undefined, remoteParent(TP)).end();
+    const spans = await finished();
+    const parent = byName(spans, 'parent');
+    const pid = parent.spanContext().spanId;
+    for (const n of ['explicit', 'by-tp', 'current', 'timed', 'epoch']) {
+      expect(byName(spans, n).parentSpanContext?.spanId, n).toBe(pid);
+      expect(byName(spans, n).parentSpanContext?.isRemote, n).toBe(false);
+      expect(byName(spans, n).spanContext().traceId, n).toBe(parent.spanContext().traceId);
+    }
+    expect(byName(spans, 'explicit').attributes[Attr.tenant]).toBe('a');
+    for (const n of ['none', 'bad']) {
+      expect(byName(spans, n).parentSpanContext, n).toBeUndefined();
+      expect(byName(spans, n).spanContext().traceId, n).not.toBe(parent.spanContext().traceId);
+    }
+    const remote = byName(spans, 'remote');
+    expect(remote.spanContext().traceId).toBe(TRACE);
+    expect(remote.parentSpanContext).toMatchObject({ spanId: SPAN, isRemote: true });
+    const timed = byName(spans, 'timed');
+    expect(timed.kind).toBe(SpanKind.CONSUMER);
+    const ms = (t: [number, number]) => t[0] * 1e3 + t[1] / 1e6;
+    // a performance.now() value is taken on the wall-clock origin: the same instant as the epoch time read next to it
+    expect(Math.abs(ms(byName(spans, 'epoch').startTime) - ms(timed.startTime))).toBeLessThan(50);
+    expect(ms(timed.duration)).toBeCloseTo(2, 3);
+    expect(ms(byName(spans, 'epoch').duration)).toBeCloseTo(1, 3);
+  });
+
+  it('startServerSpan: a SERVER span under a valid caller traceparent, else a root (never the current span)', async () => {
+    await withSpan('current', {}, async () => {
+      startServerSpan('with-tp', { [Attr.httpMethod]: 'POST' }, TP).end();
+      startServerSpan('no-tp', undefined, undefined).end();
+      startServerSpan('bad-tp', undefined, `00-${'0'.repeat(32)}-${SPAN}-01`).end();
+    });
+    const spans = await finished();
+    const w = byName(spans, 'with-tp');
+    expect(w.kind).toBe(SpanKind.SERVER);
+    expect(w.spanContext().traceId).toBe(TRACE);
+    expect(w.parentSpanContext).toMatchObject({ spanId: SPAN, isRemote: true });
+    expect(w.attributes[Attr.httpMethod]).toBe('POST');
+    const current = byName(spans, 'current');
+    for (const n of ['no-tp', 'bad-tp']) {
+      expect(byName(spans, n).parentSpanContext, n).toBeUndefined();
+      expect(byName(spans, n).spanContext().traceId, n).not.toBe(current.spanContext().traceId);
     }
   });
 

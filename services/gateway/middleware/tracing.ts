@@ -7,16 +7,17 @@
  * With tracing off (no OTLP endpoint) it only times the request for the metrics.
  *
  * Handlers reach the span with `requestSpan(c)` — after an await there is no implicit "active span" (no
- * AsyncLocalStorage, see services/common/telemetry.ts), so pass it on: `injectTraceparent(requestSpan(c))`.
+ * AsyncLocalStorage, see services/common/telemetry.ts), so pass it on: `{ parentSpan: requestSpan(c) }` to an
+ * in-process client, `injectTraceparent(requestSpan(c))` across processes.
  *
  * @example
  * app.use('*', tracing());
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import { routePath } from 'hono/route';
-import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { SpanStatusCode } from '@opentelemetry/api';
 import { metrics as defaultMetrics, type FnhostMetrics } from '../../common/metrics.ts';
-import { Attr, NOOP_SPAN, SpanName, contextFromTraceparent, failSpan, runInSpan, startSpan, tracingEnabled, type Span } from '../../common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanName, failSpan, runInSpan, startServerSpan, tracingEnabled, type Attributes, type Span } from '../../common/telemetry.ts';
 import type { GatewayObservability } from '../context.ts';
 
 export interface TracingMiddlewareOptions {
@@ -46,11 +47,11 @@ export function tracing(opts: TracingMiddlewareOptions = {}): MiddlewareHandler 
       return;
     }
     // A caller's traceparent becomes our parent; without one (or a malformed one) the request starts a trace.
-    const span = startSpan(
-      SpanName.httpRequest,
-      { [Attr.httpMethod]: c.req.method, [Attr.urlPath]: c.req.path },
-      { kind: SpanKind.SERVER, parent: contextFromTraceparent(c.req.header('traceparent')) },
-    );
+    // The span starts and ends on the clock reads the metrics take anyway (performance.now() values are accepted).
+    // Route and status are declared (undefined: not exported) and filled in by plain stores before end(): the span
+    // keeps this object as is and encodes it at end() — no setAttribute calls, no second attribute list.
+    const attrs: Attributes = { [Attr.httpMethod]: c.req.method, [Attr.urlPath]: c.req.path, [Attr.httpRoute]: undefined, [Attr.httpStatus]: undefined };
+    const span = startServerSpan(SpanName.httpRequest, attrs, c.req.header('traceparent'), t0);
     (c as unknown as Record<symbol, Span>)[REQUEST_SPAN] = span;
     try {
       await runInSpan(span, next);
@@ -60,11 +61,13 @@ export function tracing(opts: TracingMiddlewareOptions = {}): MiddlewareHandler 
     } finally {
       const route = routeOf(c);
       const status = c.res.status;
-      span.setAttributes({ [Attr.httpRoute]: route, [Attr.httpStatus]: status });
+      attrs[Attr.httpRoute] = route;
+      attrs[Attr.httpStatus] = status;
       // OTel HTTP semconv: for server spans only 5xx is an error (4xx is the client's).
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
-      span.end();
-      m?.httpRequest(c.req.method, route, status, performance.now() - t0);
+      const t1 = performance.now();
+      span.end(t1);
+      m?.httpRequest(c.req.method, route, status, t1 - t0);
     }
   };
 }
@@ -78,7 +81,7 @@ const REQUEST_SPAN = Symbol('fnhost.httpRequestSpan');
  * @example
  * const span = requestSpan(c);
  * span.setAttributes({ [Attr.tenant]: fn.tenant, [Attr.function]: fn.name });
- * req.traceparent = injectTraceparent(span) ?? c.req.header('traceparent');
+ * const req: InvokeRequest = { fn, payload, mode, parentSpan: span };
  */
 export function requestSpan(c: Context): Span {
   return (c as unknown as Record<symbol, Span | undefined>)[REQUEST_SPAN] ?? NOOP_SPAN;

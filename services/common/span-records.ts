@@ -1,0 +1,110 @@
+/**
+ * @module span-records
+ * The event loop's side of encoding off the loop: a batch of ended spans as fixed-layout records (ids, times and
+ * flags in typed arrays; attributes as ids of their cached bytes or, for a value that does not repeat, the KeyValue
+ * bytes), sealed and moved to the export thread, which writes the OTLP protobuf (otlp-records.mjs `encodeRecords`:
+ * the same bytes as protoSpan). Why: see otlp-records.mjs.
+ *
+ * Layout per span i: `ints[i*REC_INTS …]` = trace id words a–d, span id hi/lo, parent hi/lo, meta (name+kind id |
+ * META_REMOTE | META_RAW), end offset of its entries in `bytes`; `times[2i]`, `times[2i+1]` = start/end epoch ms.
+ * Entries in `bytes`: varint(pair id + 1), or 0 + varint(length) + a KeyValue's bytes. A span with events, links
+ * or a status (rare: failures), or a name past the name cache, is written whole by protoSpan (META_RAW).
+ *
+ * @example
+ * const rec = new SpanRecords(4096);
+ * writeSpanRecord(rec, span);          // in SpanSink.onEnd
+ * encodeRecords(rec.ints, rec.times, rec.w.buf, rec.n, PAIR_BYTES, NAME_BYTES, out);   // anywhere
+ */
+import type { AttributeValue } from '@opentelemetry/api';
+import { NAME_BYTES, PAIR_BYTES, ProtoWriter, nameKindId, pairId, protoKeyValue, protoSpan } from './otlp-encode.ts';
+import { META_RAW, META_REMOTE, REC_INTS, encodeRecords, type RecordsOut } from './otlp-records.mjs';
+import type { FnSpan } from './trace-span.ts';
+
+/** One batch of span records (its three buffers move to the export thread and back). */
+export class SpanRecords {
+  ints: Int32Array;
+  times: Float64Array;
+  /** attribute entries and whole encoded spans */
+  w: ProtoWriter;
+  /** spans recorded */
+  n = 0;
+
+  constructor(
+    readonly capacity: number,
+    buffers?: { ints: ArrayBuffer; times: ArrayBuffer; bytes: ArrayBuffer },
+  ) {
+    this.ints = buffers ? new Int32Array(buffers.ints) : new Int32Array(capacity * REC_INTS);
+    this.times = buffers ? new Float64Array(buffers.times) : new Float64Array(capacity * 2);
+    // entries: ~30 bytes per span on average for a warm call's five (pair ids, one ~40-byte invocation id twice),
+    // room for 128; the writer grows if a batch needs more
+    this.w = new ProtoWriter(buffers ? 0 : Math.min(4 << 20, Math.max(64 << 10, capacity * 128)));
+    if (buffers) this.w.buf = Buffer.from(buffers.bytes);
+  }
+
+  /** the three buffers, for a transfer (`w.buf` is its own ArrayBuffer: allocUnsafe above the pool size) */
+  buffers(): { ints: ArrayBuffer; times: ArrayBuffer; bytes: ArrayBuffer } {
+    return { ints: this.ints.buffer as ArrayBuffer, times: this.times.buffer as ArrayBuffer, bytes: this.w.buf.buffer as ArrayBuffer };
+  }
+
+  /** empties the batch for reuse */
+  reset(): void {
+    this.n = 0;
+    this.w.pos = 0;
+  }
+}
+
+/** Appends `s` (ended) to `rec`; the caller seals before `rec.capacity` is exceeded. */
+export function writeSpanRecord(rec: SpanRecords, s: FnSpan): void {
+  const o = rec.n * REC_INTS;
+  const ints = rec.ints;
+  const w = rec.w;
+  const nk = s.eventList !== undefined || s.linkList !== undefined || s.status.code !== 0 ? -1 : nameKindId(s.name, s.kind);
+  if (nk < 0) {
+    protoSpan(w, s);
+    ints[o + 8] = META_RAW;
+    ints[o + 9] = w.pos;
+    rec.n++;
+    return;
+  }
+  const t = s.tid;
+  ints[o] = t.a;
+  ints[o + 1] = t.b;
+  ints[o + 2] = t.c;
+  ints[o + 3] = t.d;
+  ints[o + 4] = s.hi;
+  ints[o + 5] = s.lo;
+  ints[o + 6] = s.phi;
+  ints[o + 7] = s.plo;
+  ints[o + 8] = s.parentRemote ? nk | META_REMOTE : nk;
+  const i2 = rec.n * 2;
+  rec.times[i2] = s.startMs;
+  rec.times[i2 + 1] = s.endMs;
+  const base = s.base;
+  for (const k in base) {
+    const v = base[k];
+    if (v !== undefined && v !== null) recordAttribute(w, k, v);
+  }
+  const x = s.extra;
+  if (x) for (let i = 0; i < x.length; i += 2) recordAttribute(w, x[i] as string, x[i + 1] as AttributeValue);
+  ints[o + 9] = w.pos;
+  rec.n++;
+}
+
+function recordAttribute(w: ProtoWriter, k: string, v: AttributeValue): void {
+  const id = pairId(k, v);
+  if (id >= 0) {
+    // ids stay below PAIR_KEYS_MAX × PAIR_VALUES_MAX (16,384): one or two varint bytes
+    w.varint(id + 1);
+    return;
+  }
+  w.ensure(1);
+  w.buf[w.pos++] = 0;
+  const m = w.begin();
+  protoKeyValue(w, 9, k, v);
+  w.end(m);
+}
+
+/** Encodes a batch of records on this thread (the export thread is gone): the bytes protoSpan would have written. */
+export function encodeRecordsHere(rec: SpanRecords, out: RecordsOut): void {
+  encodeRecords(rec.ints, rec.times, rec.w.buf, rec.n, PAIR_BYTES, NAME_BYTES, out);
+}
