@@ -8,7 +8,7 @@
 import { Hono } from 'hono';
 import type { GatewayDeps, GatewayEnv } from './context.ts';
 import { requireTenant, tenantOf } from './auth.ts';
-import { renderInvocation } from './invocations.ts';
+import { renderInvocation } from '../scheduler/invocation-view.ts';
 
 export function deadLetterRoutes(deps: GatewayDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();

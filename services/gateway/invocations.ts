@@ -9,41 +9,9 @@
  */
 import { Hono } from 'hono';
 import { NotFound } from '../common/errors.ts';
-import type { InvocationResponse } from '../common/model.ts';
-import type { InvocationRecord } from '../scheduler/types.ts';
+import { renderInvocation } from '../scheduler/invocation-view.ts';
 import type { GatewayDeps, GatewayEnv } from './context.ts';
 import { requireTenant, tenantOf } from './auth.ts';
-
-function header(h: Record<string, string>, name: string): string | undefined {
-  for (const [k, v] of Object.entries(h)) if (k.toLowerCase() === name) return v;
-  return undefined;
-}
-
-/** The response body as a JSON-friendly value (see the module comment). */
-export function renderResult(r: InvocationResponse): { result: unknown; resultEncoding?: 'base64' } {
-  const body = Buffer.isBuffer(r.body) ? r.body : Buffer.from(r.body as unknown as Uint8Array);
-  const ct = header(r.headers ?? {}, 'content-type') ?? '';
-  if (/\bjson\b/i.test(ct)) {
-    try {
-      return { result: JSON.parse(body.toString('utf8')) };
-    } catch {
-      // not JSON after all: fall through to text or base64
-    }
-  }
-  const text = body.toString('utf8');
-  if (Buffer.from(text, 'utf8').equals(body)) return { result: text };
-  return { result: body.toString('base64'), resultEncoding: 'base64' };
-}
-
-export function renderInvocation(rec: InvocationRecord): Record<string, unknown> {
-  const { response, tenant: _tenant, ...rest } = rec;
-  const out: Record<string, unknown> = { ...rest };
-  if (response && rec.status === 'succeeded') {
-    Object.assign(out, renderResult(response));
-    if (response.status !== 200) out.resultStatus = response.status;
-  }
-  return out;
-}
 
 export function invocationRoutes(deps: GatewayDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();

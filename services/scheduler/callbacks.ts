@@ -7,7 +7,7 @@
  * second callback, told apart by its `finishedAt` and `X-Fnhost-Delivery-Id`).
  *
  * The POST: body = the invocation record exactly as `GET /v1/invocations/:id` renders it
- * (services/gateway/invocations.ts), `Content-Type: application/json`, and headers `X-Fnhost-Invocation-Id`,
+ * (./invocation-view.ts), `Content-Type: application/json`, and headers `X-Fnhost-Invocation-Id`,
  * `X-Fnhost-Status` (succeeded | failed), `X-Fnhost-Function`, `X-Fnhost-Delivery-Id`, `X-Fnhost-Delivery-Attempt`
  * and `X-Fnhost-Signature: sha256=<hex HMAC-SHA256 of the body>` under the tenant's key (./callback-signer.ts).
  *
@@ -33,7 +33,7 @@ import type { Redis } from 'ioredis';
 import { InvalidRequest } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
-import { renderInvocation } from '../gateway/invocations.ts';
+import { renderInvocation } from './invocation-view.ts';
 import { allowedAddress, allowedName, bareHost, envCallbackAllow, parseCallbackAllow, type CallbackAllow } from './callback-url.ts';
 import { CallbackSigner } from './callback-signer.ts';
 import { bullConnection } from './client.ts';

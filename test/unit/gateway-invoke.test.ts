@@ -11,7 +11,7 @@ import { tarGz } from '../../services/cli/pack.ts';
 import { createGateway } from '../../services/gateway/app.ts';
 import { splitEndpointUrl } from '../../services/gateway/endpoint.ts';
 import { parseSince } from '../../services/gateway/logs.ts';
-import { renderResult } from '../../services/gateway/invocations.ts';
+import { renderResult } from '../../services/scheduler/invocation-view.ts';
 import { responseHeaders } from '../../services/gateway/invoke.ts';
 import { generateKey, hashKey } from '../../services/store/keys.ts';
 import { createMetadataStore } from '../../services/store/metadata.ts';

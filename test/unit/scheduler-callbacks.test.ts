@@ -18,7 +18,7 @@ import { createScheduler, type Scheduler } from '../../services/scheduler/schedu
 import { CALLBACK_QUEUE, type CallbackOptions } from '../../services/scheduler/callbacks.ts';
 import { CallbackSigner, verifyCallbackSignature } from '../../services/scheduler/callback-signer.ts';
 import { parseCallbackAllow } from '../../services/scheduler/callback-url.ts';
-import { renderInvocation } from '../../services/gateway/invocations.ts';
+import { renderInvocation } from '../../services/scheduler/invocation-view.ts';
 import { createMetrics, type FnhostMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
