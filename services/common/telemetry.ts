@@ -263,6 +263,19 @@ export function failSpan(span: Span, e: unknown): void {
 }
 
 /**
+ * Ends a span without exporting it, when it turned out to stand for nothing and no span was started under it
+ * (a local dispatch that placed nothing: the call takes the queue). Other Span implementations are just ended.
+ *
+ * @example
+ * const placed = runInSpan(span, place);
+ * if (!placed) discardSpan(span);
+ */
+export function discardSpan(span: Span): void {
+  if (span instanceof FnSpan) span.discard();
+  else span.end();
+}
+
+/**
  * Starts a span you end yourself (e.g. one spanning callbacks). Pair with `runInSpan` to make it the
  * parent of the work inside, or pass it as `{ parent }`.
  *

@@ -249,8 +249,11 @@ export class FnSpan implements Span {
   readonly startMs: number;
   endMs = 0;
   /**
-   * The attributes given at creation: the caller's object, taken as is (not copied: the caller must not
-   * change it afterwards — every fnhost call site passes a fresh literal).
+   * The attributes given at creation: the caller's object, taken as is (not copied) and read when the span
+   * ends. The caller may fill in, by plain stores until end(), keys it declared in the literal as `undefined`
+   * (not exported while undefined): a late attribute without a setAttribute call or a second list. It must not
+   * add other keys, nor mix the two ways for one key (setAttribute on a creation key switches the span to its
+   * own copy, after which stores into the caller's object are not seen).
    */
   base: Attributes;
   /**
@@ -443,6 +446,18 @@ export class FnSpan implements Span {
     this.sink.onEnd(this);
   }
 
+  /**
+   * Ends the span without exporting it: for a span that turned out to stand for nothing (a local dispatch that
+   * placed nothing; the call's trace goes on under 'enqueue'). Only for a span nothing was started under.
+   */
+  discard(): void {
+    const f = this.f;
+    if (f & F_ENDED) return;
+    this.f = f | F_ENDED;
+    this.endMs = this.startMs;
+    if (f & F_PUBLISHED) unpublish(this);
+  }
+
   isRecording(): boolean {
     return !this.ended;
   }
@@ -464,7 +479,8 @@ export class FnSpan implements Span {
   // ---- ReadableSpan (SDK) view, for SpanExporter plug-ins and tests; not used by the OTLP encoder ----
 
   get attributes(): Attributes {
-    const a: Attributes = { ...this.base };
+    const a: Attributes = {};
+    for (const k in this.base) if (this.base[k] !== undefined) a[k] = this.base[k];
     if (this.extra) for (let i = 0; i < this.extra.length; i += 2) a[this.extra[i] as string] = this.extra[i + 1] as AttributeValue;
     return a;
   }

@@ -19,7 +19,7 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
 import { FnhostError, Internal, Timeout } from '../common/errors.ts';
-import { Attr, NOOP_SPAN, SpanKind, type Attributes, SpanName, recordSpan, remoteParent, runInSpan, spanTime, startSpanUnder, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
+import { Attr, NOOP_SPAN, discardSpan, SpanKind, type Attributes, SpanName, recordSpan, remoteParent, runInSpan, spanTime, startSpanUnder, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
 import type { Keys } from './keys.ts';
@@ -294,7 +294,8 @@ export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | 
   // 'specialise' (begun synchronously inside) hangs under 'local dispatch'. runPlaced ends the span.
   const placed = runInSpan(span, place);
   if (!placed) {
-    span.end();
+    // nothing ran under it; the call's trace goes on under 'enqueue'
+    discardSpan(span);
     return undefined;
   }
   return runPlaced(ctx, call, placed, t0, span, attrs);

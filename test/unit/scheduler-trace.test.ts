@@ -10,9 +10,10 @@ import { Redis } from 'ioredis';
 import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { redisUrl } from '../helpers/redis.ts';
 import { initTracing, type TracingHandle } from '../../services/common/tracing-setup.ts';
-import { Attr, injectTraceparent, withSpan } from '../../services/common/telemetry.ts';
+import { Attr, injectTraceparent, startSpan, withSpan } from '../../services/common/telemetry.ts';
 import { createInvocationClient } from '../../services/scheduler/client.ts';
 import { createScheduler } from '../../services/scheduler/scheduler.ts';
+import { runLocal, type JobContext } from '../../services/scheduler/process-job.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
@@ -76,6 +77,26 @@ describe('tracing across the queue', () => {
       if (keys.length) await r.del(...keys);
       await r.quit();
     }
+  });
+
+  it('a local dispatch that places nothing leaves no span (the call takes the queue; its trace goes on under enqueue)', async () => {
+    let placedUnder: string | undefined;
+    const span = startSpan('caller', {});
+    const caller = span.spanContext().spanId;
+    // the placement runs with 'local dispatch' current, and declines
+    const got = runLocal({} as JobContext, { id: 'inv-declined', fn: fnv({ tenant: 'trace-d' }), payload: { kind: 'event', body: Buffer.from('{}') }, mode: 'sync', createdAt: Date.now(), deadline: 0, parentSpan: span }, () => {
+      placedUnder = injectTraceparent()?.split('-')[2];
+      return undefined;
+    });
+    span.end();
+    expect(got).toBeUndefined();
+    await tracing.forceFlush();
+    const spans = exporter.getFinishedSpans();
+    expect(placedUnder, 'the placement ran inside a local dispatch span').toBeDefined();
+    expect(placedUnder).not.toBe(caller);
+    expect(spans.some((s) => s.spanContext().spanId === caller), 'the caller span is exported').toBe(true);
+    expect(spans.filter((s) => s.name === 'local dispatch' && parentOf(s) === caller)).toHaveLength(0);
+    expect(spans.some((s) => s.spanContext().spanId === placedUnder)).toBe(false);
   });
 
   it('an in-process caller passes its span object (parentSpan): queue path and local dispatch hang under it', async () => {
