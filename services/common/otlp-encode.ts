@@ -12,7 +12,7 @@
  */
 import type { AttributeValue, Attributes, Link } from '@opentelemetry/api';
 import type { FnSpan } from './trace-span.ts';
-import { writeHeaderBefore } from './otlp-records.mjs';
+import { putFixed64Ms, writeHeaderBefore } from './otlp-records.mjs';
 
 // ---- protobuf ----
 
@@ -61,33 +61,11 @@ export class ProtoWriter {
     this.varint((field << 3) | wireType);
   }
 
-  /** epoch milliseconds (float) → fixed64 nanoseconds, exact to the nanosecond without BigInt */
+  /** epoch milliseconds (float) → fixed64 nanoseconds, exact to the nanosecond without BigInt (otlp-records.mjs) */
   fixed64Ms(ms: number): void {
-    const msInt = Math.floor(ms);
-    let frac = Math.round((ms - msInt) * 1e6);
-    if (frac > 999_999) frac = 999_999;
-    // ns = msInt·10⁶ + frac, split so every intermediate stays below 2⁵³
-    const mh = Math.floor(msInt / 65536);
-    const ml = msInt - mh * 65536;
-    const a = mh * 1e6;
-    const ah = Math.floor(a / 65536);
-    const al = a - ah * 65536;
-    const c = al * 65536 + ml * 1e6 + frac;
-    const carry = Math.floor(c / 4294967296);
-    const lo = c - carry * 4294967296;
-    const hi = ah + carry;
     this.ensure(8);
-    const b = this.buf;
-    const p = this.pos;
-    b[p] = lo;
-    b[p + 1] = lo >>> 8;
-    b[p + 2] = lo >>> 16;
-    b[p + 3] = lo >>> 24;
-    b[p + 4] = hi;
-    b[p + 5] = hi >>> 8;
-    b[p + 6] = hi >>> 16;
-    b[p + 7] = hi >>> 24;
-    this.pos = p + 8;
+    putFixed64Ms(this.buf, this.pos, ms);
+    this.pos += 8;
   }
 
   /** a length-delimited id from big-endian 32-bit words (8 or 16 bytes) */

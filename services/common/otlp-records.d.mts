@@ -28,4 +28,7 @@ export function encodeRecords(
   out: RecordsOut,
 ): void;
 
+/** epoch milliseconds → fixed64 nanoseconds at `p` (8 bytes; the caller ensured room). */
+export function putFixed64Ms(b: Uint8Array, p: number, ms: number): void;
+
 export function writeHeaderBefore(buf: Uint8Array, end: number, spansBytes: number, resource: Uint8Array, scope: Uint8Array): number;

@@ -51,11 +51,15 @@ function putWord(b, p, v) {
   b[p + 3] = v;
 }
 
-/** epoch milliseconds (float) → fixed64 nanoseconds at `p`: the same arithmetic as ProtoWriter.fixed64Ms */
-function putFixed64Ms(b, p, ms) {
+/**
+ * epoch milliseconds (float) → fixed64 nanoseconds at `p`, exact to the nanosecond without BigInt (also
+ * ProtoWriter.fixed64Ms's, in otlp-encode.ts)
+ */
+export function putFixed64Ms(b, p, ms) {
   const msInt = Math.floor(ms);
   let frac = Math.round((ms - msInt) * 1e6);
   if (frac > 999_999) frac = 999_999;
+  // ns = msInt·10⁶ + frac, split so every intermediate stays below 2⁵³
   const mh = Math.floor(msInt / 65536);
   const ml = msInt - mh * 65536;
   const a = mh * 1e6;

@@ -304,9 +304,13 @@ const TIME_ORIGIN_HALF = TIME_ORIGIN / 2;
  */
 export function startSpanUnder(name: string, attrs: Attributes | undefined, parent: Parent | undefined, kind: SpanKind = SpanKind.INTERNAL, startTime?: number): Span {
   if (!backend) return NOOP_SPAN;
-  return backend.start(name, attrs, kind, parentOf(parent), startTime === undefined || startTime >= TIME_ORIGIN_HALF ? startTime : TIME_ORIGIN + startTime);
+  return backend.start(name, attrs, kind, parentOf(parent), epochMs(startTime));
 }
 
+/** a start time as epoch ms: `performance.now()` values are moved onto the epoch, epoch ms and undefined stay. */
+function epochMs(t: number | undefined): number | undefined {
+  return t === undefined || t >= TIME_ORIGIN_HALF ? t : TIME_ORIGIN + t;
+}
 
 /**
  * The current time as span APIs take it (epoch ms with sub-ms resolution): one clock read to share between
@@ -327,7 +331,7 @@ export function spanTime(): number {
 export function startServerSpan(name: string, attrs: Attributes | undefined, traceparent: string | undefined | null, startTime?: number): Span {
   if (!backend) return NOOP_SPAN;
   const sc = traceparent ? parseTraceparent(traceparent) : undefined;
-  return backend.start(name, attrs, SpanKind.SERVER, sc, startTime === undefined || startTime >= TIME_ORIGIN_HALF ? startTime : TIME_ORIGIN + startTime);
+  return backend.start(name, attrs, SpanKind.SERVER, sc, epochMs(startTime));
 }
 
 /**
