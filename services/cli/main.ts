@@ -43,6 +43,7 @@ const COMMANDS: Record<string, Options> = {
     async: { type: 'boolean' },
     'content-type': { type: 'string' },
     'idempotency-key': { type: 'string' },
+    'callback-url': { type: 'string' },
     verbose: { type: 'boolean', short: 'v' },
   },
   logs: { follow: { type: 'boolean', short: 'f' }, invocation: { type: 'string', short: 'i' }, since: { type: 'string' }, limit: { type: 'string' } },
@@ -82,6 +83,7 @@ functions (tenant key)
   deploy <dir|archive> --name N [--runtime node|python|exec|image:<img>] [--handler H]
          [--memory 256] [--timeout 10s] [--env K=V]... [--concurrency N] [--retries N] [--public]
   invoke <name>[:version] [--data TEXT | --file PATH|-] [--async] [--idempotency-key K] [-v]
+         [--callback-url URL]      with --async: POST the final outcome there, signed
   invocation <id>                   status and result of an (async) invocation
   logs <name> [-f] [--invocation ID] [--since 5m]
   ls | rm <name>

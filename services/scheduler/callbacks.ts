@@ -28,7 +28,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { lookup as dnsLookup } from 'node:dns';
 import { isIP, type LookupFunction } from 'node:net';
-import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { InvalidRequest } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
@@ -36,7 +36,6 @@ import type { FnhostMetrics } from '../common/metrics.ts';
 import { renderInvocation } from './invocation-view.ts';
 import { allowedAddress, allowedName, bareHost, envCallbackAllow, parseCallbackAllow, type CallbackAllow } from './callback-url.ts';
 import { CallbackSigner } from './callback-signer.ts';
-import { bullConnection } from './client.ts';
 import { DEFAULT_RETENTION } from './config.ts';
 import type { InvocationRecord } from './types.ts';
 
@@ -180,6 +179,39 @@ export function postCallback(url: string, body: string, headers: Record<string, 
   });
 }
 
+/**
+ * The connection as BullMQ takes it: the cast client.ts's `bullConnection` makes (BullMQ bundles its own ioredis
+ * types). Not imported from there: client.ts imports this module (purgeTenant → dropTenantCallbacks).
+ */
+function connection(redis: Redis): ConnectionOptions {
+  return redis as unknown as ConnectionOptions;
+}
+
+/** Jobs read at once while dropping a tenant's callbacks (each holds a rendered record of up to CALLBACK_BODY_MAX). */
+const DROP_PAGE = 50;
+
+/**
+ * Removes a tenant's callbacks not yet being delivered (waiting, delayed — between retries —, prioritized,
+ * paused) from the callbacks queue `queue`, so a deleted tenant's receivers get nothing more. A POST in flight
+ * (active) ends on its own; its retry, if any, is not dropped. Returns how many were removed.
+ * @example
+ * await dropTenantCallbacks(new Queue(CALLBACK_QUEUE, { connection, prefix: `${prefix}:bull` }), 'acme');   // 3
+ */
+export async function dropTenantCallbacks(queue: Queue, tenant: string): Promise<number> {
+  // ids first (short strings), then the jobs page by page: the queue is shared by every tenant
+  const ids = await queue.getRanges(['waiting', 'delayed', 'prioritized', 'paused'], 0, -1);
+  let removed = 0;
+  for (let i = 0; i < ids.length; i += DROP_PAGE) {
+    const jobs = await Promise.all(ids.slice(i, i + DROP_PAGE).map((id) => queue.getJob(id)));
+    for (const job of jobs) {
+      if (!job?.id || (job.data as CallbackJob | undefined)?.tenant !== tenant) continue;
+      // 0: taken by a delivery worker meanwhile (locked) or already gone
+      removed += await queue.remove(job.id).catch(() => 0);
+    }
+  }
+  return removed;
+}
+
 export interface CallbacksDeps {
   /** a connection BullMQ accepts for workers (maxRetriesPerRequest: null); the scheduler's `bullRedis` */
   redis: Redis;
@@ -199,7 +231,7 @@ export class Callbacks {
   constructor(private readonly deps: CallbacksDeps) {
     this.o = deps.options;
     this.signer = new CallbackSigner(deps.redis, deps.prefix, deps.options.secret);
-    this.queue = new Queue<CallbackJob>(CALLBACK_QUEUE, { connection: bullConnection(deps.redis), prefix: `${deps.prefix}:bull` });
+    this.queue = new Queue<CallbackJob>(CALLBACK_QUEUE, { connection: connection(deps.redis), prefix: `${deps.prefix}:bull` });
     this.queue.on('error', (e) => deps.log.warn({ err: String(e?.message ?? e) }, 'callback queue error'));
   }
 
@@ -223,7 +255,7 @@ export class Callbacks {
   start(): void {
     if (this.worker) return;
     this.worker = new Worker<CallbackJob>(CALLBACK_QUEUE, (job) => this.deliver(job), {
-      connection: bullConnection(this.deps.redis),
+      connection: connection(this.deps.redis),
       prefix: `${this.deps.prefix}:bull`,
       concurrency: this.o.concurrency,
       // a POST is bounded by timeoutMs; the lock outlasts it so a slow receiver never makes the job look stalled

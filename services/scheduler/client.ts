@@ -46,6 +46,7 @@ import { registerLocalClient } from './local-replies.ts';
 import { localDispatcher, localKey } from './local-dispatch.ts';
 import { defineScripts } from './scripts.ts';
 import { envCallbackAllow, validateCallbackUrl } from './callback-url.ts';
+import { CALLBACK_QUEUE, dropTenantCallbacks } from './callbacks.ts';
 import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_RETENTION, NODE_STALE_MS, type Retention } from './config.ts';
 
 export interface InvocationClientOptions {
@@ -617,6 +618,9 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         announced.delete(tenant);
         announced.delete(`bull:${tenant}`);
         await queue(keys.tenantQueue(tenant)).obliterate({ force: true });
+        // its completion callbacks not sent yet — after the obliterate: no job of its queue is left to queue another
+        // (one running at this moment still may; its callback then goes out)
+        await dropTenantCallbacks(queue(CALLBACK_QUEUE), tenant);
         // SCAN patterns: each tenant-scoped key prefix with glob characters escaped, then '*'
         const glob = (prefix: string) => `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`;
         const recordPrefix = keys.record(tenant, 'x').slice(0, -1);

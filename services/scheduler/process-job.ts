@@ -12,13 +12,15 @@
  *   - typed failure, async, attempts left and retryable: record back to `queued` with the last error and
  *     the attempt count, then the error is thrown so BullMQ retries with backoff;
  *   - typed failure, async, last attempt (or not retryable): record `failed`, job fails → dead-letter list.
+ *   - the worker died mid-job more than `maxStalledCount` times: BullMQ fails the job without running it
+ *     (finishLostWorker below): record `failed` with Crashed (`details.reason: 'worker-lost'`), job failed → dead letter.
  * Exactly once as the caller sees it: the final write refuses to replace a final record (./records.ts), and
  * a restarted attempt (stalled after a crash, or redriven) first checks whether a result already exists.
  */
 import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
-import { FnhostError, Internal, Timeout } from '../common/errors.ts';
+import { Crashed, FnhostError, Internal, Timeout } from '../common/errors.ts';
 import { Attr, NOOP_SPAN, discardSpan, SpanKind, type Attributes, SpanName, recordSpan, remoteParent, runInSpan, spanTime, startSpanUnder, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
@@ -211,7 +213,8 @@ function errJSON(e: FnhostError): StoredRecord['error'] {
   return e.toJSON().error;
 }
 
-async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string, ttl: number, reply: string | undefined, rec: InvocationRecord, lines: LogLine[]): Promise<void> {
+/** Returns whether the record was written (false: a final one was there already); true when batched (checked there). */
+async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string, ttl: number, reply: string | undefined, rec: InvocationRecord, lines: LogLine[]): Promise<boolean> {
   const final = isFinal(rec.status);
   // The waiting client lives in this process (./local-replies.ts): no PUBLISH.
   const local = final && reply ? localClient(d.replyTo) : undefined;
@@ -220,7 +223,7 @@ async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string,
     // one was filtered above): the client is told now and the record goes out with the next batch — checked,
     // so it never replaces a final record. The client answers get() from memory until the batch is acked.
     local(d.id, rec, ctx.records.add(rec, lines, true));
-    return;
+    return true;
   }
   const [written] = await Promise.all([
     setRecord(ctx.redis, recKey, toStored(rec), ttl, { replyChannel: final && !local ? reply : undefined }),
@@ -230,6 +233,7 @@ async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string,
   if (local && written) local(d.id, rec, Promise.resolve());
   // Only the write that made the record final calls back: never on an attempt that will be retried, never twice.
   if (written && final && d.callbackUrl) await queueCallback(ctx, d, rec);
+  return written;
 }
 
 /** Queues the completion callback; a Redis failure here is logged, never the invocation's outcome. */
@@ -241,6 +245,55 @@ async function queueCallback(ctx: JobContext, d: JobData, rec: InvocationRecord)
     ctx.metrics?.callback('failed');
     ctx.log.error({ invocationId: d.id, err: String((e as Error)?.message ?? e) }, 'callback could not be queued');
   }
+}
+
+/**
+ * BullMQ's failedReason for a job whose worker stopped renewing its lock (died, or was frozen) more than
+ * `maxStalledCount` times. BullMQ 5.x marks such a job as its stalled-job check moves it back to the wait list
+ * (`defa` in the job hash, `job.deferredFailure`; that worker emits 'stalled'); the next worker to fetch it fails
+ * it without calling the processor (and emits 'failed') — so none of run()'s outcomes above happen. Older
+ * versions failed it from the stalled-job check and emitted 'failed' with this message.
+ */
+export const STALLED_OUT_REASON = 'job stalled more than allowable limit';
+
+/** Whether a worker 'failed' event is BullMQ failing a job on its own because its workers kept dying. */
+export function isStalledOut(job: Job<JobData> | undefined, err: Error | undefined): job is Job<JobData> {
+  return !!job?.data?.fn && (job.deferredFailure === STALLED_OUT_REASON || job.failedReason === STALLED_OUT_REASON || err?.message === STALLED_OUT_REASON);
+}
+
+/**
+ * Ends a job BullMQ failed because it stalled too often (isStalledOut) like any other final failure: record
+ * `failed` with a Crashed error saying the invocation's worker was lost — never over a record that is already
+ * final (./records.ts) —, the waiting client told (sync on the BullMQ lane), the invocation counted in the
+ * metrics, and the completion callback queued. The job itself is in the failed set already: the dead-letter
+ * list. When an attempt did write its final record but died before BullMQ heard of it, that record stands and
+ * its callback is queued (a no-op if it was); a `succeeded` one also leaves the dead-letter list, as the
+ * restarted branch of run() would have completed the job.
+ */
+export async function finishLostWorker(ctx: JobContext, job: Job<JobData>): Promise<void> {
+  const d = job.data;
+  const fn = d.fn;
+  const recKey = ctx.keys.record(fn.tenant, d.id);
+  const prev = await getRecord(ctx.redis, recKey);
+  if (prev && isFinal(prev.status)) {
+    if (d.callbackUrl) await queueCallback(ctx, d, fromStored(prev));
+    if (prev.status === 'succeeded') await job.remove().catch(() => {});
+    return;
+  }
+  const stalls = job.stalledCounter ?? 0;
+  const times = stalls > 1 ? ` ${stalls} times` : '';
+  const err = new Crashed(`the invocation's worker was lost${times} (its scheduler node died or stopped answering mid-invocation); not retried further`, { reason: 'worker-lost', stalls });
+  const attempt = attemptOfJob(job);
+  const startedAt = prev?.startedAt ?? job.processedOn ?? Date.now();
+  const rec: InvocationRecord = {
+    ...baseRecord(d, prev?.attempts || attempt.attempt), status: 'failed', start: prev?.start, startedAt, finishedAt: Date.now(), error: errJSON(err),
+  };
+  const ttl = d.mode === 'async' ? ctx.retention.deadLetterS : ctx.retention.recordS;
+  const written = await finish(ctx, d, { ...attempt, restarted: true }, recKey, ttl, d.replyTo ? ctx.keys.replyChannel(d.replyTo) : undefined, rec, []);
+  // counted once: the 'stalled' and the 'failed' event may both get here (./scheduler.ts); one write wins
+  if (!written) return;
+  observe(ctx, fn, prev?.start ?? 'none', err.type, startedAt, NOOP_SPAN);
+  ctx.log.warn({ invocationId: d.id, tenant: fn.tenant, function: fn.name, stalls }, 'invocation failed: its worker was lost too many times');
 }
 
 /**

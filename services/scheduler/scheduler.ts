@@ -19,7 +19,7 @@
  * await sched.close();
  */
 import { hostname, totalmem } from 'node:os';
-import { Worker, type Job } from 'bullmq';
+import { Job, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { InvalidRequest } from '../common/errors.ts';
 import type { FunctionVersion } from '../common/model.ts';
@@ -32,7 +32,7 @@ import { DEFAULT_POOL_CONFIG, WarmPool, type PoolConfig } from './pool.ts';
 import { Instances, fnKey, type InstancesConfig } from './instances.ts';
 import { LogBuffer } from './log-buffer.ts';
 import { appendLogs, DEFAULT_LOG_RETENTION, type LogRetention } from './logs.ts';
-import { processJob, processInvocation, runLocal, type JobContext } from './process-job.ts';
+import { finishLostWorker, isStalledOut, processJob, processInvocation, runLocal, type JobContext } from './process-job.ts';
 import { localKey, registerLocalDispatcher, type LocalDispatcher, type LocalOutcome } from './local-dispatch.ts';
 import { FastLaneConsumer } from './fast-lane.ts';
 import { RecordBatch } from './record-batch.ts';
@@ -293,6 +293,8 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     });
   }
   const bullTenants = new Set<string>();
+  /** finishLostWorker() runs in flight: close() waits for them before closing the record batch and callbacks */
+  const lostJobs = new Set<Promise<unknown>>();
   let sub: Redis | undefined;
   let timers: NodeJS.Timeout[] = [];
   let closing = false;
@@ -322,6 +324,18 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       autorun: true,
     });
     w.on('error', (e) => log.warn({ queue: queueName, err: String(e?.message ?? e) }, 'worker error'));
+    // A job whose workers kept dying is failed by BullMQ without running the processor (./process-job.ts):
+    // finished when the stalled-job check marks it (before any worker fetches it), and again when a worker fails
+    // it — should the node that saw the first event die before writing, the second still does (one write wins).
+    const lost = (id: string | undefined, p: Promise<unknown>) => {
+      const q = p.catch((e) => log.error({ invocationId: id, err: String((e as Error)?.message ?? e) }, 'finishing a job whose worker was lost failed'));
+      lostJobs.add(q);
+      void q.finally(() => lostJobs.delete(q));
+    };
+    w.on('stalled', (jobId) => lost(jobId, Job.fromId<JobData>(w, jobId).then((job) => (job && isStalledOut(job, undefined) ? finishLostWorker(ctx, job) : undefined))));
+    w.on('failed', (job, err) => {
+      if (isStalledOut(job, err)) lost(job.id, finishLostWorker(ctx, job));
+    });
     unwatch.push(metrics.watchRedis(w, 'scheduler'));
     workers.set(queueName, w);
   }
@@ -457,6 +471,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
         await Promise.all([...workers.values()].map((w) => w.close(true).catch(() => {})));
       }
       workers.clear();
+      await Promise.all([...lostJobs]);
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: workers stopped');
       await instances.close(0);
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: instances destroyed');

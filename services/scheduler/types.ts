@@ -78,7 +78,7 @@ export interface InvocationClient {
   depth(tenant: string): Promise<number>;
   /**
    * Removes everything the scheduler keeps for a tenant: its queues (waiting, delayed, dead letters), records,
-   * stashed payloads, logs, idempotency keys and warm-routing records. For tenant deletion; running
+   * stashed payloads, logs, idempotency keys, warm-routing records and completion callbacks not yet sent. For tenant deletion; running
    * invocations finish, and their late results expire with their TTL. Optional so test fakes need not have it.
    */
   purgeTenant?(tenant: string): Promise<void>;

@@ -103,6 +103,8 @@ export interface InvokeFlags {
   async?: boolean;
   'content-type'?: string;
   'idempotency-key'?: string;
+  /** async only: the host POSTs the final outcome there, signed (sent as X-Callback-Url; README "Completion callbacks") */
+  'callback-url'?: string;
   verbose?: boolean;
 }
 
@@ -114,11 +116,14 @@ async function readStdin(): Promise<Buffer> {
 
 export async function invoke(c: Common, ref: string | undefined, f: InvokeFlags): Promise<number> {
   requireKey(c.ep);
-  if (!ref) throw new CliError('usage: fnhost invoke <name>[:version] [--data <text> | --file <path|->] [--async]', EXIT.usage);
+  if (!ref) throw new CliError('usage: fnhost invoke <name>[:version] [--data <text> | --file <path|->] [--async [--callback-url URL]]', EXIT.usage);
   if (f.data !== undefined && f.file !== undefined) throw new CliError('give --data or --file, not both', EXIT.usage);
+  if (f['callback-url'] !== undefined && !f.async) throw new CliError('--callback-url needs --async (a sync invocation answers directly)', EXIT.usage);
   const body = f.data !== undefined ? Buffer.from(f.data) : f.file === '-' ? await readStdin() : f.file !== undefined ? await readFile(f.file) : Buffer.alloc(0);
   const headers: Record<string, string> = { 'content-type': f['content-type'] ?? (f.data !== undefined && /^\s*[[{"]/.test(f.data) ? 'application/json' : 'application/octet-stream') };
   if (f['idempotency-key']) headers['idempotency-key'] = f['idempotency-key'];
+  // sent as given, even empty: the host judges the URL (scheme, credentials, allow-list) and answers 400
+  if (f['callback-url'] !== undefined) headers['x-callback-url'] = f['callback-url'];
   const path = `/v1/functions/${encodeURIComponent(ref)}/invoke${f.async ? '?mode=async' : ''}`;
   const r = await request(c.ep, { method: 'POST', path, body, headers });
   const id = r.headers['x-fnhost-invocation-id'];
