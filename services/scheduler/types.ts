@@ -78,8 +78,9 @@ export interface InvocationClient {
   depth(tenant: string): Promise<number>;
   /**
    * Removes everything the scheduler keeps for a tenant: its queues (waiting, delayed, dead letters), records,
-   * stashed payloads, logs, idempotency keys, warm-routing records and completion callbacks not yet sent. For tenant deletion; running
-   * invocations finish, and their late results expire with their TTL. Optional so test fakes need not have it.
+   * stashed payloads, logs, idempotency keys, warm-routing records and completion callbacks not yet sent. For
+   * tenant deletion; running invocations finish, and their late results expire with their TTL. Optional so test
+   * fakes need not have it.
    */
   purgeTenant?(tenant: string): Promise<void>;
   /** true when Redis answers and at least one scheduler node has a fresh heartbeat. */
