@@ -4,7 +4,7 @@
  * under fnhost/<nodeId>/, no mount naming one of the sandboxes, no Redis key of the test's prefix without a TTL
  * (BullMQ's own queue bookkeeping and the two tenant sets aside).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +23,7 @@ import type { FunctionVersion } from '../../services/common/model.ts';
 import type { ImageStore } from '../../services/store/types.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { until as untilHelper } from '../helpers/until.ts';
+import { useCleanups } from '../helpers/hooks.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const FNS = join(ROOT, 'test/fixtures/scheduler/fns');
@@ -65,10 +66,7 @@ interface Env {
   sandboxIds: Set<string>;
 }
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = useCleanups();
 
 async function assertNothingLeft(nodeId: string, sandboxIds: Set<string>, prefix: string) {
   const deadline = Date.now() + 5000;

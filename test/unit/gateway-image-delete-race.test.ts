@@ -129,6 +129,25 @@ function holdDelete(store: FsImageStore): Hold {
   return { reached: l.reached, go: () => (Reflect.deleteProperty(store, 'deleteImage'), l.go()) };
 }
 
+/**
+ * Holds the first PATCH's commit (the putVersion that expects a latest version) until `l.go()`; `restore()` puts
+ * the store's putVersion back.
+ */
+function holdPatchCommit(): { l: ReturnType<typeof latch>; restore(): void } {
+  const putVersion = h.store.functions.putVersion.bind(h.store.functions);
+  const l = latch();
+  let held = false;
+  h.store.functions.putVersion = async (rec, opts) => {
+    if (opts.expectLatest !== undefined && !held) {
+      held = true;
+      l.arrive();
+      await l.open;
+    }
+    return putVersion(rec, opts);
+  };
+  return { l, restore: () => { h.store.functions.putVersion = putVersion; } };
+}
+
 /** Waits for `hold`; fails at once (instead of hanging) if `req` answers before it got there. */
 async function reachedBefore(hold: Pick<Hold, 'reached'>, req: Response | Promise<Response> | Array<Response | Promise<Response>>): Promise<void> {
   const early = Promise.race([req].flat()).then(async (r) => {
@@ -269,17 +288,7 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
     await importImage('p1');
     expect((await deploy('fp1', { runtime: 'image:p1' })).status).toBe(201);
     // the PATCH stops at its commit, based on version 1 (image:p1)
-    const putVersion = h.store.functions.putVersion.bind(h.store.functions);
-    const l = latch();
-    let held = false;
-    h.store.functions.putVersion = async (rec, opts) => {
-      if (opts.expectLatest !== undefined && !held) {
-        held = true;
-        l.arrive();
-        await l.open;
-      }
-      return putVersion(rec, opts);
-    };
+    const { l, restore } = holdPatchCommit();
     try {
       const patch = call('PATCH', '/v1/functions/fp1', { json: { memoryMb: 256 } });
       await reachedBefore(l, patch);
@@ -292,7 +301,7 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
       expect(p.status, await p.clone().text()).toBe(200);
       expect((await p.json()) as Record<string, unknown>).toMatchObject({ version: 3, runtime: 'node', memoryMb: 256 });
     } finally {
-      h.store.functions.putVersion = putVersion;
+      restore();
     }
     await expectConsistent(['fp1']);
   });
@@ -300,17 +309,7 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
   it('PATCH based on a function that was deleted and re-created meanwhile does not bring back the old runtime (no version number is reused)', async () => {
     await importImage('p2');
     expect((await deploy('fp2', { runtime: 'image:p2' })).status).toBe(201);
-    const putVersion = h.store.functions.putVersion.bind(h.store.functions);
-    const l = latch();
-    let held = false;
-    h.store.functions.putVersion = async (rec, opts) => {
-      if (opts.expectLatest !== undefined && !held) {
-        held = true;
-        l.arrive();
-        await l.open;
-      }
-      return putVersion(rec, opts);
-    };
+    const { l, restore } = holdPatchCommit();
     try {
       const patch = call('PATCH', '/v1/functions/fp2', { json: { memoryMb: 256 } });
       await reachedBefore(l, patch);
@@ -327,7 +326,7 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
       expect((await p.json()) as Record<string, unknown>).toMatchObject({ version: 3, runtime: 'node', memoryMb: 256 });
       expect(await h.store.functions.get('acme', 'fp2', 1)).toBeNull();
     } finally {
-      h.store.functions.putVersion = putVersion;
+      restore();
     }
     await expectConsistent(['fp2']);
   });

@@ -5,7 +5,7 @@
  * allow-list refusing a destination at delivery; bad URLs refused before anything is queued; no Redis leftovers.
  * Sandboxes are faked (FakeExecutor); everything Redis and HTTP is real.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -24,19 +24,11 @@ import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
+import { useRedis, useCleanups } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
-let redis: Redis;
-beforeAll(() => {
-  redis = new Redis(redisUrl());
-});
-afterAll(async () => {
-  await redis.quit();
-});
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const redis = useRedis();
+const cleanups = useCleanups();
 
 interface Hit {
   headers: IncomingHttpHeaders;

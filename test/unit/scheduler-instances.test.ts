@@ -2,11 +2,12 @@
  * Pure logic of one node: warm pool, warm pick, cold start, memory admission, caps, keep-alive, retirement,
  * fair waiting. A fake executor stands in for sandboxes (the kernel tests run the same paths for real).
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { WarmPool, DEFAULT_POOL_CONFIG, type PoolConfig } from '../../services/scheduler/pool.ts';
 import { Instances, type InstancesConfig, type Lease } from '../../services/scheduler/instances.ts';
 import { FairQueue } from '../../services/scheduler/fair-queue.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
+import { useCleanups } from '../helpers/hooks.ts';
 
 async function until(cond: () => boolean, ms = 3000) {
   const end = Date.now() + ms;
@@ -16,10 +17,7 @@ async function until(cond: () => boolean, ms = 3000) {
   }
 }
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = useCleanups();
 
 function setup(inst: Partial<InstancesConfig> = {}, pool: Partial<PoolConfig> = {}, busy?: () => boolean) {
   const exec = new FakeExecutor();

@@ -4,7 +4,7 @@
  * place them at once, and take the queue otherwise. Redis MONITOR tells which path a call took (a queued
  * call pushes onto `P:fast:*`); sandboxes are faked (test/fixtures/scheduler/fake-executor.ts).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
@@ -19,20 +19,12 @@ import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { until } from '../helpers/until.ts';
+import { useRedis, useCleanups } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
-let redis: Redis;
-beforeAll(() => {
-  redis = new Redis(redisUrl());
-});
-afterAll(async () => {
-  await redis.quit();
-});
+const redis = useRedis();
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = useCleanups();
 
 /**
  * Every Redis command line (MONITOR's text form) that mentions `prefix`. A raw socket: ioredis' monitor mode

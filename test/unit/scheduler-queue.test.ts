@@ -3,7 +3,7 @@
  * records, async retries + dead letters + redrive, idempotency, logs, fair sharing, routing, retention,
  * shutdown. Sandboxes are faked (the kernel tests run real ones); everything Redis is real.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { redisUrl } from '../helpers/redis.ts';
@@ -20,20 +20,12 @@ import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { until } from '../helpers/until.ts';
+import { useRedis, useCleanups } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
-let redis: Redis;
-beforeAll(() => {
-  redis = new Redis(redisUrl());
-});
-afterAll(async () => {
-  await redis.quit();
-});
+const redis = useRedis();
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = useCleanups();
 
 interface Env {
   prefix: string;

@@ -8,7 +8,7 @@
  * never finishing it, as a killed node would; a bare checker worker runs BullMQ's stalled-job check. Real
  * Redis, real BullMQ, a real HTTP receiver on loopback; sandboxes faked (FakeExecutor).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -26,19 +26,11 @@ import { createMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
+import { useRedis, useCleanups } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
-let redis: Redis;
-beforeAll(() => {
-  redis = new Redis(redisUrl());
-});
-afterAll(async () => {
-  await redis.quit();
-});
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const redis = useRedis();
+const cleanups = useCleanups();
 
 async function receiver(): Promise<{ url: string; hits: Array<{ headers: IncomingHttpHeaders; body: string }> }> {
   const hits: Array<{ headers: IncomingHttpHeaders; body: string }> = [];
