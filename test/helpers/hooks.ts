@@ -28,3 +28,19 @@ export function useCleanups(): Array<() => Promise<void>> {
   });
   return cleanups;
 }
+
+/**
+ * Keys under `prefix` with no TTL, other than the ones the scheduler keeps by design (the tenants set, its
+ * BullMQ channel and BullMQ's queues) and `allowed`: anything else would outlive every retention period.
+ *
+ * @example
+ * expect(await keysWithoutTtl(redis, prefix)).toEqual([]);
+ */
+export async function keysWithoutTtl(redis: Redis, prefix: string, allowed: string[] = []): Promise<string[]> {
+  const out: string[] = [];
+  for (const k of await redis.keys(`${prefix}:*`)) {
+    if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`) || allowed.includes(k)) continue;
+    if ((await redis.ttl(k)) < 0) out.push(k);
+  }
+  return out;
+}

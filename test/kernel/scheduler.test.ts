@@ -23,7 +23,7 @@ import type { FunctionVersion } from '../../services/common/model.ts';
 import type { ImageStore } from '../../services/store/types.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { until as untilHelper } from '../helpers/until.ts';
-import { useCleanups } from '../helpers/hooks.ts';
+import { useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const FNS = join(ROOT, 'test/fixtures/scheduler/fns');
@@ -78,12 +78,7 @@ async function assertNothingLeft(nodeId: string, sandboxIds: Set<string>, prefix
     if (Date.now() > deadline) throw new Error(`leaked: ${JSON.stringify({ ...l, mounts, nodeDirs })}`);
     await new Promise((r) => setTimeout(r, 25));
   }
-  const noTtl: string[] = [];
-  for (const k of await redis.keys(`${prefix}:*`)) {
-    if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`)) continue;
-    if ((await redis.ttl(k)) < 0) noTtl.push(k);
-  }
-  expect(noTtl).toEqual([]);
+  expect(await keysWithoutTtl(redis, prefix)).toEqual([]);
 }
 
 async function env(over: Partial<SchedulerOptions> = {}): Promise<Env> {

@@ -24,7 +24,7 @@ import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
-import { useRedis, useCleanups } from '../helpers/hooks.ts';
+import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
@@ -81,13 +81,8 @@ async function env(callbacks: Partial<CallbackOptions> = {}): Promise<Env> {
     await sched.close(5000);
     expect(exec.live.size).toBe(0);
     // nothing of this prefix without a TTL but the tenants sets, BullMQ's queues and the (by design permanent) generated callback secret
+    expect(await keysWithoutTtl(redis, prefix, [CallbackSigner.key(prefix)])).toEqual([]);
     const keys = await redis.keys(`${prefix}:*`);
-    const leaks: string[] = [];
-    for (const k of keys) {
-      if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`) || k === CallbackSigner.key(prefix)) continue;
-      if ((await redis.ttl(k)) < 0) leaks.push(k);
-    }
-    expect(leaks).toEqual([]);
     if (keys.length) await redis.del(...keys);
   });
   const tenant = `ten-${randomUUID().slice(0, 6)}`;

@@ -19,7 +19,7 @@ import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { until } from '../helpers/until.ts';
-import { useRedis, useCleanups } from '../helpers/hooks.ts';
+import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
@@ -79,13 +79,8 @@ async function env(): Promise<Env> {
     await client.close();
     await sched.close(5000);
     expect(exec.live.size).toBe(0);
+    expect(await keysWithoutTtl(redis, prefix)).toEqual([]);
     const keys = await redis.keys(`${prefix}:*`);
-    const leaks: string[] = [];
-    for (const k of keys) {
-      if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`)) continue;
-      if ((await redis.ttl(k)) < 0) leaks.push(k);
-    }
-    expect(leaks).toEqual([]);
     if (keys.length) await redis.del(...keys);
   });
   // the node is the only one on this prefix (its tenant scan says so within 2 s): cold starts may go local too

@@ -20,11 +20,10 @@ import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { until } from '../helpers/until.ts';
-import { useRedis, useCleanups } from '../helpers/hooks.ts';
+import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
-
 const cleanups = useCleanups();
 
 interface Env {
@@ -50,13 +49,8 @@ async function env(opts: { capacityMb?: number; tenantConcurrency?: number; node
     await sched.close(5000);
     expect(exec.live.size).toBe(0);
     // nothing of this prefix without a TTL except the tenants set and BullMQ's own queue bookkeeping
+    expect(await keysWithoutTtl(redis, prefix)).toEqual([]);
     const keys = await redis.keys(`${prefix}:*`);
-    const leaks: string[] = [];
-    for (const k of keys) {
-      if (k === `${prefix}:tenants` || k === `${prefix}:tenants:bull` || k.startsWith(`${prefix}:bull:`)) continue;
-      if ((await redis.ttl(k)) < 0) leaks.push(k);
-    }
-    expect(leaks).toEqual([]);
     if (keys.length) await redis.del(...keys);
   });
   const tenant = `ten-${randomUUID().slice(0, 6)}`;
