@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import type { Span } from '@opentelemetry/api';
 import { Crashed, FunctionError, Internal, ResponseTooLarge, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, InvocationResponse, LogLine } from '../../services/common/model.ts';
-import { Attr, NOOP_SPAN, SpanName, failSpan, startSpanUnder, tracingEnabled } from '../../services/common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanKind, SpanName, SpanSchema, failSpan, startSpanOf, tracingEnabled } from '../../services/common/telemetry.ts';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import { encodeFrame, MsgType, type InvokeMsg, type ShimFrame } from '../protocol.ts';
 import { ChannelClosed, type RuntimeChannel } from './channel.ts';
@@ -87,6 +87,9 @@ export function invokeFrame(id: string, deadline: number, payload: InvocationPay
 
 const TIMED_OUT = Symbol('timeout');
 
+/** the 'run' span: no attributes at its start (the peak memory is set on it when a sandbox dies) */
+const RUN = new SpanSchema(SpanName.run, SpanKind.INTERNAL, []);
+
 /**
  * What every instance kind shares: one invocation at a time, the invocation count, the 'run' span.
  * Subclasses say when they are alive and how one invocation runs.
@@ -128,7 +131,7 @@ export abstract class InstanceBase implements Instance {
     // Under the span current at the call (the scheduler's 'local dispatch' / 'scheduler pickup', set by
     // runInSpan around this synchronous start). Started and ended here rather than through withSpan: no
     // callback closure and no extra promise + then pair per call.
-    const span = startSpanUnder(SpanName.run, undefined, undefined);
+    const span = startSpanOf(RUN, undefined);
     try {
       return await this.run(req, span);
     } catch (e) {

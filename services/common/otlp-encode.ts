@@ -243,7 +243,8 @@ function protoAnyValue(w: ProtoWriter, v: AttributeValue): void {
 const KEY_CACHE = new Map<string, Uint8Array>();
 const KEY_CACHE_MAX = 512;
 
-function protoKey(w: ProtoWriter, k: string): void {
+/** A KeyValue's key field ([tag 1, length, UTF-8 bytes]) of `k`, encoded once per key (KEY_CACHE). */
+export function keyBytes(k: string): Uint8Array {
   let kb = KEY_CACHE.get(k);
   if (!kb) {
     const t = new ProtoWriter(k.length * 3 + 8);
@@ -252,13 +253,20 @@ function protoKey(w: ProtoWriter, k: string): void {
     kb = Uint8Array.from(t.bytes());
     if (KEY_CACHE.size < KEY_CACHE_MAX) KEY_CACHE.set(k, kb);
   }
-  w.raw(kb);
+  return kb;
+}
+
+function protoKey(w: ProtoWriter, k: string): void {
+  w.raw(keyBytes(k));
 }
 
 /** one KeyValue as field `field` (span attributes: 9), cached or not */
 export function protoKeyValue(w: ProtoWriter, field: number, k: string, v: AttributeValue): void {
   // KeyValue: 1 key, 2 AnyValue
-  if (typeof v === 'string' && field < 16 && v.length < 100 && protoShortStringKeyValue(w, field, k, v)) return;
+  if (typeof v === 'string' && field < 16 && v.length < 100) {
+    const kb = KEY_CACHE.get(k);
+    if (kb && protoShortStringKeyValue(w, field, kb, v)) return;
+  }
   w.tag(field, LEN);
   const m = w.begin();
   protoKey(w, k);
@@ -269,27 +277,29 @@ export function protoKeyValue(w: ProtoWriter, field: number, k: string, v: Attri
   w.end(m);
 }
 
+const NOT_ASCII = /[^\x00-\x7f]/;
+
 /**
- * protoKeyValue for a short ASCII string value (an invocation id: a new value on every call, so never cached):
- * the three lengths are known up front, so one capacity check and no begin/end bookkeeping. The same bytes as
- * the general path; false (nothing written) when the value or the lengths do not fit one-byte varints.
+ * protoKeyValue for a short ASCII string value (an invocation id: a new value on every call, so never cached)
+ * under the key bytes `kb` (keyBytes): the three lengths are known up front, so one capacity check and no
+ * begin/end bookkeeping. The same bytes as the general path; false (nothing written) when the value is not ASCII
+ * or the lengths do not fit one-byte varints.
  */
-function protoShortStringKeyValue(w: ProtoWriter, field: number, k: string, v: string): boolean {
-  const kb = KEY_CACHE.get(k);
-  if (!kb) return false;
+export function protoShortStringKeyValue(w: ProtoWriter, field: number, kb: Uint8Array, v: string): boolean {
   const n = v.length;
   // KeyValue{key bytes (cached), 2: AnyValue{1: string}}: AnyValue is 2 + n bytes, the KeyValue kb + 2 + that
   const kvLen = kb.length + 4 + n;
   if (kvLen > 127) return false;
+  // The regular expression also flattens `v` in place. Strings built by concatenation are ConsStrings (node's
+  // randomUUID() builds invocation ids so), and charCodeAt on one walks its pieces for every character without
+  // flattening it (measured in the host: ~0.5 µs per invocation id); flattened once, the copy below is a plain loop
+  // and later users of the same string (its Redis write) find it flat too.
+  if (NOT_ASCII.test(v)) return false;
   w.ensure(kvLen + 2);
   const b = w.buf;
   const start = w.pos;
   let p = start + kb.length + 6;
-  for (let i = 0; i < n; i++) {
-    const c = v.charCodeAt(i);
-    if (c > 0x7f) return false;
-    b[p++] = c;
-  }
+  for (let i = 0; i < n; i++) b[p++] = v.charCodeAt(i);
   b[start] = (field << 3) | LEN;
   b[start + 1] = kvLen;
   b.set(kb, start + 2);
@@ -322,7 +332,8 @@ interface PairSlot {
 const PAIR_CACHE = new Map<string, PairSlot>();
 const PAIR_VALUES_MAX = 64;
 const PAIR_KEYS_MAX = 256;
-const PAIR_VALUE_MAX_CHARS = 64;
+/** longer string values are not cached (span-records.ts relies on this rule to tell a key no longer cached) */
+export const PAIR_VALUE_MAX_CHARS = 64;
 /**
  * The cached pairs' bytes by id, append-only (at most PAIR_KEYS_MAX × PAIR_VALUES_MAX): span records refer to a
  * pair by this id, and the export thread gets the table as it grows (trace-export.ts).
@@ -459,6 +470,14 @@ export function protoSpan(w: ProtoWriter, s: FnSpan): void {
   w.buf[w.pos++] = (8 << 3) | I64;
   w.fixed64Ms(s.endMs);
   protoAttributes(w, 9, s.base);
+  const sc = s.schema;
+  if (sc !== undefined) {
+    const vals = s.vals!;
+    for (let i = 0; i < vals.length; i++) {
+      const v = vals[i];
+      if (v !== undefined && v !== null) protoSpanAttribute(w, sc.keys[i]!, v);
+    }
+  }
   protoExtra(w, s.extra);
   if (s.eventList) {
     for (const e of s.eventList) {

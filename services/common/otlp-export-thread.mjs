@@ -4,6 +4,7 @@
 // `{ id, ab, start, end }` (a batch encoded on the loop: the writer's whole ArrayBuffer, transferred) or
 // `{ id, text }` (JSON), POSTs it with the same poster the loop uses in-thread, and answers `{ id, ok, why, ab }`,
 // handing the buffer back so the loop reuses it. Plain JS: see otlp-post.mjs.
+import { writeFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createPoster } from './otlp-post.mjs';
@@ -15,6 +16,16 @@ import { OutBuffer, encodeRecords, writeHeaderBefore } from './otlp-records.mjs'
 if (typeof workerData.nice === 'number') {
   try {
     setPriority(workerData.nice);
+  } catch {}
+}
+
+// This thread's name in /proc (comm): Node 20 names none of its threads (all show "node"), so top -H, perf and
+// the gateway bench's CPU accounting (test/bench/gateway.ts) could not tell it from V8's and libuv's threads.
+// /proc/thread-self is the calling thread (Linux ≥ 3.17); writing a sibling thread's comm is allowed. Elsewhere
+// nothing changes.
+if (typeof workerData.threadName === 'string') {
+  try {
+    writeFileSync('/proc/thread-self/comm', workerData.threadName);
   } catch {}
 }
 

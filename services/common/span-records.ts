@@ -16,9 +16,9 @@
  * encodeRecords(rec.ints, rec.times, rec.w.buf, rec.n, PAIR_BYTES, NAME_BYTES, out);   // anywhere
  */
 import type { AttributeValue } from '@opentelemetry/api';
-import { NAME_BYTES, PAIR_BYTES, ProtoWriter, nameKindId, pairId, protoKeyValue, protoSpan } from './otlp-encode.ts';
+import { NAME_BYTES, PAIR_BYTES, PAIR_VALUE_MAX_CHARS, ProtoWriter, keyBytes, nameKindId, pairId, protoKeyValue, protoShortStringKeyValue, protoSpan } from './otlp-encode.ts';
 import { META_RAW, META_REMOTE, REC_INTS, encodeRecords, type RecordsOut } from './otlp-records.mjs';
-import type { FnSpan } from './trace-span.ts';
+import type { FnSpan, SpanSchema, SpanValues } from './trace-span.ts';
 
 /** One batch of span records (its three buffers move to the export thread and back). */
 export class SpanRecords {
@@ -58,7 +58,16 @@ export function writeSpanRecord(rec: SpanRecords, s: FnSpan): void {
   const o = rec.n * REC_INTS;
   const ints = rec.ints;
   const w = rec.w;
-  const nk = s.eventList !== undefined || s.linkList !== undefined || s.status.code !== 0 ? -1 : nameKindId(s.name, s.kind);
+  const sc = s.schema;
+  // a schema span's name+kind id is kept on its schema (no look-up by name); updateName makes it an ordinary one
+  const nk =
+    s.eventList !== undefined || s.linkList !== undefined || s.status.code !== 0
+      ? -1
+      : sc !== undefined && s.name === sc.name
+        ? sc.nk >= 0
+          ? sc.nk
+          : (sc.nk = nameKindId(sc.name, sc.kind))
+        : nameKindId(s.name, s.kind);
   if (nk < 0) {
     protoSpan(w, s);
     ints[o + 8] = META_RAW;
@@ -79,10 +88,15 @@ export function writeSpanRecord(rec: SpanRecords, s: FnSpan): void {
   const i2 = rec.n * 2;
   rec.times[i2] = s.startMs;
   rec.times[i2 + 1] = s.endMs;
-  const base = s.base;
-  for (const k in base) {
-    const v = base[k];
-    if (v !== undefined && v !== null) recordAttribute(w, k, v);
+  if (sc === undefined) {
+    const base = s.base;
+    for (const k in base) {
+      const v = base[k];
+      if (v !== undefined && v !== null) recordAttribute(w, k, v);
+    }
+  } else {
+    // a schema span has no creation attributes object (its `base` is the shared empty one)
+    recordSchemaAttributes(w, sc, s.vals!);
   }
   const x = s.extra;
   if (x) for (let i = 0; i < x.length; i += 2) recordAttribute(w, x[i] as string, x[i + 1] as AttributeValue);
@@ -102,6 +116,41 @@ function recordAttribute(w: ProtoWriter, k: string, v: AttributeValue): void {
   const m = w.begin();
   protoKeyValue(w, 9, k, v);
   w.end(m);
+}
+
+/** SpanSchema.lastId of a key whose values are never cached (the pair cache gave up on it) */
+const UNCACHED = -2;
+
+/**
+ * A schema span's attributes in key order (what protoSpan writes for them): by index, each value checked against
+ * the one its key had last (same id, no look-up); a new value is looked up once (pairId) and remembered.
+ */
+function recordSchemaAttributes(w: ProtoWriter, sc: SpanSchema, vals: SpanValues): void {
+  const last = sc.lastValue;
+  const ids = sc.lastId;
+  for (let i = 0; i < vals.length; i++) {
+    const v = vals[i];
+    if (v === undefined || v === null) continue;
+    let id = ids[i]!;
+    // UNCACHED: the key's values are written inline for good (an invocation id): no comparison with the last one
+    // (two different strings of the same length are compared character by character)
+    if (id !== UNCACHED && last[i] !== v) {
+      id = pairId(sc.keys[i]!, v);
+      // -1 for a value that is neither an array nor a long string means the key is no longer cached (otlp-encode.ts)
+      if (id < 0 && typeof v !== 'object' && !(typeof v === 'string' && v.length > PAIR_VALUE_MAX_CHARS)) id = UNCACHED;
+      last[i] = v;
+      ids[i] = id;
+    }
+    if (id >= 0) {
+      w.varint(id + 1);
+      continue;
+    }
+    w.ensure(1);
+    w.buf[w.pos++] = 0;
+    const m = w.begin();
+    if (typeof v !== 'string' || v.length >= 100 || !protoShortStringKeyValue(w, 9, (sc.keyBytes[i] ??= keyBytes(sc.keys[i]!)), v)) protoKeyValue(w, 9, sc.keys[i]!, v);
+    w.end(m);
+  }
 }
 
 /** Encodes a batch of records on this thread (the export thread is gone): the bytes protoSpan would have written. */

@@ -46,10 +46,11 @@ import {
   type Span,
   type SpanContext,
 } from '@opentelemetry/api';
-import { FnSpan, UnsampledSpan, setUnpublish, type ParentRef } from './trace-span.ts';
+import { performance } from 'node:perf_hooks';
+import { FnSpan, SpanSchema, UnsampledSpan, setUnpublish, type ParentRef, type SpanValues } from './trace-span.ts';
 
-export { SpanKind };
-export type { Attributes, Context, Span };
+export { SpanKind, SpanSchema };
+export type { Attributes, Context, Span, SpanValues };
 
 export const TRACER_NAME = 'fnhost';
 
@@ -79,6 +80,13 @@ export const Attr = {
   httpRoute: 'http.route',
   httpStatus: 'http.response.status_code',
   urlPath: 'url.path',
+  // completion callbacks ('callback delivery' spans, services/scheduler/callbacks.ts)
+  /** 'delivered' | 'retried' | 'failed' */
+  callbackOutcome: 'fnhost.callback.outcome',
+  /** 1-based POST number of one callback */
+  callbackAttempt: 'fnhost.callback.attempt',
+  /** the receiver's host name (semconv; never the path or query, which may carry a token) */
+  serverAddress: 'server.address',
 } as const;
 
 /** Span names of one invocation's trace (see the tree in this module's header). */
@@ -97,6 +105,8 @@ export const SpanName = {
   runtimeLoad: 'runtime load',
   run: 'run',
   resultDelivery: 'result delivery',
+  /** one POST of a completion callback (services/scheduler/callbacks.ts), under the invocation's enqueue span */
+  callbackDelivery: 'callback delivery',
 } as const;
 
 /**
@@ -105,6 +115,10 @@ export const SpanName = {
  */
 export interface TraceBackend {
   start(name: string, attrs: Attributes | undefined, kind: SpanKind, parent: ParentRef, startMs?: number): Span;
+  /** a span of `schema` with its values by position */
+  startOf(schema: SpanSchema, vals: SpanValues | undefined, parent: ParentRef, startMs?: number): Span;
+  /** an already ended span of `schema` over [startMs, endMs] */
+  recordOf(schema: SpanSchema, vals: SpanValues | undefined, parent: ParentRef, startMs: number, endMs: number): void;
 }
 
 let backend: TraceBackend | undefined;
@@ -361,6 +375,48 @@ export function recordSpan(name: string, startMs: number, endMs: number, attrs?:
   if (!backend) return;
   const span = backend.start(name, attrs, SpanKind.INTERNAL, parentOf(parent), startMs);
   span.end(Math.max(endMs, startMs));
+}
+
+/**
+ * `startSpanUnder` for a call site's SpanSchema: the span's attributes are `values`, by the schema's key positions
+ * (the caller's array, read when the span ends: fill in later values by plain stores before end()). Hot paths:
+ * ending such a span writes its attributes by index with per-key memos kept on the schema (span-records.ts).
+ *
+ * @example
+ * const LOCAL = new SpanSchema(SpanName.localDispatch, SpanKind.INTERNAL, [Attr.tenant, Attr.outcome]);
+ * const OUTCOME = LOCAL.slot(Attr.outcome);
+ * const values: SpanValues = [fn.tenant, undefined];
+ * const span = startSpanOf(LOCAL, values, parentSpan, spanTime());
+ * values[OUTCOME] = 'success';
+ * span.end();
+ */
+export function startSpanOf(schema: SpanSchema, values: SpanValues | undefined, parent?: Parent, startTime?: number): Span {
+  if (!backend) return NOOP_SPAN;
+  return backend.startOf(schema, values, parent instanceof FnSpan ? parent : parentOf(parent), epochMs(startTime));
+}
+
+/**
+ * `startServerSpan` for a SpanSchema (of kind SERVER): under the caller's `traceparent` when it is valid, else the
+ * root of a new trace.
+ *
+ * @example
+ * const span = startServerSpanOf(HTTP_REQUEST, [method, path, undefined, undefined], req.headers.traceparent, t0);
+ */
+export function startServerSpanOf(schema: SpanSchema, values: SpanValues | undefined, traceparent: string | undefined | null, startTime?: number): Span {
+  if (!backend) return NOOP_SPAN;
+  return backend.startOf(schema, values, traceparent ? parseTraceparent(traceparent) : undefined, epochMs(startTime));
+}
+
+/**
+ * `recordSpan` for a SpanSchema: a span over a known interval (epoch ms; end clamped to start) under `parent`
+ * (default the current span). Under one of our spans it costs no span object (tracing-setup.ts `recordOf`).
+ *
+ * @example
+ * recordSpanOf(WARM_PICK, t0, lease.placedAt, span);
+ */
+export function recordSpanOf(schema: SpanSchema, startMs: number, endMs: number, parent?: Parent, values?: SpanValues): void {
+  if (!backend) return;
+  backend.recordOf(schema, values, parent instanceof FnSpan ? parent : parentOf(parent), startMs, endMs);
 }
 
 /** Sets attributes on the current span (no-op when there is none or it is not recording). */

@@ -145,6 +145,13 @@ export function exportNiceFromEnv(raw: string | undefined): number | null {
  */
 const EXPORT_THREAD_URL = new URL('./otlp-export-thread.mjs', import.meta.url);
 
+/**
+ * The export thread's name in /proc/<pid>/task/<tid>/comm (Linux caps it at 15 bytes): the thread sets it as it
+ * starts, so `top -H`, perf and the gateway bench's CPU accounting (test/bench/gateway.ts) can find it among the
+ * process's threads, which Node otherwise all names "node".
+ */
+export const EXPORT_THREAD_NAME = 'otlp-export';
+
 /** A batch handed to the export thread, until it answers. */
 interface ThreadJob {
   spans: number;
@@ -154,21 +161,25 @@ interface ThreadJob {
 /**
  * Spans waiting for the collector, at most (OTEL_BSP_MAX_QUEUE_SIZE when set): the batch being built plus the
  * sealed ones queued or in flight — 4 default batches. The SDK's 2,048 filled in ~250 ms at ~1,000 warm
- * invocations/s × 8 spans (~20 % of spans dropped on the c32 bench then); 16,384 is ~0.8 s of spans at 4,000
- * invocations/s × 5. Encoded, a span is ~240 bytes: ~4 MB of batches held at most, plus up to
- * `maxConcurrentExports` spare batch buffers (~1 MB each) kept for reuse.
+ * invocations/s × 8 spans (~20 % of spans dropped on the c32 bench then); 32,768 is ~1.6 s of spans at 4,000
+ * invocations/s × 5. Encoded, a span is ~240 bytes: ~8 MB of batches held at most, plus up to
+ * `maxConcurrentExports` spare batch buffers (~2 MB each) kept for reuse.
  */
-const DEFAULT_MAX_QUEUE_SIZE = 16_384;
+const DEFAULT_MAX_QUEUE_SIZE = 32_768;
 /**
  * Spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE when set; the spec's default is 512). A POST costs
  * the sender and the collector a fixed ~0.4–1 ms of CPU each whatever its size (measured on the 2-core bench
  * machine, 32–512 KB bodies one every 25 ms, test/helpers/otlp-sink.ts as the collector). At 4,000 warm
  * invocations/s × 5 spans, 512 per batch is ~40 POSTs per second: ~6 % of a core between the export thread and
- * the collector, on a 2-core host whose event loop is the bottleneck. 4,096 (~1 MB of protobuf, far below a
- * collector's default 20 MiB request limit) makes that ~5 per second. A batch is sealed when full or
+ * the collector, on a 2-core host whose event loop is the bottleneck. 8,192 (~2 MB of protobuf, far below a
+ * collector's default 20 MiB request limit) makes that ~3 per second. Measured with the export thread alone
+ * (real exporter, a warm call's 5 spans at ~4,900 calls/s, the collector process on loopback, 1,024 / 4,096 /
+ * 8,192 / 16,384 alternated): the thread's CPU per call is ~2.0 µs plus ~0.8 ms per request (node's HTTP client,
+ * run 3–20 times a second, never gets past V8's baseline tier): 5.9 / 2.6 / 2.1 / 2.3 µs per call; the
+ * collector's 2.9 µs per call did not change from 4,096 up. A batch is sealed when full or
  * OTEL_BSP_SCHEDULE_DELAY after its first span, whichever comes first, so at low rates nothing waits longer.
  */
-const DEFAULT_MAX_EXPORT_BATCH_SIZE = 4096;
+const DEFAULT_MAX_EXPORT_BATCH_SIZE = 8192;
 /**
  * Exports in flight at once (a kept-alive connection each). One at a time (the SDK's way) makes every batch wait
  * for the previous round trip; 4 lets a collector that answers slowly for a moment (GC, a full pipeline) fall
@@ -242,7 +253,7 @@ export class OtlpHttpExporter implements SpanSink {
     try {
       // a small heap: the thread holds at most maxConcurrentExports batches, which live in transferred buffers
       const records = { resource: this.header.resourceMsg, scope: this.header.scopeMsg, reserve: this.reserve, batchSize: this.cfg.maxExportBatchSize };
-      w = new Worker(EXPORT_THREAD_URL, { workerData: { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports, nice, records }, resourceLimits: { maxOldGenerationSizeMb: 32 } });
+      w = new Worker(EXPORT_THREAD_URL, { workerData: { url, protocol, headers, timeoutMs, gzip: gz, maxConcurrentExports, nice, records, threadName: EXPORT_THREAD_NAME }, resourceLimits: { maxOldGenerationSizeMb: 32 } });
     } catch (e) {
       diag.warn(`fnhost: OTLP export thread unavailable (${(e as Error).message}); exporting on the event loop`);
       return;

@@ -15,6 +15,7 @@
  * trace-id-ratio sampler needs.
  */
 import { randomFillSync } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import {
   SpanKind,
   SpanStatusCode,
@@ -124,7 +125,11 @@ export function newSpanId(): string {
 
 // ---- time ----
 
-/** Epoch milliseconds with sub-millisecond resolution (performance.now() on the wall-clock origin). */
+/**
+ * Epoch milliseconds with sub-millisecond resolution (performance.now() on the wall-clock origin). `performance`
+ * is imported, not the global: the global is a lazy accessor on globalThis, a getter call on every read (it
+ * showed in profiles of the span pipeline).
+ */
 export function nowMs(): number {
   return TIME_ORIGIN + performance.now();
 }
@@ -146,9 +151,61 @@ function hr(ms: number): [number, number] {
   return [s, Math.round((ms - s * 1e3) * 1e6)];
 }
 
+// ---- span schemas ----
+
+/** A span's attribute values by the positions of its schema's keys (undefined: not set, not exported). */
+export type SpanValues = (AttributeValue | undefined)[];
+
+/**
+ * The fixed shape of the spans one call site makes: name, kind and attribute keys, declared once (module level).
+ * Its spans carry their attribute values by position (`SpanValues`) instead of an object keyed by name, so ending
+ * one writes its attributes by index: no walk over an object's keys, no look-up by key string. The schema also
+ * keeps what the encoder learnt about its spans — their name+kind id and, per key, the value seen last and the id
+ * of that pair's cached bytes (span-records.ts) — next to each other, so a warm call's spans touch a few cache
+ * lines there instead of a hash table entry per attribute (the per-attribute Map look-ups were the biggest part
+ * of writing a span record in the host, where caches are cold).
+ *
+ * @example
+ * const RUN = new SpanSchema('run', SpanKind.INTERNAL, [Attr.tenant, Attr.outcome]);
+ * const OUTCOME = RUN.slot(Attr.outcome);
+ * const values: SpanValues = [tenant, undefined];
+ * const span = startSpanOf(RUN, values, parent);  // services/common/telemetry.ts
+ * values[OUTCOME] = 'success';                       // a plain store, read when the span ends
+ * span.end();
+ */
+export class SpanSchema {
+  readonly keys: readonly string[];
+  /** @internal span-records.ts: the name+kind id (otlp-encode.ts nameKindId), -2 until first used */
+  nk = -2;
+  /** @internal span-records.ts: per key, the value recorded last and its pair id (-1: not cached) */
+  readonly lastValue: SpanValues;
+  readonly lastId: number[];
+  /** @internal span-records.ts: per key, its encoded bytes ([tag 1, length, key]) once needed */
+  readonly keyBytes: (Uint8Array | undefined)[];
+  constructor(
+    readonly name: string,
+    readonly kind: SpanKind,
+    keys: readonly string[],
+  ) {
+    if (new Set(keys).size !== keys.length) throw new Error(`span schema '${name}': a key is listed twice`);
+    this.keys = [...keys];
+    this.lastValue = keys.map(() => undefined);
+    this.lastId = keys.map(() => -1);
+    this.keyBytes = keys.map(() => undefined);
+  }
+  /** the position of `key` in the values (throws for a key the schema does not have: a programming error) */
+  slot(key: string): number {
+    const i = this.keys.indexOf(key);
+    if (i < 0) throw new Error(`span schema '${this.name}' has no attribute '${key}'`);
+    return i;
+  }
+}
+
 // ---- the span ----
 
 const EMPTY: Attributes = Object.freeze({}) as Attributes;
+/** the values of a recorded span that has none (never written to: recorded spans are ended) */
+const EMPTY_VALUES: SpanValues = Object.freeze([]) as unknown as SpanValues;
 /** shared by every span until setStatus replaces it (one allocation less per span) */
 const UNSET_STATUS: SpanStatus = Object.freeze({ code: SpanStatusCode.UNSET });
 
@@ -232,6 +289,8 @@ interface RareParts {
   events: SpanEvent[] | undefined;
   links: Link[] | undefined;
   sc: SpanContext | undefined;
+  /** the traceparent, once built (only spans whose context leaves the process need one) */
+  tp: string | undefined;
 }
 
 /** A recording span. Created by the tracer (tracing-setup.ts) only when the sampler says so. */
@@ -257,6 +316,13 @@ export class FnSpan implements Span {
    */
   base: Attributes;
   /**
+   * A span of a call site's SpanSchema: its attribute values by the schema's key positions (`base` is then empty).
+   * Like `base`, the caller's array, read when the span ends: the caller fills in positions by plain stores until
+   * end(); setAttribute on a schema key stores into it too.
+   */
+  schema: SpanSchema | undefined;
+  vals: SpanValues | undefined;
+  /**
    * Attributes set after creation, as flat [key, value, key, value, …]: adding keys to the caller's object
    * would copy it and push it into V8's slow dictionary mode (measured: +1.7 µs per span for two setAttribute
    * calls, and slower encoding); a small array costs nothing of the sort.
@@ -264,15 +330,24 @@ export class FnSpan implements Span {
   extra: (string | AttributeValue)[] | undefined;
   status: SpanStatus = UNSET_STATUS;
   private readonly sink: SpanSink;
-  private tp: string | undefined;
   /**
-   * The booleans in one small integer (F_*), and what few spans have (events, links, the SpanContext object) in
-   * one slot allocated on first use: every in-object field is 8 bytes on Node's V8 (no pointer compression),
-   * and a warm invocation makes five spans — 21 fields were 192 bytes a span, these 16 are 152.
+   * The booleans in one small integer (F_*), and what few spans have (events, links, the SpanContext object, the
+   * traceparent) in one slot allocated on first use: every in-object field is 8 bytes on Node's V8 (no pointer
+   * compression), and a warm invocation makes several spans — 21 fields were 192 bytes a span, these 17 are 160.
    */
   private f = 0;
   private x: RareParts | undefined;
-  constructor(sink: SpanSink, name: string, kind: SpanKind, tid: TraceIdWords, parent: ParentRef, attrs: Attributes | undefined, startMs: number) {
+  constructor(
+    sink: SpanSink,
+    name: string,
+    kind: SpanKind,
+    tid: TraceIdWords,
+    parent: ParentRef,
+    attrs: Attributes | undefined,
+    startMs: number,
+    schema?: SpanSchema,
+    vals?: SpanValues,
+  ) {
     this.sink = sink;
     this.name = name;
     this.kind = kind;
@@ -296,8 +371,38 @@ export class FnSpan implements Span {
       this.phi = 0;
       this.plo = 0;
     }
-    this.base = attrs ?? EMPTY;
+    // a schema span's attributes are its values only (span-records.ts writes no `base` for it)
+    this.base = schema === undefined && attrs !== undefined ? attrs : EMPTY;
+    this.schema = schema;
+    this.vals = schema ? (vals ?? (schema.keys.length ? [] : EMPTY_VALUES)) : undefined;
     this.startMs = startMs;
+  }
+
+  /**
+   * @internal tracing-setup.ts: makes this object stand for a new, already ended span of `schema` (a known interval
+   * under `parent`) for a sink that copies what it needs in onEnd — one object reused instead of one per
+   * recorded span. Ids are drawn afresh.
+   */
+  reinitEnded(tid: TraceIdWords, parent: FnSpan, schema: SpanSchema, vals: SpanValues | undefined, startMs: number, endMs: number): void {
+    const m = this as unknown as { -readonly [K in keyof FnSpan]: FnSpan[K] };
+    let hi: number;
+    let lo: number;
+    do {
+      hi = randomWord();
+      lo = randomWord();
+    } while (hi === 0 && lo === 0);
+    m.tid = tid;
+    m.hi = hi;
+    m.lo = lo;
+    m.phi = parent.hi;
+    m.plo = parent.lo;
+    m.name = schema.name;
+    m.kind = schema.kind;
+    m.startMs = startMs;
+    m.endMs = endMs < startMs ? startMs : endMs;
+    m.schema = schema;
+    m.vals = vals ?? EMPTY_VALUES;
+    this.f = F_ENDED;
   }
 
   /** the parent came from another process (a traceparent), not a span of ours */
@@ -321,7 +426,7 @@ export class FnSpan implements Span {
     return this.x?.links;
   }
   private rare(): RareParts {
-    return (this.x ??= { events: undefined, links: undefined, sc: undefined });
+    return (this.x ??= { events: undefined, links: undefined, sc: undefined, tp: undefined });
   }
 
   /** always sampled (an unsampled span is an UnsampledSpan); a getter, not a field: one slot less per span */
@@ -355,7 +460,8 @@ export class FnSpan implements Span {
 
   /** W3C `traceparent` of this span (version 00, sampled), built once: 55 characters in one native call */
   traceparent(): string {
-    if (this.tp) return this.tp;
+    const r = this.rare();
+    if (r.tp) return r.tp;
     const b = TP_BUF;
     const t = this.tid;
     hexInto(b, 3, t.a);
@@ -364,12 +470,19 @@ export class FnSpan implements Span {
     hexInto(b, 27, t.d);
     hexInto(b, 36, this.hi);
     hexInto(b, 44, this.lo);
-    return (this.tp = b.toString('latin1', 0, 55));
+    return (r.tp = b.toString('latin1', 0, 55));
   }
 
   setAttribute(key: string, value: AttributeValue): this {
     if (this.ended || value === undefined || value === null) return this;
-    if (key in this.base) {
+    const sc = this.schema;
+    if (sc !== undefined) {
+      const i = sc.keys.indexOf(key);
+      if (i >= 0) {
+        this.vals![i] = value;
+        return this;
+      }
+    } else if (key in this.base) {
       // overriding a creation-time attribute (rare): own a copy first
       if ((this.f & F_OWN_BASE) === 0) {
         this.base = { ...this.base };
@@ -481,6 +594,11 @@ export class FnSpan implements Span {
   get attributes(): Attributes {
     const a: Attributes = {};
     for (const k in this.base) if (this.base[k] !== undefined) a[k] = this.base[k];
+    const sc = this.schema;
+    if (sc !== undefined) {
+      const v = this.vals!;
+      for (let i = 0; i < sc.keys.length; i++) if (v[i] !== undefined && v[i] !== null) a[sc.keys[i]!] = v[i];
+    }
     if (this.extra) for (let i = 0; i < this.extra.length; i += 2) a[this.extra[i] as string] = this.extra[i + 1] as AttributeValue;
     return a;
   }

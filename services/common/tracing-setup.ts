@@ -57,7 +57,7 @@ import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { metrics } from './metrics.ts';
 import { contextFromTraceparent, formatTraceparent, setTracingBackend, TRACER_NAME, type TraceBackend } from './telemetry.ts';
 import { OtlpHttpExporter, otlpConfigFromEnv, type ExportStats } from './trace-export.ts';
-import { FnSpan, TraceIdWords, UnsampledSpan, newTraceIdWords, nowMs, samplerFromEnv, type ParentRef, type Sampler, type SpanSink } from './trace-span.ts';
+import { FnSpan, TraceIdWords, UnsampledSpan, newTraceIdWords, nowMs, samplerFromEnv, type ParentRef, type Sampler, type SpanSchema, type SpanSink, type SpanValues } from './trace-span.ts';
 
 /**
  * The smallest ContextManager on AsyncLocalStorage (what @opentelemetry/context-async-hooks'
@@ -145,12 +145,39 @@ class SdkExporterSink implements SpanSink {
 
 /** Starts spans: the sampler's decision, then a recording FnSpan or a non-recording carrier of the decision. */
 class Backend implements TraceBackend {
+  /** reused by `recordOf` for spans of a known interval (see there); undefined when the sink keeps span objects */
+  private readonly scratch: FnSpan | undefined;
+
+  /** `retains`: the sink keeps the span objects it gets (an SDK exporter's batch), so none may be reused */
   constructor(
     private readonly sink: SpanSink,
     private readonly sampler: Sampler,
-  ) {}
+    retains: boolean,
+  ) {
+    this.scratch = retains ? undefined : new FnSpan(sink, '', SpanKind.INTERNAL, new TraceIdWords(0, 0, 0, 1), undefined, undefined, 0, undefined, undefined);
+  }
 
-  start(name: string, attrs: SpanOptions['attributes'], kind: SpanKind, parent: ParentRef, startMs?: number): Span {
+  startOf(schema: SpanSchema, vals: SpanValues | undefined, parent: ParentRef, startMs?: number): Span {
+    return this.start(schema.name, undefined, schema.kind, parent, startMs, schema, vals);
+  }
+
+  /**
+   * A span whose interval is known, under `parent`. Under a span of ours (a warm call's 'warm pick' and 'result
+   * delivery') nothing is allocated: the one scratch span is filled in and handed to the sink, which copies what it
+   * needs in onEnd (the OTLP exporter writes a record or encodes) and keeps no reference.
+   */
+  recordOf(schema: SpanSchema, vals: SpanValues | undefined, parent: ParentRef, startMs: number, endMs: number): void {
+    const s = this.scratch;
+    if (s !== undefined && parent instanceof FnSpan) {
+      if (!this.sampler.sample(parent.tid, true)) return;
+      s.reinitEnded(parent.tid, parent, schema, vals, startMs, endMs);
+      this.sink.onEnd(s);
+      return;
+    }
+    this.start(schema.name, undefined, schema.kind, parent, startMs, schema, vals).end(endMs);
+  }
+
+  start(name: string, attrs: SpanOptions['attributes'], kind: SpanKind, parent: ParentRef, startMs?: number, schema?: SpanSchema, vals?: SpanValues): Span {
     let tid: TraceIdWords;
     let parentSampled: boolean | undefined;
     if (parent instanceof FnSpan) {
@@ -167,7 +194,7 @@ class Backend implements TraceBackend {
     }
     // not recorded, but its context (sampled=0) still propagates, so downstream parent-based samplers agree
     if (!this.sampler.sample(tid, parentSampled)) return new UnsampledSpan(tid);
-    return new FnSpan(this.sink, name, kind, tid, parent, attrs, startMs ?? nowMs());
+    return new FnSpan(this.sink, name, kind, tid, parent, attrs, startMs ?? nowMs(), schema, vals);
   }
 }
 
@@ -275,7 +302,7 @@ function register(opts: TracingOptions): TracingHandle {
     });
     sink = otlp;
   }
-  const backend = new Backend(sink, samplerFromEnv(env));
+  const backend = new Backend(sink, samplerFromEnv(env), sink instanceof SdkExporterSink);
   const asyncContext = (opts.context ?? env.FNHOST_OTEL_CONTEXT) === 'async';
   if (asyncContext && !context.setGlobalContextManager(new AlsContextManager())) diag.warn('fnhost: a context manager was already registered');
   const apiTracer = new ApiTracer(backend);

@@ -7,7 +7,10 @@
  *    "ours_traced": {"warm_c32": {rps, p50_ms, p99_ms, loop_us_per_call, spans_exported, spans_dropped, spans_failed,
  *                    invocations_in_segments}, "untraced_warm_c32": {...}, "traced_drop_pct", "traced_drop_pct_q25",
  *                    "traced_drop_pct_q75", "traced_drop_pct_of_medians", "traced_loop_us_per_call_added", "rounds",
- *                    "segment_s"}}
+ *                    "segment_s", "pairs", "cpu_us_per_call": {"untraced": {loop, loop_wait, export_thread, host_other, redis,
+ *                    host_children, instances, loadgen, collector, unattributed, unattributed_cores, total, softirq,
+ *                    steal, idle_pct},
+ *                    "traced": {...}, "added": {...}}}}
  *
  * - ours: `fnhost start` as a child process (embedded redis-server, scheduler, native sandboxes), a node
  *   hello-world deployed; warm = POST /v1/functions/hello/invoke with a tenant key and a small JSON body.
@@ -17,9 +20,9 @@
  *   Before c32, rounds of 32 parallel calls until all are warm: 32 connections need 32 warm instances.
  * - cold_*: a new function per sample (deploy, then the first sync invoke, timed at the client), the pool
  *   given BENCH_COLD_GAP_MS (default 300) to refill between samples; n = BENCH_COLD_N (default 30).
- * - ours_traced (issue 7): a fresh untraced host U and a host with tracing on T (OTLP/HTTP to a collector process
- *   on loopback, test/helpers/otlp-sink.ts), both primed and warmed up, then the same warm_c32 load in short
- *   strictly alternating segments U T U T … U: BENCH_TRACED_ROUNDS (default 20) traced segments, one more
+ * - ours_traced (issue 7): fresh untraced hosts U and hosts with tracing on T (OTLP/HTTP to a collector process
+ *   on loopback, test/helpers/otlp-sink.ts), two of each by default (BENCH_TRACED_PAIRS), all primed and warmed
+ *   up, then the same warm_c32 load in short strictly alternating segments U T U T … U: BENCH_TRACED_ROUNDS (default 20) traced segments, one more
  *   untraced, each BENCH_TRACED_SEGMENT_S (default 2.5) s counted after 0.5 s of settling. Each traced segment is
  *   compared with the mean of the two untraced segments around it: a drift of the shared machine that is linear
  *   over ~9 s cancels, and every T has a U before and after it (no position bias: neither host always runs
@@ -28,21 +31,33 @@
  *   by the collector, spans_dropped / spans_failed from the host's /metrics) and untraced_warm_c32: median
  *   segment rps, latencies over all segments, loop_us_per_call = CPU of the host's event-loop thread (the
  *   bottleneck at c32) per call, median over segments — tracing's added cost in a form the other helpers' load
- *   moves much less than rps (traced_loop_us_per_call_added = traced − untraced). Why not long rounds: this 2-core machine is shared, and the load
+ *   moves much less than rps (traced_loop_us_per_call_added = traced − untraced).
+ *   cpu_us_per_call (diagnostic): at c32 BOTH cores are busy (host loop, instances, autocannon, collector, export
+ *   thread), so rps falls with the total CPU per call, not only the loop's. Per segment, the CPU per counted call of
+ *   each part (CpuParts says what each is and where it is read: per-thread /proc schedstat, exact ns; the machine
+ *   from /proc/stat ticks), median over segments for untraced and traced, and `added` = median over rounds of T −
+ *   the mean of the U before and after (the drops' pairing). `unattributed` is the machine's CPU that none of the
+ *   parts spent (other helpers' work, kernel threads): a segment where it is high ran beside someone else's load;
+ *   loop_wait (the loop's run-queue delay per call) shows how much that load kept the bottleneck off a CPU. Each
+ *   segment's breakdown is also on stderr. Why not long rounds: this 2-core machine is shared, and the load
  *   of others changes within seconds; 5 rounds of 2 × 12 s gave pair drops from −10 to +34 % (same total time).
- *   BENCH_GATEWAY_TRACED=0 leaves it out; BENCH_GATEWAY_ONLY=traced runs only this part (development).
+ *   BENCH_GATEWAY_TRACED=0 leaves it out; BENCH_GATEWAY_ONLY=traced runs only this part (development);
+ *   BENCH_TRACED_PAIRS=n measures n untraced and n traced host processes taking turns (see TRACED_PAIRS).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Agent, request } from 'node:http';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import { tarGz } from '../../services/cli/pack.ts';
 import { findLeftovers } from '../helpers/leaks.ts';
 import { startOtlpSinkProcess, type OtlpSinkProcess, type OtlpSinkStats } from '../helpers/otlp-sink.ts';
+import { EXPORT_THREAD_NAME } from '../../services/common/trace-export.ts';
+import { detectControllers } from '../../services/sandbox/cgroup-detect.ts';
 
 /** The part of autocannon's API used here (the package ships no types). */
 interface AutocannonResult {
@@ -67,6 +82,15 @@ const SEGMENT_S = Math.max(0.5, Number(process.env.BENCH_TRACED_SEGMENT_S ?? 2.5
  */
 const SETTLE_S = 0.5;
 const ONLY_TRACED = process.env.BENCH_GATEWAY_ONLY === 'traced';
+/**
+ * Host processes per side in ours_traced (BENCH_TRACED_PAIRS, default 2: two untraced, two traced). Identically
+ * configured hosts measured side by side differ by a persistent 10–15 µs/call of loop CPU (4–13 % rps) for a whole
+ * run, in a sign that changes from run to run (two traced hosts, 2 runs of 10 rounds: −11 and −14.5 µs/call; two
+ * untraced hosts in one quiet bench run: 162 vs 146.5 µs/call, 5,341 vs 6,159 rps). With one process per side that
+ * offset is part of traced_drop_pct; with 2 or more the segments go U0 T0 U1 T1 U0 …, so every traced segment is
+ * compared with both untraced hosts and the drops mix both traced hosts (+~25 s of start-up per pair).
+ */
+const TRACED_PAIRS = Math.max(1, Math.floor(Number(process.env.BENCH_TRACED_PAIRS ?? 2)) || 1);
 const BODY = JSON.stringify({ hello: 'world' });
 const ROOT = process.cwd();
 
@@ -121,13 +145,17 @@ interface Segment {
   times: number[];
   /** every 2xx response, settling included (to account for the spans the host exported) */
   all: number;
+  /** CPU per counted call of every part involved, µs (see CpuParts) */
+  cpu: CpuParts;
+  /** the busiest processes outside the measurement during the segment (stderr only) */
+  others: string;
 }
 
 /**
  * `connections` in parallel for SETTLE_S + SEGMENT_S; only responses arriving in the last SEGMENT_S count (our own
  * timestamps: autocannon stops at its next sample tick, so its duration is not the window).
  */
-async function segment(url: string, connections: number, headers: Record<string, string>, pid: number): Promise<Segment> {
+async function segment(url: string, connections: number, headers: Record<string, string>, pid: number, who: CpuWho, snapper: Snapper): Promise<Segment> {
   const times: number[] = [];
   let all = 0;
   let bad = 0;
@@ -136,7 +164,13 @@ async function segment(url: string, connections: number, headers: Record<string,
   const to = from + SEGMENT_S * 1000;
   let loop0 = 0;
   let loop1 = 0;
-  const timers = [setTimeout(() => (loop0 = loopTicks(pid)), SETTLE_S * 1000), setTimeout(() => (loop1 = loopTicks(pid)), (SETTLE_S + SEGMENT_S) * 1000)];
+  const targets = cpuTargets(who);
+  let cpu0: Promise<CpuSnap> | undefined;
+  let cpu1: Promise<CpuSnap> | undefined;
+  const timers = [
+    setTimeout(() => ((loop0 = loopTicks(pid)), (cpu0 = snapper.snap(targets))), SETTLE_S * 1000),
+    setTimeout(() => ((loop1 = loopTicks(pid)), (cpu1 = snapper.snap(targets))), (SETTLE_S + SEGMENT_S) * 1000),
+  ];
   const inst = autocannon({
     url, connections, duration: SETTLE_S + SEGMENT_S, sampleInt: 100, method: 'POST',
     headers: { 'content-type': 'application/json', ...headers }, body: BODY,
@@ -150,7 +184,9 @@ async function segment(url: string, connections: number, headers: Record<string,
   const res = await inst;
   for (const t of timers) clearTimeout(t);
   if (bad || res.errors || res.timeouts) log(`  ${url} c${connections}: ${bad} non-2xx, ${res.errors} errors, ${res.timeouts} timeouts`);
-  return { rps: times.length / SEGMENT_S, loopUs: times.length ? ((loop1 - loop0) * 1e6) / CLOCK_TICKS / times.length : NaN, times, all };
+  const [a, b] = cpu0 && cpu1 ? await Promise.all([cpu0, cpu1]) : await Promise.all([snapper.snap(targets), snapper.snap(targets)]);
+  const cpu = cpuPerCall(targets, a, b, cpu0 && cpu1 ? times.length : 0);
+  return { rps: times.length / SEGMENT_S, loopUs: times.length ? ((loop1 - loop0) * 1e6) / CLOCK_TICKS / times.length : NaN, times, all, cpu, others: topOthers(a, b, SEGMENT_S) };
 }
 
 /** USER_HZ of /proc/<pid>/task/<tid>/stat times (100 on Linux) */
@@ -161,6 +197,264 @@ function loopTicks(pid: number): number {
   const s = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
   const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
   return Number(f[11]) + Number(f[12]);
+}
+
+/**
+ * Where the CPU of a segment went, per counted call, µs (ours_traced.cpu_us_per_call; diagnostic). On this 2-core
+ * machine both cores are busy at c32, so throughput falls with the TOTAL CPU per call, not only the loop's.
+ * Threads and processes from /proc/<pid>/task/<tid>/schedstat (run time in ns, exact; its 2nd field is the time
+ * spent runnable but waiting for a CPU), the machine from /proc/stat (USER_HZ ticks, sampled by the scheduler tick).
+ */
+interface CpuParts {
+  /** the host's event-loop (main) thread; ns-exact, otherwise what loop_us_per_call measures */
+  loop: number;
+  /** time the loop thread was runnable but waited for a CPU (run-queue delay), not CPU */
+  loop_wait: number;
+  /** the host's OTLP export thread (it names itself EXPORT_THREAD_NAME; 0 untraced: there is none) */
+  export_thread: number;
+  /** the host's other threads: V8's platform workers (GC, compilation) and libuv's pool (Node 20 names none of them) */
+  host_other: number;
+  /** the host's embedded redis-server */
+  redis: number;
+  /** other processes below the host (the sandbox zygote, tsx's esbuild, …) */
+  host_children: number;
+  /** the function instances: every process in the host's sandbox cgroups (fnhost/<node id>/…: init + runtime) */
+  instances: number;
+  /** this bench process (autocannon's 32 connections and the response bookkeeping), but its snapshot thread */
+  loadgen: number;
+  /** the OTLP collector process (0 untraced: it idles) */
+  collector: number;
+  /** everything else the machine ran: other helpers' work, kernel threads (ksoftirqd, kworkers) — total minus the parts above */
+  unattributed: number;
+  /**
+   * the same as a rate, in cores (unattributed × calls/s): how much of the 2 cores others took during the segment,
+   * which unlike a per-call figure does not grow when our rps falls
+   */
+  unattributed_cores: number;
+  /** all CPU the machine spent (user + nice + system + irq + softirq of /proc/stat), per call */
+  total: number;
+  /**
+   * softirq time (/proc/stat), per call: NOT an extra part — without CONFIG_IRQ_TIME_ACCOUNTING (this kernel) it
+   * is charged to whichever task it interrupted (loopback TCP's receive side runs in the sender's syscall), so it
+   * is already inside the parts above; shown because network load shows up here
+   */
+  softirq: number;
+  /** time the hypervisor ran something else while we had work (/proc/stat steal), per call */
+  steal: number;
+  /** % of the machine's time idle during the segment */
+  idle_pct: number;
+}
+const CPU_PARTS = ['loop', 'loop_wait', 'export_thread', 'host_other', 'redis', 'host_children', 'instances', 'loadgen', 'collector', 'unattributed', 'unattributed_cores', 'total', 'softirq', 'steal', 'idle_pct'] as const;
+
+/** what to account for: the host under load (its pid and node id: its sandbox cgroups) and the collector */
+interface CpuWho {
+  hostPid: number;
+  nodeId: string;
+  collectorPid?: number;
+}
+
+/**
+ * The schedstat files of one segment, resolved before it starts (listing the instances' cgroups and the host's
+ * process tree costs ~10–50 ms of this process's loop, which also drives the load): a snapshot then only reads
+ * them (~400 small files). A thread or process born during the segment is not counted; at warm c32 none are.
+ */
+interface CpuTargets {
+  loopPath: string;
+  /** [bucket, schedstat path] per thread */
+  files: [string, string][];
+  /** every process above, and this one: the rest of the machine is "others" */
+  ours: Set<number>;
+}
+
+interface CpuSnap {
+  /** run ns per file of CpuTargets.files (0: the thread is gone) */
+  runs: number[];
+  loop: number;
+  loopWait: number;
+  /** this process's CPU, ns: its threads but the snapshot worker's own (see SNAP_WORKER) */
+  self: number;
+  /** /proc/stat `cpu` line: user nice system idle iowait irq softirq steal (USER_HZ ticks) */
+  stat: number[];
+  /** every other process: pid → [comm, utime + stime in USER_HZ ticks] (to name who took the unattributed CPU) */
+  others: Map<number, [string, number]>;
+}
+
+function readDir(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
+
+function readText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** the pids controller's hierarchy (every sandbox has a pids cgroup: fnhost/<node id>/<sandbox id>) */
+const PIDS_MOUNT = (() => {
+  const p = detectControllers(readText('/proc/self/mountinfo'), (mp) => readText(join(mp, 'cgroup.controllers')).trim().split(/\s+/)).find((c) => c.controller === 'pids');
+  return p?.mountpoint;
+})();
+
+/** every process in the host's sandbox cgroups */
+function instancePids(nodeId: string): number[] {
+  const out: number[] = [];
+  const walk = (dir: string) => {
+    for (const l of readText(join(dir, 'cgroup.procs')).split('\n')) if (l) out.push(Number(l));
+    for (const e of readDir(dir)) if (existsSync(join(dir, e, 'cgroup.procs'))) walk(join(dir, e));
+  };
+  if (PIDS_MOUNT) walk(join(PIDS_MOUNT, 'fnhost', nodeId));
+  return out;
+}
+
+/** processes below `pid` (through /proc/<pid>/task/<tid>/children), not `pid` itself */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length) {
+    const p = todo.pop()!;
+    for (const t of readDir(`/proc/${p}/task`)) {
+      for (const c of readText(`/proc/${p}/task/${t}/children`).split(' ')) {
+        if (c.trim()) {
+          out.push(Number(c));
+          todo.push(Number(c));
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function cpuTargets(who: CpuWho): CpuTargets {
+  const files: [string, string][] = [];
+  const ours = new Set([process.pid, who.hostPid]);
+  const threads = (bucket: string, pid: number) => {
+    ours.add(pid);
+    for (const t of readDir(`/proc/${pid}/task`)) files.push([bucket, `/proc/${pid}/task/${t}/schedstat`]);
+  };
+  for (const t of readDir(`/proc/${who.hostPid}/task`)) {
+    if (Number(t) === who.hostPid) continue;
+    const comm = readText(`/proc/${who.hostPid}/task/${t}/comm`).trim();
+    files.push([comm === EXPORT_THREAD_NAME ? 'export_thread' : 'host_other', `/proc/${who.hostPid}/task/${t}/schedstat`]);
+  }
+  const inst = new Set(instancePids(who.nodeId));
+  for (const p of inst) threads('instances', p);
+  for (const p of descendants(who.hostPid)) {
+    if (!inst.has(p)) threads(readText(`/proc/${p}/comm`).trim() === 'redis-server' ? 'redis' : 'host_children', p);
+  }
+  if (who.collectorPid) threads('collector', who.collectorPid);
+  for (const p of descendants(process.pid)) ours.add(p);
+  return { loopPath: `/proc/${who.hostPid}/task/${who.hostPid}/schedstat`, files, ours };
+}
+
+/**
+ * The snapshot's reads (~400 small /proc files, ~10 ms) run on a worker thread: on this process's event loop they
+ * would hold autocannon for that long at the start of every counted window. Plain JS (eval'd: a worker gets no
+ * TypeScript loader). Besides the targets it reads /proc/stat, every process outside `ours` (to name who took the
+ * unattributed CPU) and this process's threads but its own (the load generator's CPU).
+ */
+const SNAP_WORKER = `
+const { parentPort } = require('node:worker_threads');
+const { readFileSync, readdirSync } = require('node:fs');
+const text = (p) => { try { return readFileSync(p, 'utf8'); } catch { return ''; } };
+const dir = (p) => { try { return readdirSync(p); } catch { return []; } };
+const sched = (p) => { const f = text(p).split(' '); return f.length > 1 ? [Number(f[0]), Number(f[1])] : [0, 0]; };
+const me = text('/proc/thread-self/stat').split(' ')[0];
+parentPort.on('message', ({ id, loopPath, files, ours }) => {
+  const [loop, loopWait] = sched(loopPath);
+  const runs = files.map((f) => sched(f)[0]);
+  let self = 0;
+  for (const t of dir('/proc/self/task')) if (t !== me) self += sched('/proc/self/task/' + t + '/schedstat')[0];
+  const stat = text('/proc/stat').split('\\n')[0].trim().split(/\\s+/).slice(1, 9).map(Number);
+  const skip = new Set(ours);
+  const others = [];
+  for (const e of dir('/proc')) {
+    const pid = Number(e);
+    if (!pid || skip.has(pid)) continue;
+    const st = text('/proc/' + pid + '/stat');
+    const close = st.lastIndexOf(')');
+    if (close < 0) continue;
+    const f = st.slice(close + 2).split(' ');
+    others.push([pid, st.slice(st.indexOf('(') + 1, close), Number(f[11]) + Number(f[12])]);
+  }
+  parentPort.postMessage({ id, runs, loop, loopWait, self, stat, others });
+});
+`;
+
+/** takes CPU snapshots on its own thread (SNAP_WORKER) */
+class Snapper {
+  private readonly w = new Worker(SNAP_WORKER, { eval: true });
+  private next = 0;
+  private readonly waiting = new Map<number, (s: CpuSnap) => void>();
+  constructor() {
+    this.w.on('message', (m: Omit<CpuSnap, 'others'> & { id: number; others: [number, string, number][] }) => {
+      const others = new Map(m.others.map(([pid, comm, ticks]) => [pid, [comm, ticks] as [string, number]]));
+      this.waiting.get(m.id)?.({ runs: m.runs, loop: m.loop, loopWait: m.loopWait, self: m.self, stat: m.stat, others });
+      this.waiting.delete(m.id);
+    });
+  }
+  snap(t: CpuTargets): Promise<CpuSnap> {
+    const id = this.next++;
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      this.w.postMessage({ id, loopPath: t.loopPath, files: t.files.map(([, f]) => f), ours: [...t.ours] });
+    });
+  }
+  close(): Promise<number> {
+    return this.w.terminate();
+  }
+}
+
+/** CPU per call between two snapshots of the same targets (a thread gone by the second one counts 0) */
+function cpuPerCall(t: CpuTargets, a: CpuSnap, b: CpuSnap, calls: number): CpuParts {
+  const ns: Record<string, number> = { loop: b.loop - a.loop };
+  t.files.forEach(([bucket], i) => (ns[bucket] = (ns[bucket] ?? 0) + (b.runs[i]! ? b.runs[i]! - a.runs[i]! : 0)));
+  const per = (nsTotal: number) => (calls ? nsTotal / 1000 / calls : NaN);
+  const tick = (i: number) => ((b.stat[i]! - a.stat[i]!) * 1e9) / CLOCK_TICKS;
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = [0, 1, 2, 3, 4, 5, 6, 7].map(tick) as number[];
+  const total = user! + nice! + system! + irq! + softirq!;
+  const parts: CpuParts = {
+    loop: per(ns.loop ?? 0),
+    loop_wait: per(b.loopWait - a.loopWait),
+    export_thread: per(ns.export_thread ?? 0),
+    host_other: per(ns.host_other ?? 0),
+    redis: per(ns.redis ?? 0),
+    host_children: per(ns.host_children ?? 0),
+    instances: per(ns.instances ?? 0),
+    loadgen: per(b.self - a.self),
+    collector: per(ns.collector ?? 0),
+    unattributed: 0,
+    unattributed_cores: 0,
+    total: per(total),
+    softirq: per(softirq!),
+    steal: per(steal!),
+    idle_pct: (100 * (idle! + iowait!)) / (total + idle! + iowait! + steal!),
+  };
+  parts.unattributed = parts.total - (parts.loop + parts.export_thread + parts.host_other + parts.redis + parts.host_children + parts.instances + parts.loadgen + parts.collector);
+  parts.unattributed_cores = (parts.unattributed * calls) / SEGMENT_S / 1e6;
+  return parts;
+}
+
+/** the processes outside the measurement that used most CPU between two snapshots, in cores: "comm(pid) 0.42, …" */
+function topOthers(a: CpuSnap, b: CpuSnap, seconds: number, n = 3): string {
+  const used: [string, number][] = [];
+  for (const [pid, [comm, ticks]] of b.others) {
+    const d = ticks - (a.others.get(pid)?.[1] ?? 0);
+    if (d > 0) used.push([`${comm}(${pid})`, d / CLOCK_TICKS / seconds]);
+  }
+  return used.sort((x, y) => y[1] - x[1]).slice(0, n).map(([w, c]) => `${w} ${c.toFixed(2)}`).join(', ');
+}
+
+/** medians per part (one decimal) */
+function cpuMedians(rows: CpuParts[]): CpuParts {
+  const out = {} as CpuParts;
+  for (const k of CPU_PARTS) out[k] = Math.round(median(rows.map((r) => r[k]).filter((v) => Number.isFinite(v)).sort((x, y) => x - y)) * (k === 'unattributed_cores' ? 100 : 10)) / (k === 'unattributed_cores' ? 100 : 10);
+  return out;
 }
 
 async function measure(url: string, connections: number, headers: Record<string, string>): Promise<Load> {
@@ -408,8 +702,10 @@ async function main() {
       log(`tracing overhead: untraced (U) vs traced (T) host, U T … U in ${2 * TRACED_ROUNDS + 1} segments of ${SETTLE_S} + ${SEGMENT_S} s; OTLP/HTTP to a collector process on loopback`);
       const sink = await startOtlpSinkProcess();
       cleanup.push(() => sink.close());
+      // hosts[2p] untraced, hosts[2p + 1] traced, for each of the TRACED_PAIRS pairs
       const hosts: OurHost[] = [];
-      for (const [name, env] of [['untraced', {}], ['traced', sink.env]] as const) {
+      const specs = Array.from({ length: TRACED_PAIRS }, (_, p) => [[`untraced${p || ''}`, {}], [`traced${p || ''}`, sink.env]] as const).flat();
+      for (const [name, env] of specs) {
         const h = await startOurs(name, env);
         hosts.push(h);
         cleanup.push(async () => {
@@ -425,15 +721,21 @@ async function main() {
           return prime(h, 'hello', 32);
         });
       }
-      const target = (k: number) => [`${hosts[k]!.url}/v1/functions/hello/invoke`, { authorization: `Bearer ${hosts[k]!.key}` }] as const;
-      // JIT and caches of both hosts warm before anything counts
-      for (const k of [0, 1, 0, 1]) await load(target(k)[0], 32, target(k)[1], WARMUP_S / 2);
+      const target = (h: number) => [`${hosts[h]!.url}/v1/functions/hello/invoke`, { authorization: `Bearer ${hosts[h]!.key}` }] as const;
+      // JIT and caches of every host warm before anything counts
+      for (let p = 0; p < TRACED_PAIRS; p++) for (const k of [0, 1, 0, 1]) await load(target(2 * p + k)[0], 32, target(2 * p + k)[1], WARMUP_S / 2);
+      const snapper = new Snapper();
+      cleanup.push(async () => void (await snapper.close()));
       const segs: Segment[][] = [[], []];
       for (let i = 0; i < 2 * TRACED_ROUNDS + 1; i++) {
+        // U T U T …, the pairs taking turns: U0 T0 U1 T1 U0 … with two
         const k = i % 2;
-        const r = await segment(target(k)[0], 32, target(k)[1], hosts[k]!.child.proc.pid!);
+        const pair = Math.floor(i / 2) % TRACED_PAIRS;
+        const h = hosts[2 * pair + k]!;
+        const r = await segment(target(2 * pair + k)[0], 32, target(2 * pair + k)[1], h.child.proc.pid!, { hostPid: h.child.proc.pid!, nodeId: h.nodeId, collectorPid: sink.pid }, snapper);
         segs[k]!.push(r);
-        log(`  segment ${i + 1} ${k ? 'T' : 'U'} ${Math.round(r.rps)} rps, loop ${Math.round(r.loopUs)} µs/call (load ${loadavg()})`);
+        const c = Object.entries(r.cpu).map(([p, v]) => `${p} ${p === 'unattributed_cores' ? v.toFixed(2) : Math.round(v)}`).join(', ');
+        log(`  segment ${i + 1} ${k ? 'T' : 'U'}${TRACED_PAIRS > 1 ? pair : ''} ${Math.round(r.rps)} rps, loop ${Math.round(r.loopUs)} µs/call (load ${loadavg()}); cpu µs/call: ${c}${r.cpu.unattributed_cores >= 0.2 ? `; others' busiest (cores): ${r.others}` : ''}`);
       }
       // each T against the mean of the U just before and just after it
       const drops = segs[1]!.map((t, i) => 100 * (1 - t.rps / ((segs[0]![i]!.rps + segs[0]![i + 1]!.rps) / 2))).sort((a, b) => a - b);
@@ -443,11 +745,24 @@ async function main() {
         return { rps: Math.round(median(ss.map((x) => x.rps).sort((a, b) => a - b))), p50_ms: r3(median(times)), p99_ms: r3(quantile(times, 0.99)), loop_us_per_call: Math.round(loop * 10) / 10 };
       };
       const [plain, traced] = [summary(segs[0]!), summary(segs[1]!)];
+      // where tracing's CPU goes: each T's parts against the mean of the U just before and after it, as the drops
+      const added = cpuMedians(
+        segs[1]!.map((t, i) => {
+          const d = {} as CpuParts;
+          for (const p of CPU_PARTS) d[p] = t.cpu[p] - (segs[0]![i]!.cpu[p] + segs[0]![i + 1]!.cpu[p]) / 2;
+          return d;
+        }),
+      );
       // every span accounted for: what the collector got, and what the host says it dropped or failed to send
       // (its batch timer sends the last partial batch within OTEL_BSP_SCHEDULE_DELAY, 5 s by default)
       const invocations = segs[1]!.reduce((n, x) => n + x.all, 0);
       const st = await settled(sink);
-      const lost = await traceLoss(hosts[1]!);
+      const lost = { spans_dropped: 0, spans_failed: 0 };
+      for (let p = 0; p < TRACED_PAIRS; p++) {
+        const l = await traceLoss(hosts[2 * p + 1]!);
+        lost.spans_dropped += l.spans_dropped;
+        lost.spans_failed += l.spans_failed;
+      }
       out.ours_traced = {
         warm_c32: { ...traced, spans_exported: st.spanCount, ...lost, invocations_in_segments: invocations },
         untraced_warm_c32: plain,
@@ -458,6 +773,8 @@ async function main() {
         traced_loop_us_per_call_added: Math.round((traced.loop_us_per_call - plain.loop_us_per_call) * 10) / 10,
         rounds: TRACED_ROUNDS,
         segment_s: SEGMENT_S,
+        pairs: TRACED_PAIRS,
+        cpu_us_per_call: { untraced: cpuMedians(segs[0]!.map((x) => x.cpu)), traced: cpuMedians(segs[1]!.map((x) => x.cpu)), added },
       };
       log(`  ${JSON.stringify(out.ours_traced)}`);
     }

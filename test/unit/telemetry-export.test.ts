@@ -1,17 +1,17 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { getPriority } from 'node:os';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
-import { Attr, SpanName, injectTraceparent, recordSpan, withRemoteParent, withSpan } from '../../services/common/telemetry.ts';
+import { Attr, SpanName, SpanSchema, injectTraceparent, recordSpan, recordSpanOf, spanTime, startServerSpanOf, startSpanOf, withRemoteParent, withSpan, type SpanValues } from '../../services/common/telemetry.ts';
 import { initTracing, resourceOf, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
 import { FnSpan, TraceIdWords, samplerFromEnv } from '../../services/common/trace-span.ts';
 import { ProtoBatchHeader, ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
 import { SpanRecords, encodeRecordsHere, writeSpanRecord } from '../../services/common/span-records.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
-import { DEFAULT_EXPORT_THREAD_NICE, OtlpHttpExporter, exportNiceFromEnv, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
+import { DEFAULT_EXPORT_THREAD_NICE, EXPORT_THREAD_NAME, OtlpHttpExporter, exportNiceFromEnv, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
 import { countOtlpProto, decodeOtlpProto, startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
 
@@ -83,6 +83,50 @@ describe.each([
     expect(http.attributes).toMatchObject({ [Attr.tenant]: 'acme', [Attr.memoryMb]: 128, [Attr.start]: 'cold' });
     expect(http.service).toBe('fnhost-test');
     for (const s of [http, enq]) expect(s.endNs).toBeGreaterThanOrEqual(s.startNs);
+    expect(sink.rejected).toBe(0);
+  });
+
+  it('schema spans and spans recorded through the one reused scratch span arrive intact (ids, parents, times, attributes)', async () => {
+    const HTTP = new SpanSchema('schema http', SpanKind.SERVER, [Attr.httpMethod, Attr.httpStatus]);
+    const LD = new SpanSchema('schema dispatch', SpanKind.INTERNAL, [Attr.tenant, Attr.invocationId, Attr.outcome]);
+    const PICK = new SpanSchema('schema pick', SpanKind.INTERNAL, []);
+    const DELIVERY = new SpanSchema('schema delivery', SpanKind.INTERNAL, [Attr.start]);
+    const caller = '00-aaaabbbbccccddddeeeeffff00001111-2222333344445555-01';
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const hv: SpanValues = ['POST', undefined];
+      const http = startServerSpanOf(HTTP, hv, caller);
+      const id = randomUUID();
+      ids.push(id);
+      const v: SpanValues = ['acme', id, undefined];
+      const ld = startSpanOf(LD, v, http);
+      const t = spanTime();
+      recordSpanOf(PICK, t, t + 0.25, ld);
+      recordSpanOf(DELIVERY, t + 1, t + 1.5, ld, [i % 2 ? 'warm' : 'cold']);
+      v[2] = 'success';
+      ld.end();
+      hv[1] = 200 + i;
+      http.end();
+    }
+    const spans = await sink.waitFor((all) => all.filter((s) => s.name.startsWith('schema ')).length >= 20, 10_000);
+    const mine = spans.filter((s) => s.name.startsWith('schema '));
+    expect(new Set(mine.map((s) => s.spanId)).size).toBe(20);
+    for (let i = 0; i < 5; i++) {
+      const ld = mine.find((s) => s.name === 'schema dispatch' && s.attributes[Attr.invocationId] === ids[i])!;
+      expect(ld.attributes).toEqual({ [Attr.tenant]: 'acme', [Attr.invocationId]: ids[i], [Attr.outcome]: 'success' });
+      const http = mine.find((s) => s.spanId === ld.parentSpanId)!;
+      expect(http).toMatchObject({ name: 'schema http', kind: 2, traceId: 'aaaabbbbccccddddeeeeffff00001111', parentSpanId: '2222333344445555' });
+      expect(http.attributes).toEqual({ [Attr.httpMethod]: 'POST', [Attr.httpStatus]: 200 + i });
+      const kids = mine.filter((s) => s.parentSpanId === ld.spanId);
+      expect(kids.map((s) => s.name).sort()).toEqual(['schema delivery', 'schema pick']);
+      const pick = kids.find((s) => s.name === 'schema pick')!;
+      const delivery = kids.find((s) => s.name === 'schema delivery')!;
+      expect(pick.attributes).toEqual({});
+      expect(delivery.attributes).toEqual({ [Attr.start]: i % 2 ? 'warm' : 'cold' });
+      expect(Number(pick.endNs - pick.startNs)).toBeCloseTo(250_000, -2);
+      expect(Number(delivery.startNs - pick.startNs)).toBeCloseTo(1_000_000, -2);
+      for (const k of kids) expect(k.traceId).toBe('aaaabbbbccccddddeeeeffff00001111');
+    }
     expect(sink.rejected).toBe(0);
   });
 
@@ -170,12 +214,12 @@ describe('OTLP export under pressure and configuration', () => {
     Object.assign(process.env, saved);
   });
 
-  it('batching: few large requests by default (4,096 spans, queue of 16,384), the standard OTEL_BSP_* env wins, a batch never exceeds the queue', () => {
+  it('batching: few large requests by default (8,192 spans, queue of 32,768), the standard OTEL_BSP_* env wins, a batch never exceeds the queue', () => {
     const cfg = (env: NodeJS.ProcessEnv) => otlpConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318', ...env }, {}, 'fnhost');
-    expect(cfg({})).toMatchObject({ maxExportBatchSize: 4096, maxQueueSize: 16_384, scheduledDelayMillis: 5000 });
+    expect(cfg({})).toMatchObject({ maxExportBatchSize: 8192, maxQueueSize: 32_768, scheduledDelayMillis: 5000 });
     expect(cfg({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '512', OTEL_BSP_MAX_QUEUE_SIZE: '2048', OTEL_BSP_SCHEDULE_DELAY: '200' })).toMatchObject({ maxExportBatchSize: 512, maxQueueSize: 2048, scheduledDelayMillis: 200 });
     expect(cfg({ OTEL_BSP_MAX_QUEUE_SIZE: '1000' })).toMatchObject({ maxExportBatchSize: 1000, maxQueueSize: 1000 });
-    expect(cfg({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: 'lots' })).toMatchObject({ maxExportBatchSize: 4096 });
+    expect(cfg({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: 'lots' })).toMatchObject({ maxExportBatchSize: 8192 });
   });
 
   it('sends OTEL_EXPORTER_OTLP_HEADERS, honours the traces endpoint and gzip', async () => {
@@ -341,6 +385,92 @@ describe('the export thread (batches POSTed off the event loop)', () => {
       await exp.shutdown();
       await sink.close();
     }
+  });
+
+  it('a full default batch (8,192 spans, a body past 2 MiB: a 4-byte length) goes out whole: the thread\'s bytes are the loop encoder\'s, every span once', async () => {
+    // one receiver keeps the raw bodies of both exporters apart by a header
+    const bodies: Record<string, Buffer[]> = { thread: [], loop: [] };
+    const srv = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        bodies[String(req.headers['x-encoder'])]!.push(Buffer.concat(chunks));
+        res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': 0 }).end();
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}`;
+    const make = (which: string, env: NodeJS.ProcessEnv) =>
+      new OtlpHttpExporter(otlpConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_EXPORTER_OTLP_HEADERS: `x-encoder=${which}`, ...env }, { 'service.name': 'svc' }, 'fnhost'));
+    const onThread = make('thread', {});
+    const onLoop = make('loop', { FNHOST_OTEL_ENCODE: 'loop' });
+    try {
+      expect(onThread.encodesOnThread).toBe(true);
+      expect(onLoop.encodesOnThread).toBe(false);
+      const both = { onEnd: (sp: FnSpan) => (onThread.onEnd(sp), onLoop.onEnd(sp)) };
+      const tid = TraceIdWords.fromHex('5a'.repeat(16));
+      const n = 2 * 8192 + 7;
+      for (let i = 0; i < n; i++) {
+        // ~300 bytes a span: a non-repeating value (inline bytes) beside cached pairs
+        const sp = new FnSpan(both, `span ${i}`, SpanKind.INTERNAL, tid, undefined, { [Attr.tenant]: 't', [Attr.invocationId]: `${i}-`.padEnd(160, 'x'), i }, 1_700_000_000_000 + i);
+        sp.end(1_700_000_000_000.25 + i);
+      }
+      await Promise.all([onThread.forceFlush(), onLoop.forceFlush()]);
+      expect(onThread.stats).toEqual({ exported: n, dropped: 0, failed: 0, requests: 3 });
+      expect(onLoop.stats).toEqual({ exported: n, dropped: 0, failed: 0, requests: 3 });
+      // the connections may deliver the batches out of order: compare them by their first span's name
+      const key = (b: Buffer) => decodeOtlpProto(b)[0]!.name;
+      const sorted = (bs: Buffer[]) => [...bs].sort((a, b) => key(a).localeCompare(key(b)));
+      const [t, l] = [sorted(bodies.thread!), sorted(bodies.loop!)];
+      expect(t.map((b) => b.length)).toEqual(l.map((b) => b.length));
+      expect(Math.max(...t.map((b) => b.length))).toBeGreaterThan(2 << 20);
+      for (let k = 0; k < t.length; k++) expect(t[k]!.equals(l[k]!), `batch ${k}`).toBe(true);
+      const names = t.flatMap((b) => decodeOtlpProto(b).map((d) => d.name));
+      expect(names).toHaveLength(n);
+      expect(new Set(names).size).toBe(n);
+    } finally {
+      await onThread.shutdown();
+      await onLoop.shutdown();
+      await new Promise<void>((r) => srv.close(() => r()));
+    }
+  });
+
+  it('the thread names itself in /proc (comm) so CPU accounting and perf can find it; the caller\'s thread keeps its name', async () => {
+    expect(EXPORT_THREAD_NAME.length).toBeLessThanOrEqual(15); // TASK_COMM_LEN − 1: the kernel would cut it
+    const comms = () => {
+      const out = new Map<string, string>();
+      for (const t of readdirSync('/proc/self/task')) {
+        try {
+          out.set(t, readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim());
+        } catch {
+          // the thread exited between readdir and read
+        }
+      }
+      return out;
+    };
+    const mainComm = readFileSync('/proc/thread-self/comm', 'utf8').trim();
+    const before = comms();
+    expect([...before.values()]).not.toContain(EXPORT_THREAD_NAME);
+    const sink = await startOtlpSink();
+    const exp = new OtlpHttpExporter(otlpConfigFromEnv({ ...sink.env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '10' }, {}, 'fnhost'));
+    try {
+      const deadline = Date.now() + 5_000;
+      let named: string[] = [];
+      while (Date.now() < deadline) {
+        named = [...comms()].filter(([t, c]) => !before.has(t) && c === EXPORT_THREAD_NAME).map(([t]) => t);
+        if (named.length) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(named).toHaveLength(1);
+      expect(readFileSync('/proc/thread-self/comm', 'utf8').trim()).toBe(mainComm);
+      await exportThrough(exp, 0, 20);
+      expect(exp.stats).toMatchObject({ exported: 20, failed: 0 });
+    } finally {
+      await exp.shutdown();
+      await sink.close();
+    }
+    // gone with the thread
+    expect([...comms().values()]).not.toContain(EXPORT_THREAD_NAME);
   });
 
   it.each([
@@ -525,6 +655,42 @@ describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
     encodeRecordsHere(rec, out);
     expect(out.bytes().equals(direct.bytes())).toBe(true);
     expect(decodeOtlpProto(Buffer.concat([protoBatchHeader({}, 'fnhost', out.pos), out.bytes()]))).toHaveLength(600);
+  });
+
+  it('schema spans as records are byte for byte what protoSpan writes (values by position, memos, a key that stops being cached, ConsString and non-ASCII values)', () => {
+    const direct = new ProtoWriter(64);
+    const rec = new SpanRecords(700);
+    const both = { onEnd: (s: FnSpan) => (protoSpan(direct, s), writeSpanRecord(rec, s)) };
+    const tid = TraceIdWords.fromHex('00112233445566778899aabbccddeeff');
+    // keys of their own: the per-key pair cache is process-wide
+    const S = new SpanSchema('schema bytes', SpanKind.INTERNAL, ['t.schema.tenant', 't.schema.id', 't.schema.n', 't.schema.flag', 't.schema.list', 't.schema.late']);
+    const LATE = S.slot('t.schema.late');
+    const want: Record<string, unknown>[] = [];
+    for (let i = 0; i < 700; i++) {
+      // a new id every span (past 64 values the key is written inline for good); randomUUID() gives ConsStrings
+      const id = i % 3 === 0 ? randomUUID() : i % 3 === 1 ? `inv-${i}` : `ü-${i}`;
+      const vals = [i % 4 === 0 ? undefined : `tenant-${i % 3}`, id, i % 5, i % 2 === 0, i % 7 === 0 ? ['a', `b${i}`] : undefined, undefined];
+      const span = new FnSpan(both, 'schema bytes', SpanKind.INTERNAL, tid, undefined, undefined, 1_700_000_000_000 + i, S, vals);
+      if (i % 2) vals[LATE] = i % 4 === 1 ? 'success' : `Error${i % 6}`;
+      if (i % 11 === 0) span.setAttribute('t.schema.extra', i);
+      if (i % 13 === 0) span.setStatus({ code: SpanStatusCode.ERROR, message: 'boom' });
+      if (i % 17 === 0) span.updateName(`renamed ${i % 2}`);
+      span.end(1_700_000_000_000.5 + i);
+      const a: Record<string, unknown> = {};
+      S.keys.forEach((k, j) => {
+        if (vals[j] !== undefined) a[k] = vals[j];
+      });
+      if (i % 11 === 0) a['t.schema.extra'] = i;
+      want.push(a);
+    }
+    expect(rec.n).toBe(700);
+    const out = new ProtoWriter(64);
+    encodeRecordsHere(rec, out);
+    expect(out.bytes().equals(direct.bytes())).toBe(true);
+    const got = decodeOtlpProto(Buffer.concat([protoBatchHeader({}, 'fnhost', out.pos), out.bytes()]));
+    expect(got.map((s) => s.attributes)).toEqual(want);
+    expect(got[17]!.name).toBe('renamed 1');
+    expect(got[13]!.status.code).toBe(2);
   });
 
   it('a span\'s flags stay independent: remote parent, published, ended, an overridden creation attribute (the caller\'s object untouched)', () => {

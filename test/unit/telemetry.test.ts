@@ -12,11 +12,15 @@ import {
   injectTraceparent,
   parseTraceparent,
   recordSpan,
+  recordSpanOf,
   remoteParent,
+  SpanSchema,
   spanTime,
   startServerSpan,
   startSpan,
   startSpanUnder,
+  startSpanOf,
+  startServerSpanOf,
   runInSpan,
   tracingEnabled,
   withRemoteParent,
@@ -243,6 +247,48 @@ describe('with tracing on', () => {
     expect(Math.abs(ms(byName(spans, 'epoch').startTime) - ms(timed.startTime))).toBeLessThan(50);
     expect(ms(timed.duration)).toBeCloseTo(2, 3);
     expect(ms(byName(spans, 'epoch').duration)).toBeCloseTo(1, 3);
+  });
+
+  it('schema spans (startSpanOf / startServerSpanOf / recordSpanOf): values by position, late stores and setAttribute seen, undefined not exported, parents intact', async () => {
+    const S = new SpanSchema('schema-span', SpanKind.CONSUMER, [Attr.tenant, Attr.version, Attr.outcome, Attr.errorType]);
+    const OUTCOME = S.slot(Attr.outcome);
+    const REC = new SpanSchema('schema-record', SpanKind.INTERNAL, [Attr.start]);
+    const SRV = new SpanSchema('schema-server', SpanKind.SERVER, [Attr.httpMethod]);
+    const values = ['acme', 3, undefined, undefined];
+    const srv = startServerSpanOf(SRV, ['GET'], TP);
+    const span = startSpanOf(S, values, srv);
+    values[OUTCOME] = 'success';
+    span.setAttribute(Attr.version, 4).setAttribute(Attr.sandboxId, 'sb-1');
+    const t = spanTime();
+    recordSpanOf(REC, t, t + 1.5, span, ['warm']);
+    recordSpanOf(REC, t + 2, t + 1, span);
+    runInSpan(span, () => recordSpanOf(REC, t, t + 1));
+    span.end();
+    srv.end();
+    expect(() => new SpanSchema('dup', SpanKind.INTERNAL, ['a', 'a'])).toThrow(/twice/);
+    expect(() => S.slot('nope')).toThrow(/no attribute/);
+    const spans = await finished();
+    const got = byName(spans, 'schema-span');
+    expect(got.kind).toBe(SpanKind.CONSUMER);
+    // the late store and setAttribute on a schema key land in the values; a key outside the schema is added
+    expect(got.attributes).toEqual({ [Attr.tenant]: 'acme', [Attr.version]: 4, [Attr.outcome]: 'success', [Attr.sandboxId]: 'sb-1' });
+    const server = byName(spans, 'schema-server');
+    expect(server.kind).toBe(SpanKind.SERVER);
+    expect(server.spanContext().traceId).toBe(TRACE);
+    expect(server.parentSpanContext).toMatchObject({ spanId: SPAN, isRemote: true });
+    expect(got.parentSpanContext).toMatchObject({ spanId: server.spanContext().spanId, isRemote: false });
+    const recs = spans.filter((x) => x.name === 'schema-record');
+    expect(recs).toHaveLength(3);
+    const ms = (x: [number, number]) => x[0] * 1e3 + x[1] / 1e6;
+    for (const r of recs) {
+      expect(r.parentSpanContext?.spanId).toBe(got.spanContext().spanId);
+      expect(r.spanContext().traceId).toBe(TRACE);
+    }
+    expect(new Set(recs.map((r) => r.spanContext().spanId)).size).toBe(3);
+    expect(recs.map((r) => r.attributes)).toEqual([{ [Attr.start]: 'warm' }, {}, {}]);
+    expect(ms(recs[0]!.duration)).toBeCloseTo(1.5, 3);
+    // an end before the start is clamped to the start
+    expect(ms(recs[1]!.duration)).toBe(0);
   });
 
   it('startServerSpan: a SERVER span under a valid caller traceparent, else a root (never the current span)', async () => {

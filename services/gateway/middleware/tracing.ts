@@ -15,9 +15,9 @@
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import { routePath } from 'hono/route';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { metrics as defaultMetrics, type FnhostMetrics } from '../../common/metrics.ts';
-import { Attr, NOOP_SPAN, SpanName, failSpan, runInSpan, startServerSpan, tracingEnabled, type Attributes, type Span } from '../../common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanName, SpanSchema, failSpan, runInSpan, startServerSpanOf, tracingEnabled, type Span, type SpanValues } from '../../common/telemetry.ts';
 import type { GatewayObservability } from '../context.ts';
 
 export interface TracingMiddlewareOptions {
@@ -34,6 +34,11 @@ function routeOf(c: Context): string {
   return r === '' || r === '*' || r === '/*' ? 'unmatched' : r;
 }
 
+/** the 'http request' span's attributes, by position (route and status are known at the end) */
+const HTTP_REQUEST = new SpanSchema(SpanName.httpRequest, SpanKind.SERVER, [Attr.httpMethod, Attr.urlPath, Attr.httpRoute, Attr.httpStatus]);
+const ROUTE = HTTP_REQUEST.slot(Attr.httpRoute);
+const STATUS = HTTP_REQUEST.slot(Attr.httpStatus);
+
 export function tracing(opts: TracingMiddlewareOptions = {}): MiddlewareHandler {
   const m = opts.metrics === false ? undefined : (opts.metrics ?? defaultMetrics);
   return async function tracing(c, next) {
@@ -48,10 +53,10 @@ export function tracing(opts: TracingMiddlewareOptions = {}): MiddlewareHandler 
     }
     // A caller's traceparent becomes our parent; without one (or a malformed one) the request starts a trace.
     // The span starts and ends on the clock reads the metrics take anyway (performance.now() values are accepted).
-    // Route and status are declared (undefined: not exported) and filled in by plain stores before end(): the span
-    // keeps this object as is and encodes it at end() — no setAttribute calls, no second attribute list.
-    const attrs: Attributes = { [Attr.httpMethod]: c.req.method, [Attr.urlPath]: c.req.path, [Attr.httpRoute]: undefined, [Attr.httpStatus]: undefined };
-    const span = startServerSpan(SpanName.httpRequest, attrs, c.req.header('traceparent'), t0);
+    // Route and status are filled in by plain stores before end() (undefined until then: not exported): the span
+    // keeps this array as is and records it at end() — no setAttribute calls, no second attribute list.
+    const values: SpanValues = [c.req.method, c.req.path, undefined, undefined];
+    const span = startServerSpanOf(HTTP_REQUEST, values, c.req.header('traceparent'), t0);
     (c as unknown as Record<symbol, Span>)[REQUEST_SPAN] = span;
     try {
       await runInSpan(span, next);
@@ -61,8 +66,8 @@ export function tracing(opts: TracingMiddlewareOptions = {}): MiddlewareHandler 
     } finally {
       const route = routeOf(c);
       const status = c.res.status;
-      attrs[Attr.httpRoute] = route;
-      attrs[Attr.httpStatus] = status;
+      values[ROUTE] = route;
+      values[STATUS] = status;
       // OTel HTTP semconv: for server spans only 5xx is an error (4xx is the client's).
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       const t1 = performance.now();
