@@ -4,7 +4,8 @@
  * - `PUT /v1/images/:name` body: a `docker save` tar or an OCI layout tar → 201 `{name, digest, layers}`.
  *   The body is streamed to a 0600 temp file under the cap (2 GiB) and removed after the import.
  * - `GET /v1/images` → `{images: [{name, digest, layers, sizeBytes, base}]}`: the tenant's plus the base images.
- * - `DELETE /v1/images/:name` → 204; 409 while a function's latest version runs on it (`functions`), and a
+ * - `DELETE /v1/images/:name` → 204; 409 while any version of a function runs on it (`functions`: the names,
+ *   `versions`: ["name:N", ...] — `name:N` stays invocable while its function exists, so an old version counts), and a
  *   deploy of `image:<name>` that looked the image up before the delete never commits after it (it gets a 400
  *   no such image, or a 409 while the delete is in progress).
  */

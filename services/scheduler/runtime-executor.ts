@@ -87,18 +87,27 @@ export function createRuntimeExecutor(opts: RuntimeExecutorOptions): Executor {
   function imageOf(kind: string): Promise<ResolvedImage> {
     const c = imageCache.get(kind);
     if (c && Date.now() - c.at < cacheMs) return c.img;
+    // lookup and lease in the store's order (ImageStore.resolveLeased): an image deleted and gc'd between them is a
+    // clean NotFound, never a mount of layers that are gone
+    const leased = (ref: string, tenant?: string): Promise<ResolvedImage> =>
+      images.resolveLeased
+        ? images.resolveLeased(ref, tenant).then(({ image, release }) => {
+            if (imageLeases.has(image.digest)) release();
+            else imageLeases.set(image.digest, release);
+            return image;
+          })
+        : images.resolve(ref, tenant).then((img) => {
+            if (!imageLeases.has(img.digest)) imageLeases.set(img.digest, images.lease(img.layers));
+            return img;
+          });
     let p: Promise<ResolvedImage>;
-    if (kind === 'node' || kind === 'python') p = images.resolve(kind);
-    else if (kind === 'exec' || kind === 'image') p = images.resolve('busybox');
+    if (kind === 'node' || kind === 'python') p = leased(kind);
+    else if (kind === 'exec' || kind === 'image') p = leased('busybox');
     else if (kind.startsWith('image:')) {
       const rest = kind.slice('image:'.length);
       const slash = rest.indexOf('/');
-      p = images.resolve(rest.slice(slash + 1), rest.slice(0, slash));
+      p = leased(rest.slice(slash + 1), rest.slice(0, slash));
     } else p = Promise.reject(new InvalidRequest(`unknown pool kind ${kind}`, { field: 'runtime' }));
-    p = p.then((img) => {
-      if (!imageLeases.has(img.digest)) imageLeases.set(img.digest, images.lease(img.layers));
-      return img;
-    });
     p.catch(() => imageCache.delete(kind));
     imageCache.set(kind, { at: Date.now(), img: p });
     return p;

@@ -30,6 +30,7 @@ import { Internal } from '../common/errors.ts';
 import { unpackTar } from './archive.ts';
 import { LayerStore } from './layer-store.ts';
 import { ImageRecords, imageDigest, type ImageRecord } from './image-records.ts';
+import { writeLease } from './leases.ts';
 import type { ImageConfig } from './types.ts';
 
 const run = promisify(execFile);
@@ -77,7 +78,7 @@ function sha(s: string | Buffer): string {
   return createHash('sha256').update(s).digest('hex');
 }
 
-interface LayerRecipe {
+export interface LayerRecipe {
   name: string;
   /** the cache key over every input (computed without network access). */
   key(): Promise<{ key: string; inputs: Record<string, string> }>;
@@ -85,7 +86,7 @@ interface LayerRecipe {
   build(staging: string, ctx: Ctx): Promise<void>;
 }
 
-interface Ctx {
+export interface Ctx {
   cacheDir: string;
   say: (s: string) => void;
 }
@@ -302,7 +303,9 @@ export async function mountPointsLayer(store: LayerStore, hooks?: { pin(digests:
   }
 }
 
-const IMAGE_CONFIGS: Record<BaseImageName, { layers: string[]; config: ImageConfig }> = {
+export type ImageSpecs = Record<BaseImageName, { layers: string[]; config: ImageConfig }>;
+
+const IMAGE_CONFIGS: ImageSpecs = {
   busybox: { layers: ['busybox', 'fnhost'], config: { entrypoint: [], cmd: ['/bin/sh'], env: { PATH: PATH_ENV }, workingDir: '/', user: '65534:65534' } },
   node: { layers: ['busybox', 'node', 'fnhost'], config: { entrypoint: [], cmd: ['node'], env: { PATH: PATH_ENV, NODE_VERSION }, workingDir: '/var/task', user: '65534:65534' } },
   python: { layers: ['busybox', 'python', 'fnhost'], config: { entrypoint: [], cmd: ['python3'], env: { PATH: PATH_ENV, LANG: 'C.UTF-8', PYTHONDONTWRITEBYTECODE: '1' }, workingDir: '/var/task', user: '65534:65534' } },
@@ -362,7 +365,32 @@ async function lockDir(dir: string, say: (s: string) => void): Promise<() => Pro
   }
 }
 
-async function build(baseDir: string, say: (s: string) => void, force: boolean): Promise<BuiltImage[]> {
+function build(baseDir: string, say: (s: string) => void, force: boolean): Promise<BuiltImage[]> {
+  return buildWith(baseDir, say, force, [busyboxRecipe, nodeRecipe(), pythonRecipe, fnhostRecipe], IMAGE_CONFIGS);
+}
+
+/**
+ * The build with its recipes and image specs given (tests build tiny layers through the same steps); run under
+ * the build lock (buildBaseImages).
+ *
+ * Leases (./leases.ts, `<base>/leases/`): every layer the build will name is leased BEFORE the build looks for it
+ * in the store (a cached layer's has(), addDir's reuse check) and stays leased until the image records naming it
+ * are written — the rule imports follow (./image-store.ts). A gc of the base store (gcBaseStore) in any process
+ * reads these leases, so a layer built (or found cached) early in a long build is not taken while the later ones
+ * build, whatever the grace period.
+ */
+export async function buildWith(baseDir: string, say: (s: string) => void, force: boolean, recipes: LayerRecipe[], specs: ImageSpecs): Promise<BuiltImage[]> {
+  const releases: Array<() => void> = [];
+  try {
+    return await buildLeased(baseDir, say, force, recipes, specs, (digest) => {
+      releases.push(writeLease(join(baseDir, 'leases'), 'build', [digest.startsWith('sha256:') ? digest.slice(7) : digest]));
+    });
+  } finally {
+    for (const release of releases) release();
+  }
+}
+
+async function buildLeased(baseDir: string, say: (s: string) => void, force: boolean, recipes: LayerRecipe[], specs: ImageSpecs, pin: (digest: string) => void): Promise<BuiltImage[]> {
   const store = new LayerStore(baseDir);
   await store.init();
   const records = new ImageRecords(join(baseDir, 'images'));
@@ -372,20 +400,23 @@ async function build(baseDir: string, say: (s: string) => void, force: boolean):
 
   const layerDigests: Record<string, string> = {};
   const built = new Set<string>();
-  for (const recipe of [busyboxRecipe, nodeRecipe(), pythonRecipe, fnhostRecipe]) {
+  for (const recipe of recipes) {
     const { key, inputs } = await recipe.key();
     const cacheFile = join(cacheDir, `${recipe.name}.layer.json`);
     const cached = JSON.parse(await fsp.readFile(cacheFile, 'utf8').catch(() => '{}')) as { key?: string; digest?: string };
-    if (!force && cached.key === key && cached.digest && (await store.has(cached.digest))) {
-      layerDigests[recipe.name] = cached.digest;
-      continue;
+    if (!force && cached.key === key && cached.digest) {
+      pin(cached.digest);
+      if (await store.has(cached.digest)) {
+        layerDigests[recipe.name] = cached.digest;
+        continue;
+      }
     }
     const t0 = Date.now();
     say(`building layer ${recipe.name}`);
     const staging = await store.tempDir(`base-${recipe.name}`);
     try {
       await recipe.build(staging, ctx);
-      const added = await store.addDir(staging);
+      const added = await store.addDir(staging, pin);
       layerDigests[recipe.name] = added.digest;
       built.add(recipe.name);
       await fsp.writeFile(`${cacheFile}.tmp`, JSON.stringify({ key, digest: added.digest, inputs }, null, 1));
@@ -398,7 +429,7 @@ async function build(baseDir: string, say: (s: string) => void, force: boolean):
 
   const out: BuiltImage[] = [];
   for (const name of BASE_IMAGE_NAMES) {
-    const spec = IMAGE_CONFIGS[name];
+    const spec = specs[name];
     const layers = spec.layers.map((l) => layerDigests[l]!);
     let sizeBytes = 0;
     for (const l of layers) sizeBytes += (await store.meta(l)).sizeBytes;

@@ -16,8 +16,10 @@
  * when asked, that the latest version is still the one the caller based its change on; so concurrent deploys
  * never exceed `maxFunctions` and a PATCH never silently drops a deploy that landed in between.
  *
- * Images vs versions (`runtime: "image:<img>"`): an image may be deleted only while no function's latest
- * version runs on it, and a version may not be committed naming an image deleted since the deploy found it.
+ * Images vs versions (`runtime: "image:<img>"`): an image may be deleted only while no version of any function
+ * runs on it (every version stays invocable as `name:N` while its function exists: an older version on a deleted
+ * image would fail NotFound at its next cold start), and a version may not be committed naming an image deleted
+ * since the deploy found it.
  * Both sides go through Redis, so this holds across gateways:
  * - the delete ({@link FunctionStore.beginImageDelete}) checks the users and, in the same script, bumps the
  *   generation and sets its `imgdel` mark; it removes the record, then clears the mark;
@@ -80,19 +82,31 @@ local n = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return n`;
 
-// KEYS[1] = p fn:<t>, KEYS[2] = p imggen:<t>, KEYS[3] = p imgdel:<t>:<img>, KEYS[4] = p tenants
+// KEYS[1] = p fn:<t>, KEYS[2] = p imggen:<t>, KEYS[3] = p imgdel:<t>:<img>, KEYS[4] = p tenants,
+// KEYS[5..4+n] = p fnv:<t>:<name> of each function name read just before (ARGV[5..4+n], same order)
 // ARGV[1] = "image:<img>" (the runtime that uses it), ARGV[2] = token, ARGV[3] = mark ttl (ms), ARGV[4] = tenant.
-// Returns the names of the functions whose latest version runs on the image (nothing changed), or an empty
-// list: generation bumped and mark set; -1: no such tenant (nothing written: a deleted tenant's keys are gone
-// for good). Reads every latest version of the tenant: deletes are rare, and a users index kept by the
-// version scripts would cost every deploy.
+// Returns the versions that run on the image as "name:version" (nothing changed), or an empty list: generation
+// bumped and mark set; -1: no such tenant (nothing written: a deleted tenant's keys are gone for good); -2: the
+// tenant's function names are not the ones passed (a function was created or deleted since they were read: read
+// them again). Every retained version counts, not only the latest: `name:1` is invocable as long as it exists.
+// Reads every version of the tenant (a text search first, cjson only on records that mention the runtime):
+// deletes are rare, and a users index kept by the version scripts would cost every deploy.
 const BEGIN_IMAGE_DELETE = `
 if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0 then return -1 end
-local all = redis.call('HGETALL', KEYS[1])
+local n = #KEYS - 4
+if redis.call('HLEN', KEYS[1]) ~= n then return -2 end
+for i = 1, n do
+  if redis.call('HEXISTS', KEYS[1], ARGV[4 + i]) == 0 then return -2 end
+end
 local users = {}
-for i = 1, #all, 2 do
-  local ok, rec = pcall(cjson.decode, all[i + 1])
-  if ok and type(rec) == 'table' and rec.runtime == ARGV[1] then users[#users + 1] = all[i] end
+for i = 1, n do
+  local all = redis.call('HGETALL', KEYS[4 + i])
+  for j = 1, #all, 2 do
+    if string.find(all[j + 1], ARGV[1], 1, true) then
+      local ok, rec = pcall(cjson.decode, all[j + 1])
+      if ok and type(rec) == 'table' and rec.runtime == ARGV[1] then users[#users + 1] = ARGV[4 + i] .. ':' .. all[j] end
+    end
+  end
 end
 if #users > 0 then return users end
 redis.call('INCR', KEYS[2])
@@ -110,6 +124,9 @@ return 0`;
  * starting after the expiry could commit while the record is still there and be left naming a deleted image.
  */
 export const IMAGE_DELETE_TTL_MS = 60_000;
+
+/** Reads of the tenant's function names by beginImageDelete when functions are created or deleted under it (each is one round trip). */
+const IMAGE_DELETE_ATTEMPTS = 5;
 
 /** `details.reason` of the Conflict putVersion throws when an image delete started after `imageGen` was read. */
 export const IMAGES_CHANGED = 'images-changed';
@@ -185,11 +202,12 @@ export class FunctionStore {
   }
 
   /**
-   * Starts deleting a tenant's image: refuses while a function's latest version runs on it, otherwise marks
+   * Starts deleting a tenant's image: refuses while any version of a function runs on it, otherwise marks
    * the delete (new versions naming any image of the tenant whose lookup came before this are refused by
    * putVersion; deploys of `image` are refused until `end`). Call `end` once the record is gone (or the delete
    * failed); it never throws (the mark then expires after {@link IMAGE_DELETE_TTL_MS}).
-   * @throws Conflict `{functions}` when functions use the image, NotFound when the tenant is gone (nothing changed).
+   * @throws Conflict `{functions, versions: ['name:N', ...]}` when versions use the image, NotFound when the tenant
+   *   is gone (nothing changed).
    * @example
    * const end = await fns.beginImageDelete('acme', 'myimg');
    * try { await images.deleteImage('acme', 'myimg'); } finally { await end(); }
@@ -197,16 +215,31 @@ export class FunctionStore {
   async beginImageDelete(tenant: string, image: string, ttlMs = IMAGE_DELETE_TTL_MS): Promise<() => Promise<void>> {
     const token = randomBytes(8).toString('hex');
     const mark = this.imageDeleteKey(tenant, image);
-    const users = (await runScript(
-      this.redis,
-      BEGIN_IMAGE_DELETE,
-      [this.index(tenant), this.imageGenKey(tenant), mark, `${this.prefix}tenants`],
-      [`image:${image}`, token, ttlMs, tenant],
-    )) as string[] | -1;
+    let users: string[] | -1 | -2 = -2;
+    // the names are read first so the script declares every key it reads; one created or deleted in between
+    // makes the script refuse (-2) and the names are read again
+    for (let attempt = 1; users === -2; attempt++) {
+      if (attempt > IMAGE_DELETE_ATTEMPTS) throw new Conflict(`the functions of tenant ${tenant} kept changing while image ${image} was being deleted; retry`, { field: 'name', image });
+      const names = await this.redis.hkeys(this.index(tenant));
+      users = (await runScript(
+        this.redis,
+        BEGIN_IMAGE_DELETE,
+        [this.index(tenant), this.imageGenKey(tenant), mark, `${this.prefix}tenants`, ...names.map((n) => this.versionsKey(tenant, n))],
+        [`image:${image}`, token, ttlMs, tenant, ...names],
+      )) as string[] | -1 | -2;
+    }
     if (users === -1) throw new NotFound(`tenant ${tenant} not found`);
     if (users.length) {
-      users.sort();
-      throw new Conflict(`image ${image} is used by ${users.join(', ')}`, { field: 'name', functions: users });
+      const versions = users.map((u) => {
+        const i = u.lastIndexOf(':');
+        return { name: u.slice(0, i), version: Number(u.slice(i + 1)) };
+      });
+      versions.sort((a, b) => (a.name === b.name ? a.version - b.version : a.name < b.name ? -1 : 1));
+      const refs = versions.map((v) => `${v.name}:${v.version}`);
+      throw new Conflict(
+        `image ${image} is used by ${refs.join(', ')} (every version stays invocable as name:N while its function exists: delete those functions first)`,
+        { field: 'name', image, functions: [...new Set(versions.map((v) => v.name))], versions: refs },
+      );
     }
     return async () => {
       await runScript(this.redis, END_IMAGE_DELETE, [mark], [token]).catch(() => {

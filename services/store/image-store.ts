@@ -23,7 +23,7 @@
  * already let go, its record); a writer that looks after the detach finds nothing and writes its own copy.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { Conflict, InvalidRequest, NotFound, PayloadTooLarge } from '../common/errors.ts';
@@ -32,6 +32,7 @@ import { BASE_IMAGE_NAMES, DEFAULT_BASE_DIR } from './base-images.ts';
 import { ImageRecords, checkName, type ImageRecord } from './image-records.ts';
 import { LayerStore, digestHex, type DetachedLayer, type Section } from './layer-store.ts';
 import { importOci, type ImportLimits } from './oci-import.ts';
+import { readLeases, writeLease } from './leases.ts';
 import type { CodeLayer, ImageStore, ImageSummary, ResolvedImage } from './types.ts';
 
 export const DEFAULT_STATE_DIR = '/var/lib/fnhost/state';
@@ -50,12 +51,24 @@ export interface ImageStoreOptions {
   maxEntries?: number;
   /** gc spares layers younger than this (default 10 min; tests pass 0). */
   gcGraceMs?: number;
-  /** gc also prunes base-store layers no base image references (left by rebuilds). Off by default: the base
-   *  store is shared by every state dir on the host, and leases live in each state dir. */
+  /**
+   * gc also prunes base-store layers no base image references (left by rebuilds). The base store is shared by
+   * every state dir on the host: such a gc reads the base store's own lease directory, where every lease of base
+   * layers is written too (lease()), whatever its state dir, and where a base build in progress leases its layers
+   * until its records are written (./leases.ts). Off by default: a process to which the base store is read-only
+   * cannot write there, and its sandboxes' leases of base layers are then invisible to other processes' gc.
+   */
   gcBaseStore?: boolean;
 }
 
 const MB = 1024 * 1024;
+/**
+ * resolveLeased's lookups when a layer is missing after the lease: a remover puts a layer back within one
+ * lease-file read and one rename of its detach (milliseconds); 4 lookups 10, 20, 30 ms apart cover that
+ * under load, and an image that stays broken answers NotFound after ~60 ms.
+ */
+const RESOLVE_ATTEMPTS = 4;
+const RESOLVE_RETRY_MS = 10;
 
 /**
  * Opens (creating directories as needed) the image store.
@@ -79,6 +92,7 @@ export class FsImageStore implements ImageStore {
   private readonly leases = new Map<string, number>();
   private leaseSeq = 0;
   private readonly leaseDir: string;
+  private readonly baseLeaseDir: string;
   private readonly limits: Required<Omit<ImageStoreOptions, 'baseDir' | 'stateDir'>>;
 
   constructor(opts: ImageStoreOptions) {
@@ -88,6 +102,7 @@ export class FsImageStore implements ImageStore {
     this.state = new LayerStore(stateDir);
     this.baseImages = new ImageRecords(join(baseDir, 'images'));
     this.leaseDir = join(stateDir, 'leases');
+    this.baseLeaseDir = join(baseDir, 'leases');
     this.limits = {
       bundleMaxBytes: opts.bundleMaxBytes ?? 50 * MB,
       bundleMaxUnpackedBytes: opts.bundleMaxUnpackedBytes ?? 250 * MB,
@@ -104,6 +119,9 @@ export class FsImageStore implements ImageStore {
     await fsp.mkdir(this.leaseDir, { recursive: true });
     // the base store may be read-only to us or not built yet; resolve() reports NotFound then
     await fsp.mkdir(join(this.base.root, 'layers'), { recursive: true }).catch(() => {});
+    // lease files of dead processes in the shared base store: gone at the next open (gcBaseStore is off by default,
+    // so no gc may read them otherwise)
+    await readLeases([this.baseLeaseDir]).catch(() => {});
   }
 
   private tenantImages(tenant: string): ImageRecords {
@@ -234,6 +252,10 @@ export class FsImageStore implements ImageStore {
       // the in-memory pin still protects against this process's gc; other processes' gc also spares
       // layers younger than gcGraceMs. A read-only state dir must not fail a sandbox start.
     }
+    // base layers are shared by every state dir: their lease goes where a gc of the base store from any state dir looks
+    const baseLayers = join(this.base.root, 'layers') + '/';
+    const baseHexes = hexes.filter((h, i) => (digests[i]!.includes('/') ? digests[i]!.startsWith(baseLayers) : existsSync(baseLayers + h)));
+    const releaseBase = baseHexes.length ? writeLease(this.baseLeaseDir, 'lease', baseHexes) : undefined;
     let released = false;
     return () => {
       if (released) return;
@@ -244,23 +266,41 @@ export class FsImageStore implements ImageStore {
         else this.leases.set(h, n);
       }
       rmSync(file, { force: true });
+      releaseBase?.();
     };
   }
 
-  /** hexes pinned by this process or by live processes' lease files (dead ones' files are removed). */
-  private async leasedHexes(): Promise<Set<string>> {
-    const out = new Set(this.leases.keys());
-    for (const f of await fsp.readdir(this.leaseDir).catch(() => [] as string[])) {
-      const pid = Number(f.split('-')[0]);
-      if (pid === process.pid) continue;
-      if (!pidAlive(pid)) {
-        await fsp.rm(join(this.leaseDir, f), { force: true });
-        continue;
+  /**
+   * resolve() then lease(), then the look that counts: every layer still in the store. A remover that detaches a
+   * layer after the lease sees it (this process's pins, or the lease file) and puts the layer back; one that did so
+   * before may drop it, and then the image was unreferenced — deleted — so the lookup is made again and answers
+   * NotFound. A layer missing while the record still names it (a remover between its detach and its restore) is
+   * waited for, briefly. So a sandbox start either mounts leased layers that stay, or gets a clean NotFound.
+   */
+  async resolveLeased(ref: string, tenant?: string): Promise<{ image: ResolvedImage; release: () => void }> {
+    for (let attempt = 1; ; attempt++) {
+      const image = await this.resolve(ref, tenant);
+      const release = this.lease(image.layers);
+      if (image.layers.every((dir) => existsSync(dir))) return { image, release };
+      release();
+      if (attempt >= RESOLVE_ATTEMPTS) {
+        throw new NotFound(`image ${ref}: one of its layers is not in the store (deleted, or the store is damaged)`, { image: ref, reason: 'layer-missing' });
       }
-      const hexes = JSON.parse(await fsp.readFile(join(this.leaseDir, f), 'utf8').catch(() => '[]')) as string[];
-      for (const h of hexes) out.add(h);
+      await new Promise((r) => setTimeout(r, RESOLVE_RETRY_MS * attempt));
     }
-    return out;
+  }
+
+  /** hexes pinned by this process or by live processes' lease files (dead ones' files are removed). */
+  private leasedHexes(): Promise<Set<string>> {
+    return readLeases([this.leaseDir], new Set(this.leases.keys()), process.pid);
+  }
+
+  /**
+   * hexes of base layers anyone may depend on: this process's pins, and the base store's lease files (every
+   * process's leases of base layers, and a base build's: ./leases.ts).
+   */
+  private baseLeasedHexes(): Promise<Set<string>> {
+    return readLeases([this.baseLeaseDir], new Set(this.leases.keys()));
   }
 
   /** hexes of the layers any tenant's image record names. */
@@ -287,7 +327,10 @@ export class FsImageStore implements ImageStore {
    * that is how a deploy, which does not lease its code layer, keeps gc off the layer it found. Returns the digests
    * deleted. If the re-check itself fails, everything detached is put back.
    */
-  private async removeUnwanted(store: LayerStore, section: Section, digests: string[], refs: () => Promise<Set<string>>, graceMs = 0): Promise<string[]> {
+  private async removeUnwanted(
+    store: LayerStore, section: Section, digests: string[], refs: () => Promise<Set<string>>, graceMs = 0,
+    leased: () => Promise<Set<string>> = () => this.leasedHexes(),
+  ): Promise<string[]> {
     const detached: Array<[string, DetachedLayer]> = [];
     for (const d of digests) {
       const hex = digestHex(d);
@@ -299,7 +342,7 @@ export class FsImageStore implements ImageStore {
     let wanted: Set<string>;
     try {
       // leases before records: a user that lets go of its lease has written its record first
-      wanted = await this.leasedHexes();
+      wanted = await leased();
       for (const h of await refs()) wanted.add(h);
     } catch (e) {
       for (const [, x] of detached) await x.restore().catch(() => {});
@@ -334,12 +377,12 @@ export class FsImageStore implements ImageStore {
     const keepHex = await readKeep();
     const leased = await this.leasedHexes();
     const now = Date.now();
-    const spare = (hex: string, mtimeMs: number) => keepHex.has(hex) || leased.has(hex) || now - mtimeMs < this.limits.gcGraceMs;
+    const spare = (hex: string, mtimeMs: number, pinned: Set<string>) => keepHex.has(hex) || pinned.has(hex) || now - mtimeMs < this.limits.gcGraceMs;
     // a first cut on what was true when gc started; removeUnwanted re-checks what may have changed since
-    const candidates = async (store: LayerStore, section: Section, refs: Set<string>) =>
+    const candidates = async (store: LayerStore, section: Section, refs: Set<string>, pinned = leased) =>
       (await store.list(section)).filter((l) => {
         const hex = digestHex(l.digest)!;
-        return !refs.has(hex) && !spare(hex, l.mtimeMs);
+        return !refs.has(hex) && !spare(hex, l.mtimeMs, pinned);
       }).map((l) => l.digest);
 
     const removed: string[] = [];
@@ -348,7 +391,9 @@ export class FsImageStore implements ImageStore {
     removed.push(...await this.removeUnwanted(this.state, 'layers', await candidates(this.state, 'layers', stateRefs), () => this.stateRefs(), grace));
     if (this.limits.gcBaseStore) {
       const baseRefs = await this.baseRefs();
-      removed.push(...await this.removeUnwanted(this.base, 'layers', await candidates(this.base, 'layers', baseRefs), () => this.baseRefs(), grace));
+      const baseLeased = () => this.baseLeasedHexes();
+      const cands = await candidates(this.base, 'layers', baseRefs, await baseLeased());
+      removed.push(...await this.removeUnwanted(this.base, 'layers', cands, () => this.baseRefs(), grace, baseLeased));
     }
     // code layers' references are function versions (in Redis): the caller's `keep`. Given as a function it is read
     // again after the layers are detached, so a version committed meanwhile keeps its layer; given as a set, a deploy
@@ -356,16 +401,6 @@ export class FsImageStore implements ImageStore {
     const keepAgain = typeof keep === 'function' ? readKeep : async () => keepHex;
     removed.push(...await this.removeUnwanted(this.state, 'code', await candidates(this.state, 'code', new Set()), keepAgain, grace));
     return { removed };
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -67,6 +67,14 @@ export interface ImageStore {
   /** mark layers as in use by a running sandbox; gc never removes them until the returned release() is called. */
   lease(digests: string[]): () => void;
   /**
+   * resolve() and lease() in the order the store's removal rule needs (a user leases before it looks): the image
+   * with its layers leased and present in the store, or NotFound — also when the image was deleted (and gc'd)
+   * between its lookup and the lease, which resolve() then lease() would turn into a failing mount.
+   * @example
+   * const { image, release } = await images.resolveLeased('myimg', 'acme');   // mount image.layers; release() when done
+   */
+  resolveLeased?(ref: string, tenant?: string): Promise<{ image: ResolvedImage; release: () => void }>;
+  /**
    * remove layers that no image, no digest in `keep` (function versions' code) and no lease references. `keep` may be
    * a function reading the versions' digests: gc then reads it again after taking its candidates out of the tree
    * and puts back any a version committed meanwhile names (a set is read once, before gc starts).

@@ -1,6 +1,6 @@
 /**
  * `DELETE /v1/images/:name` against deploys of `runtime: "image:<name>"` (services/gateway/images.ts, deploy.ts,
- * store/functions.ts): never both succeed, i.e. no function's latest version is left naming a deleted image.
+ * store/functions.ts): never both succeed, i.e. no function's version is left naming a deleted image.
  * REAL image store (a temp state dir, imported OCI layouts) and REAL metadata store (the run's Redis), through
  * `app.request()`; a second gateway is a second set of store objects on the same state dir, Redis and prefix.
  *
@@ -284,7 +284,7 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
     await expectConsistent(['fe1', 'fe2']);
   });
 
-  it('PATCH keeps the runtime and commits only while its base is the latest: it cannot bring a deleted image back', async () => {
+  it('PATCH keeps the runtime and commits only while its base is the latest; the image stays while version 1 runs on it', async () => {
     await importImage('p1');
     expect((await deploy('fp1', { runtime: 'image:p1' })).status).toBe(201);
     // the PATCH stops at its commit, based on version 1 (image:p1)
@@ -293,9 +293,11 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
       const patch = call('PATCH', '/v1/functions/fp1', { json: { memoryMb: 256 } });
       await reachedBefore(l, patch);
       expect((await call('DELETE', '/v1/images/p1')).status).toBe(409);
-      // another deploy moves the function off the image; now the delete may go through
+      // another deploy moves the function off the image; fp1:1 still runs on it, so the delete is still refused
       expect((await deploy('fp1', { runtime: 'node' }, { code: tarGz({ 'index.js': 'exports.handler = async () => 1' }) })).status).toBe(201);
-      expect((await call('DELETE', '/v1/images/p1')).status).toBe(204);
+      const del = await call('DELETE', '/v1/images/p1');
+      expect(del.status).toBe(409);
+      expect(await errorOf(del)).toMatchObject({ type: 'Conflict', functions: ['fp1'], versions: ['fp1:1'] });
       l.go();
       const p = await patch;
       expect(p.status, await p.clone().text()).toBe(200);
@@ -303,6 +305,7 @@ describe('DELETE /v1/images/:name racing a deploy of image:<name>', () => {
     } finally {
       restore();
     }
+    await expect(images.resolve('p1', 'acme')).resolves.toMatchObject({ ref: 'p1' });
     await expectConsistent(['fp1']);
   });
 
@@ -364,17 +367,17 @@ describe('the guard\'s scripts (FunctionStore, real Redis)', () => {
     expect(v.version).toBe(1);
   });
 
-  it('users are the latest versions whose runtime is the image (parsed, not matched as text), sorted', async () => {
+  it('users are the versions whose runtime is the image (parsed, not matched as text), sorted', async () => {
     const fns = h.store.functions;
     await fns.putVersion(rec('fs2b', 'image:s2'), { maxFunctions: 100 });
     await fns.putVersion(rec('fs2a', 'image:s2'), { maxFunctions: 100 });
     // mentions the runtime in its env only: not a user
     await fns.putVersion(rec('fs2c', 'node', { X: '"runtime":"image:s2"' }), { maxFunctions: 100 });
-    // used it in version 1 only: not a user (the rule is about latest versions)
+    // used it in version 1 only: a user all the same (fs2d:1 stays invocable)
     await fns.putVersion(rec('fs2d', 'image:s2'), { maxFunctions: 100 });
     await fns.putVersion(rec('fs2d', 'node'), { maxFunctions: 100 });
     const e = await fns.beginImageDelete('acme', 's2').then(() => null, (err: unknown) => err);
-    expect(e).toMatchObject({ type: 'Conflict', details: { functions: ['fs2a', 'fs2b'] } });
+    expect(e).toMatchObject({ type: 'Conflict', details: { functions: ['fs2a', 'fs2b', 'fs2d'], versions: ['fs2a:1', 'fs2b:1', 'fs2d:1'] } });
     expect(await h.redis.exists(`${h.prefix}imgdel:acme:s2`)).toBe(0);
   });
 
