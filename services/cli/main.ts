@@ -14,6 +14,7 @@ import { CliError, EXIT, check, request, resolveEndpoint, writeConfigFile } from
 import { images, tenants } from './commands/admin.ts';
 import { config, deadLetters, deploy, invocation, invoke, list, logs, remove, type Common } from './commands/functions.ts';
 import { start } from './commands/start.ts';
+import { callbacks } from './commands/callbacks.ts';
 import { HOST_FLAGS } from '../host/config.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -61,6 +62,7 @@ const COMMANDS: Record<string, Options> = {
   },
   invocation: {},
   'dead-letters': {},
+  callbacks: { all: { type: 'boolean' }, limit: { type: 'string' }, cursor: { type: 'string' } },
   tenants: { 'max-memory': { type: 'string' }, 'max-concurrency': { type: 'string' }, 'max-functions': { type: 'string' } },
   images: { force: { type: 'boolean' } },
   login: { admin: { type: 'boolean' } },
@@ -89,6 +91,9 @@ functions (tenant key)
   ls | rm <name>
   config <name> [--memory 512] [--timeout 10s] [--env K=V]... [--unset-env K]... [--public|--private]
   dead-letters [ls | redrive <id>]
+  callbacks [failed [--limit N] [--cursor C]]  completion callbacks that failed (attempts exhausted)
+  callbacks redrive <delivery-id> | --all       POST again with fresh attempts
+  callbacks rm <delivery-id> | callbacks secret  delete one | the key receivers verify signatures with
   images import <name> <tar> | images ls | images rm <name>
 
   login --url URL --key KEY [--admin]  check the key and keep url + key in ~/.config/fnhost/config.json (0600)
@@ -150,6 +155,8 @@ export async function main(argv: string[]): Promise<number> {
         return await config(c, pos[0], v);
       case 'dead-letters':
         return await deadLetters(c, pos[0], pos[1]);
+      case 'callbacks':
+        return await callbacks(c, pos[0], pos[1], v);
       case 'tenants':
         return await tenants(c, pos[0], pos[1], v);
       case 'images':

@@ -9,6 +9,7 @@ import type { InvocationClient } from '../scheduler/types.ts';
 import type { ImageStore } from '../store/types.ts';
 import type { MetadataStore } from '../store/metadata.ts';
 import type { Admission } from './admission.ts';
+import type { FailedCallbacksApi } from './callbacks.ts';
 
 /** Who is calling: the operator (admin key) or one tenant (one of its keys). */
 export type Principal = { kind: 'admin' } | { kind: 'tenant'; tenant: string; keyId: string };
@@ -66,4 +67,6 @@ export interface GatewayDeps {
   logger?: Logger;
   /** a tenant's callback verification key (services/scheduler/callback-signer.ts), for GET /v1/callbacks/secret */
   callbackSecret?: (tenant: string) => Promise<string>;
+  /** failed completion callbacks (services/scheduler/callback-failures.ts), for /v1/callbacks/failed */
+  failedCallbacks?: FailedCallbacksApi;
 }

@@ -36,6 +36,7 @@ import type { HostConfig } from './config.ts';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis-server.ts';
 import { CallbackSigner } from '../scheduler/callback-signer.ts';
 import { envCallbackAllow } from '../scheduler/callback-url.ts';
+import { FailedCallbacks } from '../scheduler/callback-failures.ts';
 import { DEFAULT_PREFIX } from '../scheduler/keys.ts';
 
 export interface HostOptions {
@@ -149,6 +150,9 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     envCallbackAllow();
     // the same key derivation, prefix and secret as the scheduler's signer (services/scheduler/callbacks.ts)
     const callbackSigner = new CallbackSigner(redis, opts.client?.prefix ?? DEFAULT_PREFIX, opts.scheduler?.callbacks?.secret ?? process.env.FNHOST_CALLBACK_SECRET);
+    // GET/POST/DELETE /v1/callbacks/failed: the callbacks queue under the same prefix as the scheduler's
+    const failedCallbacks = new FailedCallbacks(redis, opts.client?.prefix ?? DEFAULT_PREFIX);
+    undo('failed callbacks', () => failedCallbacks.close());
     const app = createGateway({
       store,
       client,
@@ -159,6 +163,7 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
       logger: log.child({ part: 'gateway' }),
       observability: gatewayObservability(metrics),
       callbackSecret: (t) => callbackSigner.secretFor(t),
+      failedCallbacks,
       ...(opts.limits ? { limits: opts.limits } : {}),
     });
 

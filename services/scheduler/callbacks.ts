@@ -11,17 +11,24 @@
  * `X-Fnhost-Status` (succeeded | failed), `X-Fnhost-Function`, `X-Fnhost-Delivery-Id`, `X-Fnhost-Delivery-Attempt`
  * and `X-Fnhost-Signature: sha256=<hex HMAC-SHA256 of the body>` under the tenant's key (./callback-signer.ts).
  *
- * Delivery is durable and never in an invocation's way: the scheduler only adds a job to a BullMQ queue of
- * its own (`P:bull:callbacks`, shared by every node on the Redis) right after the final record is written; each
- * scheduler runs a worker on it. A 2xx answer is delivered; anything else (status, refused connection, DNS
- * failure, timeout) is retried with exponential backoff until the attempts run out, then the job stays in the
- * queue's failed set (retained like dead letters). Redirects are not followed (a 3xx is a failure): a
- * receiver cannot bounce the host to a destination the allow-list (./callback-url.ts) would refuse.
+ * Delivery is durable and never in an invocation's way. The callback is put into an outbox
+ * (`P:callback:outbox`, a HASH delivery id → entry) by the same Lua script that writes the final record
+ * (./records.ts), so no failure after that write can lose it; the scheduler then moves it to a BullMQ queue of
+ * its own (`P:bull:callbacks`, shared by every node on the Redis) and deletes the entry. An entry the move did
+ * not get to (Redis error right then, node died) is moved by the outbox sweep every scheduler runs at start-up
+ * and every `sweepMs`. Moving is idempotent: the job id is the delivery id, and adding an existing job is a no-op.
+ * Each scheduler runs a worker on the queue. A 2xx answer is delivered; anything else (status, refused
+ * connection, DNS failure, timeout) is retried with exponential backoff until the attempts run out, then the job
+ * stays in the queue's failed set (retained like dead letters) and in the tenant's list of failed callbacks
+ * (./callback-failures.ts: list, redrive, delete). Redirects are not followed (a 3xx is a failure): a receiver
+ * cannot bounce the host to a destination the allow-list (./callback-url.ts) would refuse. Each POST is a
+ * 'callback delivery' span in the invocation's trace.
  *
  * @example
  * const cb = new Callbacks({ redis: bullRedis, prefix: 'fnhost', options: callbackOptions(process.env), metrics, log });
- * cb.start();                                       // the delivery worker (every scheduler node runs one)
- * await cb.enqueue('https://hooks.example.com/x', finalRecord);
+ * cb.start();                                       // the delivery worker + outbox sweep (every scheduler node runs one)
+ * const o = cb.outboxEntry('https://hooks.example.com/x', finalRecord, traceparent);
+ * if (await setRecord(redis, recKey, toStored(finalRecord), ttl, { outbox: o })) await cb.dispatch(o);
  * await cb.close();
  */
 import http from 'node:http';
@@ -31,6 +38,7 @@ import { isIP, type LookupFunction } from 'node:net';
 import { Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { InvalidRequest } from '../common/errors.ts';
+import { Attr, SpanKind, SpanName, remoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { Logger } from '../common/log.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import { renderInvocation } from './invocation-view.ts';
@@ -38,9 +46,26 @@ import { allowedAddress, allowedName, bareHost, envCallbackAllow, parseCallbackA
 import { CallbackSigner } from './callback-signer.ts';
 import { DEFAULT_RETENTION } from './config.ts';
 import type { InvocationRecord } from './types.ts';
+import type { OutboxWrite } from './records.ts';
 
 /** The BullMQ queue name (under the scheduler's BullMQ prefix; tenant queues are `inv.*`, node queues `node.*`). */
 export const CALLBACK_QUEUE = 'callbacks';
+
+/** The outbox: HASH delivery id → CallbackJob JSON (+ `id`), written with final records, emptied by the move. */
+export function callbackOutboxKey(prefix: string): string {
+  return `${prefix}:callback:outbox`;
+}
+
+/**
+ * A callback's delivery id, also its job id: `<invocation id>.<finishedAt>`. The same outcome gets the same id
+ * however often it is queued, and a redrive's new outcome a new one.
+ */
+export function deliveryId(rec: Pick<InvocationRecord, 'id' | 'finishedAt'>): string {
+  return `${rec.id}.${rec.finishedAt ?? 0}`;
+}
+
+/** Entries moved per HSCAN step of the outbox sweep (each may hold a body of up to CALLBACK_BODY_MAX). */
+const SWEEP_PAGE = 50;
 
 /**
  * A rendered record above 1 MiB goes without its `result` (`resultTruncated: true`; the receiver reads it with
@@ -61,6 +86,11 @@ export interface CallbackOptions {
   backoffMs: number;
   /** POSTs in flight per node (FNHOST_CALLBACK_CONCURRENCY; default 16: a slow receiver holds a slot, not a core). */
   concurrency: number;
+  /**
+   * How often each scheduler moves outbox entries whose own move failed (FNHOST_CALLBACK_SWEEP_MS; default 5 s:
+   * a callback whose queueing hit a Redis error goes out at most this much later; one HLEN per node per period).
+   */
+  sweepMs: number;
   /** FNHOST_CALLBACK_SECRET: the host secret the tenants' keys derive from (unset: generated in Redis). */
   secret?: string;
   /** FNHOST_CALLBACK_ALLOW (unset: any destination). */
@@ -86,6 +116,7 @@ export function callbackOptions(env: NodeJS.ProcessEnv = process.env): CallbackO
     attempts: intEnv(env, 'FNHOST_CALLBACK_ATTEMPTS', 10, 1, 100),
     backoffMs: intEnv(env, 'FNHOST_CALLBACK_BACKOFF_MS', 1000, 1, 3_600_000),
     concurrency: intEnv(env, 'FNHOST_CALLBACK_CONCURRENCY', 16, 1, 1000),
+    sweepMs: intEnv(env, 'FNHOST_CALLBACK_SWEEP_MS', 5000, 50, 3_600_000),
   };
   if (env.FNHOST_CALLBACK_SECRET) o.secret = env.FNHOST_CALLBACK_SECRET;
   const allow = env === process.env ? envCallbackAllow(env) : parseCallbackAllow(env.FNHOST_CALLBACK_ALLOW);
@@ -102,6 +133,63 @@ export interface CallbackJob {
   status: string;
   /** the JSON body, rendered once at enqueue: a redrive rewriting the record later does not change it */
   body: string;
+  /** the invocation's trace (its job's traceparent): 'callback delivery' spans hang under it */
+  traceparent?: string;
+}
+
+/** A callback whose attempts ran out (or whose destination was refused), as the tenant's list shows it. */
+export interface FailedCallback {
+  /** the delivery id (X-Fnhost-Delivery-Id; the callback job's id) */
+  deliveryId: string;
+  invocationId: string;
+  function: string;
+  url: string;
+  /** the invocation's outcome the callback carried: succeeded | failed */
+  status: string;
+  /** POSTs made */
+  attempts: number;
+  lastError: string;
+  /** the receiver's last answer, when it answered at all */
+  lastHttpStatus?: number;
+  /** epoch ms */
+  failedAt: number;
+}
+
+/**
+ * A tenant's failed callbacks: `P:callback:failed:T` ZSET delivery id → failedAt (ms) and
+ * `P:callback:failedinfo:T` HASH delivery id → FailedCallback JSON. An index over the callbacks queue's failed
+ * set (shared by all tenants), written by the delivery worker; TTL = dead-letter retention, refreshed on write.
+ */
+export function failedCallbackKeys(prefix: string, tenant: string): { index: string; info: string } {
+  const t = encodeURIComponent(tenant).replace(/\./g, '%2E');
+  return { index: `${prefix}:callback:failed:${t}`, info: `${prefix}:callback:failedinfo:${t}` };
+}
+
+/**
+ * The most failed callbacks listed per tenant (the oldest go first): BullMQ keeps at most this many failed
+ * jobs in the whole queue anyway (removeOnFail count, DEFAULT_RETENTION.failedJobCount).
+ */
+export const FAILED_CALLBACKS_MAX = DEFAULT_RETENTION.failedJobCount;
+
+/** KEYS: index, info; ARGV: id, failedAt, JSON, TTL s, cap. Adds one entry, drops the oldest above the cap. */
+const NOTE_FAILED_LUA = `
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
+if over > 0 then
+  local old = redis.call('ZPOPMIN', KEYS[1], over)
+  for i = 1, #old, 2 do redis.call('HDEL', KEYS[2], old[i]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+`;
+
+/** Lists a callback that failed for good in its tenant's failed callbacks (./callback-failures.ts reads them). */
+export async function noteFailedCallback(redis: Redis, prefix: string, tenant: string, f: FailedCallback): Promise<void> {
+  const k = failedCallbackKeys(prefix, tenant);
+  // EVAL, not a defined command: this runs once per failed callback, and the connection is BullMQ's
+  await redis.eval(NOTE_FAILED_LUA, 2, k.index, k.info, f.deliveryId, f.failedAt, JSON.stringify(f), DEFAULT_RETENTION.deadLetterS, FAILED_CALLBACKS_MAX);
 }
 
 /** The body: the record as GET /v1/invocations/:id renders it, without an oversized result. */
@@ -139,6 +227,15 @@ function guardedLookup(allow: CallbackAllow): LookupFunction {
 function origin(url: string): string {
   try {
     return new URL(url).origin;
+  } catch {
+    return '?';
+  }
+}
+
+/** The receiver's host name (span attribute), '?' for a URL that does not parse. */
+function hostOf(url: string): string {
+  try {
+    return bareHost(new URL(url).hostname);
   } catch {
     return '?';
   }
@@ -192,8 +289,9 @@ const DROP_PAGE = 50;
 
 /**
  * Removes a tenant's callbacks not yet being delivered (waiting, delayed — between retries —, prioritized,
- * paused) from the callbacks queue `queue`, so a deleted tenant's receivers get nothing more. A POST in flight
- * (active) ends on its own; its retry, if any, is not dropped. Returns how many were removed.
+ * paused) from the callbacks queue `queue`, and those still in the outbox, so a deleted tenant's receivers get
+ * nothing more; and its failed callbacks (jobs and list). A POST in flight (active) ends on its own; its retry,
+ * if any, is not dropped. Returns how many were removed (failed ones not counted).
  * @example
  * await dropTenantCallbacks(new Queue(CALLBACK_QUEUE, { connection, prefix: `${prefix}:bull` }), 'acme');   // 3
  */
@@ -209,6 +307,27 @@ export async function dropTenantCallbacks(queue: Queue, tenant: string): Promise
       removed += await queue.remove(job.id).catch(() => 0);
     }
   }
+  // the queue's prefix is `<prefix>:bull` (Callbacks); the outbox and the failed list live under `<prefix>`
+  const prefix = (queue.opts.prefix ?? 'bull').replace(/:bull$/, '');
+  const redis = (await queue.client) as unknown as Redis;
+  const outbox = callbackOutboxKey(prefix);
+  let cursor = '0';
+  do {
+    const [next, flat] = await redis.hscan(outbox, cursor, 'COUNT', DROP_PAGE);
+    cursor = next;
+    for (let i = 0; i < flat.length; i += 2) {
+      let t: string | undefined;
+      try {
+        t = (JSON.parse(flat[i + 1]!) as CallbackJob).tenant;
+      } catch {
+        continue;
+      }
+      if (t === tenant) removed += await redis.hdel(outbox, flat[i]!);
+    }
+  } while (cursor !== '0');
+  const failed = failedCallbackKeys(prefix, tenant);
+  for (const id of await redis.zrange(failed.index, 0, -1)) await queue.remove(id).catch(() => 0);
+  await redis.del(failed.index, failed.info);
   return removed;
 }
 
@@ -227,6 +346,8 @@ export class Callbacks {
   private readonly queue: Queue<CallbackJob>;
   private worker: Worker<CallbackJob> | undefined;
   private readonly o: CallbackOptions;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
 
   constructor(private readonly deps: CallbacksDeps) {
     this.o = deps.options;
@@ -236,14 +357,72 @@ export class Callbacks {
   }
 
   /**
-   * Queues the callback of a final record. The job id is `<invocation id>.<finishedAt>`: the same outcome is
-   * queued once however often this is called (a restarted attempt re-queues what a crash may have lost), and
-   * a redrive's new outcome is a new job.
+   * The outbox entry of a final record's callback, to write with the record (./records.ts `setRecord`'s
+   * `outbox`), then {@link dispatch}. `traceparent`: the invocation's, for the 'callback delivery' span.
+   */
+  outboxEntry(url: string, rec: InvocationRecord, traceparent?: string): OutboxWrite {
+    const data: CallbackJob = { url, tenant: rec.tenant, function: rec.function, invocationId: rec.id, status: rec.status, body: callbackBody(rec) };
+    if (traceparent) data.traceparent = traceparent;
+    return { key: callbackOutboxKey(this.deps.prefix), field: deliveryId(rec), entry: JSON.stringify(data) };
+  }
+
+  /**
+   * Moves one outbox entry to the queue, then deletes it. Idempotent: the job id is the delivery id (adding
+   * an existing job is a no-op), so a sweep on another node moving the same entry meanwhile does no harm.
+   */
+  async dispatch(o: OutboxWrite): Promise<void> {
+    await this.add(o.field, JSON.parse(o.entry) as CallbackJob);
+    await this.deps.redis.hdel(o.key, o.field);
+  }
+
+  /**
+   * Moves delivery `id` from the outbox if it is still there (a restarted attempt, or a lost worker, finding
+   * the final record written: its writer may have died before moving the callback). No entry: already queued.
+   */
+  async flush(id: string): Promise<void> {
+    const key = callbackOutboxKey(this.deps.prefix);
+    const entry = await this.deps.redis.hget(key, id);
+    if (entry !== null) await this.dispatch({ key, field: id, entry });
+  }
+
+  /**
+   * Moves every outbox entry to the queue (start-up, then every sweepMs); returns how many it moved. An entry
+   * that fails to move stays for the next sweep.
+   */
+  async sweep(): Promise<number> {
+    const key = callbackOutboxKey(this.deps.prefix);
+    const redis = this.deps.redis;
+    if ((await redis.hlen(key)) === 0) return 0;
+    let moved = 0;
+    let cursor = '0';
+    do {
+      const [next, flat] = await redis.hscan(key, cursor, 'COUNT', SWEEP_PAGE);
+      cursor = next;
+      for (let i = 0; i < flat.length; i += 2) {
+        try {
+          await this.dispatch({ key, field: flat[i]!, entry: flat[i + 1]! });
+          moved++;
+        } catch (e) {
+          this.deps.log.warn({ deliveryId: flat[i], err: String((e as Error)?.message ?? e) }, 'callback outbox: move failed; next sweep retries');
+        }
+      }
+    } while (cursor !== '0');
+    if (moved) this.deps.log.info({ moved }, 'callback outbox: moved entries left behind to the queue');
+    return moved;
+  }
+
+  /**
+   * Queues the callback of a final record directly, without the outbox (tools and tests; the scheduler writes
+   * an outbox entry with the record and dispatches it). Same job id rules as dispatch().
    */
   async enqueue(url: string, rec: InvocationRecord): Promise<void> {
     const data: CallbackJob = { url, tenant: rec.tenant, function: rec.function, invocationId: rec.id, status: rec.status, body: callbackBody(rec) };
+    await this.add(deliveryId(rec), data);
+  }
+
+  private async add(id: string, data: CallbackJob): Promise<void> {
     await this.queue.add('callback', data, {
-      jobId: `${rec.id}.${rec.finishedAt ?? 0}`,
+      jobId: id,
       attempts: this.o.attempts,
       backoff: { type: 'exponential', delay: this.o.backoffMs },
       removeOnComplete: { age: DEFAULT_RETENTION.completedJobAgeS, count: DEFAULT_RETENTION.completedJobCount },
@@ -251,7 +430,7 @@ export class Callbacks {
     });
   }
 
-  /** Starts this node's delivery worker. */
+  /** Starts this node's delivery worker and outbox sweep (a first sweep at once: entries a dead node left behind). */
   start(): void {
     if (this.worker) return;
     this.worker = new Worker<CallbackJob>(CALLBACK_QUEUE, (job) => this.deliver(job), {
@@ -262,14 +441,48 @@ export class Callbacks {
       lockDuration: Math.max(30_000, this.o.timeoutMs * 2),
     });
     this.worker.on('error', (e) => this.deps.log.warn({ err: String(e?.message ?? e) }, 'callback worker error'));
+    // A job whose delivery workers kept dying is failed by BullMQ without running deliver() (the message is
+    // BullMQ's, as ./process-job.ts STALLED_OUT_REASON): list it like any other failed callback.
+    this.worker.on('failed', (job, err) => {
+      if (!job?.id || !job.data?.tenant || (err?.message ?? job.failedReason) !== 'job stalled more than allowable limit') return;
+      const d = job.data;
+      void noteFailedCallback(this.deps.redis, this.deps.prefix, d.tenant, {
+        deliveryId: job.id, invocationId: d.invocationId, function: d.function, url: d.url, status: d.status,
+        attempts: job.attemptsMade, lastError: 'delivery worker lost (its scheduler node died mid-POST) too many times', failedAt: Date.now(),
+      }).catch(() => {});
+    });
+    this.runSweep();
+    this.sweepTimer = setInterval(() => this.runSweep(), this.o.sweepMs);
+    this.sweepTimer.unref();
   }
 
-  private async deliver(job: Job<CallbackJob>): Promise<void> {
+  /** One sweep at a time per node; close() waits for the one running. */
+  private runSweep(): void {
+    if (this.sweeping) return;
+    this.sweeping = this.sweep()
+      .catch((e) => this.deps.log.warn({ err: String((e as Error)?.message ?? e) }, 'callback outbox sweep failed'))
+      .then(() => {
+        this.sweeping = undefined;
+      });
+  }
+
+  /** One POST, as a 'callback delivery' span in the invocation's trace (under its job's traceparent). */
+  private deliver(job: Job<CallbackJob>): Promise<void> {
+    const d = job.data;
+    const attrs = {
+      [Attr.tenant]: d.tenant, [Attr.function]: d.function, [Attr.invocationId]: d.invocationId,
+      [Attr.jobId]: job.id ?? '', [Attr.callbackAttempt]: job.attemptsMade + 1, [Attr.serverAddress]: hostOf(d.url),
+    };
+    return withSpan(SpanName.callbackDelivery, attrs, (span) => this.post(job, span), { parent: remoteParent(d.traceparent), kind: SpanKind.CLIENT });
+  }
+
+  private async post(job: Job<CallbackJob>, span: Span): Promise<void> {
     const d = job.data;
     const attempt = job.attemptsMade + 1;
     const max = job.opts.attempts ?? 1;
     const where = { invocationId: d.invocationId, status: d.status, destination: origin(d.url), attempt };
     let err: Error;
+    let httpStatus: number | undefined;
     try {
       const headers = {
         'x-fnhost-invocation-id': d.invocationId,
@@ -279,30 +492,42 @@ export class Callbacks {
         'x-fnhost-delivery-attempt': String(attempt),
         'x-fnhost-signature': await this.signer.sign(d.tenant, d.body),
       };
-      const status = await postCallback(d.url, d.body, headers, this.o);
-      if (status >= 200 && status < 300) {
+      httpStatus = await postCallback(d.url, d.body, headers, this.o);
+      span.setAttribute(Attr.httpStatus, httpStatus);
+      if (httpStatus >= 200 && httpStatus < 300) {
+        span.setAttribute(Attr.callbackOutcome, 'delivered');
         this.deps.metrics?.callback('delivered');
-        this.deps.log.info({ ...where, httpStatus: status }, 'callback delivered');
+        this.deps.log.info({ ...where, httpStatus }, 'callback delivered');
         return;
       }
-      err = new Error(`receiver answered ${status}`);
+      err = new Error(`receiver answered ${httpStatus}`);
     } catch (e) {
       err = e instanceof Error ? e : new Error(String(e));
     }
     const refused = err instanceof RefusedDestination;
     if (refused || attempt >= max) {
+      span.setAttribute(Attr.callbackOutcome, 'failed');
       this.deps.metrics?.callback('failed');
       this.deps.log.warn({ ...where, err: err.message }, refused ? 'callback refused: destination not allowed' : 'callback failed: attempts exhausted');
+      // listed for the tenant (GET /v1/callbacks/failed) before BullMQ moves the job to its failed set
+      await noteFailedCallback(this.deps.redis, this.deps.prefix, d.tenant, {
+        deliveryId: job.id ?? '', invocationId: d.invocationId, function: d.function, url: d.url, status: d.status, attempts: attempt,
+        lastError: err.message, ...(httpStatus !== undefined ? { lastHttpStatus: httpStatus } : {}), failedAt: Date.now(),
+      }).catch((e) => this.deps.log.warn({ ...where, err: String((e as Error)?.message ?? e) }, 'failed callback not listed'));
       if (refused) throw new UnrecoverableError(err.message);
     } else {
+      span.setAttribute(Attr.callbackOutcome, 'retried');
       this.deps.metrics?.callback('retried');
       this.deps.log.info({ ...where, err: err.message }, 'callback attempt failed; will retry');
     }
     throw err;
   }
 
-  /** Stops the worker (waiting for POSTs in flight, each bounded by timeoutMs) and the queue. Queued callbacks stay in Redis. */
+  /** Stops the sweep and the worker (waiting for POSTs in flight, each bounded by timeoutMs) and the queue. Queued callbacks stay in Redis. */
   async close(): Promise<void> {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    await this.sweeping;
     if (this.worker) {
       await this.worker.waitUntilReady().catch(() => {});
       await this.worker.close().catch(() => {});

@@ -26,6 +26,12 @@
  * | `P:fastn:N` | LIST of sync/http jobs routed to node N | client, scheduler N (other nodes once N's heartbeat is stale) | as above |
  * | `P:fastnodes` | SET of node ids that have (had) a routed list | scheduler | members removed by their node on graceful stop |
  * | `P:fnv:T:<hash>` | STRING FunctionVersion JSON by content hash, for fast-lane jobs that carry only the reference (./fn-refs.ts) | client | 24 h, refreshed while in use |
+ * | `P:invopen` | ZSET `T:I` (the record key after `P:inv:`) → epoch ms: async invocations that may not be final yet (./sweeper.ts) | client (with the queued record), redrive; sweeper removes final ones, re-scores live ones | TTL `deadLetterS`, refreshed on write |
+ * | `P:sweeper` | STRING lock of the sweeper run (node id + token) | sweeper (SET NX PX) | the lock's PX |
+ * | `P:bull:callbacks:*` | BullMQ queue of completion callbacks (./callbacks.ts), all tenants | scheduler (add, worker) | completed and failed jobs removed by age + count (`DEFAULT_RETENTION`) |
+ * | `P:callback:outbox` | HASH delivery id → callback job JSON, written with the final record, moved to the queue | scheduler (record script; move, sweep) | entry until moved; key TTL ≥ the longest record's |
+ * | `P:callback:failed:T` · `P:callback:failedinfo:T` | ZSET delivery id → failedAt; HASH delivery id → FailedCallback JSON (./callback-failures.ts) | callback worker; list/redrive/delete | TTL as the failed jobs', refreshed on write |
+ * | `P:callback:secret` | STRING generated host secret of callback signatures (when `FNHOST_CALLBACK_SECRET` is unset) | first scheduler (SET NX) | permanent |
  *
  * Names inside keys are URI-encoded: tenant and function names are validated by the gateway, but a ':' in a
  * name must never be able to reach into another tenant's keys, and BullMQ refuses ':' in queue names.
@@ -64,6 +70,10 @@ export interface Keys {
   fnVersion(ref: string): string;
   /** the tenant a queue name belongs to, or null for a node queue. */
   tenantOfQueue(queueName: string): string | null;
+  /** ZSET of async invocations that may not be final yet (./sweeper.ts); members `T:I` (openEntryOf, parseOpenMember) */
+  openInvocations(): string;
+  /** the sweeper's run lock */
+  sweeperLock(): string;
 }
 
 export function createKeys(prefix = DEFAULT_PREFIX): Keys {
@@ -93,5 +103,30 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     // the reference is `<encoded tenant>:<base64url hash>` (./fn-refs.ts): safe in a key as it is
     fnVersion: (r) => `${P}:fnv:${r}`,
     tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
+    openInvocations: () => `${P}:invopen`,
+    sweeperLock: () => `${P}:sweeper`,
   };
+}
+
+/**
+ * The open-invocations index entry of a record key `P:inv:T:I`: the index key `P:invopen` and the member `T:I`
+ * (encoded as in the record key). Derived from the record key so the writers that hold only that key
+ * (./records.ts queueRecord, setRecord) add to the index without another argument. Null for any other key.
+ */
+export function openEntryOf(recordKey: string): { index: string; member: string } | null {
+  const i = recordKey.indexOf(':inv:');
+  // the prefix has no ':' (createKeys), so the first ':inv:' ends it
+  if (i <= 0 || recordKey.lastIndexOf(':', i - 1) >= 0) return null;
+  return { index: `${recordKey.slice(0, i)}:invopen`, member: recordKey.slice(i + 5) };
+}
+
+/** The tenant and invocation id of an open-invocations member `T:I` (names are encoded, so neither holds ':'). */
+export function parseOpenMember(member: string): { tenant: string; id: string } | null {
+  const i = member.indexOf(':');
+  if (i <= 0 || member.indexOf(':', i + 1) >= 0) return null;
+  try {
+    return { tenant: decodeURIComponent(member.slice(0, i)), id: decodeURIComponent(member.slice(i + 1)) };
+  } catch {
+    return null;
+  }
 }

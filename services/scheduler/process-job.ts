@@ -13,7 +13,8 @@
  *     the attempt count, then the error is thrown so BullMQ retries with backoff;
  *   - typed failure, async, last attempt (or not retryable): record `failed`, job fails → dead-letter list.
  *   - the worker died mid-job more than `maxStalledCount` times: BullMQ fails the job without running it
- *     (finishLostWorker below): record `failed` with Crashed (`details.reason: 'worker-lost'`), job failed → dead letter.
+ *     (finishLostWorker below): record `failed` with Crashed (`details.reason: 'worker-lost'`), job failed → dead letter;
+ *     should every node that hears of it die before writing, ./sweeper.ts writes it through the same path (finishLostJob).
  * Exactly once as the caller sees it: the final write refuses to replace a final record (./records.ts), and
  * a restarted attempt (stalled after a crash, or redriven) first checks whether a result already exists.
  */
@@ -21,13 +22,13 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
 import { Crashed, FnhostError, Internal, Timeout } from '../common/errors.ts';
-import { Attr, NOOP_SPAN, discardSpan, SpanKind, type Attributes, SpanName, recordSpan, remoteParent, runInSpan, spanTime, startSpanUnder, tracingEnabled, withRemoteParent, withSpan, type Span } from '../common/telemetry.ts';
+import { Attr, NOOP_SPAN, discardSpan, SpanKind, SpanName, SpanSchema, recordSpan, recordSpanOf, remoteParent, runInSpan, spanTime, startSpanOf, tracingEnabled, withRemoteParent, withSpan, type Span, type SpanValues } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
 import type { Keys } from './keys.ts';
 import { decodeInline, decodePayload, type JobData } from './job.ts';
-import { fromStored, getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
-import type { Callbacks } from './callbacks.ts';
+import { getRecord, isFinal, setRecord, toStored, type StoredRecord } from './records.ts';
+import { deliveryId, type Callbacks } from './callbacks.ts';
 import { appendLogs, type LogRetention } from './logs.ts';
 import type { Instances, Lease } from './instances.ts';
 import type { ExecRequest, ExecResult } from './executor.ts';
@@ -130,8 +131,8 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
   if (job.restarted) {
     const prev = await getRecord(redis, recKey);
     if (prev && isFinal(prev.status)) {
-      // the attempt that wrote it may have died before queueing its callback; queueing it again is a no-op (same job id)
-      if (d.callbackUrl) await queueCallback(ctx, d, fromStored(prev));
+      // the attempt that wrote it may have died before moving its callback out of the outbox: move it now
+      if (d.callbackUrl) await flushCallback(ctx, d, prev);
       return;
     }
   }
@@ -225,26 +226,35 @@ async function finish(ctx: JobContext, d: JobData, job: Attempt, recKey: string,
     local(d.id, rec, ctx.records.add(rec, lines, true));
     return true;
   }
+  // The callback goes into the outbox in the record's own script: final record written ⇒ callback sent eventually.
+  const outbox = final && d.callbackUrl && ctx.callbacks ? ctx.callbacks.outboxEntry(d.callbackUrl, rec, d.traceparent) : undefined;
   const [written] = await Promise.all([
-    setRecord(ctx.redis, recKey, toStored(rec), ttl, { replyChannel: final && !local ? reply : undefined }),
+    setRecord(ctx.redis, recKey, toStored(rec), ttl, { replyChannel: final && !local ? reply : undefined, outbox }),
     appendLogs(ctx.redis, ctx.keys, d.fn.tenant, d.fn.name, lines, ctx.logRetention),
   ]);
   // Told only if this write made the record final, as the script's PUBLISH would.
   if (local && written) local(d.id, rec, Promise.resolve());
   // Only the write that made the record final calls back: never on an attempt that will be retried, never twice.
-  if (written && final && d.callbackUrl) await queueCallback(ctx, d, rec);
+  if (written && outbox) await queueCallback(ctx, d, () => ctx.callbacks!.dispatch(outbox));
   return written;
 }
 
-/** Queues the completion callback; a Redis failure here is logged, never the invocation's outcome. */
-async function queueCallback(ctx: JobContext, d: JobData, rec: InvocationRecord): Promise<void> {
-  if (!ctx.callbacks || !d.callbackUrl) return;
+/**
+ * Moves the completion callback from the outbox to the delivery queue. A failure here is logged, never the
+ * invocation's outcome, and loses nothing: the entry stays in the outbox and the next sweep moves it.
+ */
+async function queueCallback(ctx: JobContext, d: JobData, move: () => Promise<void>): Promise<void> {
   try {
-    await ctx.callbacks.enqueue(d.callbackUrl, rec);
+    await move();
   } catch (e) {
-    ctx.metrics?.callback('failed');
-    ctx.log.error({ invocationId: d.id, err: String((e as Error)?.message ?? e) }, 'callback could not be queued');
+    ctx.log.warn({ invocationId: d.id, err: String((e as Error)?.message ?? e) }, 'callback left in the outbox; the sweep queues it');
   }
+}
+
+/** A final record found already written: its callback, if still in the outbox, is moved now. */
+function flushCallback(ctx: JobContext, d: JobData, prev: StoredRecord): Promise<void> {
+  const cb = ctx.callbacks;
+  return cb ? queueCallback(ctx, d, () => cb.flush(deliveryId(prev))) : Promise.resolve();
 }
 
 /**
@@ -270,41 +280,71 @@ export function isStalledOut(job: Job<JobData> | undefined, err: Error | undefin
  * its callback is queued (a no-op if it was); a `succeeded` one also leaves the dead-letter list, as the
  * restarted branch of run() would have completed the job.
  */
-export async function finishLostWorker(ctx: JobContext, job: Job<JobData>): Promise<void> {
-  const d = job.data;
+export async function finishLostWorker(ctx: JobContext, job: Job<JobData>): Promise<boolean> {
+  return finishLostJob(ctx, lostJobOf(job), workerLost(job));
+}
+
+/** The Crashed error of a job that stalled out (isStalledOut): `details: {reason: 'worker-lost', stalls}`. */
+export function workerLost(job: Job<JobData>): Crashed {
+  const stalls = job.stalledCounter ?? 0;
+  const times = stalls > 1 ? ` ${stalls} times` : '';
+  return new Crashed(`the invocation's worker was lost${times} (its scheduler node died or stopped answering mid-invocation); not retried further`, { reason: 'worker-lost', stalls });
+}
+
+/**
+ * A job that ended (or vanished) without its final record, as finishLostJob needs it: BullMQ's job (lostJobOf),
+ * or, for a job that is gone, what its record says (./sweeper.ts).
+ */
+export interface LostJob {
+  data: JobData;
+  attempt: Attempt;
+  /** epoch ms its last attempt was picked up, if known */
+  processedOn?: number;
+  /** takes the job out of the dead-letter list (its record turned out `succeeded`); absent when there is no job */
+  remove?: () => Promise<unknown>;
+}
+
+export function lostJobOf(job: Job<JobData>): LostJob {
+  return { data: job.data, attempt: attemptOfJob(job), processedOn: job.processedOn, remove: () => job.remove() };
+}
+
+/**
+ * finishLostWorker's path for any job no attempt could finish (`err`: what the record will say). Returns
+ * whether this call wrote the final record (false: it was final already, or another writer won).
+ */
+export async function finishLostJob(ctx: JobContext, lost: LostJob, err: FnhostError): Promise<boolean> {
+  const d = lost.data;
   const fn = d.fn;
   const recKey = ctx.keys.record(fn.tenant, d.id);
   const prev = await getRecord(ctx.redis, recKey);
   if (prev && isFinal(prev.status)) {
-    if (d.callbackUrl) await queueCallback(ctx, d, fromStored(prev));
-    if (prev.status === 'succeeded') await job.remove().catch(() => {});
-    return;
+    if (d.callbackUrl) await flushCallback(ctx, d, prev);
+    if (prev.status === 'succeeded') await lost.remove?.().catch(() => {});
+    return false;
   }
-  const stalls = job.stalledCounter ?? 0;
-  const times = stalls > 1 ? ` ${stalls} times` : '';
-  const err = new Crashed(`the invocation's worker was lost${times} (its scheduler node died or stopped answering mid-invocation); not retried further`, { reason: 'worker-lost', stalls });
-  const attempt = attemptOfJob(job);
-  const startedAt = prev?.startedAt ?? job.processedOn ?? Date.now();
+  const attempt = lost.attempt;
+  const startedAt = prev?.startedAt ?? lost.processedOn ?? Date.now();
   const rec: InvocationRecord = {
     ...baseRecord(d, prev?.attempts || attempt.attempt), status: 'failed', start: prev?.start, startedAt, finishedAt: Date.now(), error: errJSON(err),
   };
   const ttl = d.mode === 'async' ? ctx.retention.deadLetterS : ctx.retention.recordS;
   const written = await finish(ctx, d, { ...attempt, restarted: true }, recKey, ttl, d.replyTo ? ctx.keys.replyChannel(d.replyTo) : undefined, rec, []);
-  // counted once: the 'stalled' and the 'failed' event may both get here (./scheduler.ts); one write wins
-  if (!written) return;
+  // counted once: the 'stalled' and the 'failed' event (./scheduler.ts) and the sweeper may all get here; one write wins
+  if (!written) return false;
   observe(ctx, fn, prev?.start ?? 'none', err.type, startedAt, NOOP_SPAN);
-  ctx.log.warn({ invocationId: d.id, tenant: fn.tenant, function: fn.name, stalls }, 'invocation failed: its worker was lost too many times');
+  ctx.log.warn({ invocationId: d.id, tenant: fn.tenant, function: fn.name, ...err.details }, `invocation failed: ${err.message}`);
+  return true;
 }
 
 /**
  * `later`: count the invocation in the metrics after the caller has been answered (the local path answers right
- * after this). `attrs`: the span's creation attributes with outcome / error type declared (runLocal): filled in
- * there instead of set on the span.
+ * after this). `values`: the 'local dispatch' span's values (runLocal): outcome / error type are stored there
+ * instead of set on the span.
  */
-function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span, later = false, attrs?: Attributes) {
-  if (attrs) {
-    attrs[Attr.outcome] = outcome;
-    if (outcome !== 'success') attrs[Attr.errorType] = outcome;
+function observe(ctx: JobContext, fn: FunctionVersion, start: 'cold' | 'warm' | 'none', outcome: string, pickedAt: number, span: Span, later = false, values?: SpanValues) {
+  if (values) {
+    values[LD_OUTCOME] = outcome;
+    if (outcome !== 'success') values[LD_ERROR] = outcome;
   } else {
     span.setAttribute(Attr.outcome, outcome);
     if (outcome !== 'success') span.setAttribute(Attr.errorType, outcome);
@@ -333,16 +373,11 @@ export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | 
   }
   const fn = call.fn;
   const t0 = spanTime();
-  // What is known later is declared here (undefined: not exported) and filled in by plain stores before the span
-  // ends (runPlaced, observe): the span keeps this object as is and encodes it at end() — no setAttribute calls
-  // and no second attribute list per call.
-  const attrs: Attributes = {
-    [Attr.tenant]: fn.tenant, [Attr.function]: fn.name, [Attr.version]: fn.version, [Attr.invocationId]: call.id,
-    [Attr.mode]: call.mode, [Attr.memoryMb]: fn.memoryMb, [Attr.runtime]: fn.runtime,
-    [Attr.start]: undefined, [Attr.sandboxId]: undefined, [Attr.outcome]: undefined, [Attr.errorType]: undefined,
-  };
+  // By LOCAL_DISPATCH's positions; what is known later (start kind, sandbox, outcome, error type) is filled in by
+  // plain stores before the span ends (runPlaced, observe): the span keeps this array and records it at end().
+  const values: SpanValues = [fn.tenant, fn.name, fn.version, call.id, call.mode, fn.memoryMb, fn.runtime, undefined, undefined, undefined, undefined];
   // The caller's span object when it is in this process (the gateway's 'http request'): no traceparent to parse.
-  const span = startSpanUnder(SpanName.localDispatch, attrs, call.parentSpan ?? remoteParent(call.traceparent), SpanKind.INTERNAL, t0);
+  const span = startSpanOf(LOCAL_DISPATCH, values, call.parentSpan ?? remoteParent(call.traceparent), t0);
   // The placement is decided and reserved in this tick with the span current, so a cold start's
   // 'specialise' (begun synchronously inside) hangs under 'local dispatch'. runPlaced ends the span.
   const placed = runInSpan(span, place);
@@ -351,14 +386,27 @@ export function runLocal(ctx: JobContext, call: LocalCall, place: () => Lease | 
     discardSpan(span);
     return undefined;
   }
-  return runPlaced(ctx, call, placed, t0, span, attrs);
+  return runPlaced(ctx, call, placed, t0, span, values);
 }
+
+/** The spans of a local call, by position (runLocal's values array follows this key order). */
+const LOCAL_DISPATCH = new SpanSchema(SpanName.localDispatch, SpanKind.INTERNAL, [
+  Attr.tenant, Attr.function, Attr.version, Attr.invocationId, Attr.mode, Attr.memoryMb, Attr.runtime,
+  Attr.start, Attr.sandboxId, Attr.outcome, Attr.errorType,
+]);
+const LD_START = LOCAL_DISPATCH.slot(Attr.start);
+const LD_SANDBOX = LOCAL_DISPATCH.slot(Attr.sandboxId);
+const LD_OUTCOME = LOCAL_DISPATCH.slot(Attr.outcome);
+const LD_ERROR = LOCAL_DISPATCH.slot(Attr.errorType);
+const WARM_PICK = new SpanSchema(SpanName.warmPick, SpanKind.INTERNAL, []);
+const POOL_CLAIM = new SpanSchema(SpanName.poolClaim, SpanKind.INTERNAL, []);
+const RESULT_DELIVERY = new SpanSchema(SpanName.resultDelivery, SpanKind.INTERNAL, []);
 
 /**
  * Runs a placed local call and ends `span` ('local dispatch'). `t0`: when the placement began (span time);
- * `attrs`: the span's creation attributes with the late keys declared (undefined with tracing off).
+ * `values`: the span's values by LOCAL_DISPATCH's positions (undefined with tracing off).
  */
-async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promise<Lease>, t0: number, span: Span, attrs?: Attributes): Promise<LocalOutcome> {
+async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promise<Lease>, t0: number, span: Span, values?: SpanValues): Promise<LocalOutcome> {
   const fn = call.fn;
   const pickedAt = call.createdAt;
   ctx.metrics?.queueWait(fn.tenant, 0);
@@ -368,10 +416,10 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
     lease = placed instanceof Promise ? await placed : placed;
     start = lease.start;
     ctx.logs.begin(call.id);
-    if (attrs) {
-      attrs[Attr.start] = start;
-      recordSpan(start === 'warm' ? SpanName.warmPick : SpanName.poolClaim, t0, lease.placedAt, undefined, span);
-      if (lease.instance.handle) attrs[Attr.sandboxId] = lease.instance.handle.id;
+    if (values) {
+      values[LD_START] = start;
+      recordSpanOf(start === 'warm' ? WARM_PICK : POOL_CLAIM, t0, lease.placedAt, span);
+      if (lease.instance.handle) values[LD_SANDBOX] = lease.instance.handle.id;
     }
     const runStart = Date.now();
     const res = await runOnLease(ctx, lease, span, { id: call.id, payload: call.payload, deadline: runStart + fn.timeoutMs });
@@ -382,7 +430,7 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
       start, startedAt: pickedAt, finishedAt: now, durationMs: res.durationMs ?? now - runStart, response: res.response,
     };
     // the outcome goes on 'local dispatch' before deliverLocal ends it
-    observe(ctx, fn, start, 'success', pickedAt, span, true, attrs);
+    observe(ctx, fn, start, 'success', pickedAt, span, true, values);
     return { record, written: deliverLocal(ctx, record, span) };
   } catch (e) {
     const err = typed(e);
@@ -391,7 +439,7 @@ async function runPlaced(ctx: JobContext, call: LocalCall, placed: Lease | Promi
       id: call.id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: call.mode, status: 'failed', attempts: 1, createdAt: call.createdAt,
       start: start === 'none' ? undefined : start, startedAt: pickedAt, finishedAt: Date.now(), error,
     };
-    observe(ctx, fn, start, err.type, pickedAt, span, true, attrs);
+    observe(ctx, fn, start, err.type, pickedAt, span, true, values);
     return { record, error, written: deliverLocal(ctx, record, span) };
   }
 }
@@ -409,7 +457,7 @@ function deliverLocal(ctx: JobContext, record: InvocationRecord, parent: Span): 
     return writeLocal(ctx, record, ctx.logs.take(record.id));
   } finally {
     const end = spanTime();
-    recordSpan(SpanName.resultDelivery, t, end, undefined, parent);
+    recordSpanOf(RESULT_DELIVERY, t, end, parent);
     parent.end(end);
   }
 }

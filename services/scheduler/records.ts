@@ -12,6 +12,7 @@ import type { Redis, ChainableCommander } from 'ioredis';
 import type { InvocationRecord } from './types.ts';
 import type { InvocationStatus } from '../common/model.ts';
 import { decodeResponse, encodeResponse, type WireResponse } from './job.ts';
+import { openEntryOf } from './keys.ts';
 
 /** The record as stored: the response's body is base64. */
 export type StoredRecord = Omit<InvocationRecord, 'response'> & { response?: WireResponse };
@@ -57,14 +58,46 @@ end
 return n
 `;
 
+/**
+ * SET_RECORD_LUA for a final record with a completion callback (./callbacks.ts): the same check and writes, plus
+ * the callback put into the outbox in the same atomic step, so "final record written" implies "callback queued
+ * eventually" — whatever fails after this script, the outbox entry is there for the next sweep.
+ * KEYS[1] record hash, KEYS[2] outbox HASH; ARGV[1..5] as SET_RECORD_LUA, ARGV[6] outbox field (delivery id),
+ * ARGV[7] outbox entry. The outbox's TTL is raised to the record's (never lowered): an entry never outlives
+ * the longest-kept record it was written with.
+ */
+const SET_RECORD_OUTBOX_LUA = `
+local s = redis.call('HGET', KEYS[1], 's')
+if s == 'succeeded' or s == 'failed' then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'r', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
+if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\\n' .. ARGV[2]) end
+return 1
+`;
+
 type WithSetRecord = Redis & {
   fnhostSetRecord(key: string, status: string, json: string, ttl: number, channel: string, id: string, force: string): Promise<number>;
+  fnhostSetRecordOutbox(key: string, outbox: string, status: string, json: string, ttl: number, channel: string, id: string, field: string, entry: string): Promise<number>;
 };
+
+/** A completion callback written with a final record (./callbacks.ts `Callbacks.outboxEntry`). */
+export interface OutboxWrite {
+  /** the outbox HASH */
+  key: string;
+  /** the delivery id (the callback job's id) */
+  field: string;
+  /** the entry (JSON) */
+  entry: string;
+}
 
 /** Defines the scripts on a connection; call before its first command (ioredis' auto-pipelining copies the command table). */
 export function defineRecordScript(redis: Redis): void {
   if (typeof (redis as WithSetRecord).fnhostSetRecord !== 'function') redis.defineCommand('fnhostSetRecord', { numberOfKeys: 1, lua: SET_RECORD_LUA });
   if (typeof (redis as Partial<{ fnhostPutRecords: unknown }>).fnhostPutRecords !== 'function') redis.defineCommand('fnhostPutRecords', { lua: PUT_RECORDS_LUA });
+  if (typeof (redis as Partial<{ fnhostSetRecordOutbox: unknown }>).fnhostSetRecordOutbox !== 'function') redis.defineCommand('fnhostSetRecordOutbox', { numberOfKeys: 2, lua: SET_RECORD_OUTBOX_LUA });
 }
 
 function withScript(redis: Redis): WithSetRecord {
@@ -88,22 +121,50 @@ export function isFinal(s: InvocationStatus): boolean {
   return s === 'succeeded' || s === 'failed';
 }
 
-/** Writes (or overwrites with `force`) a record unless it is already final; publishes it on `replyChannel`. */
+/**
+ * Writes (or overwrites with `force`) a record unless it is already final; publishes it on `replyChannel`.
+ * `outbox`: a final record's completion callback, put into the outbox in the same step (not with `force`).
+ */
 export async function setRecord(
   redis: Redis,
   key: string,
   rec: StoredRecord,
   ttlS: number,
-  opts: { replyChannel?: string; force?: boolean } = {},
+  opts: { replyChannel?: string; force?: boolean; outbox?: OutboxWrite } = {},
 ): Promise<boolean> {
+  const o = opts.outbox;
+  if (o && !opts.force) {
+    return (await withScript(redis).fnhostSetRecordOutbox(key, o.key, rec.status, JSON.stringify(rec), ttlS, opts.replyChannel ?? '', rec.id, o.field, o.entry)) === 1;
+  }
+  // a redriven async invocation (forced back to queued) is open again: indexed before its record changes
+  if (opts.force && rec.mode === 'async' && !isFinal(rec.status)) {
+    const m = redis.multi();
+    addOpen(m, key, Date.now(), ttlS);
+    await m.exec();
+  }
   const n = await withScript(redis).fnhostSetRecord(key, rec.status, JSON.stringify(rec), ttlS, opts.replyChannel ?? '', rec.id, opts.force ? 'force' : '');
   return n === 1;
 }
 
-/** The queued record, added to a pipeline/multi (the client writes it together with the payload). */
+/**
+ * The queued record, added to a pipeline/multi (the client writes it together with the payload). An async
+ * record also enters the open-invocations index (`P:invopen`, ./keys.ts) in the same MULTI, so no record
+ * exists that the sweeper (./sweeper.ts) cannot find: if every node that hears of its job's end dies before
+ * writing the outcome, the sweeper writes it. Two commands more in the same round trip; the final writes do
+ * not touch the index (the sweeper drops final entries), so the hot paths pay nothing.
+ */
 export function queueRecord(m: ChainableCommander, key: string, rec: StoredRecord, ttlS: number): void {
   m.hset(key, 's', rec.status, 'r', JSON.stringify(rec));
   m.expire(key, ttlS);
+  if (rec.mode === 'async') addOpen(m, key, rec.createdAt, ttlS);
+}
+
+/** ZADD the record's index entry, and keep the index alive as long as the record (it expires when nobody enqueues). */
+function addOpen(m: ChainableCommander | Redis, key: string, at: number, ttlS: number): void {
+  const e = openEntryOf(key);
+  if (!e) return;
+  void m.zadd(e.index, at, e.member);
+  void m.expire(e.index, ttlS);
 }
 
 export async function getRecord(redis: Redis, key: string): Promise<StoredRecord | null> {

@@ -42,6 +42,7 @@ import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retent
 import type { FastJob, JobData } from './job.ts';
 import { FnCache } from './fn-refs.ts';
 import { Callbacks, callbackOptions, type CallbackOptions } from './callbacks.ts';
+import { Sweeper, type SweeperOptions } from './sweeper.ts';
 
 /**
  * Warm advertisements wait for a moment without invocations (see pendingAds in createScheduler): checked every
@@ -90,6 +91,8 @@ export interface SchedulerOptions {
   logger?: Logger;
   /** completion callbacks of async invocations (./callbacks.ts); default: from the FNHOST_CALLBACK_* environment */
   callbacks?: Partial<CallbackOptions>;
+  /** finishes async invocations whose outcome was lost with the nodes that should have written it (./sweeper.ts); false: off */
+  sweeper?: Partial<SweeperOptions> | false;
 }
 
 export interface Scheduler {
@@ -190,6 +193,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
   const records = new RecordBatch(redis, keys, retention.recordS, logRetention);
   const callbacks = new Callbacks({ redis: bullRedis, prefix: keys.prefix, options: { ...callbackOptions(), ...opts.callbacks }, metrics, log });
   const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log, records, callbacks };
+  const sweeper = opts.sweeper === false ? undefined : new Sweeper(ctx, bullRedis, opts.sweeper);
 
   /** true while this node is the only live node on this Redis (refreshed with the tenant scan, every 2 s) */
   let soleNode = false;
@@ -407,6 +411,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await fast.start();
       workerFor(keys.nodeQueue(nodeId), opts.nodeConcurrency ?? 64);
       callbacks.start();
+      sweeper?.start();
       started = true;
       unregisterLocal = registerLocalDispatcher(localKey(redis, keys.prefix), dispatcher);
       timers = [
@@ -472,6 +477,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       }
       workers.clear();
       await Promise.all([...lostJobs]);
+      await sweeper?.close();
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: workers stopped');
       await instances.close(0);
       log.debug({ nodeId, ms: Date.now() - closeStart }, 'close: instances destroyed');

@@ -66,6 +66,14 @@ describe('GET /v1/callbacks/secret', () => {
     expect((await h.req('GET', '/v1/callbacks/secret')).status).toBe(401);
     expect((await h.req('GET', '/v1/callbacks/secret', { key: h.adminKey })).status).toBe(403);
   });
+
+  it('the failed-callback routes are 503 Unavailable on a gateway without them (and tenant-only)', async () => {
+    const r = await h.req('GET', '/v1/callbacks/failed', { key });
+    expect(r.status).toBe(503);
+    expect(((await r.json()) as { error: { type: string } }).error.type).toBe('Unavailable');
+    expect((await h.req('POST', '/v1/callbacks/failed/redrive', { key })).status).toBe(503);
+    expect((await h.req('GET', '/v1/callbacks/failed', { key: h.adminKey })).status).toBe(403);
+  });
 });
 
 describe('callback pure parts', () => {
@@ -90,7 +98,9 @@ describe('callback pure parts', () => {
   });
 
   it('options come from the environment, bad values refused; an oversized result is left out of the body', () => {
-    expect(callbackOptions({})).toMatchObject({ timeoutMs: 10_000, attempts: 10, backoffMs: 1000, concurrency: 16 });
+    expect(callbackOptions({})).toMatchObject({ timeoutMs: 10_000, attempts: 10, backoffMs: 1000, concurrency: 16, sweepMs: 5000 });
+    expect(callbackOptions({ FNHOST_CALLBACK_SWEEP_MS: '250' }).sweepMs).toBe(250);
+    expect(() => callbackOptions({ FNHOST_CALLBACK_SWEEP_MS: '0' })).toThrow(/FNHOST_CALLBACK_SWEEP_MS/);
     expect(callbackOptions({ FNHOST_CALLBACK_TIMEOUT_MS: '2500', FNHOST_CALLBACK_ATTEMPTS: '3', FNHOST_CALLBACK_SECRET: 's' })).toMatchObject({ timeoutMs: 2500, attempts: 3, secret: 's' });
     expect(() => callbackOptions({ FNHOST_CALLBACK_ATTEMPTS: '0' })).toThrow(/FNHOST_CALLBACK_ATTEMPTS/);
     expect(() => callbackOptions({ FNHOST_CALLBACK_TIMEOUT_MS: '1e4' })).toThrow(/FNHOST_CALLBACK_TIMEOUT_MS/);

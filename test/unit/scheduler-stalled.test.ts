@@ -19,7 +19,8 @@ import { until } from '../helpers/until.ts';
 import { bullConnection, createInvocationClient } from '../../services/scheduler/client.ts';
 import { createScheduler } from '../../services/scheduler/scheduler.ts';
 import { createKeys } from '../../services/scheduler/keys.ts';
-import { setRecord } from '../../services/scheduler/records.ts';
+import { fromStored, setRecord } from '../../services/scheduler/records.ts';
+import { Callbacks, callbackOptions } from '../../services/scheduler/callbacks.ts';
 import { CallbackSigner } from '../../services/scheduler/callback-signer.ts';
 import { STALLED_OUT_REASON } from '../../services/scheduler/process-job.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
@@ -53,7 +54,7 @@ async function receiver(): Promise<{ url: string; hits: Array<{ headers: Incomin
  * run by a bare worker every 50 ms. Returns once BullMQ has marked the job to fail at its next fetch.
  * `beforeStart` runs before the scheduler does (to plant a final record, as an attempt that died after writing it).
  */
-async function stalledOut(stalls: number, beforeStart?: (ctx: { prefix: string; fn: FunctionVersion; id: string }) => Promise<void>, o: { schedulerChecks?: boolean } = {}) {
+async function stalledOut(stalls: number, beforeStart?: (ctx: { prefix: string; fn: FunctionVersion; id: string; url: string }) => Promise<void>, o: { schedulerChecks?: boolean } = {}) {
   const prefix = `stall-${randomUUID().slice(0, 8)}`;
   const keys = createKeys(prefix);
   const tenant = `ten-${randomUUID().slice(0, 6)}`;
@@ -104,7 +105,7 @@ async function stalledOut(stalls: number, beforeStart?: (ctx: { prefix: string; 
   } finally {
     await checker.close();
   }
-  await beforeStart?.({ prefix, fn, id });
+  await beforeStart?.({ prefix, fn, id, url: r.url });
   await sched.start();
   return { client, metrics, fn, id, hits: r.hits };
 }
@@ -138,10 +139,17 @@ describe('a job whose worker was lost too many times', () => {
   }, 10_000);
 
   it('leaves a record that is already final as it is: its callback goes out, a success leaves the dead-letter list', async () => {
-    const { client, fn, id, hits } = await stalledOut(1, async ({ prefix, fn, id }) => {
-      // the attempt wrote its result, then its node died before telling BullMQ
+    const { client, fn, id, hits } = await stalledOut(1, async ({ prefix, fn, id, url }) => {
+      // the attempt wrote its result (and, in the same script, its callback into the outbox), then its node died
+      // before telling BullMQ or moving the callback to the delivery queue
       const rec = { id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: 'async' as const, status: 'succeeded' as const, attempts: 1, createdAt: Date.now(), finishedAt: Date.now(), response: { status: 200, headers: {}, body: 'eyJvayI6MX0=' } };
-      expect(await setRecord(redis, createKeys(prefix).record(fn.tenant, id), rec, 600, { force: true })).toBe(true);
+      const cb = new Callbacks({ redis, prefix, options: callbackOptions({}), log: silent });
+      try {
+        const outbox = cb.outboxEntry(url, fromStored(rec));
+        expect(await setRecord(redis, createKeys(prefix).record(fn.tenant, id), rec, 600, { outbox })).toBe(true);
+      } finally {
+        await cb.close();
+      }
     });
     await until(() => hits.length, (n) => n >= 1, 3000);
     expect(JSON.parse(hits[0]!.body)).toMatchObject({ id, status: 'succeeded' });
