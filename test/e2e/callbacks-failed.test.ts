@@ -6,29 +6,15 @@
  */
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tarGz } from '../../services/cli/pack.ts';
-import { main } from '../../services/cli/main.ts';
+import { runCli } from '../helpers/cli.ts';
 import { deployForm, e2eSkipReason, startTestHost, until, type TestHost } from './host-harness.ts';
 
 const skip = e2eSkipReason();
 if (skip) console.warn(`failed-callbacks e2e skipped: ${skip}`);
 
 const CODE = tarGz({ 'fns.js': 'exports.echo = async (e) => e;\n' });
-
-/** the CLI in-process, stdout/stderr captured */
-async function cli(url: string, key: string, args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
-  try {
-    return { code: await main([...args, '--url', url, '--key', key]), out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
 
 describe.skipIf(!!skip)('failed completion callbacks end to end', () => {
   let t: TestHost;
@@ -65,32 +51,32 @@ describe.skipIf(!!skip)('failed completion callbacks end to end', () => {
     expect(r.status).toBe(202);
     const { invocationId } = (await r.json()) as { invocationId: string };
     const listed = await until(async () => {
-      const l = await cli(t.url, key, ['callbacks', 'failed', '--json']);
+      const l = await runCli(t.url, key, ['callbacks', 'failed', '--json']);
       const page = JSON.parse(l.out) as { failed: { deliveryId: string; invocationId: string; attempts: number; lastHttpStatus: number }[] };
       return page.failed.find((f) => f.invocationId === invocationId);
     }, 30_000, 'the failed callback');
     expect(listed).toMatchObject({ attempts: 2, lastHttpStatus: 500 });
     await until(async () => hits.length === 2, 5000, 'two POSTs');
-    expect(JSON.parse((await cli(t.url, otherKey, ['callbacks', 'failed', '--json'])).out)).toEqual({ failed: [] });
-    expect((await cli(t.url, otherKey, ['callbacks', 'redrive', listed.deliveryId])).code).toBe(4);
+    expect(JSON.parse((await runCli(t.url, otherKey, ['callbacks', 'failed', '--json'])).out)).toEqual({ failed: [] });
+    expect((await runCli(t.url, otherKey, ['callbacks', 'redrive', listed.deliveryId])).code).toBe(4);
 
     // a second one, deleted
     const r2 = await t.req('POST', '/v1/functions/echo/invoke?mode=async', { key, body: '{}', headers: { 'x-callback-url': hook } });
     const second = ((await r2.json()) as { invocationId: string }).invocationId;
     const listed2 = await until(async () => {
-      const page = JSON.parse((await cli(t.url, key, ['callbacks', 'failed', '--json'])).out) as { failed: { deliveryId: string; invocationId: string }[] };
+      const page = JSON.parse((await runCli(t.url, key, ['callbacks', 'failed', '--json'])).out) as { failed: { deliveryId: string; invocationId: string }[] };
       return page.failed.find((f) => f.invocationId === second);
     }, 30_000, 'the second failed callback');
-    expect(await cli(t.url, key, ['callbacks', 'rm', listed2.deliveryId])).toMatchObject({ code: 0 });
-    expect((await cli(t.url, key, ['callbacks', 'rm', listed2.deliveryId])).code).toBe(4);
-    const after = JSON.parse((await cli(t.url, key, ['callbacks', 'failed', '--json'])).out) as { failed: { deliveryId: string }[] };
+    expect(await runCli(t.url, key, ['callbacks', 'rm', listed2.deliveryId])).toMatchObject({ code: 0 });
+    expect((await runCli(t.url, key, ['callbacks', 'rm', listed2.deliveryId])).code).toBe(4);
+    const after = JSON.parse((await runCli(t.url, key, ['callbacks', 'failed', '--json'])).out) as { failed: { deliveryId: string }[] };
     expect(after.failed.map((f) => f.deliveryId)).toEqual([listed.deliveryId]);
     expect(hits).toHaveLength(4);
 
     up = true;
-    expect(await cli(t.url, key, ['callbacks', 'redrive', listed.deliveryId])).toMatchObject({ code: 0, out: `${listed.deliveryId}\n` });
+    expect(await runCli(t.url, key, ['callbacks', 'redrive', listed.deliveryId])).toMatchObject({ code: 0, out: `${listed.deliveryId}\n` });
     await until(async () => hits.find((h) => h.status === 200), 10_000, 'the redriven callback');
     expect(hits.find((h) => h.status === 200)!.headers['x-fnhost-delivery-id']).toBe(listed.deliveryId);
-    expect(JSON.parse((await cli(t.url, key, ['callbacks', 'failed', '--json'])).out)).toEqual({ failed: [] });
+    expect(JSON.parse((await runCli(t.url, key, ['callbacks', 'failed', '--json'])).out)).toEqual({ failed: [] });
   }, 60_000);
 });

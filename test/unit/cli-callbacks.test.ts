@@ -4,55 +4,28 @@
  * test/unit/gateway-callbacks-failed.test.ts): the request each subcommand sends, what it prints (never the
  * receiver's path or query, which may carry a token), usage errors sending nothing, a 404 exiting 4.
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { main } from '../../services/cli/main.ts';
+import { describe, expect, it } from 'vitest';
+import { runCli, useApiStub } from '../helpers/cli.ts';
 
 const seen: Array<{ method: string; url: string; auth?: string }> = [];
-let server: Server;
-let base: string;
 const FAILED = {
   deliveryId: 'a1b2.1700000000000', invocationId: 'a1b2', function: 'resize', url: 'https://hooks.example.com/x?token=SECRET',
   status: 'succeeded', attempts: 10, lastError: 'receiver answered 500', lastHttpStatus: 500, failedAt: 1_700_000_000_000,
 };
 
-beforeAll(async () => {
-  server = createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization });
-      const path = req.url!.split('?')[0]!;
-      const json = (status: number, body: unknown) => (res.writeHead(status, { 'content-type': 'application/json' }), res.end(JSON.stringify(body)));
-      if (path.includes('/missing')) return json(404, { error: { type: 'NotFound', message: 'no such failed callback' } });
-      if (req.method === 'GET' && path === '/v1/callbacks/failed') return json(200, { failed: [FAILED], cursor: '1' });
-      if (req.method === 'POST' && path === '/v1/callbacks/failed/redrive') return json(202, { redriven: 3 });
-      if (req.method === 'POST') return json(202, { deliveryId: decodeURIComponent(path.split('/')[4]!) });
-      if (req.method === 'DELETE') return (res.writeHead(204), res.end());
-      if (path === '/v1/callbacks/secret') return json(200, { secret: 'abc123' });
-      json(500, { error: { type: 'Internal', message: 'unexpected' } });
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+const api = useApiStub((req, res) => {
+  seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization });
+  const path = req.url!.split('?')[0]!;
+  const json = (status: number, body: unknown) => (res.writeHead(status, { 'content-type': 'application/json' }), res.end(JSON.stringify(body)));
+  if (path.includes('/missing')) return json(404, { error: { type: 'NotFound', message: 'no such failed callback' } });
+  if (req.method === 'GET' && path === '/v1/callbacks/failed') return json(200, { failed: [FAILED], cursor: '1' });
+  if (req.method === 'POST' && path === '/v1/callbacks/failed/redrive') return json(202, { redriven: 3 });
+  if (req.method === 'POST') return json(202, { deliveryId: decodeURIComponent(path.split('/')[4]!) });
+  if (req.method === 'DELETE') return (res.writeHead(204), res.end());
+  if (path === '/v1/callbacks/secret') return json(200, { secret: 'abc123' });
+  json(500, { error: { type: 'Internal', message: 'unexpected' } });
 });
-afterAll(async () => {
-  await new Promise<void>((r) => server.close(() => r()));
-});
-
-async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
-  try {
-    const code = await main([...args, '--url', base, '--key', 'k-test']);
-    return { code, out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+const run = (args: string[]) => runCli(api.url(), 'k-test', args);
 
 describe('fnhost callbacks', () => {
   it('failed lists (with --limit/--cursor), showing the destination origin only and the next-page hint', async () => {

@@ -4,10 +4,9 @@
  * test/unit/gateway-callbacks.test.ts): --async --callback-url sends X-Callback-Url next to ?mode=async, and
  * --callback-url without --async is a usage error that sends nothing.
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { main } from '../../services/cli/main.ts';
+import { describe, expect, it } from 'vitest';
+import type { IncomingHttpHeaders } from 'node:http';
+import { runCli, useApiStub } from '../helpers/cli.ts';
 
 interface Seen {
   method: string;
@@ -15,38 +14,12 @@ interface Seen {
   headers: IncomingHttpHeaders;
 }
 const seen: Seen[] = [];
-let server: Server;
-let base: string;
-beforeAll(async () => {
-  server = createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      seen.push({ method: req.method!, url: req.url!, headers: req.headers });
-      res.writeHead(202, { 'content-type': 'application/json', 'x-fnhost-invocation-id': 'inv-1' });
-      res.end(JSON.stringify({ invocationId: 'inv-1' }));
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+const api = useApiStub((req, res) => {
+  seen.push({ method: req.method!, url: req.url!, headers: req.headers });
+  res.writeHead(202, { 'content-type': 'application/json', 'x-fnhost-invocation-id': 'inv-1' });
+  res.end(JSON.stringify({ invocationId: 'inv-1' }));
 });
-afterAll(async () => {
-  await new Promise<void>((r) => server.close(() => r()));
-});
-
-/** main() with stdout/stderr captured. */
-async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
-  try {
-    const code = await main([...args, '--url', base, '--key', 'k-test']);
-    return { code, out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+const run = (args: string[]) => runCli(api.url(), 'k-test', args);
 
 describe('fnhost invoke --callback-url', () => {
   it('--async --callback-url sends X-Callback-Url with the async invocation and prints its id', async () => {

@@ -10,8 +10,6 @@
  * loopback; sandboxes faked (FakeExecutor).
  */
 import { describe, expect, it } from 'vitest';
-import { createServer, type IncomingHttpHeaders } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -27,25 +25,12 @@ import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { InvocationRecord } from '../../services/scheduler/types.ts';
 import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
+import { hookReceiver } from '../helpers/hook-receiver.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
 const cleanups = useCleanups();
 
-async function receiver(): Promise<{ url: string; hits: Array<{ headers: IncomingHttpHeaders; body: string }> }> {
-  const hits: Array<{ headers: IncomingHttpHeaders; body: string }> = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      hits.push({ headers: req.headers, body: Buffer.concat(chunks).toString('utf8') });
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, hits };
-}
 
 /** A prefix whose keys are checked for leftovers and removed after the test; its callbacks queue. */
 function prefixed() {
@@ -106,7 +91,7 @@ describe('completion callbacks: the outbox', () => {
   it('a callback whose queueing fails when the record is written still goes out once Redis takes it (the sweep)', async () => {
     const { prefix, outbox, pending } = prefixed();
     const user = await restrictedUser(prefix);
-    const r = await receiver();
+    const r = await hookReceiver(cleanups);
     const sched = scheduler(user.url, prefix, 'n1', { sweepMs: 100 });
     await sched.start();
     const client = createInvocationClient({ redisUrl: redisUrl(), prefix });
@@ -133,7 +118,7 @@ describe('completion callbacks: the outbox', () => {
   it("a callback left in the outbox by a scheduler that stopped goes out at the next scheduler's start", async () => {
     const { prefix, outbox, pending } = prefixed();
     const user = await restrictedUser(prefix);
-    const r = await receiver();
+    const r = await hookReceiver(cleanups);
     // sweeps a minute apart: only the start-up sweep can move the entry within the test's deadline
     const first = scheduler(user.url, prefix, 'n1', { sweepMs: 60_000 });
     await first.start();
@@ -160,7 +145,7 @@ describe('completion callbacks: the outbox', () => {
 
   it('moving is idempotent: the owner and sweeps racing on one entry queue one callback, POSTed once', async () => {
     const { prefix, q, outbox, pending } = prefixed();
-    const r = await receiver();
+    const r = await hookReceiver(cleanups);
     // a worker's connection, as the scheduler's (BullMQ blocks on it)
     const conn = new Redis(redisUrl(), { maxRetriesPerRequest: null });
     cleanups.push(async () => void (await conn.quit()));

@@ -4,32 +4,21 @@
  * attributes and the receiver's host name only (never its path or query, which may carry a token). Real Redis,
  * BullMQ and loopback HTTP; the real tracing SDK with an in-memory exporter; sandboxes faked.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { redisUrl } from '../helpers/redis.ts';
 import { until } from '../helpers/until.ts';
-import { initTracing, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import { parentOf, useTracing } from '../helpers/tracing.ts';
 import { Attr, SpanName, injectTraceparent, withSpan } from '../../services/common/telemetry.ts';
 import { createInvocationClient } from '../../services/scheduler/client.ts';
 import { createScheduler } from '../../services/scheduler/scheduler.ts';
 import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 
-const exporter = new InMemorySpanExporter();
-let tracing: TracingHandle;
-beforeAll(async () => {
-  tracing = await initTracing({ exporter, scheduledDelayMillis: 10 });
-});
-afterAll(async () => {
-  await tracing.shutdown();
-});
-
-const parentOf = (s: ReadableSpan) => (s as unknown as { parentSpanContext?: { spanId: string } }).parentSpanContext?.spanId
-  ?? (s as unknown as { parentSpanId?: string }).parentSpanId;
+const { exporter, flush } = useTracing();
 
 describe('callback delivery spans', () => {
   it("one per POST, under the invocation's enqueue span, with outcome, status and attempt", async () => {
@@ -60,7 +49,7 @@ describe('callback delivery spans', () => {
         return client.enqueue({ fn, payload: { kind: 'event', body: Buffer.from('{}') }, mode: 'async', callbackUrl: url, traceparent: injectTraceparent() });
       });
       const spansOf = async () => {
-        await tracing.forceFlush();
+        await flush();
         return exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
       };
       await until(async () => (await spansOf()).filter((s) => s.name === SpanName.callbackDelivery).length, (k) => k === 2, 10_000);

@@ -6,7 +6,7 @@
  * Sandboxes are faked (FakeExecutor); everything Redis and HTTP is real.
  */
 import { describe, expect, it } from 'vitest';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
@@ -25,33 +25,12 @@ import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
+import { hookReceiver } from '../helpers/hook-receiver.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
 const cleanups = useCleanups();
 
-interface Hit {
-  headers: IncomingHttpHeaders;
-  body: string;
-  at: number;
-}
-
-/** A loopback HTTP receiver answering each POST with the next status of `statuses` (the last one repeats). */
-async function receiver(statuses: number[] = [200]): Promise<{ url: string; hits: Hit[] }> {
-  const hits: Hit[] = [];
-  const server: Server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      hits.push({ headers: req.headers, body: Buffer.concat(chunks).toString('utf8'), at: Date.now() });
-      res.statusCode = statuses[Math.min(hits.length - 1, statuses.length - 1)]!;
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook?token=abc`, hits };
-}
 
 interface Env {
   prefix: string;
@@ -103,7 +82,7 @@ async function metricValue(m: FnhostMetrics, outcome: string): Promise<number> {
 describe('completion callbacks', () => {
   it('a success calls back once: the GET record as body, X-Fnhost-* headers, a signature that verifies with the tenant key', async () => {
     const e = await env();
-    const r = await receiver();
+    const r = await hookReceiver(cleanups, { path: '/hook?token=abc' });
     const fn = e.fn({ retries: 3 });
     const { invocationId } = await e.client.enqueue({ fn, payload: ev({ hello: 1 }), mode: 'async', callbackUrl: r.url });
     await until(() => r.hits.length, (n) => n >= 1, 10_000);
@@ -128,7 +107,7 @@ describe('completion callbacks', () => {
 
   it('failing every attempt calls back once, after the last, with the dead-letter outcome; a redrive that succeeds calls back again', async () => {
     const e = await env();
-    const r = await receiver();
+    const r = await hookReceiver(cleanups, { path: '/hook?token=abc' });
     const fn = e.fn({ retries: 3 });
     const key = randomUUID();
     const { invocationId } = await e.client.enqueue({ fn, payload: ev({ failTimes: 3, key }), mode: 'async', callbackUrl: r.url });
@@ -150,7 +129,7 @@ describe('completion callbacks', () => {
 
   it('a receiver answering 500 gets the same callback again, then 200 ends it', async () => {
     const e = await env();
-    const r = await receiver([500, 200]);
+    const r = await hookReceiver(cleanups, { statuses: [500, 200], path: '/hook?token=abc' });
     const fn = e.fn();
     const { invocationId } = await e.client.enqueue({ fn, payload: ev({}), mode: 'async', callbackUrl: r.url });
     await until(() => r.hits.length, (n) => n >= 2, 10_000);
@@ -217,7 +196,7 @@ describe('completion callbacks', () => {
 
   it('the allow-list refuses a destination that resolves outside it, at delivery, without retrying', async () => {
     const e = await env({ allow: parseCallbackAllow('10.0.0.0/8') });
-    const r = await receiver();
+    const r = await hookReceiver(cleanups, { path: '/hook?token=abc' });
     const fn = e.fn();
     // a name passes at enqueue (only its address can be judged), 'localhost' resolves to loopback: refused
     const url = r.url.replace('127.0.0.1', 'localhost');

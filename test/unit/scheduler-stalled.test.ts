@@ -9,8 +9,6 @@
  * Redis, real BullMQ, a real HTTP receiver on loopback; sandboxes faked (FakeExecutor).
  */
 import { describe, expect, it } from 'vitest';
-import { createServer, type IncomingHttpHeaders } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { Worker } from 'bullmq';
@@ -28,25 +26,12 @@ import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
+import { hookReceiver } from '../helpers/hook-receiver.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
 const cleanups = useCleanups();
 
-async function receiver(): Promise<{ url: string; hits: Array<{ headers: IncomingHttpHeaders; body: string }> }> {
-  const hits: Array<{ headers: IncomingHttpHeaders; body: string }> = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      hits.push({ headers: req.headers, body: Buffer.concat(chunks).toString('utf8') });
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, hits };
-}
 
 /**
  * An async invocation with a callback whose job has stalled out: fetched `stalls` times by workers that never
@@ -59,7 +44,7 @@ async function stalledOut(stalls: number, beforeStart?: (ctx: { prefix: string; 
   const keys = createKeys(prefix);
   const tenant = `ten-${randomUUID().slice(0, 6)}`;
   const fn = fnv({ tenant, retries: 3 });
-  const r = await receiver();
+  const r = await hookReceiver(cleanups);
   const client = createInvocationClient({ redisUrl: redisUrl(), prefix });
   const conn = new Redis(redisUrl(), { maxRetriesPerRequest: null });
   const metrics = createMetrics({ defaultMetrics: false });

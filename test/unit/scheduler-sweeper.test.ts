@@ -7,8 +7,6 @@
  * without a TTL. Real Redis, real BullMQ, a real HTTP receiver on loopback; sandboxes faked (FakeExecutor).
  */
 import { describe, expect, it } from 'vitest';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { Worker } from 'bullmq';
@@ -27,27 +25,13 @@ import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
 import { useRedis, useCleanups, keysWithoutTtl } from '../helpers/hooks.ts';
+import { hookReceiver } from '../helpers/hook-receiver.ts';
 
 const silent = createLogger('test', 'silent');
 const redis = useRedis();
 const cleanups = useCleanups();
 /** sweeps every 50 ms and looks at entries older than 100 ms (defaults: 30 s and 2 min) */
 const FAST_SWEEP = { intervalMs: 50, graceMs: 100 };
-
-async function receiver(): Promise<{ url: string; hits: string[] }> {
-  const hits: string[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      hits.push(Buffer.concat(chunks).toString('utf8'));
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, hits };
-}
 
 /** A prefix, tenant and function of this test, a client, and a way to start schedulers; everything checked and removed after. */
 async function setup() {
@@ -116,7 +100,7 @@ function invocationsTotal(text: string, fnName: string): string | undefined {
 describe('the sweeper', () => {
   it('finishes a stalled-out job whose failing node died before writing: Crashed (worker-lost), dead letter, callback, counted once', async () => {
     const { keys, fn, client, conn, scheduler } = await setup();
-    const r = await receiver();
+    const r = await hookReceiver(cleanups);
     const { invocationId: id } = await client.enqueue({ fn, payload: { kind: 'event', body: Buffer.from('{}') }, mode: 'async', callbackUrl: r.url });
     // the index entry is written with the queued record
     const entry = openEntryOf(keys.record(fn.tenant, id))!;
@@ -134,7 +118,7 @@ describe('the sweeper', () => {
     expect(rec!.finishedAt).toBeGreaterThan(0);
     expect((await client.listDeadLetters(fn.tenant)).map((x) => x.id)).toEqual([id]);
     await until(() => r.hits.length, (n) => n >= 1, 5000);
-    expect(JSON.parse(r.hits[0]!)).toMatchObject({ id, status: 'failed', error: { type: 'Crashed', reason: 'worker-lost' } });
+    expect(JSON.parse(r.hits[0]!.body)).toMatchObject({ id, status: 'failed', error: { type: 'Crashed', reason: 'worker-lost' } });
     await until(() => redis.exists(entry.index), (n) => n === 0, 5000);
     // counted once across both nodes, whichever ran the sweep
     const lines = [invocationsTotal(await m1.text(), fn.name), invocationsTotal(await m2.text(), fn.name)].filter(Boolean);

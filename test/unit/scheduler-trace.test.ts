@@ -4,12 +4,11 @@
  * tracing SDK with an in-memory exporter; the executor is faked (its 'specialise'/'run' spans belong to
  * runtime/host and are checked there).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { redisUrl } from '../helpers/redis.ts';
-import { initTracing, type TracingHandle } from '../../services/common/tracing-setup.ts';
+import { parentOf, useTracing } from '../helpers/tracing.ts';
 import { Attr, injectTraceparent, startSpan, withSpan } from '../../services/common/telemetry.ts';
 import { createInvocationClient } from '../../services/scheduler/client.ts';
 import { createScheduler } from '../../services/scheduler/scheduler.ts';
@@ -18,17 +17,7 @@ import { createMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
 
-const exporter = new InMemorySpanExporter();
-let tracing: TracingHandle;
-beforeAll(async () => {
-  tracing = await initTracing({ exporter, scheduledDelayMillis: 10 });
-});
-afterAll(async () => {
-  await tracing.shutdown();
-});
-
-const parentOf = (s: ReadableSpan) => (s as unknown as { parentSpanContext?: { spanId: string } }).parentSpanContext?.spanId
-  ?? (s as unknown as { parentSpanId?: string }).parentSpanId;
+const { exporter, flush } = useTracing();
 
 describe('tracing across the queue', () => {
   it('links caller → enqueue → queue wait / scheduler pickup → pool claim | warm pick → result delivery', async () => {
@@ -48,7 +37,7 @@ describe('tracing across the queue', () => {
           await client.invoke({ fn, payload: { kind: 'event', body: Buffer.from('{}') }, mode: 'sync', traceparent: injectTraceparent() });
         });
       }
-      await tracing.forceFlush();
+      await flush();
       for (const [i, traceId] of traces.entries()) {
         const spans = exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
         const by = (name: string) => {
@@ -90,7 +79,7 @@ describe('tracing across the queue', () => {
     });
     span.end();
     expect(got).toBeUndefined();
-    await tracing.forceFlush();
+    await flush();
     const spans = exporter.getFinishedSpans();
     expect(placedUnder, 'the placement ran inside a local dispatch span').toBeDefined();
     expect(placedUnder).not.toBe(caller);
@@ -120,7 +109,7 @@ describe('tracing across the queue', () => {
           await client.invoke({ ...req, parentSpan: span });
         });
       }
-      await tracing.forceFlush();
+      await flush();
       const spans = exporter.getFinishedSpans();
       const named = (name: string, parent: string) => spans.filter((s) => s.name === name && parentOf(s) === parent);
       const [enqueue] = named('enqueue', ids[0]!);
