@@ -113,14 +113,20 @@ export function newTraceIdWords(): TraceIdWords {
 }
 
 export const newTraceId = (): string => newTraceIdWords().hex;
-export function newSpanId(): string {
-  let hi: number;
-  let lo: number;
+/** The span id drawSpanId() drew last, as two words (never both zero: W3C's invalid span id). */
+let idHi = 0;
+let idLo = 0;
+/** Draws a span id into idHi / idLo: two words rather than an object, on every span start. */
+function drawSpanId(): void {
   do {
-    hi = randomWord();
-    lo = randomWord();
-  } while (hi === 0 && lo === 0);
-  return hex8(hi) + hex8(lo);
+    idHi = randomWord();
+    idLo = randomWord();
+  } while (idHi === 0 && idLo === 0);
+}
+
+export function newSpanId(): string {
+  drawSpanId();
+  return hex8(idHi) + hex8(idLo);
 }
 
 // ---- time ----
@@ -221,14 +227,9 @@ export class UnsampledSpan implements Span {
   readonly lo: number;
   private sc: SpanContext | undefined;
   constructor(readonly tid: TraceIdWords) {
-    let hi: number;
-    let lo: number;
-    do {
-      hi = randomWord();
-      lo = randomWord();
-    } while (hi === 0 && lo === 0);
-    this.hi = hi;
-    this.lo = lo;
+    drawSpanId();
+    this.hi = idHi;
+    this.lo = idLo;
   }
   spanContext(): SpanContext {
     return (this.sc ??= { traceId: this.tid.hex, spanId: hex8(this.hi) + hex8(this.lo), traceFlags: TraceFlags.NONE });
@@ -352,14 +353,9 @@ export class FnSpan implements Span {
     this.name = name;
     this.kind = kind;
     this.tid = tid;
-    let hi: number;
-    let lo: number;
-    do {
-      hi = randomWord();
-      lo = randomWord();
-    } while (hi === 0 && lo === 0);
-    this.hi = hi;
-    this.lo = lo;
+    drawSpanId();
+    this.hi = idHi;
+    this.lo = idLo;
     if (parent instanceof FnSpan || parent instanceof UnsampledSpan) {
       this.phi = parent.hi;
       this.plo = parent.lo;
@@ -385,15 +381,10 @@ export class FnSpan implements Span {
    */
   reinitEnded(tid: TraceIdWords, parent: FnSpan, schema: SpanSchema, vals: SpanValues | undefined, startMs: number, endMs: number): void {
     const m = this as unknown as { -readonly [K in keyof FnSpan]: FnSpan[K] };
-    let hi: number;
-    let lo: number;
-    do {
-      hi = randomWord();
-      lo = randomWord();
-    } while (hi === 0 && lo === 0);
+    drawSpanId();
     m.tid = tid;
-    m.hi = hi;
-    m.lo = lo;
+    m.hi = idHi;
+    m.lo = idLo;
     m.phi = parent.hi;
     m.plo = parent.lo;
     m.name = schema.name;
