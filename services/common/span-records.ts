@@ -111,11 +111,16 @@ function recordAttribute(w: ProtoWriter, k: string, v: AttributeValue): void {
     w.varint(id + 1);
     return;
   }
-  w.ensure(1);
-  w.buf[w.pos++] = 0;
-  const m = w.begin();
+  const m = beginInline(w);
   protoKeyValue(w, 9, k, v);
   w.end(m);
+}
+
+/** Starts an inline entry: 0, then the KeyValue's bytes behind a length prefix (close with `w.end(mark)`). */
+function beginInline(w: ProtoWriter): number {
+  w.ensure(1);
+  w.buf[w.pos++] = 0;
+  return w.begin();
 }
 
 /** SpanSchema.lastId of a key whose values are never cached (the pair cache gave up on it) */
@@ -145,9 +150,7 @@ function recordSchemaAttributes(w: ProtoWriter, sc: SpanSchema, vals: SpanValues
       w.varint(id + 1);
       continue;
     }
-    w.ensure(1);
-    w.buf[w.pos++] = 0;
-    const m = w.begin();
+    const m = beginInline(w);
     if (typeof v !== 'string' || v.length >= 100 || !protoShortStringKeyValue(w, 9, (sc.keyBytes[i] ??= keyBytes(sc.keys[i]!)), v)) protoKeyValue(w, 9, sc.keys[i]!, v);
     w.end(m);
   }

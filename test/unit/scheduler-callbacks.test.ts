@@ -31,7 +31,6 @@ const silent = createLogger('test', 'silent');
 const redis = useRedis();
 const cleanups = useCleanups();
 
-
 interface Env {
   prefix: string;
   client: InvocationClient;
