@@ -43,6 +43,10 @@ export interface SchedulerSnapshot {
   memoryCapacityBytes?: number;
   /** queued invocations per tenant */
   queueDepth?: Record<string, number>;
+  /** completion callbacks waiting in the outbox (HLEN; cluster-wide, services/scheduler/callbacks.ts) */
+  callbackOutbox?: number;
+  /** failed completion callbacks listed per tenant (ZCARD of each list; cluster-wide) */
+  failedCallbacks?: Record<string, number>;
 }
 
 export interface MetricsOptions {
@@ -140,6 +144,10 @@ export class FnhostMetrics {
   private readonly traceDropped: Counter;
   private readonly traceFailed: Counter;
   private readonly callbacks: Counter<'outcome'>;
+  private readonly callbackRedrives: Counter;
+  private readonly callbackSwept: Counter;
+  private readonly callbackOutboxG: Gauge;
+  private readonly callbacksFailedG: Gauge<'tenant'>;
   private readonly httpRequests: SeriesCounter;
   private readonly httpDuration: SeriesHistogram;
   private readonly invocationCache = new Map<string, InvocationSeries>();
@@ -249,6 +257,27 @@ export class FnhostMetrics {
       labelNames: ['outcome'],
       registers,
     });
+    this.callbackRedrives = new Counter({
+      name: 'fnhost_callback_redrives_total',
+      help: 'Failed completion callbacks queued again by their tenant (POST /v1/callbacks/failed/…/redrive).',
+      registers,
+    });
+    this.callbackSwept = new Counter({
+      name: 'fnhost_callback_outbox_swept_total',
+      help: 'Completion callbacks moved from the outbox to the delivery queue by the periodic sweep, not by the node that wrote them: non-zero means that move failed (Redis error, node died).',
+      registers,
+    });
+    this.callbackOutboxG = new Gauge({
+      name: 'fnhost_callback_outbox_entries',
+      help: 'Completion callbacks waiting in the outbox to be queued (cluster-wide; read at scrape time).',
+      registers,
+    });
+    this.callbacksFailedG = new Gauge({
+      name: 'fnhost_callbacks_failed',
+      help: 'Failed completion callbacks kept for redrive, by tenant (cluster-wide; read at scrape time).',
+      labelNames: ['tenant'],
+      registers,
+    });
     this.httpRequests = new SeriesCounter({
       name: 'fnhost_http_requests_total',
       help: 'HTTP requests served by the gateway, by method, route pattern and status code.',
@@ -346,6 +375,16 @@ export class FnhostMetrics {
     this.callbacks.inc({ outcome });
   }
 
+  /** `n` failed completion callbacks redriven (services/scheduler/callback-failures.ts). */
+  callbackRedrive(n = 1): void {
+    this.callbackRedrives.inc(n);
+  }
+
+  /** `n` outbox entries moved by the sweep rather than by their writer (services/scheduler/callbacks.ts). */
+  callbackOutboxSwept(n = 1): void {
+    this.callbackSwept.inc(n);
+  }
+
   /** Spans lost in failed OTLP exports. */
   traceExportFailed(n = 1): void {
     this.traceFailed.inc(n);
@@ -436,6 +475,14 @@ export class FnhostMetrics {
       const depth = new Map<string, number>();
       for (const s of ok) for (const [t, n] of Object.entries(s.queueDepth ?? {})) depth.set(t, Math.max(depth.get(t) ?? 0, n));
       for (const [t, n] of depth) this.queueDepthG.inc({ tenant: this.tenants.get(t) }, n);
+    }
+    // Callback outbox and failed lists are cluster-wide too (one Redis): max across collectors, as queue depth.
+    if (ok.some((s) => s.callbackOutbox !== undefined)) this.callbackOutboxG.set(Math.max(...ok.map((s) => s.callbackOutbox ?? 0)));
+    if (ok.some((s) => s.failedCallbacks)) {
+      this.callbacksFailedG.reset();
+      const failed = new Map<string, number>();
+      for (const s of ok) for (const [t, n] of Object.entries(s.failedCallbacks ?? {})) failed.set(t, Math.max(failed.get(t) ?? 0, n));
+      for (const [t, n] of failed) this.callbacksFailedG.inc({ tenant: this.tenants.get(t) }, n);
     }
   }
 }

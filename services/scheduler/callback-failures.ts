@@ -20,7 +20,9 @@
 import { Job, Queue, type ConnectionOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Conflict, InvalidRequest, NotFound } from '../common/errors.ts';
-import { CALLBACK_QUEUE, failedCallbackKeys, type CallbackJob, type FailedCallback } from './callbacks.ts';
+import { CALLBACK_QUEUE, type CallbackJob, type FailedCallback } from './callbacks.ts';
+import { createKeys, type Keys } from './keys.ts';
+import { metrics as processMetrics, type FnhostMetrics } from '../common/metrics.ts';
 
 /** `<invocation id>.<finishedAt>` (./callbacks.ts deliveryId): invocation ids are UUIDs, finishedAt epoch ms. */
 const DELIVERY_ID_RE = /^[A-Za-z0-9_-]{1,128}\.[0-9]{1,16}$/;
@@ -52,15 +54,21 @@ function checkId(id: string): void {
 export class FailedCallbacks {
   private readonly queue: Queue<CallbackJob>;
   private readonly failedSet: string;
+  private readonly keys: Keys;
 
-  /** `redis`: any connection (the gateway's); `prefix`: the scheduler's key prefix (the queue is under `<prefix>:bull`). */
+  /**
+   * `redis`: any connection (the gateway's); `prefix`: the scheduler's key prefix (the queue is under
+   * `<prefix>:bull`); `metrics`: where redrives are counted (default: the process's, which GET /metrics serves).
+   */
   constructor(
     private readonly redis: Redis,
-    private readonly prefix: string,
+    prefix: string,
+    private readonly metrics: Pick<FnhostMetrics, 'callbackRedrive'> = processMetrics,
   ) {
-    this.queue = new Queue<CallbackJob>(CALLBACK_QUEUE, { connection: redis as unknown as ConnectionOptions, prefix: `${prefix}:bull` });
+    this.keys = createKeys(prefix);
+    this.queue = new Queue<CallbackJob>(CALLBACK_QUEUE, { connection: redis as unknown as ConnectionOptions, prefix: this.keys.bullPrefix });
     this.queue.on('error', () => {});
-    this.failedSet = `${prefix}:bull:${CALLBACK_QUEUE}:failed`;
+    this.failedSet = `${this.keys.bullPrefix}:${CALLBACK_QUEUE}:failed`;
   }
 
   /**
@@ -71,7 +79,7 @@ export class FailedCallbacks {
     checkTenant(tenant);
     const limit = opts.limit ?? FAILED_PAGE_DEFAULT;
     if (!Number.isInteger(limit) || limit < 1 || limit > FAILED_PAGE_MAX) throw new InvalidRequest(`limit must be an integer from 1 to ${FAILED_PAGE_MAX}`, { field: 'limit' });
-    const k = failedCallbackKeys(this.prefix, tenant);
+    const k = this.keys.failedCallbacks(tenant);
     let off = 0;
     if (opts.cursor !== undefined) {
       const m = CURSOR_RE.exec(opts.cursor);
@@ -86,7 +94,7 @@ export class FailedCallbacks {
     for (let i = 0; i < flat.length; i += 2) ids.push(flat[i]!);
     const last = `${flat[flat.length - 1]}:${ids[ids.length - 1]}`;
     const p = this.redis.pipeline().hmget(k.info, ...ids).zmscore(this.failedSet, ...ids);
-    for (const id of ids) p.exists(`${this.prefix}:bull:${CALLBACK_QUEUE}:${id}`);
+    for (const id of ids) p.exists(`${this.keys.bullPrefix}:${CALLBACK_QUEUE}:${id}`);
     const res = (await p.exec())!;
     const err = res.find(([e]) => e)?.[0];
     if (err) throw err;
@@ -110,22 +118,27 @@ export class FailedCallbacks {
   async redrive(tenant: string, id: string): Promise<{ deliveryId: string }> {
     const job = await this.failedJob(tenant, id);
     // out of the list first: a redriven POST that fails fast lists itself again, and must stay listed
-    const k = failedCallbackKeys(this.prefix, tenant);
+    const k = this.keys.failedCallbacks(tenant);
     const [score, info] = await Promise.all([this.redis.zscore(k.index, id), this.redis.hget(k.info, id)]);
     await this.forget(tenant, [id]);
     try {
+      // A callback BullMQ failed because its delivery stalled out keeps its stall count (`stc`) in the job hash
+      // across a retry: the first node to die delivering the redriven one would fail it again at once. Fresh
+      // attempts start at 0 stalls (the job is failed: no worker holds it).
+      await this.redis.hdel(this.queue.toKey(id), 'stc');
       await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
     } catch (e) {
       if (score !== null && info !== null) await this.redis.multi().zadd(k.index, score, id).hset(k.info, id, info).exec();
       throw e;
     }
+    this.metrics.callbackRedrive();
     return { deliveryId: id };
   }
 
   /** Redrives every failed callback of the tenant; returns how many went back to the queue. */
   async redriveAll(tenant: string): Promise<{ redriven: number }> {
     checkTenant(tenant);
-    const ids = await this.redis.zrevrange(failedCallbackKeys(this.prefix, tenant).index, 0, -1);
+    const ids = await this.redis.zrevrange(this.keys.failedCallbacks(tenant).index, 0, -1);
     let redriven = 0;
     for (const id of ids) {
       try {
@@ -155,7 +168,7 @@ export class FailedCallbacks {
   private async failedJob(tenant: string, id: string): Promise<Job<CallbackJob>> {
     checkTenant(tenant);
     checkId(id);
-    const k = failedCallbackKeys(this.prefix, tenant);
+    const k = this.keys.failedCallbacks(tenant);
     if ((await this.redis.zscore(k.index, id)) === null) throw new NotFound('no such failed callback', { deliveryId: id });
     const job = await Job.fromId<CallbackJob>(this.queue, id);
     // the list names only its tenant's jobs; the tenant check is the second lock on that door
@@ -169,7 +182,7 @@ export class FailedCallbacks {
   }
 
   private async forget(tenant: string, ids: string[]): Promise<void> {
-    const k = failedCallbackKeys(this.prefix, tenant);
+    const k = this.keys.failedCallbacks(tenant);
     await this.redis.multi().zrem(k.index, ...ids).hdel(k.info, ...ids).exec();
   }
 }

@@ -18,6 +18,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { createKeys } from './keys.ts';
 
 /** 32 bytes: the HMAC-SHA256 block-size guidance (RFC 2104 §3: at least the hash output length). */
 const HOST_SECRET_BYTES = 32;
@@ -36,7 +37,7 @@ export class CallbackSigner {
 
   /** The Redis key of the generated host secret. */
   static key(prefix: string): string {
-    return `${prefix}:callback:secret`;
+    return createKeys(prefix).callbackSecret();
   }
 
   private hostSecret(): Promise<Buffer> {

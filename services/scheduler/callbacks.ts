@@ -40,21 +40,17 @@ import type { Redis } from 'ioredis';
 import { InvalidRequest } from '../common/errors.ts';
 import { Attr, SpanKind, SpanName, remoteParent, withSpan, type Span } from '../common/telemetry.ts';
 import type { Logger } from '../common/log.ts';
-import type { FnhostMetrics } from '../common/metrics.ts';
+import type { FnhostMetrics, SchedulerSnapshot } from '../common/metrics.ts';
 import { renderInvocation } from './invocation-view.ts';
 import { allowedAddress, allowedName, bareHost, envCallbackAllow, parseCallbackAllow, type CallbackAllow } from './callback-url.ts';
 import { CallbackSigner } from './callback-signer.ts';
 import { DEFAULT_RETENTION } from './config.ts';
+import { createKeys, type Keys } from './keys.ts';
 import type { InvocationRecord } from './types.ts';
 import type { OutboxWrite } from './records.ts';
 
 /** The BullMQ queue name (under the scheduler's BullMQ prefix; tenant queues are `inv.*`, node queues `node.*`). */
 export const CALLBACK_QUEUE = 'callbacks';
-
-/** The outbox: HASH delivery id → CallbackJob JSON (+ `id`), written with final records, emptied by the move. */
-export function callbackOutboxKey(prefix: string): string {
-  return `${prefix}:callback:outbox`;
-}
 
 /**
  * A callback's delivery id, also its job id: `<invocation id>.<finishedAt>`. The same outcome gets the same id
@@ -66,6 +62,17 @@ export function deliveryId(rec: Pick<InvocationRecord, 'id' | 'finishedAt'>): st
 
 /** Entries moved per HSCAN step of the outbox sweep (each may hold a body of up to CALLBACK_BODY_MAX). */
 const SWEEP_PAGE = 50;
+
+/**
+ * The periodic sweep leaves entries younger than this to their writer, which moves them right after writing
+ * the record (one Redis round trip, well under 1 ms here): so what a sweep moves is what a writer failed to
+ * move, and `fnhost_callback_outbox_swept_total` counts exactly that. Ages come from the delivery id's
+ * finishedAt (the writer's clock): a sweeping node whose clock is behind by more than this waits that much longer.
+ */
+export const SWEEP_GRACE_MS = 1000;
+
+/** A scrape reads the outbox length and the failed lists at most this long: Redis away must not hold /metrics. */
+const GAUGE_READ_MS = 1000;
 
 /**
  * A rendered record above 1 MiB goes without its `result` (`resultTruncated: true`; the receiver reads it with
@@ -95,6 +102,15 @@ export interface CallbackOptions {
   secret?: string;
   /** FNHOST_CALLBACK_ALLOW (unset: any destination). */
   allow?: CallbackAllow;
+  /**
+   * BullMQ's lock of a delivery in flight (no variable; default max(30 s, 2 × timeoutMs) so a slow receiver never
+   * makes the job look stalled): a delivering node that died is noticed about this long after.
+   */
+  lockDurationMs?: number;
+  /** how often this node's worker looks for stalled deliveries (default 30 s, BullMQ's). */
+  stalledIntervalMs?: number;
+  /** times a delivery may stall (its node died mid-POST) before BullMQ fails the callback (default 1, BullMQ's). */
+  maxStalledCount?: number;
 }
 
 function intEnv(env: NodeJS.ProcessEnv, name: string, def: number, min: number, max: number): number {
@@ -156,16 +172,6 @@ export interface FailedCallback {
 }
 
 /**
- * A tenant's failed callbacks: `P:callback:failed:T` ZSET delivery id → failedAt (ms) and
- * `P:callback:failedinfo:T` HASH delivery id → FailedCallback JSON. An index over the callbacks queue's failed
- * set (shared by all tenants), written by the delivery worker; TTL = dead-letter retention, refreshed on write.
- */
-export function failedCallbackKeys(prefix: string, tenant: string): { index: string; info: string } {
-  const t = encodeURIComponent(tenant).replace(/\./g, '%2E');
-  return { index: `${prefix}:callback:failed:${t}`, info: `${prefix}:callback:failedinfo:${t}` };
-}
-
-/**
  * The most failed callbacks listed per tenant (the oldest go first): BullMQ keeps at most this many failed
  * jobs in the whole queue anyway (removeOnFail count, DEFAULT_RETENTION.failedJobCount).
  */
@@ -185,9 +191,13 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 `;
 
-/** Lists a callback that failed for good in its tenant's failed callbacks (./callback-failures.ts reads them). */
-export async function noteFailedCallback(redis: Redis, prefix: string, tenant: string, f: FailedCallback): Promise<void> {
-  const k = failedCallbackKeys(prefix, tenant);
+/**
+ * Lists a callback that failed for good in its tenant's failed callbacks (./callback-failures.ts reads them):
+ * `keys.failedCallbacks(T)`, an index over the callbacks queue's failed set (shared by all tenants), TTL =
+ * dead-letter retention, refreshed on write.
+ */
+export async function noteFailedCallback(redis: Redis, keys: Keys, tenant: string, f: FailedCallback): Promise<void> {
+  const k = keys.failedCallbacks(tenant);
   // EVAL, not a defined command: this runs once per failed callback, and the connection is BullMQ's
   await redis.eval(NOTE_FAILED_LUA, 2, k.index, k.info, f.deliveryId, f.failedAt, JSON.stringify(f), DEFAULT_RETENTION.deadLetterS, FAILED_CALLBACKS_MAX);
 }
@@ -288,6 +298,14 @@ function connection(redis: Redis): ConnectionOptions {
 const DROP_PAGE = 50;
 
 /**
+ * The scheduler's keys of a callbacks queue: its BullMQ prefix is `<prefix>:bull` (Callbacks), the outbox and the
+ * failed lists live under `<prefix>`.
+ */
+function keysOfQueue(queue: Queue): Keys {
+  return createKeys((queue.opts.prefix ?? 'bull').replace(/:bull$/, ''));
+}
+
+/**
  * Removes a tenant's callbacks not yet being delivered (waiting, delayed — between retries —, prioritized,
  * paused) from the callbacks queue `queue`, and those still in the outbox, so a deleted tenant's receivers get
  * nothing more; and its failed callbacks (jobs and list). A POST in flight (active) ends on its own; its retry,
@@ -295,7 +313,7 @@ const DROP_PAGE = 50;
  * @example
  * await dropTenantCallbacks(new Queue(CALLBACK_QUEUE, { connection, prefix: `${prefix}:bull` }), 'acme');   // 3
  */
-export async function dropTenantCallbacks(queue: Queue, tenant: string): Promise<number> {
+export async function dropTenantCallbacks(queue: Queue, tenant: string, keys: Keys = keysOfQueue(queue)): Promise<number> {
   // ids first (short strings), then the jobs page by page: the queue is shared by every tenant
   const ids = await queue.getRanges(['waiting', 'delayed', 'prioritized', 'paused'], 0, -1);
   let removed = 0;
@@ -307,10 +325,8 @@ export async function dropTenantCallbacks(queue: Queue, tenant: string): Promise
       removed += await queue.remove(job.id).catch(() => 0);
     }
   }
-  // the queue's prefix is `<prefix>:bull` (Callbacks); the outbox and the failed list live under `<prefix>`
-  const prefix = (queue.opts.prefix ?? 'bull').replace(/:bull$/, '');
   const redis = (await queue.client) as unknown as Redis;
-  const outbox = callbackOutboxKey(prefix);
+  const outbox = keys.callbackOutbox();
   let cursor = '0';
   do {
     const [next, flat] = await redis.hscan(outbox, cursor, 'COUNT', DROP_PAGE);
@@ -325,7 +341,7 @@ export async function dropTenantCallbacks(queue: Queue, tenant: string): Promise
       if (t === tenant) removed += await redis.hdel(outbox, flat[i]!);
     }
   } while (cursor !== '0');
-  const failed = failedCallbackKeys(prefix, tenant);
+  const failed = keys.failedCallbacks(tenant);
   for (const id of await redis.zrange(failed.index, 0, -1)) await queue.remove(id).catch(() => 0);
   await redis.del(failed.index, failed.info);
   return removed;
@@ -334,7 +350,7 @@ export async function dropTenantCallbacks(queue: Queue, tenant: string): Promise
 export interface CallbacksDeps {
   /** a connection BullMQ accepts for workers (maxRetriesPerRequest: null); the scheduler's `bullRedis` */
   redis: Redis;
-  /** the scheduler's key prefix (the queue lives under `<prefix>:bull`, the generated secret at `<prefix>:callback:secret`) */
+  /** the scheduler's key prefix (the queue lives under `<prefix>:bull`; every other key is named by ./keys.ts) */
   prefix: string;
   options: CallbackOptions;
   metrics?: FnhostMetrics;
@@ -348,11 +364,14 @@ export class Callbacks {
   private readonly o: CallbackOptions;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
+  private readonly keys: Keys;
+  private offGauges: (() => void) | undefined;
 
   constructor(private readonly deps: CallbacksDeps) {
     this.o = deps.options;
+    this.keys = createKeys(deps.prefix);
     this.signer = new CallbackSigner(deps.redis, deps.prefix, deps.options.secret);
-    this.queue = new Queue<CallbackJob>(CALLBACK_QUEUE, { connection: connection(deps.redis), prefix: `${deps.prefix}:bull` });
+    this.queue = new Queue<CallbackJob>(CALLBACK_QUEUE, { connection: connection(deps.redis), prefix: this.keys.bullPrefix });
     this.queue.on('error', (e) => deps.log.warn({ err: String(e?.message ?? e) }, 'callback queue error'));
   }
 
@@ -363,7 +382,7 @@ export class Callbacks {
   outboxEntry(url: string, rec: InvocationRecord, traceparent?: string): OutboxWrite {
     const data: CallbackJob = { url, tenant: rec.tenant, function: rec.function, invocationId: rec.id, status: rec.status, body: callbackBody(rec) };
     if (traceparent) data.traceparent = traceparent;
-    return { key: callbackOutboxKey(this.deps.prefix), field: deliveryId(rec), entry: JSON.stringify(data) };
+    return { key: this.keys.callbackOutbox(), field: deliveryId(rec), entry: JSON.stringify(data) };
   }
 
   /**
@@ -380,25 +399,29 @@ export class Callbacks {
    * the final record written: its writer may have died before moving the callback). No entry: already queued.
    */
   async flush(id: string): Promise<void> {
-    const key = callbackOutboxKey(this.deps.prefix);
+    const key = this.keys.callbackOutbox();
     const entry = await this.deps.redis.hget(key, id);
     if (entry !== null) await this.dispatch({ key, field: id, entry });
   }
 
   /**
-   * Moves every outbox entry to the queue (start-up, then every sweepMs); returns how many it moved. An entry
-   * that fails to move stays for the next sweep.
+   * Moves every outbox entry to the queue (start-up: all of them; then every sweepMs: those older than
+   * `graceMs`, SWEEP_GRACE_MS); returns how many it moved, also counted in `fnhost_callback_outbox_swept_total`.
+   * An entry that fails to move stays for the next sweep.
    */
-  async sweep(): Promise<number> {
-    const key = callbackOutboxKey(this.deps.prefix);
+  async sweep(opts: { graceMs?: number } = {}): Promise<number> {
+    const key = this.keys.callbackOutbox();
     const redis = this.deps.redis;
     if ((await redis.hlen(key)) === 0) return 0;
+    const youngFrom = Date.now() - (opts.graceMs ?? 0);
     let moved = 0;
     let cursor = '0';
     do {
       const [next, flat] = await redis.hscan(key, cursor, 'COUNT', SWEEP_PAGE);
       cursor = next;
       for (let i = 0; i < flat.length; i += 2) {
+        // the delivery id ends in the record's finishedAt (deliveryId())
+        if (opts.graceMs && Number(flat[i]!.slice(flat[i]!.lastIndexOf('.') + 1)) > youngFrom) continue;
         try {
           await this.dispatch({ key, field: flat[i]!, entry: flat[i + 1]! });
           moved++;
@@ -407,7 +430,10 @@ export class Callbacks {
         }
       }
     } while (cursor !== '0');
-    if (moved) this.deps.log.info({ moved }, 'callback outbox: moved entries left behind to the queue');
+    if (moved) {
+      this.deps.metrics?.callbackOutboxSwept(moved);
+      this.deps.log.info({ moved }, 'callback outbox: moved entries left behind to the queue');
+    }
     return moved;
   }
 
@@ -435,10 +461,12 @@ export class Callbacks {
     if (this.worker) return;
     this.worker = new Worker<CallbackJob>(CALLBACK_QUEUE, (job) => this.deliver(job), {
       connection: connection(this.deps.redis),
-      prefix: `${this.deps.prefix}:bull`,
+      prefix: this.keys.bullPrefix,
       concurrency: this.o.concurrency,
       // a POST is bounded by timeoutMs; the lock outlasts it so a slow receiver never makes the job look stalled
-      lockDuration: Math.max(30_000, this.o.timeoutMs * 2),
+      lockDuration: this.o.lockDurationMs ?? Math.max(30_000, this.o.timeoutMs * 2),
+      ...(this.o.stalledIntervalMs !== undefined ? { stalledInterval: this.o.stalledIntervalMs } : {}),
+      ...(this.o.maxStalledCount !== undefined ? { maxStalledCount: this.o.maxStalledCount } : {}),
     });
     this.worker.on('error', (e) => this.deps.log.warn({ err: String(e?.message ?? e) }, 'callback worker error'));
     // A job whose delivery workers kept dying is failed by BullMQ without running deliver() (the message is
@@ -446,20 +474,51 @@ export class Callbacks {
     this.worker.on('failed', (job, err) => {
       if (!job?.id || !job.data?.tenant || (err?.message ?? job.failedReason) !== 'job stalled more than allowable limit') return;
       const d = job.data;
-      void noteFailedCallback(this.deps.redis, this.deps.prefix, d.tenant, {
+      this.deps.metrics?.callback('failed');
+      this.deps.log.warn({ invocationId: d.invocationId, status: d.status, destination: origin(d.url) }, 'callback failed: its delivery stalled out (delivering nodes died)');
+      void noteFailedCallback(this.deps.redis, this.keys, d.tenant, {
         deliveryId: job.id, invocationId: d.invocationId, function: d.function, url: d.url, status: d.status,
         attempts: job.attemptsMade, lastError: 'delivery worker lost (its scheduler node died mid-POST) too many times', failedAt: Date.now(),
       }).catch(() => {});
     });
-    this.runSweep();
-    this.sweepTimer = setInterval(() => this.runSweep(), this.o.sweepMs);
+    this.runSweep(0);
+    this.sweepTimer = setInterval(() => this.runSweep(SWEEP_GRACE_MS), this.o.sweepMs);
     this.sweepTimer.unref();
+    this.offGauges = this.deps.metrics?.addCollector(() => this.gauges());
+  }
+
+  /**
+   * The outbox length and each tenant's failed-callback count, for /metrics (one HLEN + SMEMBERS, then one ZCARD
+   * per tenant with a BullMQ queue — the tenants that can have callbacks — pipelined). Nothing (the gauges keep
+   * their values) when Redis does not answer within GAUGE_READ_MS.
+   */
+  private async gauges(): Promise<SchedulerSnapshot> {
+    const redis = this.deps.redis;
+    const read = (async () => {
+      const [outbox, tenants] = await Promise.all([redis.hlen(this.keys.callbackOutbox()), redis.smembers(this.keys.tenantsBull())]);
+      const failedCallbacks: Record<string, number> = {};
+      if (tenants.length) {
+        const p = redis.pipeline();
+        for (const t of tenants) p.zcard(this.keys.failedCallbacks(t).index);
+        const res = (await p.exec()) ?? [];
+        tenants.forEach((t, i) => (failedCallbacks[t] = Number(res[i]?.[1] ?? 0)));
+      }
+      return { callbackOutbox: outbox, failedCallbacks };
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<SchedulerSnapshot>((r) => (timer = setTimeout(() => r({}), GAUGE_READ_MS)));
+    try {
+      return await Promise.race([read, late]);
+    } finally {
+      clearTimeout(timer);
+      read.catch(() => {});
+    }
   }
 
   /** One sweep at a time per node; close() waits for the one running. */
-  private runSweep(): void {
+  private runSweep(graceMs: number): void {
     if (this.sweeping) return;
-    this.sweeping = this.sweep()
+    this.sweeping = this.sweep({ graceMs })
       .catch((e) => this.deps.log.warn({ err: String((e as Error)?.message ?? e) }, 'callback outbox sweep failed'))
       .then(() => {
         this.sweeping = undefined;
@@ -510,7 +569,7 @@ export class Callbacks {
       this.deps.metrics?.callback('failed');
       this.deps.log.warn({ ...where, err: err.message }, refused ? 'callback refused: destination not allowed' : 'callback failed: attempts exhausted');
       // listed for the tenant (GET /v1/callbacks/failed) before BullMQ moves the job to its failed set
-      await noteFailedCallback(this.deps.redis, this.deps.prefix, d.tenant, {
+      await noteFailedCallback(this.deps.redis, this.keys, d.tenant, {
         deliveryId: job.id ?? '', invocationId: d.invocationId, function: d.function, url: d.url, status: d.status, attempts: attempt,
         lastError: err.message, ...(httpStatus !== undefined ? { lastHttpStatus: httpStatus } : {}), failedAt: Date.now(),
       }).catch((e) => this.deps.log.warn({ ...where, err: String((e as Error)?.message ?? e) }, 'failed callback not listed'));
@@ -525,6 +584,8 @@ export class Callbacks {
 
   /** Stops the sweep and the worker (waiting for POSTs in flight, each bounded by timeoutMs) and the queue. Queued callbacks stay in Redis. */
   async close(): Promise<void> {
+    this.offGauges?.();
+    this.offGauges = undefined;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
     await this.sweeping;

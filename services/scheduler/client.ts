@@ -310,7 +310,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     if (req.callbackUrl) data.callbackUrl = req.callbackUrl;
     const rec: StoredRecord = { id, tenant: fn.tenant, function: fn.name, version: fn.version, mode: req.mode, status: 'queued', attempts: 0, createdAt: now };
     const m = redis.multi();
-    queueRecord(m, keys.record(fn.tenant, id), rec, ttlS);
+    queueRecord(m, keys.record(fn.tenant, id), rec, ttlS, req.mode === 'async' ? req.callbackUrl : undefined);
     if (stash) m.set(keys.payload(id), stash, 'EX', ttlS);
     const first = !announced.has(`bull:${fn.tenant}`);
     if (first) {
@@ -593,6 +593,10 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         attempts: old?.attempts ?? job.attemptsMade, createdAt: data.createdAt,
       };
       await redisCall(() => setRecord(redis, keys.record(tenant, invocationId), rec, ret.deadLetterS, { force: true }));
+      // a dead letter that stalled out (worker-lost) keeps BullMQ's stall count `stc` across a retry: the first node
+      // to die running the redriven one would fail it again at once. Fresh attempts start at 0 stalls (it is failed:
+      // no worker holds it). BullMQ drops the deferred failure (`defa`) itself when it fails a job.
+      await redisCall(() => redis.hdel(q.toKey(invocationId), 'stc'));
       await redisCall(() => job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true }));
       return { invocationId };
     },
@@ -620,7 +624,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
         await queue(keys.tenantQueue(tenant)).obliterate({ force: true });
         // its completion callbacks not sent yet — after the obliterate: no job of its queue is left to queue another
         // (one running at this moment still may; its callback then goes out)
-        await dropTenantCallbacks(queue(CALLBACK_QUEUE), tenant);
+        await dropTenantCallbacks(queue(CALLBACK_QUEUE), tenant, keys);
         // SCAN patterns: each tenant-scoped key prefix with glob characters escaped, then '*'
         const glob = (prefix: string) => `${prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`;
         const recordPrefix = keys.record(tenant, 'x').slice(0, -1);

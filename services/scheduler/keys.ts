@@ -11,7 +11,7 @@
  * | `P:bull:inv.T:*` | BullMQ queue of tenant T | client (add), scheduler (worker) | jobs removed on complete/fail by age+count |
  * | `P:tenants` | SET of tenants that have used the fast lane; pub/sub channel of the same name announces "T" or "bull:T" | client | permanent (tiny) |
  * | `P:tenants:bull` | SET of tenants with a BullMQ queue (async, or sync on the BullMQ lane): nodes run a BullMQ worker only for these | client | permanent (tiny) |
- * | `P:inv:T:I` | HASH {s: status, r: record JSON} | client (queued), scheduler (running, final) | `retentionS` (async failures: `deadLetterRetentionS`) |
+ * | `P:inv:T:I` | HASH {s: status, r: record JSON, c?: callback URL of an async invocation, for the sweeper} | client (queued, c), scheduler (running, final: s and r) | `retentionS` (async failures: `deadLetterRetentionS`) |
  * | `P:payload:I` | STRING, body bytes of a large payload | client | the invocation's retention |
  * | `P:idem:T:<key>` | STRING invocation id | client (SET NX) | `idempotencyTtlS` |
  * | `P:reply:<clientId>` | pub/sub channel: "I\n{record, response}" | scheduler | — |
@@ -38,6 +38,13 @@
  */
 
 export const DEFAULT_PREFIX = 'fnhost';
+
+/**
+ * The field of a record hash `P:inv:T:I` holding an async invocation's callback URL from its queued write
+ * (./records.ts queueRecord), so the sweeper (./sweeper.ts) still calls back a 'job-lost' outcome; final writes
+ * set only `s` and `r`, and the record JSON never holds the URL (it is not rendered).
+ */
+export const RECORD_CALLBACK_FIELD = 'c';
 
 /** what encodeURIComponent leaves as it is, minus '.' (and the other marks, for a simple test) */
 const PLAIN = /^[A-Za-z0-9_-]*$/;
@@ -74,6 +81,12 @@ export interface Keys {
   openInvocations(): string;
   /** the sweeper's run lock */
   sweeperLock(): string;
+  /** completion callbacks (./callbacks.ts): the outbox HASH delivery id → callback job JSON */
+  callbackOutbox(): string;
+  /** tenant T's failed callbacks (./callback-failures.ts): `index` ZSET delivery id → failedAt, `info` HASH delivery id → FailedCallback JSON */
+  failedCallbacks(tenant: string): { index: string; info: string };
+  /** the generated host secret of callback signatures (./callback-signer.ts) */
+  callbackSecret(): string;
 }
 
 export function createKeys(prefix = DEFAULT_PREFIX): Keys {
@@ -105,6 +118,9 @@ export function createKeys(prefix = DEFAULT_PREFIX): Keys {
     tenantOfQueue: (q) => (q.startsWith('inv.') ? decodeURIComponent(q.slice(4)) : null),
     openInvocations: () => `${P}:invopen`,
     sweeperLock: () => `${P}:sweeper`,
+    callbackOutbox: () => `${P}:callback:outbox`,
+    failedCallbacks: (t) => ({ index: `${P}:callback:failed:${enc(t)}`, info: `${P}:callback:failedinfo:${enc(t)}` }),
+    callbackSecret: () => `${P}:callback:secret`,
   };
 }
 

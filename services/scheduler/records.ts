@@ -12,7 +12,7 @@ import type { Redis, ChainableCommander } from 'ioredis';
 import type { InvocationRecord } from './types.ts';
 import type { InvocationStatus } from '../common/model.ts';
 import { decodeResponse, encodeResponse, type WireResponse } from './job.ts';
-import { openEntryOf } from './keys.ts';
+import { RECORD_CALLBACK_FIELD, openEntryOf } from './keys.ts';
 
 /** The record as stored: the response's body is base64. */
 export type StoredRecord = Omit<InvocationRecord, 'response'> & { response?: WireResponse };
@@ -151,10 +151,13 @@ export async function setRecord(
  * record also enters the open-invocations index (`P:invopen`, ./keys.ts) in the same MULTI, so no record
  * exists that the sweeper (./sweeper.ts) cannot find: if every node that hears of its job's end dies before
  * writing the outcome, the sweeper writes it. Two commands more in the same round trip; the final writes do
- * not touch the index (the sweeper drops final entries), so the hot paths pay nothing.
+ * not touch the index (the sweeper drops final entries), so the hot paths pay nothing. `callbackUrl`: an async
+ * invocation's X-Callback-Url, kept in the hash (RECORD_CALLBACK_FIELD, not in the record JSON: never rendered) for the sweeper.
  */
-export function queueRecord(m: ChainableCommander, key: string, rec: StoredRecord, ttlS: number): void {
-  m.hset(key, 's', rec.status, 'r', JSON.stringify(rec));
+export function queueRecord(m: ChainableCommander, key: string, rec: StoredRecord, ttlS: number, callbackUrl?: string): void {
+  // an async invocation's callback URL lets the sweeper call back a 'job-lost' outcome (./sweeper.ts)
+  if (callbackUrl) m.hset(key, 's', rec.status, 'r', JSON.stringify(rec), RECORD_CALLBACK_FIELD, callbackUrl);
+  else m.hset(key, 's', rec.status, 'r', JSON.stringify(rec));
   m.expire(key, ttlS);
   if (rec.mode === 'async') addOpen(m, key, rec.createdAt, ttlS);
 }

@@ -24,7 +24,8 @@
  *
  * Errors say which case it was: `details.reason` 'worker-lost' (stalled out, as finishLostWorker), 'result-lost'
  * (the job failed or completed but no final record was written; `details.jobState`, `details.failedReason`),
- * 'job-lost' (no job: never added, or removed).
+ * 'job-lost' (no job: never added, or removed; called back when the queued record kept the callback URL, field
+ * `c` — a job-lost invocation has no dead letter: its payload went with the job).
  *
  * @example
  * const sweeper = new Sweeper(ctx, bullRedis, { intervalMs: 30_000, graceMs: 120_000 });
@@ -39,7 +40,7 @@ import { Crashed, type FnhostError } from '../common/errors.ts';
 import type { FunctionVersion } from '../common/model.ts';
 import { bullConnection } from './client.ts';
 import type { JobData } from './job.ts';
-import { parseOpenMember } from './keys.ts';
+import { RECORD_CALLBACK_FIELD, parseOpenMember } from './keys.ts';
 import { finishLostJob, isStalledOut, lostJobOf, workerLost, type JobContext, type LostJob } from './process-job.ts';
 import { isFinal, type StoredRecord } from './records.ts';
 
@@ -201,21 +202,23 @@ export class Sweeper {
         return finishLostJob(this.ctx, lostJobOf(job), err);
       }
     }
-    const raw = await this.ctx.redis.hget(recKey, 'r');
+    const [raw, callbackUrl] = await this.ctx.redis.hmget(recKey, 'r', RECORD_CALLBACK_FIELD);
     if (!raw) return false;
     const rec = JSON.parse(raw) as StoredRecord;
     if (isFinal(rec.status)) return false;
     const err = new Crashed("the invocation's job is gone from the queue (never added, or removed) and it has no outcome", { reason: 'job-lost' });
-    return finishLostJob(this.ctx, this.lostOfRecord(rec), err);
+    return finishLostJob(this.ctx, this.lostOfRecord(rec, callbackUrl ?? undefined), err);
   }
 
   /**
-   * A job that is gone, as its record describes it: only what finishLostJob reads (the identity). The payload,
-   * callback URL and reply channel went with the job: no callback for these, and no dead letter (there is no job).
+   * A job that is gone, as its record describes it: only what finishLostJob reads (the identity), and the
+   * callback URL when the queued record kept it (field `c` of the record hash, ./keys.ts): then the outcome is
+   * called back. The payload and reply channel went with the job: no dead letter (nothing to redrive it with).
    */
-  private lostOfRecord(rec: StoredRecord): LostJob {
+  private lostOfRecord(rec: StoredRecord, callbackUrl?: string): LostJob {
     const fn = { tenant: rec.tenant, name: rec.function, version: rec.version } as FunctionVersion;
     const data: JobData = { id: rec.id, mode: rec.mode, fn, payload: { kind: 'event', body: { utf8: '' } }, createdAt: rec.createdAt, deadline: 0 };
+    if (callbackUrl) data.callbackUrl = callbackUrl;
     return {
       data,
       attempt: { queueName: this.ctx.keys.tenantQueue(rec.tenant), timestamp: rec.createdAt, attempt: rec.attempts || 1, maxAttempts: 1, restarted: true },

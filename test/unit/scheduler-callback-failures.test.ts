@@ -10,7 +10,8 @@ import { Redis } from 'ioredis';
 import { redisUrl } from '../helpers/redis.ts';
 import { until } from '../helpers/until.ts';
 import { useCleanups, useRedis, keysWithoutTtl } from '../helpers/hooks.ts';
-import { Callbacks, callbackOptions, deliveryId, failedCallbackKeys } from '../../services/scheduler/callbacks.ts';
+import { Callbacks, callbackOptions, deliveryId } from '../../services/scheduler/callbacks.ts';
+import { createKeys } from '../../services/scheduler/keys.ts';
 import { FailedCallbacks } from '../../services/scheduler/callback-failures.ts';
 import { CallbackSigner } from '../../services/scheduler/callback-signer.ts';
 import { createLogger } from '../../services/common/log.ts';
@@ -39,7 +40,7 @@ async function setup() {
     if (keys.length) await redis.del(...keys);
   });
   cb.start();
-  const index = failedCallbackKeys(prefix, tenant).index;
+  const index = createKeys(prefix).failedCallbacks(tenant).index;
   /** a callback to a closed port: refused at once, failed for good, listed */
   const fail = async (at: number) => {
     const rec = finalRecord(tenant, at);

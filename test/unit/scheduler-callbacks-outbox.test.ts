@@ -19,7 +19,7 @@ import { bullConnection, createInvocationClient } from '../../services/scheduler
 import { createScheduler, type Scheduler } from '../../services/scheduler/scheduler.ts';
 import { createKeys } from '../../services/scheduler/keys.ts';
 import { setRecord, toStored } from '../../services/scheduler/records.ts';
-import { CALLBACK_QUEUE, Callbacks, callbackOptions, callbackOutboxKey, deliveryId, type CallbackOptions } from '../../services/scheduler/callbacks.ts';
+import { CALLBACK_QUEUE, Callbacks, callbackOptions, deliveryId, type CallbackOptions } from '../../services/scheduler/callbacks.ts';
 import { CallbackSigner } from '../../services/scheduler/callback-signer.ts';
 import { createLogger } from '../../services/common/log.ts';
 import { FakeExecutor, fnv } from '../fixtures/scheduler/fake-executor.ts';
@@ -43,7 +43,7 @@ function prefixed() {
     const keys = await redis.keys(`${prefix}:*`);
     if (keys.length) await redis.del(...keys);
   });
-  const outbox = callbackOutboxKey(prefix);
+  const outbox = createKeys(prefix).callbackOutbox();
   const pending = async () => {
     const c = await q.getJobCounts('waiting', 'delayed', 'active', 'prioritized');
     return Object.values(c).reduce((a, b) => a + b, 0);

@@ -10,7 +10,8 @@ import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
 import { redisUrl } from '../helpers/redis.ts';
 import { bullConnection, createInvocationClient } from '../../services/scheduler/client.ts';
-import { CALLBACK_QUEUE, Callbacks, callbackOptions, callbackOutboxKey, failedCallbackKeys, type CallbackJob } from '../../services/scheduler/callbacks.ts';
+import { CALLBACK_QUEUE, Callbacks, callbackOptions, type CallbackJob } from '../../services/scheduler/callbacks.ts';
+import { createKeys } from '../../services/scheduler/keys.ts';
 import { until } from '../helpers/until.ts';
 import { createLogger } from '../../services/common/log.ts';
 import type { InvocationRecord } from '../../services/scheduler/types.ts';
@@ -75,12 +76,12 @@ describe('purgeTenant and completion callbacks', () => {
       const lostKept = finalRecord(kept);
       await cb.enqueue('http://127.0.0.1:9/a', lost);
       await cb.enqueue('http://127.0.0.1:9/b', lostKept);
-      const failedGone = failedCallbackKeys(prefix, gone);
-      const failedKept = failedCallbackKeys(prefix, kept);
+      const failedGone = createKeys(prefix).failedCallbacks(gone);
+      const failedKept = createKeys(prefix).failedCallbacks(kept);
       await until(async () => (await redis.zcard(failedGone.index)) + (await redis.zcard(failedKept.index)), (n) => n === 2, 5000);
       await until(() => q.getJobCountByTypes('failed'), (n) => n === 2, 5000);
       // entries the sweep (a minute away) has not moved yet
-      const outbox = callbackOutboxKey(prefix);
+      const outbox = createKeys(prefix).callbackOutbox();
       for (const o of [cb.outboxEntry('http://127.0.0.1:9/c', finalRecord(gone)), cb.outboxEntry('http://127.0.0.1:9/d', finalRecord(kept))]) await redis.hset(outbox, o.field, o.entry);
 
       await client.purgeTenant!(gone);
