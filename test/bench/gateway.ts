@@ -10,7 +10,8 @@
  *                    "segment_s", "pairs", "cpu_us_per_call": {"untraced": {loop, loop_wait, export_thread, host_other, redis,
  *                    host_children, instances, loadgen, collector, unattributed, unattributed_cores, total, softirq,
  *                    steal, idle_pct},
- *                    "traced": {...}, "added": {...}}}}
+ *                    "traced": {...}, "added": {...}},
+ *                    "hosts": [{host, rps, loop_us_per_call, minor_gc_us_per_call, rss_mib, rss_peak_mib}, …]}}
  *
  * - ours: `fnhost start` as a child process (embedded redis-server, scheduler, native sandboxes), a node
  *   hello-world deployed; warm = POST /v1/functions/hello/invoke with a tenant key and a small JSON body.
@@ -21,8 +22,8 @@
  * - cold_*: a new function per sample (deploy, then the first sync invoke, timed at the client), the pool
  *   given BENCH_COLD_GAP_MS (default 300) to refill between samples; n = BENCH_COLD_N (default 30).
  * - ours_traced (issue 7): fresh untraced hosts U and hosts with tracing on T (OTLP/HTTP to a collector process
- *   on loopback, test/helpers/otlp-sink.ts), two of each by default (BENCH_TRACED_PAIRS), all primed and warmed
- *   up, then the same warm_c32 load in short strictly alternating segments U T U T … U: BENCH_TRACED_ROUNDS (default 20) traced segments, one more
+ *   on loopback, test/helpers/otlp-sink.ts), three of each by default (BENCH_TRACED_PAIRS), all primed and warmed
+ *   up (BENCH_TRACED_WARMUP_S, default 8 s of load each), then the same warm_c32 load in short strictly alternating segments U T U T … U: BENCH_TRACED_ROUNDS (default 20) traced segments, one more
  *   untraced, each BENCH_TRACED_SEGMENT_S (default 2.5) s counted after 0.5 s of settling. Each traced segment is
  *   compared with the mean of the two untraced segments around it: a drift of the shared machine that is linear
  *   over ~9 s cancels, and every T has a U before and after it (no position bias: neither host always runs
@@ -39,7 +40,9 @@
  *   the mean of the U before and after (the drops' pairing). `unattributed` is the machine's CPU that none of the
  *   parts spent (other helpers' work, kernel threads): a segment where it is high ran beside someone else's load;
  *   loop_wait (the loop's run-queue delay per call) shows how much that load kept the bottleneck off a CPU. Each
- *   segment's breakdown is also on stderr. Why not long rounds: this 2-core machine is shared, and the load
+ *   segment's breakdown is also on stderr, with the host's GC in the segment (scavenges per 1,000 calls, their pause per
+ *   call, major GCs; from its /metrics). `hosts`: per host process, the medians of its own segments and its RSS
+ *   after ≥ 6 s idle (the spread between identically configured hosts; memory). Why not long rounds: this 2-core machine is shared, and the load
  *   of others changes within seconds; 5 rounds of 2 × 12 s gave pair drops from −10 to +34 % (same total time).
  *   BENCH_GATEWAY_TRACED=0 leaves it out; BENCH_GATEWAY_ONLY=traced runs only this part (development);
  *   BENCH_TRACED_PAIRS=n measures n untraced and n traced host processes taking turns (see TRACED_PAIRS).
@@ -81,16 +84,23 @@ const SEGMENT_S = Math.max(0.5, Number(process.env.BENCH_TRACED_SEGMENT_S ?? 2.5
  * segment gets going (its timers, caches; at ~4,000 rps 0.5 s is ~2,000 calls).
  */
 const SETTLE_S = 0.5;
+/**
+ * Uncounted load per ours_traced host before the first segment, s (BENCH_TRACED_WARMUP_S). A fresh host's loop costs
+ * 20–50 % more per call for its first ~30,000 warm calls (V8 still compiling: its helper threads' CPU per call is
+ * 3–5 × the steady figure), i.e. ~6–8 s at c32; with 2 s, the first two or three segments of every host ran slow.
+ */
+const TRACED_WARMUP_S = Math.max(1, Number(process.env.BENCH_TRACED_WARMUP_S ?? 8));
 const ONLY_TRACED = process.env.BENCH_GATEWAY_ONLY === 'traced';
 /**
- * Host processes per side in ours_traced (BENCH_TRACED_PAIRS, default 2: two untraced, two traced). Identically
- * configured hosts measured side by side differ by a persistent 10–15 µs/call of loop CPU (4–13 % rps) for a whole
- * run, in a sign that changes from run to run (two traced hosts, 2 runs of 10 rounds: −11 and −14.5 µs/call; two
- * untraced hosts in one quiet bench run: 162 vs 146.5 µs/call, 5,341 vs 6,159 rps). With one process per side that
- * offset is part of traced_drop_pct; with 2 or more the segments go U0 T0 U1 T1 U0 …, so every traced segment is
- * compared with both untraced hosts and the drops mix both traced hosts (+~25 s of start-up per pair).
+ * Host processes per side in ours_traced (BENCH_TRACED_PAIRS, default 3: three untraced, three traced); the segments go
+ * U0 T0 U1 T1 U2 T2 U0 …, so every traced segment is compared with two different untraced hosts and the drops mix all
+ * traced hosts. Identically configured hosts differ for a whole run: with 8 s of warm-up each, the medians of 3–4 such
+ * hosts spread 3–13 µs/call of loop CPU (once 19), about what the segments' own noise gives (sd 6–9 µs, 5–7 segments
+ * per host; 2026-11-30); with the 2 s warm-up used before, every host's first two or three segments ran 20–50 % slow,
+ * so hosts looked 10–24 µs/call apart. With one process per side such an offset is part of traced_drop_pct; each pair
+ * costs ~9 s of start-up and TRACED_WARMUP_S of load (3 pairs: ~4 min for this part).
  */
-const TRACED_PAIRS = Math.max(1, Math.floor(Number(process.env.BENCH_TRACED_PAIRS ?? 2)) || 1);
+const TRACED_PAIRS = Math.max(1, Math.floor(Number(process.env.BENCH_TRACED_PAIRS ?? 3)) || 1);
 const BODY = JSON.stringify({ hello: 'world' });
 const ROOT = process.cwd();
 
@@ -685,6 +695,19 @@ async function settled(sink: OtlpSinkProcess): Promise<OtlpSinkStats> {
   return last;
 }
 
+/** a host's GC totals so far and its new space's size, from its /metrics (prom-client's default metrics) */
+async function gcStats(url: string): Promise<{ minorN: number; minorS: number; majorN: number; majorS: number; newBytes: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const v = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+  return {
+    minorN: v(/^nodejs_gc_duration_seconds_count\{kind="minor"\} (\S+)$/m),
+    minorS: v(/^nodejs_gc_duration_seconds_sum\{kind="minor"\} (\S+)$/m),
+    majorN: v(/^nodejs_gc_duration_seconds_count\{kind="major"\} (\S+)$/m) || 0,
+    majorS: v(/^nodejs_gc_duration_seconds_sum\{kind="major"\} (\S+)$/m) || 0,
+    newBytes: v(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\S+)$/m),
+  };
+}
+
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
 
 async function main() {
@@ -722,20 +745,31 @@ async function main() {
         });
       }
       const target = (h: number) => [`${hosts[h]!.url}/v1/functions/hello/invoke`, { authorization: `Bearer ${hosts[h]!.key}` }] as const;
-      // JIT and caches of every host warm before anything counts
-      for (let p = 0; p < TRACED_PAIRS; p++) for (const k of [0, 1, 0, 1]) await load(target(2 * p + k)[0], 32, target(2 * p + k)[1], WARMUP_S / 2);
+      // JIT and caches of every host warm before anything counts: TRACED_WARMUP_S per host, in 1 s turns in
+      // segment order (every host is as warm as the others when counting starts)
+      for (let t = 0; t < Math.max(1, Math.round(TRACED_WARMUP_S)); t++) for (let h = 0; h < hosts.length; h++) await load(target(h)[0], 32, target(h)[1], 1);
       const snapper = new Snapper();
       cleanup.push(async () => void (await snapper.close()));
       const segs: Segment[][] = [[], []];
+      // per host: [rps, loop µs/call, minor GC µs/call] of each of its segments (ours_traced.hosts)
+      const perHost: [number, number, number][][] = hosts.map(() => []);
+      const gcPrev = new Map<string, Awaited<ReturnType<typeof gcStats>>>();
+      for (const h of hosts) gcPrev.set(h.url, await gcStats(h.url));
       for (let i = 0; i < 2 * TRACED_ROUNDS + 1; i++) {
-        // U T U T …, the pairs taking turns: U0 T0 U1 T1 U0 … with two
+        // U T U T …, the pairs taking turns: U0 T0 U1 T1 U2 T2 U0 … with three
         const k = i % 2;
         const pair = Math.floor(i / 2) % TRACED_PAIRS;
         const h = hosts[2 * pair + k]!;
         const r = await segment(target(2 * pair + k)[0], 32, target(2 * pair + k)[1], h.child.proc.pid!, { hostPid: h.child.proc.pid!, nodeId: h.nodeId, collectorPid: sink.pid }, snapper);
         segs[k]!.push(r);
+        const g = await gcStats(h.url);
+        const g0 = gcPrev.get(h.url) ?? { minorN: 0, minorS: 0, majorN: 0, majorS: 0, newBytes: 0 };
+        gcPrev.set(h.url, g);
+        const minorUs = (1e6 * (g.minorS - g0.minorS)) / r.all;
+        perHost[2 * pair + k]!.push([r.rps, r.loopUs, minorUs]);
+        const gcLine = `gc: minor/1k ${((1000 * (g.minorN - g0.minorN)) / r.all).toFixed(2)} minor µs/call ${minorUs.toFixed(2)} major n ${g.majorN - g0.majorN} major µs/call ${((1e6 * (g.majorS - g0.majorS)) / r.all).toFixed(2)} new ${(g.newBytes / 2 ** 20).toFixed(0)}MB`;
         const c = Object.entries(r.cpu).map(([p, v]) => `${p} ${p === 'unattributed_cores' ? v.toFixed(2) : Math.round(v)}`).join(', ');
-        log(`  segment ${i + 1} ${k ? 'T' : 'U'}${TRACED_PAIRS > 1 ? pair : ''} ${Math.round(r.rps)} rps, loop ${Math.round(r.loopUs)} µs/call (load ${loadavg()}); cpu µs/call: ${c}${r.cpu.unattributed_cores >= 0.2 ? `; others' busiest (cores): ${r.others}` : ''}`);
+        log(`  segment ${i + 1} ${k ? 'T' : 'U'}${TRACED_PAIRS > 1 ? pair : ''} ${Math.round(r.rps)} rps, loop ${Math.round(r.loopUs)} µs/call (load ${loadavg()}); cpu µs/call: ${c}${r.cpu.unattributed_cores >= 0.2 ? `; others' busiest (cores): ${r.others}` : ''}; ${gcLine}`);
       }
       // each T against the mean of the U just before and just after it
       const drops = segs[1]!.map((t, i) => 100 * (1 - t.rps / ((segs[0]![i]!.rps + segs[0]![i + 1]!.rps) / 2))).sort((a, b) => a - b);
@@ -757,6 +791,20 @@ async function main() {
       // (its batch timer sends the last partial batch within OTEL_BSP_SCHEDULE_DELAY, 5 s by default)
       const invocations = segs[1]!.reduce((n, x) => n + x.all, 0);
       const st = await settled(sink);
+      // per host process (after ≥ 6 s idle in settled()): the spread between identically configured hosts, and memory
+      const perHostOut = hosts.map((h, i) => {
+        const status = readText(`/proc/${h.child.proc.pid!}/status`);
+        const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? NaN);
+        const col = (j: number) => median(perHost[i]!.map((x) => x[j]!).filter((v) => Number.isFinite(v)).sort((a, b) => a - b));
+        return {
+          host: `${i % 2 ? 'T' : 'U'}${Math.floor(i / 2)}`,
+          rps: Math.round(col(0)),
+          loop_us_per_call: Math.round(col(1) * 10) / 10,
+          minor_gc_us_per_call: Math.round(col(2) * 10) / 10,
+          rss_mib: Math.round(kib('VmRSS') / 1024),
+          rss_peak_mib: Math.round(kib('VmHWM') / 1024),
+        };
+      });
       const lost = { spans_dropped: 0, spans_failed: 0 };
       for (let p = 0; p < TRACED_PAIRS; p++) {
         const l = await traceLoss(hosts[2 * p + 1]!);
@@ -775,6 +823,7 @@ async function main() {
         segment_s: SEGMENT_S,
         pairs: TRACED_PAIRS,
         cpu_us_per_call: { untraced: cpuMedians(segs[0]!.map((x) => x.cpu)), traced: cpuMedians(segs[1]!.map((x) => x.cpu)), added },
+        hosts: perHostOut,
       };
       log(`  ${JSON.stringify(out.ours_traced)}`);
     }

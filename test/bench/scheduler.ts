@@ -22,6 +22,7 @@
  * Needs root, the native build and the base images (npm run setup). Starts its own redis-server.
  */
 import { spawn, execFileSync } from 'node:child_process';
+import { setFlagsFromString } from 'node:v8';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -36,6 +37,10 @@ import type { PooledSandbox } from '../../services/scheduler/executor.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { createLogger } from '../../services/common/log.ts';
 import type { FunctionVersion } from '../../services/common/model.ts';
+
+// The scheduler runs in this process as in a host, and `fnhost start` turns V8's allocation-site pretenuring off
+// (bin/fnhost.mjs says why); the flag is read at every GC, so setting it here, before any call, is the same.
+setFlagsFromString('--no-allocation-site-pretenuring');
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const log = (...a: unknown[]) => process.stderr.write(`[bench:scheduler] ${a.join(' ')}\n`);
