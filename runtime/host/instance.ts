@@ -15,10 +15,10 @@
  * sandbox layer's start-up sweep (cleanupLeftovers) is what removes a sandbox that would not go.
  */
 import { randomBytes } from 'node:crypto';
-import type { Span } from '@opentelemetry/api';
+import { ROOT_CONTEXT, type Span } from '@opentelemetry/api';
 import { Crashed, FunctionError, Internal, ResponseTooLarge, type FnhostError } from '../../services/common/errors.ts';
 import type { FunctionVersion, InvocationPayload, InvocationResponse, LogLine } from '../../services/common/model.ts';
-import { Attr, NOOP_SPAN, SpanKind, SpanName, SpanSchema, failSpan, startSpanOf, tracingEnabled } from '../../services/common/telemetry.ts';
+import { Attr, NOOP_SPAN, SpanKind, SpanName, SpanSchema, activeSpan, failSpan, recordSpanOf, spanTime, startSpanOf, tracingEnabled } from '../../services/common/telemetry.ts';
 import type { Sandbox } from '../../services/sandbox/types.ts';
 import { encodeFrame, MsgType, type InvokeMsg, type ShimFrame } from '../protocol.ts';
 import { ChannelClosed, type RuntimeChannel } from './channel.ts';
@@ -98,6 +98,15 @@ export abstract class InstanceBase implements Instance {
   protected _alive = true;
   private _busy = false;
   private _invocations = 0;
+  /**
+   * Whether run() uses its span (as a parent, or for attributes): then the 'run' span is an object held open while
+   * it runs. A kind that does not (RuntimeInstance) gets NOOP_SPAN, and its 'run' span is recorded when the call
+   * ends — from two clock reads under the span current at the start, no span object on success — with what it
+   * reports in `peakAtDeath` on failure.
+   */
+  protected readonly runUsesSpan: boolean = true;
+  /** the sandbox's peak memory, bytes, when the running call's process died (0: unknown): the failed 'run' span's attribute */
+  protected peakAtDeath = 0;
 
   constructor(
     readonly fn: FunctionVersion,
@@ -131,6 +140,28 @@ export abstract class InstanceBase implements Instance {
     // Under the span current at the call (the scheduler's 'local dispatch' / 'scheduler pickup', set by
     // runInSpan around this synchronous start). Started and ended here rather than through withSpan: no
     // callback closure and no extra promise + then pair per call.
+    if (!this.runUsesSpan) {
+      // A kind whose run() needs no span: 'run' is recorded when the call ends, from two clock reads, under the
+      // parent captured now (after the await nothing is current, services/common/telemetry.ts; none = a new
+      // trace) — no span object on success. Inline, not a helper: an async function returning another's promise
+      // costs extra microtask turns per call.
+      const parent = activeSpan() ?? ROOT_CONTEXT;
+      const t0 = spanTime();
+      this.peakAtDeath = 0;
+      try {
+        const r = await this.run(req, NOOP_SPAN);
+        recordSpanOf(RUN, t0, spanTime(), parent);
+        return r;
+      } catch (e) {
+        const span = startSpanOf(RUN, undefined, parent, t0);
+        if (this.peakAtDeath > 0) span.setAttribute(Attr.peakMemoryBytes, this.peakAtDeath);
+        failSpan(span, e);
+        span.end();
+        throw e;
+      } finally {
+        this._busy = false;
+      }
+    }
     const span = startSpanOf(RUN, undefined);
     try {
       return await this.run(req, span);
@@ -146,6 +177,7 @@ export abstract class InstanceBase implements Instance {
 
 /** A node or python instance: the pre-booted shim with the function's handler loaded. */
 export class RuntimeInstance extends InstanceBase {
+  protected override readonly runUsesSpan = false;
   private destroying: Promise<void> | null = null;
   /**
    * The running invocation's deadline (epoch ms; Infinity between invocations) and what settles it as timed
@@ -224,7 +256,7 @@ export class RuntimeInstance extends InstanceBase {
     });
   }
 
-  protected async run(req: InvokeRequest, span: Span): Promise<InvokeResult> {
+  protected async run(req: InvokeRequest, _span: Span): Promise<InvokeResult> {
     const t0 = performance.now();
     const deadline = req.deadline ?? Date.now() + this.fn.timeoutMs;
     const logs = this.channel.logs;
@@ -243,7 +275,7 @@ export class RuntimeInstance extends InstanceBase {
         }
       } catch (e) {
         if (e instanceof ChannelClosed) {
-          if (e.status.peakMemoryBytes > 0) span.setAttribute(Attr.peakMemoryBytes, e.status.peakMemoryBytes);
+          this.peakAtDeath = e.status.peakMemoryBytes;
           throw await this.died(e, logs.tail('stderr'));
         }
         throw e;

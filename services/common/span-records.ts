@@ -18,7 +18,7 @@
 import type { AttributeValue } from '@opentelemetry/api';
 import { NAME_BYTES, PAIR_BYTES, PAIR_VALUE_MAX_CHARS, ProtoWriter, keyBytes, nameKindId, pairId, protoKeyValue, protoShortStringKeyValue, protoSpan } from './otlp-encode.ts';
 import { META_RAW, META_REMOTE, REC_INTS, encodeRecords, type RecordsOut } from './otlp-records.mjs';
-import type { FnSpan, SpanSchema, SpanValues } from './trace-span.ts';
+import { drawSpanIdWords, drawnHi, drawnLo, type FnSpan, type SpanSchema, type SpanValues } from './trace-span.ts';
 
 /** One batch of span records (its three buffers move to the export thread and back). */
 export class SpanRecords {
@@ -75,11 +75,10 @@ export function writeSpanRecord(rec: SpanRecords, s: FnSpan): void {
     rec.n++;
     return;
   }
-  const t = s.tid;
-  ints[o] = t.a;
-  ints[o + 1] = t.b;
-  ints[o + 2] = t.c;
-  ints[o + 3] = t.d;
+  ints[o] = s.ta;
+  ints[o + 1] = s.tb;
+  ints[o + 2] = s.tc;
+  ints[o + 3] = s.td;
   ints[o + 4] = s.hi;
   ints[o + 5] = s.lo;
   ints[o + 6] = s.phi;
@@ -102,6 +101,39 @@ export function writeSpanRecord(rec: SpanRecords, s: FnSpan): void {
   if (x) for (let i = 0; i < x.length; i += 2) recordAttribute(w, x[i] as string, x[i + 1] as AttributeValue);
   ints[o + 9] = w.pos;
   rec.n++;
+}
+
+/**
+ * Appends an ended child span of `parent` over [startMs, endMs] (end clamped to start) with the attributes `vals` of
+ * `sc` and a freshly drawn span id: what writeSpanRecord writes for such a span, with no span object in between (a
+ * warm call's 'warm pick' and 'result delivery': its ids come straight from the parent, which the caller just used).
+ * False (nothing written) when the span's name is past the name cache. The caller seals before `rec.capacity` is
+ * exceeded.
+ */
+export function writeChildRecord(rec: SpanRecords, parent: FnSpan, sc: SpanSchema, vals: SpanValues | undefined, startMs: number, endMs: number): boolean {
+  const nk = sc.nk >= 0 ? sc.nk : (sc.nk = nameKindId(sc.name, sc.kind));
+  // past the name cache: only a span object can be written (whole, by protoSpan)
+  if (nk < 0) return false;
+  const o = rec.n * REC_INTS;
+  const ints = rec.ints;
+  drawSpanIdWords();
+  ints[o] = parent.ta;
+  ints[o + 1] = parent.tb;
+  ints[o + 2] = parent.tc;
+  ints[o + 3] = parent.td;
+  ints[o + 4] = drawnHi();
+  ints[o + 5] = drawnLo();
+  ints[o + 6] = parent.hi;
+  ints[o + 7] = parent.lo;
+  ints[o + 8] = nk;
+  const i2 = rec.n * 2;
+  rec.times[i2] = startMs;
+  rec.times[i2 + 1] = endMs < startMs ? startMs : endMs;
+  const w = rec.w;
+  if (vals !== undefined && vals.length !== 0) recordSchemaAttributes(w, sc, vals);
+  ints[o + 9] = w.pos;
+  rec.n++;
+  return true;
 }
 
 function recordAttribute(w: ProtoWriter, k: string, v: AttributeValue): void {
@@ -133,7 +165,13 @@ const UNCACHED = -2;
 function recordSchemaAttributes(w: ProtoWriter, sc: SpanSchema, vals: SpanValues): void {
   const last = sc.lastValue;
   const ids = sc.lastId;
-  for (let i = 0; i < vals.length; i++) {
+  const n = vals.length;
+  // Cached values are one or two varint bytes each (pair ids + 1 below 2^14, see recordAttribute): room for all of
+  // them up front, then plain byte stores — not a ProtoWriter call with its own capacity check per attribute.
+  w.ensure(2 * n);
+  let b = w.buf;
+  let p = w.pos;
+  for (let i = 0; i < n; i++) {
     const v = vals[i];
     if (v === undefined || v === null) continue;
     let id = ids[i]!;
@@ -147,13 +185,30 @@ function recordSchemaAttributes(w: ProtoWriter, sc: SpanSchema, vals: SpanValues
       ids[i] = id;
     }
     if (id >= 0) {
-      w.varint(id + 1);
+      const x = id + 1;
+      if (x < 0x80) b[p++] = x;
+      else if (x < 0x4000) {
+        b[p++] = (x & 0x7f) | 0x80;
+        b[p++] = x >>> 7;
+      } else {
+        w.pos = p;
+        w.varint(x);
+        w.ensure(2 * (n - i));
+        b = w.buf;
+        p = w.pos;
+      }
       continue;
     }
+    w.pos = p;
     const m = beginInline(w);
     if (typeof v !== 'string' || v.length >= 100 || !protoShortStringKeyValue(w, 9, (sc.keyBytes[i] ??= keyBytes(sc.keys[i]!)), v)) protoKeyValue(w, 9, sc.keys[i]!, v);
     w.end(m);
+    // the writer may have grown (a new buffer): room for the rest again
+    w.ensure(2 * (n - i));
+    b = w.buf;
+    p = w.pos;
   }
+  w.pos = p;
 }
 
 /** Encodes a batch of records on this thread (the export thread is gone): the bytes protoSpan would have written. */

@@ -18,8 +18,8 @@ import { Worker } from 'node:worker_threads';
 import { diag, type Attributes } from '@opentelemetry/api';
 import { NAME_BYTES, PAIR_BYTES, ProtoBatchHeader, ProtoWriter, jsonBatch, jsonSpan, protoSpan } from './otlp-encode.ts';
 import { createPoster, type Poster } from './otlp-post.mjs';
-import { SpanRecords, encodeRecordsHere, writeSpanRecord } from './span-records.ts';
-import type { FnSpan, SpanSink } from './trace-span.ts';
+import { SpanRecords, encodeRecordsHere, writeChildRecord, writeSpanRecord } from './span-records.ts';
+import type { FnSpan, SpanSchema, SpanSink, SpanValues } from './trace-span.ts';
 
 export interface OtlpHttpConfig {
   /** full traces URL, e.g. http://127.0.0.1:4318/v1/traces */
@@ -333,6 +333,29 @@ export class OtlpHttpExporter implements SpanSink {
     if (this.rec) writeSpanRecord(this.rec, span);
     else if (this.proto) protoSpan(this.proto, span);
     else this.json.push(jsonSpan(span));
+    this.added();
+  }
+
+  /**
+   * SpanSink.onEndChild: while spans leave as records, an ended child of `parent` is written straight from the
+   * parent's ids (span-records.ts writeChildRecord), with no span object; false when it cannot be (encoding here,
+   * or a name past the name cache): the caller then hands over a span.
+   */
+  onEndChild(parent: FnSpan, schema: SpanSchema, vals: SpanValues | undefined, startMs: number, endMs: number): boolean {
+    const rec = this.rec;
+    if (rec === undefined) return false;
+    if (this.shut || this.count + this.pendingSpans >= this.cfg.maxQueueSize) {
+      this.stats.dropped++;
+      this.hooks.onDropped?.(1);
+      return true;
+    }
+    if (!writeChildRecord(rec, parent, schema, vals, startMs, endMs)) return false;
+    this.added();
+    return true;
+  }
+
+  /** a span went into the batch being built: seal it when full, else start its delay with its first span */
+  private added(): void {
     if (++this.count >= this.cfg.maxExportBatchSize) this.seal();
     else if (this.count === 1) {
       this.timer = setTimeout(() => this.seal(), this.cfg.scheduledDelayMillis);

@@ -33,6 +33,11 @@ import {
 /** Where finished, sampled spans go (the exporter's batcher). */
 export interface SpanSink {
   onEnd(span: FnSpan): void;
+  /**
+   * Optional: takes an already ended child of `parent` (a known interval, attributes `vals` by `schema`'s keys,
+   * a span id of its own drawn by the sink) without a span object. False: not taken — hand over a span instead.
+   */
+  onEndChild?(parent: FnSpan, schema: SpanSchema, vals: SpanValues | undefined, startMs: number, endMs: number): boolean;
 }
 
 export interface SpanEvent {
@@ -123,6 +128,16 @@ function drawSpanId(): void {
     idLo = randomWord();
   } while (idHi === 0 && idLo === 0);
 }
+
+/**
+ * Draws a span id for a span that has no object (span-records.ts writeChildRecord); read it with `drawnHi()` /
+ * `drawnLo()` before the next draw.
+ */
+export function drawSpanIdWords(): void {
+  drawSpanId();
+}
+export const drawnHi = (): number => idHi;
+export const drawnLo = (): number => idLo;
 
 export function newSpanId(): string {
   drawSpanId();
@@ -298,6 +313,14 @@ interface RareParts {
 export class FnSpan implements Span {
   /** trace id words (shared with the parent when it is ours) */
   readonly tid: TraceIdWords;
+  /**
+   * The same trace id words, copied into the span: writing its record at end() (span-records.ts) then reads this
+   * object only. In the host, where caches are cold by the time a span ends, the second object was a miss per span.
+   */
+  readonly ta: number;
+  readonly tb: number;
+  readonly tc: number;
+  readonly td: number;
   /** span id, big-endian words */
   readonly hi: number;
   readonly lo: number;
@@ -353,6 +376,18 @@ export class FnSpan implements Span {
     this.name = name;
     this.kind = kind;
     this.tid = tid;
+    if (parent instanceof FnSpan) {
+      // the parent was just used by the caller: its copy is at hand, `tid` may not be
+      this.ta = parent.ta;
+      this.tb = parent.tb;
+      this.tc = parent.tc;
+      this.td = parent.td;
+    } else {
+      this.ta = tid.a;
+      this.tb = tid.b;
+      this.tc = tid.c;
+      this.td = tid.d;
+    }
     drawSpanId();
     this.hi = idHi;
     this.lo = idLo;
@@ -383,6 +418,10 @@ export class FnSpan implements Span {
     const m = this as unknown as { -readonly [K in keyof FnSpan]: FnSpan[K] };
     drawSpanId();
     m.tid = tid;
+    m.ta = parent.ta;
+    m.tb = parent.tb;
+    m.tc = parent.tc;
+    m.td = parent.td;
     m.hi = idHi;
     m.lo = idLo;
     m.phi = parent.hi;

@@ -163,13 +163,15 @@ class Backend implements TraceBackend {
 
   /**
    * A span whose interval is known, under `parent`. Under a span of ours (a warm call's 'warm pick' and 'result
-   * delivery') nothing is allocated: the one scratch span is filled in and handed to the sink, which copies what it
-   * needs in onEnd (the OTLP exporter writes a record or encodes) and keeps no reference.
+   * delivery') nothing is allocated: the sink takes it without a span object (onEndChild: the OTLP exporter writing
+   * records), or the one scratch span is filled in and handed to the sink, which copies what it needs in onEnd
+   * (the exporter encoding on the loop) and keeps no reference.
    */
   recordOf(schema: SpanSchema, vals: SpanValues | undefined, parent: ParentRef, startMs: number, endMs: number): void {
     const s = this.scratch;
     if (s !== undefined && parent instanceof FnSpan) {
       if (!this.sampler.sample(parent.tid, true)) return;
+      if (this.sink.onEndChild?.(parent, schema, vals, startMs, endMs)) return;
       s.reinitEnded(parent.tid, parent, schema, vals, startMs, endMs);
       this.sink.onEnd(s);
       return;

@@ -28,7 +28,7 @@
  * const { record, response } = await client.invoke({ fn, payload: { kind: 'event', body: Buffer.from('{}') }, mode: 'sync' });
  * const { invocationId } = await client.enqueue({ fn, payload, mode: 'async', idempotencyKey: 'order-42' });
  */
-import { randomUUID } from 'node:crypto';
+import { randomFillSync, randomUUID } from 'node:crypto';
 import { Queue, type ConnectionOptions, type JobsOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { InvocationClient, InvokeRequest, InvocationRecord, SyncResult, LogQuery } from './types.ts';
@@ -104,6 +104,44 @@ export function bullConnection(redis: Redis): ConnectionOptions {
 function asUnavailable(e: unknown): unknown {
   if (e && typeof e === 'object' && 'type' in e) return e;
   return new Unavailable('Redis is unreachable', {}, { cause: e });
+}
+
+/** UUIDs made per refill of newInvocationId's buffers (one getrandom call each, as node's randomUUID batches 128) */
+const ID_BATCH = 128;
+const idRandom = Buffer.alloc(16 * ID_BATCH);
+const idText = Buffer.alloc(36 * ID_BATCH);
+const ID_HEX = Buffer.from('0123456789abcdef', 'latin1');
+let idsLeft = 0;
+
+/**
+ * A random (version 4) UUID, as `randomUUID()` makes, but as a flat string: node builds randomUUID's result by
+ * concatenating 20 pieces, a tree of ConsStrings that every reader walks or flattens again — hashing it (the
+ * in-process calls map), copying it into the trace span record (~0.25 µs per id measured), writing it to Redis.
+ * Here 128 ids are written as text into one buffer per refill and each is one `toString('latin1', …)` (a flat one-byte
+ * string of its own: no slice of a shared parent that would keep the whole batch alive). Measured in a microbenchmark:
+ * ~0.1 µs less than randomUUID alone, ~0.2 µs less than randomUUID plus a flatten.
+ */
+export function newInvocationId(): string {
+  if (idsLeft === 0) {
+    randomFillSync(idRandom);
+    const hex = ID_HEX;
+    for (let i = 0; i < ID_BATCH; i++) {
+      const r = i * 16;
+      // RFC 9562 §5.4: version 4 in the high nibble of byte 6, variant 0b10 in the high bits of byte 8
+      idRandom[r + 6] = (idRandom[r + 6]! & 0x0f) | 0x40;
+      idRandom[r + 8] = (idRandom[r + 8]! & 0x3f) | 0x80;
+      let p = i * 36;
+      for (let j = 0; j < 16; j++) {
+        if (j === 4 || j === 6 || j === 8 || j === 10) idText[p++] = 0x2d;
+        const b = idRandom[r + j]!;
+        idText[p++] = hex[b >> 4]!;
+        idText[p++] = hex[b & 15]!;
+      }
+    }
+    idsLeft = ID_BATCH;
+  }
+  const off = (ID_BATCH - idsLeft--) * 36;
+  return idText.toString('latin1', off, off + 36);
 }
 
 const QUEUE_DEPTH_CACHE_MS = 100; // re-count a tenant's queue at most 10×/s: the bound is a safety net, not an exact limit
@@ -459,7 +497,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
     const d = localDispatcher(localQueues);
     if (!d) return undefined;
     const fn = req.fn;
-    const id = randomUUID();
+    const id = newInvocationId();
     const now = Date.now();
     const run = d.tryDispatch({ id, mode: req.mode === 'http' ? 'http' : 'sync', fn, payload: req.payload, createdAt: now, deadline: now + maxQueueWaitMs + fn.timeoutMs, traceparent: req.traceparent, parentSpan: req.parentSpan });
     if (!run) return undefined;
@@ -505,7 +543,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       }
       if (!subscribed) await redisCall(subscribe);
       checkDepth(req.fn.tenant);
-      const id = randomUUID();
+      const id = newInvocationId();
       if (syncLane === 'fast') return invokeFast(req, id);
       const { data, route } = await redisCall(() => prepare(req, id, ret.recordS));
       const result = wait(req, id, data.deadline);
@@ -525,7 +563,7 @@ export function createInvocationClient(opts: InvocationClientOptions): Invocatio
       validate(req, 'async');
       const tenant = req.fn.tenant;
       checkDepth(tenant);
-      const id = randomUUID();
+      const id = newInvocationId();
       if (req.idempotencyKey) {
         const ik = keys.idempotency(tenant, req.idempotencyKey);
         const set = await redisCall(() => redis.set(ik, id, 'EX', ret.idempotencyS, 'NX'));

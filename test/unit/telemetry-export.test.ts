@@ -8,12 +8,20 @@ import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { Attr, SpanName, SpanSchema, injectTraceparent, recordSpan, recordSpanOf, spanTime, startServerSpanOf, startSpanOf, withRemoteParent, withSpan, type SpanValues } from '../../services/common/telemetry.ts';
 import { initTracing, resourceOf, tracingRequested, type TracingHandle } from '../../services/common/tracing-setup.ts';
 import { FnSpan, TraceIdWords, samplerFromEnv } from '../../services/common/trace-span.ts';
-import { ProtoBatchHeader, ProtoWriter, protoBatchHeader, protoSpan } from '../../services/common/otlp-encode.ts';
-import { SpanRecords, encodeRecordsHere, writeSpanRecord } from '../../services/common/span-records.ts';
+import { ProtoBatchHeader, ProtoWriter, nameKindId, protoBatchHeader, protoKeyValue, protoSpan } from '../../services/common/otlp-encode.ts';
+import { SpanRecords, encodeRecordsHere, writeChildRecord, writeSpanRecord } from '../../services/common/span-records.ts';
+import { REC_INTS } from '../../services/common/otlp-records.mjs';
+import { newInvocationId } from '../../services/scheduler/client.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { DEFAULT_EXPORT_THREAD_NICE, EXPORT_THREAD_NAME, OtlpHttpExporter, exportNiceFromEnv, otlpConfigFromEnv } from '../../services/common/trace-export.ts';
 import { countOtlpProto, decodeOtlpProto, startOtlpSink, startOtlpSinkProcess, type OtlpSink } from '../helpers/otlp-sink.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
+
+// Their names are cached as this file loads: other tests fill the process-wide name cache (256 names), and past it
+// a child cannot be written as a record (writeChildRecord returns false, the span goes whole through protoSpan).
+const CHILD_BYTES = new SpanSchema('child bytes', SpanKind.INTERNAL, ['t.child.kind', 't.child.id']);
+const CHILD_EMPTY = new SpanSchema('child empty', SpanKind.CLIENT, []);
+for (const c of [CHILD_BYTES, CHILD_EMPTY]) c.nk = nameKindId(c.name, c.kind);
 
 describe('the resource (per process, sent once per export request)', () => {
   it('process.pid, OTEL_RESOURCE_ATTRIBUTES, the caller\'s attributes, and service.name by the spec\'s precedence', () => {
@@ -691,6 +699,61 @@ describe('the OTLP sink (test/helpers/otlp-sink.ts)', () => {
     expect(got.map((s) => s.attributes)).toEqual(want);
     expect(got[17]!.name).toBe('renamed 1');
     expect(got[13]!.status.code).toBe(2);
+  });
+
+  it('children written straight from their parent (writeChildRecord: no span object) are byte for byte what protoSpan writes for the same span', () => {
+    const direct = new ProtoWriter(64);
+    const rec = new SpanRecords(300);
+    const sink = { onEnd: () => {} };
+    const tid = TraceIdWords.fromHex('8899aabbccddeeff0011223344556677');
+    const S = CHILD_BYTES;
+    const EMPTY = CHILD_EMPTY;
+    const scratch = new FnSpan(sink, '', SpanKind.INTERNAL, tid, undefined, undefined, 0);
+    for (let i = 0; i < 300; i++) {
+      const parent = new FnSpan(sink, 'parent', SpanKind.INTERNAL, tid, i % 2 ? { traceId: tid.hex, spanId: 'f0f0f0f0f0f0f0f0', traceFlags: 1, isRemote: true } : undefined, undefined, 1_700_000_000_000 + i);
+      const schema = i % 3 === 0 ? EMPTY : S;
+      const vals = schema === EMPTY ? undefined : [i % 4 ? 'warm' : undefined, `inv-${i}`];
+      const start = 1_700_000_000_000.25 + i * 1.001;
+      // every 7th ends before it starts: clamped to its start, as a span's end() does
+      const end = i % 7 === 0 ? start - 1 : start + 0.5 + i / 1000;
+      expect(writeChildRecord(rec, parent, schema, vals, start, end)).toBe(true);
+      const o = (rec.n - 1) * REC_INTS;
+      scratch.reinitEnded(tid, parent, schema, vals, start, end);
+      // the same span id as the record drew
+      Object.assign(scratch, { hi: rec.ints[o + 4], lo: rec.ints[o + 5] });
+      protoSpan(direct, scratch);
+      expect(rec.ints[o + 6]).toBe(parent.hi);
+      expect(rec.ints[o + 7]).toBe(parent.lo);
+    }
+    const out = new ProtoWriter(64);
+    encodeRecordsHere(rec, out);
+    expect(out.bytes().equals(direct.bytes())).toBe(true);
+    const got = decodeOtlpProto(Buffer.concat([protoBatchHeader({}, 'fnhost', out.pos), out.bytes()]));
+    expect(got).toHaveLength(300);
+    expect(new Set(got.map((g) => g.spanId)).size).toBe(300);
+    for (const g of got) {
+      expect(g.traceId).toBe(tid.hex);
+      expect(g.endNs).toBeGreaterThanOrEqual(g.startNs);
+    }
+    expect(got[1]!.attributes).toEqual({ 't.child.kind': 'warm', 't.child.id': 'inv-1' });
+    expect(got[3]!).toMatchObject({ name: 'child empty', attributes: {} });
+  });
+
+  it('invocation ids (newInvocationId) are version 4 UUIDs like randomUUID\'s, unique across refills, and encode as the same attribute bytes', () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 1000; i++) {
+      const id = newInvocationId();
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      seen.add(id);
+    }
+    expect(seen.size).toBe(1000);
+    const a = new ProtoWriter(64);
+    const b = new ProtoWriter(64);
+    const id = newInvocationId();
+    protoKeyValue(a, 9, Attr.invocationId, id);
+    protoKeyValue(b, 9, Attr.invocationId, `${id.slice(0, 18)}${id.slice(18)}`);
+    // the same bytes from a ConsString of the same characters (what randomUUID gives)
+    expect(a.bytes().equals(b.bytes())).toBe(true);
   });
 
   it('a span\'s flags stay independent: remote parent, published, ended, an overridden creation attribute (the caller\'s object untouched)', () => {

@@ -33,6 +33,7 @@ import { OutOfMemory } from '../../services/common/errors.ts';
 import { createMetrics } from '../../services/common/metrics.ts';
 import { requestSpan, tracing } from '../../services/gateway/middleware/tracing.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
+import { InstanceBase, type InvokeRequest as InstanceInvokeRequest } from '../../runtime/host/instance.ts';
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const SPAN = '00f067aa0ba902b7';
@@ -289,6 +290,68 @@ describe('with tracing on', () => {
     expect(ms(recs[0]!.duration)).toBeCloseTo(1.5, 3);
     // an end before the start is clamped to the start
     expect(ms(recs[1]!.duration)).toBe(0);
+  });
+
+  it('an instance kind whose run() needs no span records its \'run\' span at the end: parent captured at the start, times, failures with status, exception and peak memory', async () => {
+    class Recorded extends InstanceBase {
+      protected override readonly runUsesSpan = false;
+      seen: unknown[] = [];
+      fail: 'no' | 'oom' | 'boom' = 'no';
+      get alive() {
+        return true;
+      }
+      async destroy() {}
+      protected async run(_req: InstanceInvokeRequest, span: unknown) {
+        this.seen.push(span);
+        await new Promise((r) => setTimeout(r, 5));
+        if (this.fail === 'oom') {
+          this.peakAtDeath = 48 * 2 ** 20;
+          throw new OutOfMemory('function ran out of memory', { limitMb: 64, peakMb: 48 });
+        }
+        if (this.fail === 'boom') throw new Error('boom');
+        return { response: { status: 200, headers: {}, body: Buffer.alloc(0) }, logs: [], truncatedLogs: false, durationMs: 5 };
+      }
+    }
+    const fn = { tenant: 't', name: 'f', version: 1, runtime: 'node', handler: 'index.handler', codeDigest: 'sha256:00', memoryMb: 64, timeoutMs: 1000, env: {}, concurrency: 1, public: false, createdAt: new Date(0).toISOString() };
+    const inst = new Recorded(fn as never, { id: 'sb-rec' } as never);
+    const parent = startSpan('rec-parent');
+    const t0 = spanTime();
+    await runInSpan(parent, () => inst.invoke({ id: 'i1', payload: { kind: 'event', body: Buffer.alloc(0) } }));
+    const t1 = spanTime();
+    inst.fail = 'oom';
+    await expect(runInSpan(parent, () => inst.invoke({ id: 'i2', payload: { kind: 'event', body: Buffer.alloc(0) } }))).rejects.toThrow(/memory/);
+    inst.fail = 'boom';
+    await expect(runInSpan(parent, () => inst.invoke({ id: 'i3', payload: { kind: 'event', body: Buffer.alloc(0) } }))).rejects.toThrow('boom');
+    // no current span at the call: a run span of its own trace, never another's
+    inst.fail = 'no';
+    await inst.invoke({ id: 'i4', payload: { kind: 'event', body: Buffer.alloc(0) } });
+    parent.end();
+    expect(inst.busy).toBe(false);
+    // run() got no span object to hold (the non-recording one)
+    for (const s of inst.seen) expect((s as { isRecording(): boolean }).isRecording()).toBe(false);
+    const spans = await finished();
+    const p = byName(spans, 'rec-parent');
+    const runs = spans.filter((x) => x.name === SpanName.run);
+    expect(runs).toHaveLength(4);
+    const [ok, oom, boom, orphan] = runs;
+    for (const r of [ok, oom, boom]) {
+      expect(r!.parentSpanContext?.spanId).toBe(p.spanContext().spanId);
+      expect(r!.spanContext().traceId).toBe(p.spanContext().traceId);
+    }
+    expect(orphan!.parentSpanContext).toBeUndefined();
+    expect(orphan!.spanContext().traceId).not.toBe(p.spanContext().traceId);
+    const ms = (x: [number, number]) => x[0] * 1e3 + x[1] / 1e6;
+    expect(ms(ok!.startTime)).toBeGreaterThanOrEqual(t0);
+    expect(ms(ok!.endTime)).toBeLessThanOrEqual(t1);
+    expect(ms(ok!.duration)).toBeGreaterThanOrEqual(4);
+    expect(ok!.status.code).toBe(SpanStatusCode.UNSET);
+    expect(ok!.attributes).toEqual({});
+    expect(oom!.status.code).toBe(SpanStatusCode.ERROR);
+    expect(oom!.attributes).toMatchObject({ [Attr.peakMemoryBytes]: 48 * 2 ** 20, [Attr.errorType]: 'OutOfMemory' });
+    expect(ms(oom!.duration)).toBeGreaterThanOrEqual(4);
+    expect(boom!.status).toMatchObject({ code: SpanStatusCode.ERROR, message: 'boom' });
+    expect(boom!.attributes[Attr.peakMemoryBytes]).toBeUndefined();
+    expect(boom!.events.map((e) => e.name)).toEqual(['exception']);
   });
 
   it('startServerSpan: a SERVER span under a valid caller traceparent, else a root (never the current span)', async () => {
