@@ -11,19 +11,19 @@
  *    gateways sharing the state dir: the committed version's layer is always there; a layer removed under a
  *    deploy (before its handler check, after its commit) is unpacked again.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tarGz } from '../../services/cli/pack.ts';
 import { createGateway } from '../../services/gateway/app.ts';
 import { bundleDigest, openImageStore, type FsImageStore } from '../../services/store/image-store.ts';
-import { createHarness, deployForm, type Harness } from './gateway-harness.ts';
+import { createFsImageHarness, deployForm, type Harness } from './gateway-harness.ts';
 
 let h: Harness;
 let images: FsImageStore;
 let root: string;
 let key: string;
+let close: (() => Promise<void>) | undefined;
 let seq = 0;
 
 /** a bundle nobody deployed before (unique content → unique digest) */
@@ -40,15 +40,11 @@ async function deploy(name: string, code: Buffer, config: Record<string, unknown
 }
 
 beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'fnhost-deploy-discard-'));
-  images = await openImageStore({ stateDir: join(root, 'state'), baseDir: join(root, 'base') });
-  h = await createHarness({ images });
-  key = await h.tenant('acme');
+  ({ h, images, root, key, close } = await createFsImageHarness('deploy-discard'));
 });
 
 afterAll(async () => {
-  await h?.close();
-  rmSync(root, { recursive: true, force: true });
+  await close?.();
 });
 
 describe('a deploy that fails after writing its code layer', () => {

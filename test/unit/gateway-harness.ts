@@ -17,6 +17,7 @@ import { createGateway } from '../../services/gateway/app.ts';
 import type { GatewayDeps } from '../../services/gateway/context.ts';
 import { generateKey, hashKey } from '../../services/store/keys.ts';
 import { createMetadataStore, type MetadataStore } from '../../services/store/metadata.ts';
+import { openImageStore, type FsImageStore } from '../../services/store/image-store.ts';
 import type { CodeLayer, ImageStore, ImageSummary, ResolvedImage } from '../../services/store/types.ts';
 import type { InvocationClient, InvocationRecord, InvokeRequest, LogQuery, SyncResult } from '../../services/scheduler/types.ts';
 import { redisUrl } from '../helpers/redis.ts';
@@ -199,6 +200,46 @@ export async function createHarness(extra: Partial<GatewayDeps> = {}): Promise<H
 }
 
 /** A multipart deploy body. */
+/** createFsImageHarness's result: the gateway harness over a real image store, tenant 'acme' and its key. */
+export interface FsImageHarness {
+  h: Harness;
+  images: FsImageStore;
+  /** the temp dir holding the store (`state/`, `base/`) */
+  root: string;
+  key: string;
+  /** closes the harness and removes `root` */
+  close(): Promise<void>;
+}
+
+/**
+ * A gateway harness over a REAL image store (services/store) in a fresh temp dir, with tenant 'acme' made.
+ *
+ * @example
+ * beforeAll(async () => ({ h, images, root, key, close } = await createFsImageHarness('deploy-discard')));
+ * afterAll(() => close?.());
+ */
+export async function createFsImageHarness(name: string): Promise<FsImageHarness> {
+  const root = mkdtempSync(join(tmpdir(), `fnhost-${name}-`));
+  let h: Harness | undefined;
+  try {
+    const images = await openImageStore({ stateDir: join(root, 'state'), baseDir: join(root, 'base') });
+    h = await createHarness({ images });
+    const key = await h.tenant('acme');
+    const made = h;
+    return {
+      h: made, images, root, key,
+      async close() {
+        await made.close();
+        rmSync(root, { recursive: true, force: true });
+      },
+    };
+  } catch (e) {
+    await h?.close();
+    rmSync(root, { recursive: true, force: true });
+    throw e;
+  }
+}
+
 export function deployForm(config: unknown, code?: Buffer | string): FormData {
   const f = new FormData();
   f.set('config', typeof config === 'string' ? config : JSON.stringify(config));

@@ -17,8 +17,7 @@
  *  - PATCH (same runtime, committed only while its base is the latest) cannot bring a deleted image back;
  *  - no Redis key of the guard outlives its delete or its tenant.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -32,12 +31,13 @@ import { createMetadataStore, type MetadataStore } from '../../services/store/me
 import { makeTar, writeOciLayout } from '../fixtures/oci/tars.ts';
 import { redisUrl } from '../helpers/redis.ts';
 import { until } from '../helpers/until.ts';
-import { createHarness, deployForm, type Harness } from './gateway-harness.ts';
+import { createFsImageHarness, deployForm, type Harness } from './gateway-harness.ts';
 
 let h: Harness;
 let images: FsImageStore;
 let root: string;
 let key: string;
+let close: (() => Promise<void>) | undefined;
 /** the second gateway: its own image store object, Redis connection and metadata store (cache on, subscribed) */
 let app2: ReturnType<typeof createGateway>;
 let images2: FsImageStore;
@@ -48,10 +48,7 @@ let seq = 0;
 type App = ReturnType<typeof createGateway>;
 
 beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'fnhost-image-delete-race-'));
-  images = await openImageStore({ stateDir: join(root, 'state'), baseDir: join(root, 'base') });
-  h = await createHarness({ images });
-  key = await h.tenant('acme');
+  ({ h, images, root, key, close } = await createFsImageHarness('image-delete-race'));
   images2 = await openImageStore({ stateDir: join(root, 'state'), baseDir: join(root, 'base') });
   redis2 = new Redis(redisUrl(), { maxRetriesPerRequest: 1 });
   store2 = createMetadataStore(redis2, h.prefix);
@@ -61,8 +58,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await store2?.close();
   redis2?.disconnect();
-  await h?.close();
-  rmSync(root, { recursive: true, force: true });
+  await close?.();
 });
 
 async function importImage(name: string, tenant = 'acme'): Promise<void> {

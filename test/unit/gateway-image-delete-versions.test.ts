@@ -6,35 +6,31 @@
  * in between (then reads them again), so a function created in that window is still seen.
  * REAL image store (temp state dir, imported OCI layouts) and REAL metadata store (the run's Redis), via app.request().
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tarGz } from '../../services/cli/pack.ts';
-import { openImageStore, type FsImageStore } from '../../services/store/image-store.ts';
+import type { FsImageStore } from '../../services/store/image-store.ts';
 import { FunctionStore, type NewVersion } from '../../services/store/functions.ts';
 import type { RuntimeName } from '../../services/common/model.ts';
 import { makeTar, writeOciLayout } from '../fixtures/oci/tars.ts';
 import { redisUrl } from '../helpers/redis.ts';
-import { createHarness, deployForm, type Harness } from './gateway-harness.ts';
+import { createFsImageHarness, deployForm, type Harness } from './gateway-harness.ts';
 
 let h: Harness;
 let images: FsImageStore;
 let root: string;
 let key: string;
+let close: (() => Promise<void>) | undefined;
 let seq = 0;
 
 beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'fnhost-image-delete-versions-'));
-  images = await openImageStore({ stateDir: join(root, 'state'), baseDir: join(root, 'base') });
-  h = await createHarness({ images });
-  key = await h.tenant('acme');
+  ({ h, images, root, key, close } = await createFsImageHarness('image-delete-versions'));
 });
 
 afterAll(async () => {
-  await h?.close();
-  rmSync(root, { recursive: true, force: true });
+  await close?.();
 });
 
 async function importImage(name: string): Promise<void> {
