@@ -88,7 +88,7 @@ functions (tenant key)
          [--callback-url URL]      with --async: POST the final outcome there, signed
   invocation <id>                   status and result of an (async) invocation
   logs <name> [-f] [--invocation ID] [--since 5m]
-  ls | rm <name>
+  ls | rm <name>[:<version>]
   config <name> [--memory 512] [--timeout 10s] [--env K=V]... [--unset-env K]... [--public|--private]
   dead-letters [ls | redrive <id>]
   callbacks [failed [--limit N] [--cursor C]]  completion callbacks that failed (attempts exhausted)

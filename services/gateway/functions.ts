@@ -10,11 +10,19 @@
  * | GET /v1/functions/:name (or :name:3) | 200 the version's record with `versions: [{version, createdAt, codeDigest, memoryMb, timeoutMs}]` |
  * | PATCH /v1/functions/:name `{memoryMb?, timeoutMs?, env?, concurrency?, public?, retries?, maxInstances?}` | 200 the new version |
  * | DELETE /v1/functions/:name | 204 |
+ * | DELETE /v1/functions/:name/versions/:n | 204; 409 Conflict `{reason: 'latest'}` for the latest version; 404 no such version |
  *
  * Every lookup is scoped to the caller's tenant, so another tenant's function is simply NotFound.
+ *
+ * Deleting one version (Lambda's DeleteFunction with a Qualifier, which likewise refuses $LATEST): the latest
+ * is what `name`, PATCH and the next deploy's base resolve to, so it goes only with the function; an older one goes
+ * at once — `name:N` is NotFound from then on (N is never handed out again), its image and code layer are no
+ * longer held by it, async invocations of it still queued fail NotFound when a scheduler picks them up
+ * (services/scheduler/process-job.ts), and schedulers retire its warm instances on the store's invalidation
+ * message (services/scheduler/scheduler.ts retireDeleted) — as for a deleted function.
  */
 import { Hono } from 'hono';
-import { Conflict, NotFound, isFnhostError } from '../common/errors.ts';
+import { Conflict, InvalidRequest, NotFound, isFnhostError } from '../common/errors.ts';
 import type { FunctionVersion } from '../common/model.ts';
 import type { MetadataStore } from '../store/metadata.ts';
 import type { GatewayDeps, GatewayEnv, GatewayLimits } from './context.ts';
@@ -31,6 +39,12 @@ export async function resolveFunction(store: MetadataStore, tenant: string, ref:
   const fn = await store.getFunction(tenant, name, version);
   if (!fn) throw new NotFound(version === undefined ? `function ${name} not found` : `function ${name} has no version ${version}`, { field: 'name' });
   return fn;
+}
+
+/** A version number in a path: what parseFunctionRef accepts after `name:` (1..999,999,999, no sign or leading zero). */
+function parseVersion(v: string): number {
+  if (!/^[1-9][0-9]{0,8}$/.test(v)) throw new InvalidRequest(`version ${JSON.stringify(v)} must be a positive integer`, { field: 'version' });
+  return Number(v);
 }
 
 /** Attempts of PATCH's read-merge-write when a deploy lands in between (each attempt re-reads the latest). */
@@ -84,6 +98,12 @@ export function functionRoutes(deps: GatewayDeps & { admission: Admission }, lim
         throw e;
       }
     }
+  });
+
+  app.delete('/:name/versions/:n', async (c) => {
+    const name = validateName(c.req.param('name'));
+    await store.functions.deleteVersion(tenantOf(c), name, parseVersion(c.req.param('n')));
+    return c.body(null, 204);
   });
 
   app.delete('/:name', async (c) => {

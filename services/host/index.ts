@@ -29,7 +29,7 @@ import type { InvocationClient } from '../scheduler/types.ts';
 import { createRuntimeExecutor } from '../scheduler/runtime-executor.ts';
 import { createScheduler, defaultNodeId, type Scheduler, type SchedulerOptions } from '../scheduler/scheduler.ts';
 import { openImageStore, type ImageStoreOptions } from '../store/image-store.ts';
-import { createMetadataStore, type MetadataStore } from '../store/metadata.ts';
+import { DEFAULT_METADATA_PREFIX, createMetadataStore, type MetadataStore } from '../store/metadata.ts';
 import type { ImageStore } from '../store/types.ts';
 import { loadAdminKey, type AdminKey } from './admin-key.ts';
 import type { HostConfig } from './config.ts';
@@ -134,7 +134,8 @@ export async function startHost(cfg: HostConfig, opts: HostOptions = {}): Promis
     let scheduler: Scheduler | undefined;
     if (opts.runScheduler ?? cfg.scheduler) {
       const executor = opts.executor ? await opts.executor(images, nodeId) : createRuntimeExecutor({ images, nodeId });
-      scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), ...opts.scheduler, nodeId });
+      // the scheduler reads this store's version records and invalidations (deleted versions: process-job.ts, retireDeleted)
+      scheduler = createScheduler({ redisUrl, executor, logger: log.child({ part: 'scheduler' }), metadataPrefix: opts.metadataPrefix ?? DEFAULT_METADATA_PREFIX, ...opts.scheduler, nodeId });
       await scheduler.start();
       undo('scheduler', () => scheduler!.close());
     }

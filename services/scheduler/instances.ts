@@ -168,6 +168,29 @@ export class Instances {
     return this.admitted;
   }
 
+  /**
+   * Retires the instances whose function version `match` selects (a deleted version: no call may reach them
+   * again): idle ones are destroyed now and their memory freed, busy or starting ones when their calls return —
+   * as an older version's are when a newer one is placed. Returns how many were matched.
+   * @example
+   * instances.retire((fn) => fn.tenant === 'acme' && fn.name === 'hello' && fn.version === 1);
+   */
+  retire(match: (fn: FunctionVersion) => boolean): number {
+    let n = 0;
+    let freed = false;
+    for (const i of [...this.all]) {
+      if ((i.state !== 'live' && i.state !== 'starting') || !match(i.fn)) continue;
+      n++;
+      if (i.inFlight === 0 && i.state === 'live') {
+        this.destroy(i, 'retired');
+        freed = true;
+      } else i.state = 'retiring';
+    }
+    // memory freed: waiters of other functions may fit now
+    if (freed && this.waiters.size) this.waiters.pump();
+    return n;
+  }
+
   /** live/starting/retiring instances (tests, metrics). */
   list(): Instance[] {
     return [...this.all];

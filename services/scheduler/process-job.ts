@@ -12,6 +12,8 @@
  *   - typed failure, async, attempts left and retryable: record back to `queued` with the last error and
  *     the attempt count, then the error is thrown so BullMQ retries with backoff;
  *   - typed failure, async, last attempt (or not retryable): record `failed`, job fails → dead-letter list.
+ *     An async job whose function version was deleted since it was queued is one: NotFound
+ *     (`details.reason: 'version-deleted'`), found before placement, so no instance of it is used again.
  *   - the worker died mid-job more than `maxStalledCount` times: BullMQ fails the job without running it
  *     (finishLostWorker below): record `failed` with Crashed (`details.reason: 'worker-lost'`), job failed → dead letter;
  *     should every node that hears of it die before writing, ./sweeper.ts writes it through the same path (finishLostJob).
@@ -21,7 +23,7 @@
 import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { FunctionVersion, LogLine } from '../common/model.ts';
-import { Crashed, FnhostError, Internal, Timeout } from '../common/errors.ts';
+import { Crashed, FnhostError, Internal, NotFound, Timeout } from '../common/errors.ts';
 import { Attr, NOOP_SPAN, discardSpan, SpanKind, SpanName, SpanSchema, recordSpan, recordSpanOf, remoteParent, runInSpan, spanTime, startSpanOf, tracingEnabled, withRemoteParent, withSpan, type Span, type SpanValues } from '../common/telemetry.ts';
 import type { FnhostMetrics } from '../common/metrics.ts';
 import type { Logger } from '../common/log.ts';
@@ -54,6 +56,11 @@ export interface JobContext {
   records?: RecordBatch;
   /** completion callbacks of async invocations (./callbacks.ts): queued when a final record is written */
   callbacks?: Callbacks;
+  /**
+   * true when the function version an async job carries was deleted since it was queued (store/functions.ts
+   * versionState); such a job fails NotFound instead of running. Absent: not checked.
+   */
+  versionGone?: (fn: FunctionVersion) => Promise<boolean>;
 }
 
 const NO_ATTRS = Object.freeze({});
@@ -150,6 +157,12 @@ async function run(ctx: JobContext, job: Attempt, d: JobData, fn: FunctionVersio
   let lease: Lease | undefined;
   let start: 'cold' | 'warm' | 'none' = 'none';
   try {
+    // An async job may wait long after its version (or function) was deleted: it ends as a typed, counted failure
+    // (not retried: NOT_RETRYABLE) rather than running code its owner removed. Sync calls were resolved moments
+    // ago by a waiting caller: not checked (a Redis round trip on the hot path for a race the caller started).
+    if (d.mode === 'async' && ctx.versionGone && (await ctx.versionGone(fn))) {
+      throw new NotFound(`version ${fn.version} of function ${fn.name} was deleted after this invocation was queued; it was not run`, { field: 'version', reason: 'version-deleted', version: fn.version });
+    }
     const payload = decodeInline(d.payload) ?? (await decodePayload(d.payload, (k) => redis.getBuffer(k)));
     const t0 = Date.now();
     // Spans find their parent without AsyncLocalStorage (services/common/telemetry.ts): what runs synchronously

@@ -40,9 +40,18 @@ import { defineScripts } from './scripts.ts';
 import { advertiseWarm } from './routing.ts';
 import { DEFAULT_RETENTION, HEARTBEAT_MS, NODE_ID_RE, NODE_STALE_MS, type Retention } from './config.ts';
 import type { FastJob, JobData } from './job.ts';
-import { FnCache } from './fn-refs.ts';
+import { FnCache, fnRefOf } from './fn-refs.ts';
 import { Callbacks, callbackOptions, type CallbackOptions } from './callbacks.ts';
 import { Sweeper, type SweeperOptions } from './sweeper.ts';
+import { versionState } from '../store/functions.ts';
+
+/**
+ * How long an async job's check that its function version still exists (process-job.ts) is reused for later jobs of
+ * the same version: the metadata cache's own TTL (services/store/metadata.ts), the longest any reader sees a deleted
+ * version when the store's invalidation message is lost. VERSION_SEEN_MAX bounds the map (cleared when full).
+ */
+const VERSION_SEEN_MS = 2000;
+const VERSION_SEEN_MAX = 10_000;
 
 /**
  * Warm advertisements wait for a moment without invocations (see pendingAds in createScheduler): checked every
@@ -93,6 +102,12 @@ export interface SchedulerOptions {
   callbacks?: Partial<CallbackOptions>;
   /** finishes async invocations whose outcome was lost with the nodes that should have written it (./sweeper.ts); false: off */
   sweeper?: Partial<SweeperOptions> | false;
+  /**
+   * Key prefix of the metadata store (services/store/metadata.ts) on the same Redis, read to fail async jobs whose
+   * function version was deleted after they were queued (./process-job.ts). Default `<prefix>:meta:` — the host's
+   * pairing ("fnhost" → "fnhost:meta:"); a tenant not found there is not checked. false: no check.
+   */
+  metadataPrefix?: string | false;
 }
 
 export interface Scheduler {
@@ -192,7 +207,63 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
 
   const records = new RecordBatch(redis, keys, retention.recordS, logRetention);
   const callbacks = new Callbacks({ redis: bullRedis, prefix: keys.prefix, options: { ...callbackOptions(), ...opts.callbacks }, metrics, log });
-  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log, records, callbacks };
+  const metaPrefix = opts.metadataPrefix ?? `${keys.prefix}:meta:`;
+  /**
+   * Versions an async job found still there, `tenant\0name\0version` → until (ms): further jobs of the version skip
+   * the store's round trip until then. The store's invalidation message for the function drops them at once
+   * (retireDeleted); VERSION_SEEN_MS bounds how long a lost message (or a store that publishes none) can hide a delete.
+   */
+  const versionSeen = new Map<string, number>();
+  const versionGone =
+    metaPrefix === false
+      ? undefined
+      : async (fn: FunctionVersion) => {
+          const k = `${fn.tenant}\0${fn.name}\0${fn.version}`;
+          const now = Date.now();
+          if ((versionSeen.get(k) ?? 0) > now) return false;
+          const there = await versionState(redis, metaPrefix, fn.tenant, fn.name, fn.version);
+          if (there === false) return true;
+          if (versionSeen.size >= VERSION_SEEN_MAX) versionSeen.clear();
+          versionSeen.set(k, now + VERSION_SEEN_MS);
+          return false;
+        };
+  /**
+   * The metadata store published a change of a tenant's function (`{t, f}`: deploy, PATCH, version or function
+   * delete) or of the whole tenant (`{t}`, e.g. its deletion): each version of it with instances here that is gone
+   * from the store is retired now (Instances.retire), so a deleted version's warm instances free their memory at once instead of at
+   * their keep-alive's end. Nothing else reaches them anyway: the gateway resolves `name:N` from the store, and async
+   * jobs check (versionGone). A lost message leaves them to the keep-alive, as before.
+   */
+  function retireDeleted(msg: string) {
+    let m: { t?: string; f?: string; k?: string };
+    try {
+      m = JSON.parse(msg) as { t?: string; f?: string; k?: string };
+    } catch {
+      return;
+    }
+    // `k`: an API key changed, no function did
+    if (typeof m.t !== 'string' || m.k !== undefined || metaPrefix === false) return;
+    const stale = m.f === undefined ? `${m.t}\0` : `${m.t}\0${m.f}\0`;
+    for (const k of versionSeen.keys()) if (k.startsWith(stale)) versionSeen.delete(k);
+    const seen = new Map<string, FunctionVersion>();
+    for (const i of instances.list()) {
+      if (i.fn.tenant === m.t && (m.f === undefined || i.fn.name === m.f)) seen.set(`${i.fn.name}\0${i.fn.version}`, i.fn);
+    }
+    for (const fn of seen.values()) {
+      void versionState(redis, metaPrefix, fn.tenant, fn.name, fn.version).then(
+        (there) => {
+          // null: the tenant is gone from the store that sent this (deleted): its versions went with it
+          if (there === true) return;
+          instances.retire((x) => x.tenant === fn.tenant && x.name === fn.name && x.version === fn.version);
+          // its fast-lane stash (./fn-refs.ts) too, so nothing of the version outlives it in Redis for a day; only
+          // a call the gateway resolved just before the delete could still name it (its caller then gets Timeout)
+          void redis.del(keys.fnVersion(fnRefOf(fn))).catch(() => {});
+        },
+        () => {}, // Redis away: the keep-alive retires them
+      );
+    }
+  }
+  const ctx: JobContext = { redis, keys, nodeId, retention, logRetention, instances, logs, metrics, log, records, callbacks, ...(versionGone ? { versionGone } : {}) };
   const sweeper = opts.sweeper === false ? undefined : new Sweeper(ctx, bullRedis, opts.sweeper);
 
   /** true while this node is the only live node on this Redis (refreshed with the tenant scan, every 2 s) */
@@ -405,8 +476,13 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       await heartbeat();
       await redis.sadd(keys.fastNodes(), nodeId);
       sub = redis.duplicate();
-      sub.on('message', (_c: string, msg: string) => (msg.startsWith('bull:') ? addBullTenant(msg.slice(5)) : addTenant(msg)));
-      await sub.subscribe(keys.tenants());
+      const invalidations = metaPrefix === false ? undefined : `${metaPrefix}invalidate`;
+      sub.on('message', (c: string, msg: string) => {
+        if (c === invalidations) retireDeleted(msg);
+        else if (msg.startsWith('bull:')) addBullTenant(msg.slice(5));
+        else addTenant(msg);
+      });
+      await sub.subscribe(keys.tenants(), ...(invalidations ? [invalidations] : []));
       await discoverTenants();
       await fast.start();
       workerFor(keys.nodeQueue(nodeId), opts.nodeConcurrency ?? 64);

@@ -4,7 +4,8 @@
  *
  * Redis layout (prefix `p`):
  * - `p fn:<t>`          hash  name    → JSON of the latest {@link FunctionVersion} (one HGET resolves `name`)
- * - `p fnv:<t>:<name>`  hash  version → JSON of that version (resolves `name:3`)
+ * - `p fnv:<t>:<name>`  hash  version → JSON of that version (resolves `name:3`); a deleted version's field
+ *   is removed ({@link FunctionStore.deleteVersion}), so the numbers present may have gaps
  * - `p fnseq:<t>`       hash  name    → the last version number handed out; kept when the function is deleted
  *   (removed with the tenant), so a re-created function continues the numbering: `name:N` never names another
  *   record, and neither does a PATCH's `expectLatest` (a PATCH based on the deleted function's latest version
@@ -17,9 +18,10 @@
  * never exceed `maxFunctions` and a PATCH never silently drops a deploy that landed in between.
  *
  * Images vs versions (`runtime: "image:<img>"`): an image may be deleted only while no version of any function
- * runs on it (every version stays invocable as `name:N` while its function exists: an older version on a deleted
- * image would fail NotFound at its next cold start), and a version may not be committed naming an image deleted
- * since the deploy found it.
+ * runs on it (every version stays invocable as `name:N` until it or its function is deleted: an older version on a
+ * deleted image would fail NotFound at its next cold start), and a version may not be committed naming an image
+ * deleted since the deploy found it. Deleting a version (one script) runs wholly before or after the delete's users
+ * check, so the check never counts a version that is gone, nor misses one that stays.
  * Both sides go through Redis, so this holds across gateways:
  * - the delete ({@link FunctionStore.beginImageDelete}) checks the users and, in the same script, bumps the
  *   generation and sets its `imgdel` mark; it removes the record, then clears the mark;
@@ -82,6 +84,19 @@ local n = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return n`;
 
+// KEYS[1] = p fn:<t>, KEYS[2] = p fnv:<t>:<name>; ARGV[1] = name, ARGV[2] = version.
+// Returns 1 when version ARGV[2] was deleted, -1 no such function, -2 it is the latest (nothing changed),
+// -3 no such version. The latest's number is the leading `{"version":N,` of the index's record (PUT_VERSION
+// writes it first; a record written otherwise is decoded). One script, so a deploy or PATCH that makes ARGV[2] older, another delete of it, a delete of
+// the function or an image delete's users check (one script too) each run wholly before or after it.
+const DELETE_VERSION = `
+local latest = redis.call('HGET', KEYS[1], ARGV[1])
+if not latest then return -1 end
+local lv = string.match(latest, '^{"version":(%d+),') or tostring(cjson.decode(latest).version)
+if lv == ARGV[2] then return -2 end
+if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return -3 end
+return 1`;
+
 // KEYS[1] = p fn:<t>, KEYS[2] = p imggen:<t>, KEYS[3] = p imgdel:<t>:<img>, KEYS[4] = p tenants,
 // KEYS[5..4+n] = p fnv:<t>:<name> of each function name read just before (ARGV[5..4+n], same order)
 // ARGV[1] = "image:<img>" (the runtime that uses it), ARGV[2] = token, ARGV[3] = mark ttl (ms), ARGV[4] = tenant.
@@ -130,6 +145,26 @@ const IMAGE_DELETE_ATTEMPTS = 5;
 
 /** `details.reason` of the Conflict putVersion throws when an image delete started after `imageGen` was read. */
 export const IMAGES_CHANGED = 'images-changed';
+
+/**
+ * Whether version `version` of function `name` is still in the metadata store under `prefix`, for a reader that
+ * holds a copy of its record (a queued async job): `false` only when the tenant is there and the version is not
+ * (it, or its function, was deleted: numbers are never reused, so a re-created function does not bring it back);
+ * `null` when the tenant is unknown under `prefix` (another store, or the tenant is being deleted): cannot tell.
+ * One round trip.
+ * @example
+ * if ((await versionState(redis, 'fnhost:meta:', 'acme', 'hello', 1)) === false) throw new NotFound('hello:1 was deleted');
+ */
+export async function versionState(redis: Redis, prefix: string, tenant: string, name: string, version: number): Promise<boolean | null> {
+  const r = await redis.pipeline().hexists(`${prefix}tenants`, tenant).hexists(`${prefix}fnv:${tenant}:${name}`, String(version)).exec();
+  const [[e1, tenantThere], [e2, versionThere]] = r as [[Error | null, number], [Error | null, number]];
+  if (e1 || e2) throw e1 ?? e2;
+  if (tenantThere !== 1) return null;
+  return versionThere === 1;
+}
+
+/** `details.reason` of the Conflict deleteVersion throws for the function's latest version. */
+export const VERSION_IS_LATEST = 'latest';
 
 export class FunctionStore {
   constructor(
@@ -237,7 +272,7 @@ export class FunctionStore {
       versions.sort((a, b) => (a.name === b.name ? a.version - b.version : a.name < b.name ? -1 : 1));
       const refs = versions.map((v) => `${v.name}:${v.version}`);
       throw new Conflict(
-        `image ${image} is used by ${refs.join(', ')} (every version stays invocable as name:N while its function exists: delete those functions first)`,
+        `image ${image} is used by ${refs.join(', ')} (every version stays invocable as name:N until it is deleted: delete those versions, or their functions, first)`,
         { field: 'name', image, functions: [...new Set(versions.map((v) => v.name))], versions: refs },
       );
     }
@@ -282,6 +317,26 @@ export class FunctionStore {
     const n = await runScript(this.redis, DELETE_FN, [this.index(tenant), this.versionsKey(tenant, name)], [name]);
     this.onChange({ t: tenant, f: name });
     if (n !== 1) throw new NotFound(`function ${name} not found`, { field: 'name' });
+  }
+
+  /**
+   * Deletes one version of a function, never its latest (what `name` resolves to; deploy a newer version first, or
+   * delete the function). The version number is not handed out again (`p fnseq:<t>` is untouched), so `name:N`
+   * stays NotFound for good. Once it returns, nothing of the version is left in this store: an image it ran on may
+   * be deleted, and its code layer is no longer in {@link codeDigests}.
+   * @throws NotFound (no such function, or no version `version` of it), Conflict `{reason: 'latest', latest}` when
+   *   `version` is the latest; nothing changed either way.
+   * @example
+   * await fns.deleteVersion('acme', 'hello', 1);   // hello:1 is gone; hello (say version 3) still resolves
+   */
+  async deleteVersion(tenant: string, name: string, version: number): Promise<void> {
+    const r = (await runScript(this.redis, DELETE_VERSION, [this.index(tenant), this.versionsKey(tenant, name)], [name, String(version)])) as number;
+    if (r === -1) throw new NotFound(`function ${name} not found`, { field: 'name' });
+    if (r === -2) {
+      throw new Conflict(`version ${version} is the latest version of ${name}: deploy a newer version first, or delete the function`, { field: 'version', reason: VERSION_IS_LATEST, latest: version });
+    }
+    if (r === -3) throw new NotFound(`function ${name} has no version ${version}`, { field: 'version' });
+    this.onChange({ t: tenant, f: name });
   }
 
   /** Deletes every function of a tenant (tenant deletion); returns the names removed. */

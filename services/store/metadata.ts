@@ -57,7 +57,10 @@ export interface MetadataStoreOptions {
   subscribe?: boolean;
 }
 
-export function createMetadataStore(redis: Redis, prefix = 'fnhost:meta:', opts: MetadataStoreOptions = {}): MetadataStore {
+/** The metadata store's key prefix unless told otherwise (the host passes it to its scheduler too). */
+export const DEFAULT_METADATA_PREFIX = 'fnhost:meta:';
+
+export function createMetadataStore(redis: Redis, prefix = DEFAULT_METADATA_PREFIX, opts: MetadataStoreOptions = {}): MetadataStore {
   const cache = new MetadataCache({ ttlMs: opts.cacheTtlMs ?? 2000 });
   const channel = `${prefix}invalidate`;
   /** names this process's own invalidations: their echo on the channel must not drop what `latest` primed */

@@ -206,12 +206,21 @@ export async function list(c: Common): Promise<number> {
   return EXIT.ok;
 }
 
-export async function remove(c: Common, name: string | undefined): Promise<number> {
+/**
+ * `fnhost rm <name>` deletes the function (every version); `fnhost rm <name>:<n>` deletes version n only
+ * (the server refuses the latest: deploy a newer one first, or delete the function).
+ * @example
+ * await remove(c, 'hello:2');   // DELETE /v1/functions/hello/versions/2
+ */
+export async function remove(c: Common, ref: string | undefined): Promise<number> {
   requireKey(c.ep);
-  if (!name) throw new CliError('usage: fnhost rm <name>', EXIT.usage);
-  check(await request(c.ep, { method: 'DELETE', path: `/v1/functions/${encodeURIComponent(name)}` }));
-  if (c.json) printJson({ deleted: name });
-  else process.stdout.write(`deleted ${name}\n`);
+  if (!ref) throw new CliError('usage: fnhost rm <name>[:<version>]', EXIT.usage);
+  const i = ref.lastIndexOf(':');
+  const name = i < 0 ? ref : ref.slice(0, i);
+  const path = i < 0 ? `/v1/functions/${encodeURIComponent(name)}` : `/v1/functions/${encodeURIComponent(name)}/versions/${encodeURIComponent(ref.slice(i + 1))}`;
+  check(await request(c.ep, { method: 'DELETE', path }));
+  if (c.json) printJson({ deleted: ref });
+  else process.stdout.write(`deleted ${ref}\n`);
   return EXIT.ok;
 }
 
