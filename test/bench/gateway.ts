@@ -6,7 +6,8 @@
  *    "cold_exec": {...}}, "bare_hono": {"c1": {...}, "c32": {...}}, "ratio_c32",
  *    "ours_traced": {"warm_c32": {rps, p50_ms, p99_ms, loop_us_per_call, spans_exported, spans_dropped, spans_failed,
  *                    invocations_in_segments}, "untraced_warm_c32": {...}, "traced_drop_pct", "traced_drop_pct_q25",
- *                    "traced_drop_pct_q75", "traced_drop_pct_of_medians", "traced_loop_us_per_call_added", "rounds",
+ *                    "traced_drop_pct_q75", "traced_drop_pct_se", "traced_drop_pct_of_medians", "traced_loop_us_per_call_added",
+ *                    "traced_loop_us_per_call_added_paired", "rounds",
  *                    "segment_s", "pairs", "cpu_us_per_call": {"untraced": {loop, loop_wait, export_thread, host_other, redis,
  *                    host_children, instances, loadgen, collector, unattributed, unattributed_cores, total, softirq,
  *                    steal, idle_pct},
@@ -28,11 +29,14 @@
  *   compared with the mean of the two untraced segments around it: a drift of the shared machine that is linear
  *   over ~9 s cancels, and every T has a U before and after it (no position bias: neither host always runs
  *   first or right after the other). traced_drop_pct = median of those drops (traced_drop_pct_q25 / _q75: their
- *   spread), traced_drop_pct_of_medians = 1 − median T rps / median U rps; warm_c32 (traced: + spans_exported
+ *   spread; traced_drop_pct_se: the median's standard error, bootstrapped over the drops — with 20 rounds it is
+ *   ~1 point in a quiet run and 2–5 when others load the machine), traced_drop_pct_of_medians = 1 − median T rps / median U rps; warm_c32 (traced: + spans_exported
  *   by the collector, spans_dropped / spans_failed from the host's /metrics) and untraced_warm_c32: median
  *   segment rps, latencies over all segments, loop_us_per_call = CPU of the host's event-loop thread (the
  *   bottleneck at c32) per call, median over segments — tracing's added cost in a form the other helpers' load
- *   moves much less than rps (traced_loop_us_per_call_added = traced − untraced).
+ *   moves much less than rps (traced_loop_us_per_call_added = traced − untraced, the medians' difference;
+ *   traced_loop_us_per_call_added_paired = the median over rounds of each T − the mean of the U before and after it,
+ *   as the drops are paired: the same figure with the machine's drift taken out, 2–4× less noisy).
  *   cpu_us_per_call (diagnostic): at c32 BOTH cores are busy (host loop, instances, autocannon, collector, export
  *   thread), so rps falls with the total CPU per call, not only the loop's. Per segment, the CPU per counted call of
  *   each part (CpuParts says what each is and where it is read: per-thread /proc schedstat, exact ns; the machine
@@ -114,6 +118,25 @@ function quantile(sorted: number[], q: number): number {
 function median(sorted: number[]): number {
   const n = sorted.length;
   return n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
+}
+
+/**
+ * Standard error of the median of `xs` by bootstrap: resample with replacement, 2,000 times, and take the standard
+ * deviation of the resampled medians. A fixed-seed generator (mulberry32), so the same segments give the same figure.
+ */
+function bootstrapMedianSe(xs: number[]): number {
+  if (xs.length < 2) return NaN;
+  let seed = 0x9e3779b9;
+  const rand = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+  const meds: number[] = [];
+  for (let b = 0; b < 2000; b++) meds.push(median(xs.map(() => xs[Math.floor(rand() * xs.length)]!).sort((a, c) => a - c)));
+  const mean = meds.reduce((a, c) => a + c, 0) / meds.length;
+  return Math.sqrt(meds.reduce((a, c) => a + (c - mean) ** 2, 0) / (meds.length - 1));
 }
 
 async function freePort(): Promise<number> {
@@ -817,8 +840,10 @@ async function main() {
         traced_drop_pct: r3(median(drops)),
         traced_drop_pct_q25: r3(quantile(drops, 0.25)),
         traced_drop_pct_q75: r3(quantile(drops, 0.75)),
+        traced_drop_pct_se: r3(bootstrapMedianSe(drops)),
         traced_drop_pct_of_medians: r3(100 * (1 - traced.rps / plain.rps)),
         traced_loop_us_per_call_added: Math.round((traced.loop_us_per_call - plain.loop_us_per_call) * 10) / 10,
+        traced_loop_us_per_call_added_paired: Math.round(added.loop * 10) / 10,
         rounds: TRACED_ROUNDS,
         segment_s: SEGMENT_S,
         pairs: TRACED_PAIRS,
