@@ -21,6 +21,7 @@ import { openImageStore, type FsImageStore } from '../../services/store/image-st
 import type { CodeLayer, ImageStore, ImageSummary, ResolvedImage } from '../../services/store/types.ts';
 import type { InvocationClient, InvocationRecord, InvokeRequest, LogQuery, SyncResult } from '../../services/scheduler/types.ts';
 import { redisUrl } from '../helpers/redis.ts';
+import { makeTar, writeOciLayout } from '../fixtures/oci/tars.ts';
 
 /** A client whose answers the test scripts; it keeps what it was asked. */
 export class ScriptedClient implements InvocationClient {
@@ -209,6 +210,12 @@ export interface FsImageHarness {
   key: string;
   /** closes the harness and removes `root` */
   close(): Promise<void>;
+  /** imports a one-layer image `name` for 'acme' (its content differs on every call: a new digest each time) */
+  importImage(name: string): Promise<void>;
+  /** an authenticated request as 'acme' */
+  call(method: string, path: string): Promise<Response>;
+  /** PUT /v1/functions/:name as 'acme' (deployForm) */
+  deploy(name: string, config: Record<string, unknown>, code?: Buffer): Promise<Response>;
 }
 
 /**
@@ -226,8 +233,17 @@ export async function createFsImageHarness(name: string): Promise<FsImageHarness
     h = await createHarness({ images });
     const key = await h.tenant('acme');
     const made = h;
+    let seq = 0;
     return {
       h: made, images, root, key,
+      async importImage(img) {
+        const dir = join(root, `layout-${img}-${++seq}`);
+        writeOciLayout(dir, [makeTar([{ path: 'hello', data: `${img} ${seq}` }])]);
+        await images.importImage('acme', img, dir);
+        rmSync(dir, { recursive: true, force: true });
+      },
+      call: async (method, path) => made.app.request(path, { method, headers: { authorization: `Bearer ${key}` } }),
+      deploy: async (fn, config, code) => made.app.request(`/v1/functions/${fn}`, { method: 'PUT', headers: { authorization: `Bearer ${key}` }, body: deployForm(config, code) }),
       async close() {
         await made.close();
         rmSync(root, { recursive: true, force: true });

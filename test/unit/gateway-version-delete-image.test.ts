@@ -4,38 +4,27 @@
  * two deletes racing (each one Redis script) never leave an image deleted while a version that runs on it remains.
  * REAL image store (temp state dir, imported OCI layouts) and REAL metadata store (the run's Redis), via app.request().
  */
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tarGz } from '../../services/cli/pack.ts';
 import type { FsImageStore } from '../../services/store/image-store.ts';
-import { makeTar, writeOciLayout } from '../fixtures/oci/tars.ts';
-import { createFsImageHarness, deployForm, type Harness } from './gateway-harness.ts';
+import { createFsImageHarness, type FsImageHarness, type Harness } from './gateway-harness.ts';
 
 let h: Harness;
 let images: FsImageStore;
-let root: string;
 let key: string;
 let close: (() => Promise<void>) | undefined;
 let seq = 0;
+let importImage: FsImageHarness['importImage'];
+let deploy: FsImageHarness['deploy'];
+let call: FsImageHarness['call'];
 
 beforeAll(async () => {
-  ({ h, images, root, key, close } = await createFsImageHarness('version-delete-image'));
+  ({ h, images, key, close, importImage, deploy, call } = await createFsImageHarness('version-delete-image'));
 });
 afterAll(async () => {
   await close?.();
 });
 
-async function importImage(name: string): Promise<void> {
-  const dir = join(root, `layout-${name}-${++seq}`);
-  writeOciLayout(dir, [makeTar([{ path: 'hello', data: `${name} ${seq}` }])]);
-  await images.importImage('acme', name, dir);
-  rmSync(dir, { recursive: true, force: true });
-}
-
-const deploy = (name: string, config: Record<string, unknown>, code?: Buffer) =>
-  h.app.request(`/v1/functions/${name}`, { method: 'PUT', headers: { authorization: `Bearer ${key}` }, body: deployForm(config, code) });
-const call = (method: string, path: string) => h.app.request(path, { method, headers: { authorization: `Bearer ${key}` } });
 const errorOf = async (r: Response) => ((await r.json()) as { error: Record<string, unknown> }).error;
 const nodeCode = () => tarGz({ 'index.js': `exports.handler = async () => ${++seq}` });
 
