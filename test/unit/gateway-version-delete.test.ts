@@ -7,10 +7,9 @@
  * leave the index's latest record present among the versions, always.
  * REAL metadata store (the run's Redis) through app.request(); the scheduler's side is scripted (gateway-harness.ts).
  */
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tarGz } from '../../services/cli/pack.ts';
-import { redisUrl } from '../helpers/redis.ts';
+import { keysHolding } from '../helpers/redis.ts';
 import { createHarness, deployForm, type Harness } from './gateway-harness.ts';
 
 let h: Harness;
@@ -181,9 +180,9 @@ describe('DELETE /v1/functions/:name/versions/:n', () => {
     expect(r1.status).toBe(201);
     await versionsOf('lk', 1);
     const keysBefore = await allKeys();
-    expect(await keysHolding(marker)).toEqual([`${h.prefix}fnv:acme:lk`]);
+    expect(await keysHolding(h.redis, '*', marker)).toEqual([`${h.prefix}fnv:acme:lk`]);
     expect((await delVersion('lk', 1)).status).toBe(204);
-    expect(await keysHolding(marker)).toEqual([]);
+    expect(await keysHolding(h.redis, '*', marker)).toEqual([]);
     // the version's own keys stay (other versions are in them); nothing was added (no tombstone)
     expect((await allKeys()).filter((k) => !keysBefore.includes(k)).filter((k) => k.startsWith(h.prefix))).toEqual([]);
   });
@@ -226,24 +225,3 @@ async function allKeys(): Promise<string[]> {
   return h.redis.keys('*');
 }
 
-/** Keys anywhere in this run's Redis whose value contains `s` (strings, hashes, lists, sets, sorted sets, streams). */
-async function keysHolding(s: string): Promise<string[]> {
-  const r = new Redis(redisUrl());
-  try {
-    const out: string[] = [];
-    for (const k of await r.keys('*')) {
-      const type = await r.type(k);
-      let text = '';
-      if (type === 'string') text = (await r.getBuffer(k))?.toString('latin1') ?? '';
-      else if (type === 'hash') text = JSON.stringify(await r.hgetall(k));
-      else if (type === 'list') text = JSON.stringify(await r.lrange(k, 0, -1));
-      else if (type === 'set') text = JSON.stringify(await r.smembers(k));
-      else if (type === 'zset') text = JSON.stringify(await r.zrange(k, 0, -1));
-      else if (type === 'stream') text = JSON.stringify(await r.xrange(k, '-', '+'));
-      if (text.includes(s)) out.push(k);
-    }
-    return out;
-  } finally {
-    r.disconnect();
-  }
-}

@@ -20,7 +20,7 @@ import type { InvocationClient } from '../../services/scheduler/types.ts';
 import { createMetadataStore, type MetadataStore } from '../../services/store/metadata.ts';
 import { FakeExecutor } from '../fixtures/scheduler/fake-executor.ts';
 import { parsePromText } from '../helpers/prom-text.ts';
-import { redisUrl } from '../helpers/redis.ts';
+import { keysHolding, redisUrl } from '../helpers/redis.ts';
 import { until } from '../helpers/until.ts';
 import { useCleanups, useRedis } from '../helpers/hooks.ts';
 
@@ -156,7 +156,7 @@ describe('async jobs of a deleted version', () => {
     expect(sync.record.status).toBe('succeeded');
     const { invocationId } = await e.client.enqueue({ fn: v1, payload: ev({}), mode: 'async' });
     await until(() => e.client.get(e.tenant, invocationId), (r) => r?.status === 'succeeded');
-    const holding = await keysHolding(e.prefix, marker);
+    const holding = await keysHolding(redis, `${e.prefix}:*`, marker);
     expect(holding).toContain(`${e.prefix}:fnv:${fnRefOf(v1)}`);
     expect(holding).toContain(`${e.prefix}:meta:fnv:${e.tenant}:s`);
 
@@ -164,7 +164,7 @@ describe('async jobs of a deleted version', () => {
     // left: invocation history only — the finished async job (BullMQ keeps it completedJobAgeS, an hour by
     // default; a dead letter, deadLetterS), which carries the record it ran with
     const history = [`${e.prefix}:bull:inv.${e.tenant}:${invocationId}`];
-    expect(await until(() => keysHolding(e.prefix, marker), (k) => k.length === history.length)).toEqual(history);
+    expect(await until(() => keysHolding(redis, `${e.prefix}:*`, marker), (k) => k.length === history.length)).toEqual(history);
     expect(e.sched.instances.list().map((i) => i.fn.version)).toEqual([]);
   }, 20_000);
 
@@ -177,18 +177,3 @@ describe('async jobs of a deleted version', () => {
   }, 20_000);
 });
 
-/** Keys under `prefix` whose value contains `s` (strings, hashes, lists, sets, sorted sets). */
-async function keysHolding(prefix: string, s: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const k of await redis.keys(`${prefix}:*`)) {
-    const type = await redis.type(k);
-    let text = '';
-    if (type === 'string') text = (await redis.getBuffer(k))?.toString('latin1') ?? '';
-    else if (type === 'hash') text = JSON.stringify(await redis.hgetall(k));
-    else if (type === 'list') text = JSON.stringify(await redis.lrange(k, 0, -1));
-    else if (type === 'set') text = JSON.stringify(await redis.smembers(k));
-    else if (type === 'zset') text = JSON.stringify(await redis.zrange(k, 0, -1));
-    if (text.includes(s)) out.push(k);
-  }
-  return out.sort();
-}
